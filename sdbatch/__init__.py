@@ -1,0 +1,13 @@
+"""sdbatch: render very large batches of Stable Diffusion images on Ray, resumably, into S3 or a folder."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "read_results"]
+
+
+def __getattr__(name: str):
+    # Lazy, so `import sdbatch` stays cheap and free of pyarrow/boto3 for the CLI's start-up.
+    if name == "read_results":
+        from sdbatch.output import read_results
+
+        return read_results
+    raise AttributeError(name)

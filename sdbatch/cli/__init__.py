@@ -1,0 +1,1 @@
+"""The `sdbatch` command: one typer app, one module per command group, one error handler."""

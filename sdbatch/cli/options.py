@@ -1,0 +1,26 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sdbatch.spec import JobSpec, load_spec
+from sdbatch.storage import S3Settings, resolve_endpoint
+
+JobFile = Annotated[Optional[Path], typer.Option("--job", "-j", help="Job settings (TOML), e.g. jobs/demo.toml; "
+                                                 "flags override it.")]
+S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3-compatible endpoint URL; default "
+                                                   "AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then AWS.")]
+Output = Annotated[str, typer.Option("--output", "-o", help="Output folder or s3://bucket/prefix.")]
+
+
+def s3_settings(endpoint: Optional[str]) -> S3Settings:
+    return S3Settings(endpoint_url=resolve_endpoint(endpoint))
+
+
+def job_spec(job: Optional[Path], **overrides) -> JobSpec:
+    """Settings from the job file with flag overrides (keys are `section.name`; None means unset)."""
+    return load_spec(job, overrides)

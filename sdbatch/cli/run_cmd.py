@@ -1,0 +1,121 @@
+"""`sdbatch submit`, `status` and `demo`: run a manifest and report on runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sdbatch.cli.options import JobFile, Output, S3Endpoint, job_spec, s3_settings
+from sdbatch.driver import RunSummary, SubmitRequest, execute, prepare
+
+DEMO_JOB = Path("jobs") / "demo.toml"
+DEMO_SUBJECTS = ("a red fox", "a lighthouse", "a bowl of ramen", "an old tram", "a paper crane",
+                 "a desert cactus", "a snowy cabin", "a koi pond")
+DEMO_STYLES = ("watercolor", "pixel art")
+
+Opt = typer.Option
+
+
+def register(app: typer.Typer) -> None:
+    app.command("submit")(submit)
+    app.command("status")(status)
+    app.command("demo")(demo)
+
+
+def submit(
+    manifest: Annotated[str, typer.Argument(help="Manifest: a local .parquet file or s3://bucket/key.")],
+    output: Output,
+    job: JobFile = None,
+    s3_endpoint: S3Endpoint = None,
+    address: Annotated[Optional[str], Opt(help="Ray cluster to use; default: a private local Ray.")] = None,
+    model: Annotated[Optional[str], Opt(help="Default model: hub id, local folder or tiny:sd15.")] = None,
+    steps: Annotated[Optional[int], Opt(help="Default denoising steps.")] = None,
+    guidance_scale: Annotated[Optional[float], Opt(help="Default classifier-free guidance.")] = None,
+    width: Annotated[Optional[int], Opt(help="Default width (multiple of 8).")] = None,
+    height: Annotated[Optional[int], Opt(help="Default height (multiple of 8).")] = None,
+    scheduler: Annotated[Optional[str], Opt(help="Default scheduler, e.g. euler_a, dpmpp_2m_karras.")] = None,
+    seed: Annotated[Optional[int], Opt(help="Job seed: rows without a seed derive one from it and their id.")] = None,
+    image_format: Annotated[Optional[str], Opt("--format", help="png, jpeg or webp.")] = None,
+    quality: Annotated[Optional[int], Opt(help="jpeg/webp quality, 1-100.")] = None,
+    shard_size: Annotated[Optional[int], Opt(help="Rows per shard (the unit of commit and retry).")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Rows per pipeline call.")] = None,
+    actors: Annotated[Optional[int], Opt(help="Actors; default one per GPU, or what the CPUs hold.")] = None,
+) -> int:
+    """Render every row of a manifest into OUTPUT; rerun the same command to resume."""
+    spec = job_spec(job, **{
+        "defaults.model": model, "defaults.steps": steps, "defaults.guidance_scale": guidance_scale,
+        "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
+        "defaults.seed": seed, "output.format": image_format, "output.quality": quality,
+        "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
+    })
+    request = SubmitRequest(manifest, output, spec, address, s3_settings(s3_endpoint))
+    return run_and_report(request, Console())
+
+
+def run_and_report(request: SubmitRequest, console: Console) -> int:
+    from sdbatch.progress import RunProgress
+
+    prepared = prepare(request)
+    console.print(f"{prepared.plan.rows_total} rows in {len(prepared.plan.shards)} shards -> {prepared.store.uri}")
+    summary = execute(prepared, lambda total, done: RunProgress(console, total, done))
+    print_summary(console, summary)
+    return summary.exit_code
+
+
+def print_summary(console: Console, summary: RunSummary) -> None:
+    c, s = summary.counts, summary.stats
+    table = Table(show_header=False, title="run summary")
+    for label, value in [("output", summary.output), ("rows", c["rows_total"]), ("ok", c["rows_ok"]),
+                         ("failed", c["rows_failed"]), ("pending", c["rows_pending"]),
+                         ("shards done", f"{c['shards_done']}/{c['shards_total']}"),
+                         ("this run", f"{s['rows_rendered']} rendered, {s['rows_adopted']} adopted, "
+                                      f"{s['shards_skipped']} shards already done"),
+                         ("speed", f"{s['images_per_second']} images/s while rendering; {s['wall_seconds']} s in all")]:
+        table.add_row(label, str(value))
+    console.print(table)
+    for failure in summary.failures[:20]:
+        console.print(f"[red]failed[/] {failure['id']}: {failure['error']}", markup=True, highlight=False)
+    for shard_id, error in summary.gave_up.items():
+        console.print(f"[red]shard {shard_id} not done[/]: {error}; rerun the same command to retry it")
+    if summary.complete:
+        console.print(f"images and results in {summary.output} (read them with sdbatch.read_results)")
+
+
+def status(output: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix of a run.")],
+           s3_endpoint: S3Endpoint = None) -> None:
+    """Counts of a run from its output store, finished or not."""
+    from sdbatch.output import run_counts
+    from sdbatch.storage import open_store
+
+    counts = run_counts(open_store(output, s3_settings(s3_endpoint)))
+    for key, value in counts.items():
+        typer.echo(f"{key}: {value}")
+
+
+def demo(output: Annotated[Path, Opt("--output", "-o", help="Where to write the demo run.")] = Path("demo-output/run"),
+         job: JobFile = None) -> int:
+    """Build the tiny offline model, write a sample manifest and render it on a local Ray."""
+    import pyarrow.parquet as pq
+
+    from sdbatch.cli.manifest_cmd import prompts_table
+
+    job_file = job or _find_demo_job()
+    prompts = [f"{subject}, {style}" for subject in DEMO_SUBJECTS for style in DEMO_STYLES]
+    manifest = output.parent / "demo-manifest.parquet"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(prompts_table(prompts, seeds=2), manifest)
+    console = Console()
+    console.print(f"demo: {len(prompts) * 2} rows from {manifest}, settings from {job_file}")
+    request = SubmitRequest(str(manifest), str(output), job_spec(job_file))
+    return run_and_report(request, console)
+
+
+def _find_demo_job() -> Path:
+    for candidate in (DEMO_JOB, Path(__file__).resolve().parents[2] / DEMO_JOB):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{DEMO_JOB} not found; run the demo from the sdbatch checkout or pass --job")

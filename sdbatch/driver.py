@@ -1,0 +1,141 @@
+"""The driver: manifest -> plan -> output store -> engine -> summary. Everything is checked before Ray starts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sdbatch.manifest import ManifestError, normalize, read_manifest
+from sdbatch.output import (RunIdentity, committed_shards, job_document, new_attempt_id, prepare_output,
+                            read_results, run_counts, table_fingerprint, write_success)
+from sdbatch.plan import Plan, Shard, plan_shards, shard_rows
+from sdbatch.spec import JobSpec
+from sdbatch.storage import S3Settings, Store, open_store
+from sdbatch.tasks import ShardTask
+
+MAX_LISTED_FAILURES = 1000
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    manifest: str
+    output: str
+    spec: JobSpec
+    # None: a private local Ray for this run; else a running cluster (ray://, host:port, "auto").
+    address: str | None = None
+    s3: S3Settings = field(default_factory=S3Settings)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    request: SubmitRequest
+    manifest: pa.Table  # normalized, with the shard of each row
+    plan: Plan
+    store: Store
+    job_doc: dict
+
+
+@dataclass
+class RunSummary:
+    output: str
+    counts: dict[str, Any]
+    failures: list[dict[str, str]]
+    gave_up: dict[str, str]
+    stats: dict[str, Any]
+
+    @property
+    def complete(self) -> bool:
+        return self.counts["shards_done"] == self.counts["shards_total"]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.complete and self.counts["rows_failed"] == 0 else 1
+
+
+def prepare(request: SubmitRequest) -> PreparedRun:
+    """Validate the manifest and the store and plan the run; writes nothing."""
+    table = read_manifest(request.manifest, request.s3)
+    if table.num_rows == 0:
+        raise ManifestError(f"manifest {request.manifest} has no rows; add at least one prompt")
+    normalized = normalize(table, request.spec.defaults)
+    if request.address is None:
+        _check_local_models(normalized)
+    plan = plan_shards(normalized, request.spec.output.shard_size)
+    with_shards = normalized.append_column("shard", pa.array(plan.shard_of_rows(), pa.string()))
+    identity = RunIdentity(table_fingerprint(normalized), request.spec.identity())
+    job_doc = job_document(request.spec, identity, request.manifest, normalized.num_rows, len(plan.shards))
+    store = open_store(request.output, request.s3)
+    store.check_writable()
+    return PreparedRun(request, with_shards, plan, store, job_doc)
+
+
+def _check_local_models(table: pa.Table) -> None:
+    for model in sorted(set(table.column("model").to_pylist())):
+        if model.startswith(("/", "./", "../", "~")) and not (Path(model).expanduser() / "model_index.json").is_file():
+            raise ManifestError(f"column 'model': {model!r} is not a diffusers model folder (no "
+                                "model_index.json); fix the path or use a hub id")
+
+
+def execute(prepared: PreparedRun, events_factory) -> RunSummary:
+    """Write job.json, render the shards not yet committed, and write _SUCCESS.json when all are."""
+    started = time.monotonic()
+    store, spec = prepared.store, prepared.request.spec
+    prepare_output(store, prepared.job_doc, prepared.manifest)
+    done = committed_shards(store)
+    pending = [s for s in prepared.plan.shards if s.shard_id not in done]
+    rows_done = sum(m["rows"] for m in done.values())
+    stats: dict[str, Any] = {"shards_skipped": len(done), "shards_rendered": 0, "rows_rendered": 0,
+                             "rows_adopted": 0, "render_seconds": 0.0, "actors": 0, "actors_lost": 0, "model_loads": {}}
+    gave_up: dict[str, str] = {}
+    if pending:
+        events = events_factory(prepared.plan.rows_total, rows_done)
+        report, shape = _render(prepared, pending, events)
+        gave_up = report.gave_up
+        stats.update(shards_rendered=len(report.results), actors=shape.actors, actors_lost=report.actors_lost,
+                     model_loads=report.model_loads,
+                     rows_rendered=sum(r.rendered for r in report.results.values()),
+                     rows_adopted=sum(r.adopted for r in report.results.values()),
+                     render_seconds=round(report.render_finished - report.render_started, 3))
+    stats["wall_seconds"] = round(time.monotonic() - started, 3)
+    # Speed over the rendering phase: Ray start-up and model loading are reported in wall_seconds.
+    stats["images_per_second"] = round(stats["rows_rendered"] / max(stats.get("render_seconds", 0), 1e-9), 3)
+    return _finish(prepared, stats, gave_up)
+
+
+def _render(prepared: PreparedRun, pending: list[Shard], events):
+    from sdbatch.engine import cluster  # Ray is imported only once there is work for it
+
+    spec = prepared.request.spec
+
+    def make_task(shard: Shard) -> ShardTask:
+        rows = tuple(shard_rows(prepared.manifest, shard))
+        return ShardTask(shard.shard_id, new_attempt_id(), rows, spec.output.format, spec.output.quality)
+
+    cluster.connect(prepared.request.address)
+    try:
+        with events:
+            return cluster.run_shards(pending, make_task, prepared.store, spec.run, events,
+                                      first_model=pending[0].variant.model)
+    finally:
+        cluster.shutdown()
+
+
+def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str]) -> RunSummary:
+    store = prepared.store
+    counts = run_counts(store)
+    failures: list[dict[str, str]] = []
+    if counts["rows_failed"]:
+        results = read_results(store).filter(pc.field("status") == "failed")
+        failures = results.select(["id", "error"]).slice(0, MAX_LISTED_FAILURES).to_pylist()
+    summary = RunSummary(store.uri, counts, failures, gave_up, stats)
+    if summary.complete:
+        write_success(store, {**counts, "finished": True, "shards": counts["shards_total"],
+                              "failed": failures, "run_fingerprint": prepared.job_doc["run_fingerprint"],
+                              "last_run": stats, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        summary.counts["finished"] = True
+    return summary

@@ -1,0 +1,75 @@
+"""Ray set-up: a private local Ray or a running cluster, the actor pool's size and resources."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+import ray
+
+from sdbatch.engine.actor import RemoteRenderActor
+from sdbatch.engine.scheduler import Dispatcher, DispatchReport, Events
+from sdbatch.plan import Shard
+from sdbatch.render.renderer import RendererSettings
+from sdbatch.spec import RunSettings
+from sdbatch.storage import Store
+from sdbatch.tasks import ShardTask
+
+# A CPU actor holding an SD1.5-sized pipeline in float32 needs about this much memory.
+CPU_ACTOR_MEMORY = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+
+
+def connect(address: str | None) -> None:
+    """Join a running cluster, or start a private local Ray that ends with this process."""
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="sdbatch-ray-", dir="/tmp"))
+
+
+def pool_shape(requested: int | None) -> PoolShape:
+    """One actor per GPU; with none, as many CPU actors as CPUs and memory hold, sharing the CPUs."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        # No CPU reservation: on small boxes a reserved CPU per GPU actor starves Ray's own tasks.
+        return PoolShape(min(requested or gpus, gpus), 1, 0)
+    by_memory = max(1, int(resources.get("memory", CPU_ACTOR_MEMORY)) // CPU_ACTOR_MEMORY)
+    actors = requested or min(cpus, by_memory)
+    return PoolShape(actors, 0, max(1, cpus // actors))
+
+
+def actor_factory(store: Store, run: RunSettings, shape: PoolShape) -> Callable[[str], object]:
+    def make(name: str):
+        settings = RendererSettings(batch_size=run.batch_size, io_threads=run.io_threads,
+                                    cpu_threads=None if shape.gpus_per_actor else int(shape.cpus_per_actor),
+                                    name=f"{os.uname().nodename}/{name}")
+        options = {"num_gpus": shape.gpus_per_actor, "num_cpus": shape.cpus_per_actor}
+        return RemoteRenderActor.options(**options).remote(store, settings)
+
+    return make
+
+
+def run_shards(shards: list[Shard], make_task: Callable[[Shard], ShardTask], store: Store,
+               run: RunSettings, events: Events, first_model: str) -> tuple[DispatchReport, PoolShape]:
+    """Render the shards on the connected Ray; returns the dispatch report and the pool used."""
+    shape = pool_shape(run.actors)
+    dispatcher = Dispatcher(actor_factory(store, run, shape), shape.actors, run.shards_in_flight,
+                            run.max_shard_attempts, make_task, events)
+    return dispatcher.run(shards, first_model), shape
+
+
+def shutdown() -> None:
+    ray.shutdown()

@@ -1,0 +1,137 @@
+"""Dispatch loop: bounded shards in flight per actor, requeue on actor death, retry budgets, events."""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import ray
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+
+from sdbatch.plan import Shard
+from sdbatch.render.loading import ModelLoadError
+from sdbatch.tasks import ShardResult, ShardTask
+
+# Failures that mean "the process or node holding the work went away", not "the work is bad".
+ACTOR_LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
+
+
+class FatalRunError(RuntimeError):
+    """The run cannot go on (e.g. its model cannot be loaded); retrying would not help."""
+
+
+class Events(Protocol):
+    def shard_done(self, result: ShardResult) -> None: ...
+    def shard_retry(self, shard_id: str, error: str) -> None: ...
+    def shard_gave_up(self, shard_id: str, error: str) -> None: ...
+    def actor_lost(self, actor: str, error: str) -> None: ...
+
+
+@dataclass
+class DispatchReport:
+    results: dict[str, ShardResult] = field(default_factory=dict)
+    gave_up: dict[str, str] = field(default_factory=dict)  # shard id -> last error
+    actors_started: int = 0
+    actors_lost: int = 0
+    model_loads: dict[str, int] = field(default_factory=dict)  # actor -> loads
+    render_started: float = 0.0  # monotonic time the actors were warm and work was first sent
+    render_finished: float = 0.0
+
+
+@dataclass
+class _Slot:
+    name: str
+    handle: Any
+    in_flight: int = 0
+
+
+class Dispatcher:
+    """Feeds shards to a pool of actors, keeping each busy with at most `in_flight` shards."""
+
+    def __init__(self, make_actor: Callable[[str], Any], actors: int, in_flight: int,
+                 max_attempts: int, make_task: Callable[[Shard], ShardTask], events: Events):
+        self.make_actor, self.make_task, self.events = make_actor, make_task, events
+        self.actor_count, self.in_flight, self.max_attempts = actors, in_flight, max_attempts
+        self.report = DispatchReport()
+        self.slots: list[_Slot] = []
+        self.running: dict[Any, tuple[_Slot, Shard]] = {}
+        self.attempts: collections.Counter[str] = collections.Counter()
+
+    def run(self, shards: list[Shard], first_model: str) -> DispatchReport:
+        queue = collections.deque(shards)
+        if not queue:
+            return self.report
+        self._start_actors(min(self.actor_count, len(queue)), first_model)
+        while queue or self.running:
+            self._fill(queue)
+            ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
+            for ref in ready:
+                self._collect(ref, queue)
+        self.report.render_finished = time.monotonic()
+        return self.report
+
+    def _start_actors(self, count: int, first_model: str) -> None:
+        self.slots = [self._new_slot() for _ in range(count)]
+        try:
+            warmed = ray.get([slot.handle.warm.remote(first_model) for slot in self.slots])
+        except RayTaskError as exc:
+            raise FatalRunError(_cause_text(exc)) from exc
+        for slot, info in zip(self.slots, warmed):
+            self.report.model_loads[slot.name] = info["model_loads"]
+        self.report.render_started = time.monotonic()
+
+    def _new_slot(self) -> _Slot:
+        self.report.actors_started += 1
+        name = f"actor-{self.report.actors_started}"
+        return _Slot(name, self.make_actor(name))
+
+    def _fill(self, queue: collections.deque) -> None:
+        for slot in self.slots:
+            while queue and slot.in_flight < self.in_flight:
+                shard = queue.popleft()
+                self.attempts[shard.shard_id] += 1
+                ref = slot.handle.render_shard.remote(self.make_task(shard))
+                self.running[ref] = (slot, shard)
+                slot.in_flight += 1
+
+    def _collect(self, ref: Any, queue: collections.deque) -> None:
+        slot, shard = self.running.pop(ref)
+        slot.in_flight -= 1
+        try:
+            result: ShardResult = ray.get(ref)
+        except ACTOR_LOST as exc:
+            self._replace(slot, exc)
+            self._retry_or_give_up(shard, f"actor lost: {type(exc).__name__}", queue)
+            return
+        except RayTaskError as exc:
+            if isinstance(exc.cause, ModelLoadError):
+                raise FatalRunError(_cause_text(exc)) from exc
+            self._retry_or_give_up(shard, _cause_text(exc), queue)
+            return
+        self.report.results[shard.shard_id] = result
+        self.report.model_loads[slot.name] = self.report.model_loads.get(slot.name, 0) + result.model_loads
+        self.events.shard_done(result)
+
+    def _replace(self, slot: _Slot, exc: Exception) -> None:
+        if slot not in self.slots:
+            return  # already replaced when its first lost shard came back
+        self.report.actors_lost += 1
+        self.events.actor_lost(slot.name, type(exc).__name__)
+        self.slots[self.slots.index(slot)] = self._new_slot()
+        ray.kill(slot.handle, no_restart=True)  # a hung-but-alive actor must not keep its GPU
+
+    def _retry_or_give_up(self, shard: Shard, error: str, queue: collections.deque) -> None:
+        if self.attempts[shard.shard_id] >= self.max_attempts:
+            self.report.gave_up[shard.shard_id] = error
+            self.events.shard_gave_up(shard.shard_id, error)
+        else:
+            self.events.shard_retry(shard.shard_id, error)
+            queue.append(shard)
+
+
+def _cause_text(exc: RayTaskError) -> str:
+    cause = exc.cause if exc.cause is not None else exc
+    return f"{type(cause).__name__}: {cause}"
+

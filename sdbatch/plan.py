@@ -1,0 +1,81 @@
+"""Planning, pure and deterministic: normalized manifest -> variant groups -> shards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+# Rows that agree on these can share one pipeline call (prompts, negatives and seeds may differ).
+VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale")
+# What the renderer needs of a row; labels stay in the manifest and are joined back on read.
+RENDER_COLUMNS = ("id", "prompt", "negative_prompt", "seed") + VARIANT_COLUMNS
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str
+    width: int | None
+    height: int | None
+    steps: int
+    scheduler: str | None
+    guidance_scale: float
+
+    def describe(self) -> str:
+        size = f"{self.width or 'native'}x{self.height or 'native'}"
+        return (f"{self.model} {size} steps={self.steps} "
+                f"scheduler={self.scheduler or 'model default'} cfg={self.guidance_scale:g}")
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str
+    variant: Variant
+    rows: tuple[int, ...]  # positions in the normalized manifest, in manifest order
+
+
+@dataclass(frozen=True)
+class Plan:
+    shards: tuple[Shard, ...]
+    rows_total: int
+
+    def variants(self) -> dict[Variant, int]:
+        counts: dict[Variant, int] = {}
+        for shard in self.shards:
+            counts[shard.variant] = counts.get(shard.variant, 0) + len(shard.rows)
+        return counts
+
+    def shard_of_rows(self) -> list[str]:
+        out = [""] * self.rows_total
+        for shard in self.shards:
+            for row in shard.rows:
+                out[row] = shard.shard_id
+        return out
+
+
+def variant_groups(table: pa.Table) -> dict[Variant, list[int]]:
+    """Row positions grouped by variant, groups in order of first appearance."""
+    groups: dict[Variant, list[int]] = {}
+    columns = [table.column(name).to_pylist() for name in VARIANT_COLUMNS]
+    for position, values in enumerate(zip(*columns)):
+        groups.setdefault(Variant(*values), []).append(position)
+    return groups
+
+
+def plan_shards(table: pa.Table, shard_size: int) -> Plan:
+    """Cut shards of at most shard_size rows inside each variant group; ids are global and stable."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    shards: list[Shard] = []
+    for variant, positions in variant_groups(table).items():
+        for start in range(0, len(positions), shard_size):
+            chunk = tuple(positions[start:start + shard_size])
+            shards.append(Shard(f"{len(shards):06d}", variant, chunk))
+    return Plan(tuple(shards), table.num_rows)
+
+
+def shard_rows(table: pa.Table, shard: Shard) -> list[dict[str, Any]]:
+    """The render columns of a shard's rows, as small dicts to send to an actor."""
+    picked = table.select(list(RENDER_COLUMNS)).take(pa.array(shard.rows, pa.int64()))
+    return picked.to_pylist()

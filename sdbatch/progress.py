@@ -1,0 +1,51 @@
+"""Progress on the terminal: a rich bar of rows done/total, images/s, ETA and failures, plus events."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from sdbatch.tasks import ShardResult
+
+
+class RunProgress:
+    """Receives the dispatcher's events and shows them; also the run's rendered/adopted tallies."""
+
+    def __init__(self, console: Console, rows_total: int, rows_done: int):
+        self.console = console
+        self.started = time.monotonic()
+        self.rendered = self.adopted = self.failed = 0
+        self.progress = Progress(
+            TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.2f} img/s"), TextColumn("failed {task.fields[failed]}"),
+            TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.task = self.progress.add_task("rows", total=rows_total, completed=rows_done, rate=0.0, failed=0)
+
+    def __enter__(self) -> "RunProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def shard_done(self, result: ShardResult) -> None:
+        self.rendered += result.rendered
+        self.adopted += result.adopted
+        self.failed += result.rows_failed
+        rate = self.rendered / max(time.monotonic() - self.started, 1e-9)
+        self.progress.update(self.task, advance=result.rows_ok + result.rows_failed, rate=rate,
+                             failed=self.failed)
+        if not result.committed:
+            self.console.print(f"shard {result.shard_id}: committed by another attempt; kept theirs")
+
+    def shard_retry(self, shard_id: str, error: str) -> None:
+        self.console.print(f"[yellow]shard {shard_id} will be retried[/]: {error}")
+
+    def shard_gave_up(self, shard_id: str, error: str) -> None:
+        self.console.print(f"[red]shard {shard_id} gave up after its retry budget[/]: {error}")
+
+    def actor_lost(self, actor: str, error: str) -> None:
+        self.console.print(f"[yellow]{actor} lost ({error}); replacing it and requeueing its shards[/]")

@@ -1,0 +1,1 @@
+"""Everything that imports torch and diffusers (and nothing that imports ray)."""

@@ -1,0 +1,175 @@
+"""Job settings: frozen dataclasses, loading from jobs/*.toml, CLI overrides and the run fingerprint."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+
+# Names a manifest may use; the renderer maps each to a diffusers scheduler class and options.
+SCHEDULERS = (
+    "ddim",
+    "pndm",
+    "euler",
+    "euler_a",
+    "heun",
+    "dpmpp_2m",
+    "dpmpp_2m_karras",
+    "unipc",
+)
+
+
+class SpecError(ValueError):
+    """A job setting is invalid; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class RowDefaults:
+    """Values a manifest row gets when its own column is missing or null."""
+
+    # The reference model most datasets are built on; override per job or per row.
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    # 30 steps is where SD1.5 samplers stop improving visibly at a reasonable cost.
+    steps: int = 30
+    # The value SD1.5 was tuned with; higher follows the prompt more and varies less.
+    guidance_scale: float = 7.5
+    # None keeps the model's own native size (512 for SD1.5), read from the loaded model.
+    width: int | None = None
+    height: int | None = None
+    # None keeps the scheduler shipped with the model, so results match its model card.
+    scheduler: str | None = None
+    # Empty: no negative prompt unless the row or the job asks for one.
+    negative_prompt: str = ""
+    # Job seed: rows without a seed get one derived from (seed, id), so reruns are identical.
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """How results are laid out in the store; part of the run's identity."""
+
+    # PNG is lossless, so a re-render can be compared pixel for pixel.
+    format: str = "png"
+    # Only used for jpeg/webp; 95 is visually lossless at a fraction of PNG's size.
+    quality: int = 95
+    # 64 rows is a few minutes of GPU work: small enough to lose little on a crash,
+    # large enough that per-shard overhead (markers, metadata files) stays negligible.
+    shard_size: int = 64
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the work is executed; may change between a run and its resume."""
+
+    # None: one actor per GPU, or on a CPU-only cluster as many as its CPUs and memory hold.
+    actors: int | None = None
+    # Rows per pipeline call; 4 keeps a 24 GB GPU well fed at 512x512 without running out.
+    batch_size: int = 4
+    # Two shards per actor: one rendering, one queued, so the GPU never waits for the driver.
+    shards_in_flight: int = 2
+    # A shard whose actor died this many times is given up (and reported) rather than retried forever.
+    max_shard_attempts: int = 3
+    # Threads that encode and upload images while the next batch renders.
+    io_threads: int = 4
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything that shapes a run, besides the manifest and the output location."""
+
+    defaults: RowDefaults = field(default_factory=RowDefaults)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def validate(self) -> "JobSpec":
+        d, o, r = self.defaults, self.output, self.run
+        _check(d.steps > 0, "defaults.steps", d.steps, "use a positive number of steps, e.g. 30")
+        _check(d.guidance_scale >= 0, "defaults.guidance_scale", d.guidance_scale, "use a value >= 0")
+        for name in ("width", "height"):
+            value = getattr(d, name)
+            _check(value is None or (value > 0 and value % 8 == 0), f"defaults.{name}", value,
+                   "use a positive multiple of 8, e.g. 512")
+        _check(d.scheduler is None or d.scheduler in SCHEDULERS, "defaults.scheduler", d.scheduler,
+               f"use one of {', '.join(SCHEDULERS)}")
+        _check(0 <= d.seed < 2**63, "defaults.seed", d.seed, "use an integer in [0, 2**63)")
+        _check(o.format in IMAGE_FORMATS, "output.format", o.format, f"use one of {', '.join(IMAGE_FORMATS)}")
+        _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")
+        _check(o.shard_size >= 1, "output.shard_size", o.shard_size, "use at least 1")
+        _check(r.actors is None or r.actors >= 1, "run.actors", r.actors, "use at least 1")
+        for name in ("batch_size", "shards_in_flight", "max_shard_attempts", "io_threads"):
+            _check(getattr(r, name) >= 1, f"run.{name}", getattr(r, name), "use at least 1")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide what the output contains; a resume must match them."""
+        return {"defaults": dataclasses.asdict(self.defaults), "output": dataclasses.asdict(self.output)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, name: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise SpecError(f"job setting {name} = {value!r} is invalid; {fix}")
+
+
+_SECTIONS = {"defaults": RowDefaults, "output": OutputSettings, "run": RunSettings}
+
+
+def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read a TOML job file (optional), apply `section.name` overrides that are not None, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"job file {path} does not exist; pass an existing TOML file to --job")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"job file {path} is not valid TOML: {exc}") from exc
+    sections = {name: dict(raw.pop(name, {}) or {}) for name in _SECTIONS}
+    if raw:
+        raise SpecError(f"job file {path}: unknown section(s) {sorted(raw)}; use {sorted(_SECTIONS)}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            section, name = dotted.split(".", 1)
+            sections[section][name] = value
+    built = {name: _build(cls, sections[name], name) for name, cls in _SECTIONS.items()}
+    return JobSpec(**built).validate()
+
+
+def _build(cls: type, values: dict[str, Any], section: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise SpecError(f"unknown setting(s) {', '.join(f'{section}.{u}' for u in unknown)}; "
+                        f"known: {', '.join(known)}")
+    for name, value in values.items():
+        _check_type(section, name, value, known[name].type)
+    return cls(**values)
+
+
+def _check_type(section: str, name: str, value: Any, annotation: str) -> None:
+    wanted = {"int": int, "float": (int, float), "str": str}
+    base = annotation.replace(" | None", "")
+    if value is None and "None" in annotation:
+        return
+    kind = wanted.get(base)
+    if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise SpecError(f"job setting {section}.{name} = {value!r} should be of type {base}")
+
+
+def spec_from_dict(data: dict[str, Any]) -> JobSpec:
+    """Rebuild a JobSpec from to_dict() output (as stored in job.json)."""
+    return JobSpec(**{name: cls(**data[name]) for name, cls in _SECTIONS.items()}).validate()
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable sha256 of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -1,0 +1,34 @@
+"""Messages between the driver and the actors: small, picklable, no pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to render: its rows (render columns only) and how to encode them."""
+
+    shard_id: str
+    attempt: str
+    rows: tuple[dict[str, Any], ...]
+    image_format: str
+    quality: int
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What an actor reports for a shard; the images and metadata are already in the store."""
+
+    shard_id: str
+    attempt: str
+    committed: bool  # False: another attempt committed this shard first; its results stand
+    rows_ok: int
+    rows_failed: int
+    rendered: int  # rows rendered by this attempt
+    adopted: int  # rows whose image an earlier attempt had already written
+    seconds: float
+    failures: dict[str, str] = field(default_factory=dict)  # row id -> error
+    model_loads: int = 0
+    actor: str = ""
