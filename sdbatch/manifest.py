@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +64,7 @@ def _read_s3_bytes(uri: str, s3_settings: Any) -> bytes:
 
 def _parse_parquet(data: bytes, uri: str) -> pa.Table:
     try:
-        return pq.read_table(io.BytesIO(data))
+        return pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as exc:
         raise ManifestError(f"manifest {uri} is not a Parquet file ({exc}); "
                             "write it with pyarrow or pandas.DataFrame.to_parquet, "

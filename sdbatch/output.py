@@ -180,10 +180,10 @@ def read_results(output: str | Store, s3: Any = None) -> pa.Table:
 
     store = output if isinstance(output, Store) else open_store(str(output), s3)
     try:
-        manifest = pq.read_table(io.BytesIO(store.get(MANIFEST_KEY)))
+        manifest = pq.read_table(pa.BufferReader(store.get(MANIFEST_KEY)))
     except ObjectNotFound as exc:
         raise FileNotFoundError(f"{store.uri} holds no sdbatch run (no {MANIFEST_KEY})") from exc
-    parts = [pq.read_table(io.BytesIO(store.get(m["metadata"])), schema=RESULT_SCHEMA)
+    parts = [pq.read_table(pa.BufferReader(store.get(m["metadata"])), schema=RESULT_SCHEMA)
              for m in committed_shards(store).values()]
     results = pa.concat_tables(parts) if parts else RESULT_SCHEMA.empty_table()
     return _join(manifest, results)

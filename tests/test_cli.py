@@ -1,0 +1,79 @@
+"""The CLI as a user runs it: bad input exits 2 naming column, row and fix, and writes nothing."""
+
+import socket
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.util import run_cli, tiny_rows, write_manifest
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+BAD_MANIFESTS = {
+    "missing_prompt": ([{"id": "a", "text": "x"}], ["column 'prompt'", "add a string column 'prompt'"]),
+    "duplicate_ids": ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}],
+                      ["column 'id'", "row id 'a'", "unique"]),
+    "slash_id": ([{"id": "x/y", "prompt": "x"}], ["column 'id'", "row id 'x/y'", "rename it"]),
+    "dotdot_id": ([{"id": "..", "prompt": "x"}], ["column 'id'", "row id '..'", "rename it"]),
+    "width": ([{"id": "w", "prompt": "x", "width": 100}], ["column 'width'", "row id 'w'", "use 96 or 104"]),
+    "steps": ([{"id": "s", "prompt": "x", "steps": 0}], ["column 'steps'", "row id 's'", "steps >= 1"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
+def test_bad_manifest_exits_2_and_writes_nothing(tmp_path, case):
+    rows, needles = BAD_MANIFESTS[case]
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    result = run_cli("submit", str(manifest), "--output", str(out), "--model", "tiny:sd15")
+    assert result.returncode == 2, result.stderr
+    message = " ".join(result.stderr.split())
+    for needle in needles:
+        assert needle in message
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_not_parquet_and_missing_paths_exit_2(tmp_path):
+    csv = tmp_path / "m.parquet"
+    csv.write_text("id,prompt\na,x\n")
+    for path, needle in ((csv, "not a Parquet file"), (tmp_path / "absent.parquet", "does not exist")):
+        result = run_cli("submit", str(path), "--output", str(tmp_path / "out"))
+        assert result.returncode == 2 and needle in " ".join(result.stderr.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_s3_endpoint_is_reported_before_rendering(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(2))
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    result = run_cli("submit", str(manifest), "--output", "s3://bucket/run", "--s3-endpoint", endpoint,
+                     "--model", "tiny:sd15", env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"},
+                     timeout=60)
+    assert result.returncode == 2
+    assert endpoint in " ".join(result.stderr.split())
+    assert "Ray" not in result.stderr + result.stdout  # no cluster was started
+
+
+def test_manifest_new_validate_show(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a comment\na cat\n\na dog\n")
+    out = tmp_path / "m.parquet"
+    assert run_cli("manifest", "new", str(prompts), "-o", str(out), "--seeds", "3").returncode == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 6 and table.column("prompt").to_pylist().count("a dog") == 3
+    assert len(set(table.column("id").to_pylist())) == 6
+    validated = run_cli("manifest", "validate", str(out), "--job", "jobs/demo.toml")
+    assert validated.returncode == 0 and "6 rows" in validated.stdout
+    shown = run_cli("manifest", "show", str(out))
+    assert shown.returncode == 0 and "6 rows" in shown.stdout and "variants" in shown.stdout
+
+
+def test_bad_job_setting_exits_2(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(1))
+    result = run_cli("submit", str(manifest), "--output", str(tmp_path / "o"), "--format", "gif")
+    assert result.returncode == 2 and "output.format" in result.stderr

@@ -1,0 +1,51 @@
+"""Planning is pure and deterministic: same manifest and settings, same shards, ids and seeds."""
+
+import random
+
+import pyarrow as pa
+
+from sdbatch.manifest import normalize
+from sdbatch.plan import plan_shards, shard_rows
+from sdbatch.spec import RowDefaults
+
+
+def _manifest(order: list[int]) -> pa.Table:
+    rows = [{"id": f"r{i}", "prompt": f"p{i}", "steps": 10 if i % 3 else 20, "width": 64 if i % 2 else 128}
+            for i in order]
+    return normalize(pa.Table.from_pylist(rows), RowDefaults(model="m"))
+
+
+def test_same_input_gives_identical_plan():
+    first = plan_shards(_manifest(list(range(50))), 4)
+    again = plan_shards(_manifest(list(range(50))), 4)
+    assert first == again
+
+
+def test_shards_never_mix_variants_and_cover_every_row_once():
+    table = _manifest(list(range(50)))
+    plan = plan_shards(table, 4)
+    seen = []
+    for shard in plan.shards:
+        rows = shard_rows(table, shard)
+        assert 1 <= len(rows) <= 4
+        assert {(r["steps"], r["width"]) for r in rows} == {(shard.variant.steps, shard.variant.width)}
+        seen += [r["id"] for r in rows]
+    assert sorted(seen) == sorted(f"r{i}" for i in range(50))
+    assert len(plan.variants()) == 4
+
+
+def test_seeds_do_not_depend_on_row_order():
+    order = list(range(50))
+    shuffled = order[:]
+    random.Random(3).shuffle(shuffled)
+    a, b = _manifest(order), _manifest(shuffled)
+    seeds_a = dict(zip(a.column("id").to_pylist(), a.column("seed").to_pylist()))
+    seeds_b = dict(zip(b.column("id").to_pylist(), b.column("seed").to_pylist()))
+    assert seeds_a == seeds_b
+    assert len(set(seeds_a.values())) == 50
+
+
+def test_shard_ids_are_unique_and_sortable():
+    plan = plan_shards(_manifest(list(range(50))), 3)
+    ids = [s.shard_id for s in plan.shards]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
