@@ -180,9 +180,10 @@ class LocalStore(Store):
 # Codes meaning "who you are or what you may do", across AWS and S3 clones.
 _AUTH_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-    "TokenRefreshRequired", "AllAccessDisabled", "InvalidClientTokenId", "AuthorizationHeaderMalformed",
-    "403", "Forbidden",
+    "TokenRefreshRequired", "AllAccessDisabled", "InvalidClientTokenId", "403", "Forbidden",
 }
+# Codes AWS gives when requests are signed for, or sent to, the wrong region.
+_REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 
 
 def _quiet_sdk_loggers() -> None:
@@ -227,8 +228,8 @@ class S3Store(Store):
 
     @property
     def endpoint(self) -> str:
-        client = self._client_obj  # reflects env-provided endpoints once a client exists
-        return _redact_url(client.meta.endpoint_url if client else self.settings.endpoint_url)
+        client = self._client_obj  # knows endpoints that boto3 took from env or config files
+        return _redact_url(client.meta.endpoint_url if client else resolve_endpoint(self.settings.endpoint_url))
 
     def url_for(self, key: str) -> str:
         return f"{self.uri}/{_check_key(key)}"
@@ -242,7 +243,6 @@ class S3Store(Store):
 
         _quiet_sdk_loggers()
         s = self.settings
-        region = s.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         config = Config(
             retries={"mode": "standard", "total_max_attempts": attempts},
             s3={"addressing_style": "path"},  # works with every S3 clone and dotted bucket names
@@ -254,7 +254,12 @@ class S3Store(Store):
             read_timeout=read_timeout,
         )
         # Credentials come only from the default chain, so they never sit on self.
-        return boto3.session.Session(region_name=region).client("s3", endpoint_url=s.endpoint_url, config=config)
+        session = boto3.session.Session(region_name=self._region())
+        return session.client("s3", endpoint_url=s.endpoint_url, config=config)
+
+    def _region(self) -> str:
+        env = os.environ
+        return self.settings.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
 
     def _client(self):
         if self._client_obj is None:
@@ -300,6 +305,9 @@ class S3Store(Store):
             return _Exists(f"{where} already exists")
         if code in ("ConditionalRequestConflict", "409"):
             return _Busy(f"{where} is being written concurrently")
+        if code in _REGION_CODES:
+            return StoreError(f"bucket '{self.bucket}' at {self.endpoint} is not in region {self._region()} ({code}); "
+                              "set AWS_REGION to the bucket's region")
         if code in _AUTH_CODES:
             return _Denied(f"access denied ({code}) trying to {action} {where} at {self.endpoint}; check AWS "
                            f"credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and their rights on bucket '{self.bucket}'")
@@ -379,7 +387,12 @@ def _why_unreachable(e: Exception) -> str:
         return "no response before the read timeout"
     if isinstance(e, bex.SSLError):
         return "TLS handshake failed"
-    return "connection refused" if "refused" in str(e.kwargs.get("error", e)).lower() else "connection failed"
+    detail = str(e.kwargs.get("error", e)).lower()
+    if "refused" in detail:
+        return "connection refused"
+    if any(s in detail for s in ("name or service not known", "name resolution", "nodename nor servname", "getaddrinfo")):
+        return "host name does not resolve"
+    return "connection failed"
 
 
 def open_store(uri: str, s3: S3Settings | None = None) -> Store:

@@ -64,13 +64,20 @@ def apply_aws_env(monkeypatch, env: dict[str, str]) -> None:
 class _S3Server:
     endpoint: str
     env: dict[str, str]
+    _admin_client = None
 
     def client(self, **env_overrides):
         """A boto3 S3 client with this server's admin credentials (for test setup)."""
+        if env_overrides:
+            return self._new_client({**self.env, **env_overrides})
+        if self._admin_client is None:  # building a client costs ~0.1 s; reuse it
+            self._admin_client = self._new_client(self.env)
+        return self._admin_client
+
+    def _new_client(self, env: dict[str, str]):
         import boto3
         from botocore.config import Config
 
-        env = {**self.env, **env_overrides}
         return boto3.session.Session(
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
@@ -146,6 +153,10 @@ class SeaweedServer(_S3Server):
             "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false",
             "-master.telemetry=false", f"-s3.autoCreateBucket={str(self.auto_create_bucket).lower()}",
             f"-s3.config={self._write_identities()}",
+            # Each bucket takes a volume of its own, and mini sizes the volume count
+            # from free disk (77 on an 80 GB disk): a session making more buckets than
+            # that gets InternalError on PUT. Volumes are sparse files, so be generous.
+            "-volume.max=1000", "-master.volumeSizeLimitMB=64",
         ]
         # Unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep ours private if
         # the path fits the ~107-byte sun_path limit.
@@ -166,8 +177,8 @@ class SeaweedServer(_S3Server):
         raise last_error
 
     def _start_once(self, ports: list[int]) -> None:
-        self.endpoint = f"http://127.0.0.1:{ports[0]}"
-        self._ports = ports
+        self.endpoint, self._ports, self._admin_client = f"http://127.0.0.1:{ports[0]}", ports, None
+        probe = self._new_client(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self._command(ports), cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log,
@@ -175,19 +186,21 @@ class SeaweedServer(_S3Server):
             )
         deadline = time.monotonic() + self.START_TIMEOUT
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            returncode = self.proc.poll()
+            if returncode is not None:
                 self.stop()
-                raise RuntimeError(f"weed mini exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self._answers():
+                raise RuntimeError(f"weed mini exited with {returncode}:\n{self.log_tail()}")
+            if self._answers(probe):
                 return
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"weed mini S3 not ready within {self.START_TIMEOUT:.0f}s:\n{self.log_tail()}")
 
-    def _answers(self) -> bool:
+    @staticmethod
+    def _answers(client) -> bool:
         # A real signed request: the port opens before the S3 gateway can serve.
         try:
-            self.client().list_buckets()
+            client.list_buckets()
             return True
         except Exception:
             return False

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import traceback
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -24,21 +25,29 @@ except ImportError:
     from tests.servers import free_ports
 
 
+@pytest.fixture(scope="module")
+def sw_shared_bucket(seaweed):
+    # The first write to a new SeaweedFS bucket allocates a volume (~0.2 s);
+    # sharing one bucket, with a fresh prefix per test, keeps the suite quick.
+    return seaweed.create_bucket()
+
+
 @pytest.fixture(params=["local", "seaweed", "moto"])
 def store(request, tmp_path):
     if request.param == "local":
         return LocalStore(str(tmp_path / "root"))
     if request.param == "seaweed":
         endpoint = request.getfixturevalue("s3_env")
-        # A root prefix, so key <-> object-name mapping is exercised too.
-        return S3Store(f"s3://{request.getfixturevalue('new_bucket')}/runs/r1", S3Settings(endpoint_url=endpoint))
+        # A nested root prefix, so the key <-> object-name mapping is exercised too.
+        root = f"s3://{request.getfixturevalue('sw_shared_bucket')}/runs/{uuid.uuid4().hex}"
+        return S3Store(root, S3Settings(endpoint_url=endpoint))
     endpoint = request.getfixturevalue("moto_env")
     return S3Store(f"s3://{request.getfixturevalue('moto_server').create_bucket()}", S3Settings(endpoint_url=endpoint))
 
 
 @pytest.fixture
-def sw_store(s3_env, new_bucket):
-    return S3Store(f"s3://{new_bucket}/pre", S3Settings(endpoint_url=s3_env))
+def sw_store(s3_env, sw_shared_bucket):
+    return S3Store(f"s3://{sw_shared_bucket}/{uuid.uuid4().hex}", S3Settings(endpoint_url=s3_env))
 
 
 def test_put_get_roundtrip(store):

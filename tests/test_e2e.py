@@ -1,0 +1,110 @@
+"""End to end on a real local Ray: submit into SeaweedFS, rerun as resume, SIGKILL the driver and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import sdbatch
+from sdbatch.storage import S3Settings, open_store
+from tests.util import SDBATCH, run_cli, tiny_rows, write_manifest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
+REPO = Path(__file__).resolve().parents[1]
+JOB = str(REPO / "jobs" / "demo.toml")
+
+
+def _assert_exactly_once(store, ids: list[str]) -> None:
+    results = sdbatch.read_results(store)
+    assert sorted(results.column("id").to_pylist()) == sorted(ids)
+    assert set(results.column("status").to_pylist()) == {"ok"}
+    images = store.list("images/")
+    assert sorted(key.rsplit("/", 1)[1].rsplit(".", 1)[0] for key in images) == sorted(ids)
+    assert sorted(results.column("image").to_pylist()) == sorted(images)
+    markers = store.list("_committed/")
+    metadata = store.list("metadata/")
+    assert len(metadata) == len(markers)  # no orphan metadata from losing attempts
+    success = json.loads(store.get("_SUCCESS.json"))
+    assert (success["rows_total"], success["rows_ok"], success["rows_failed"]) == (len(ids), len(ids), 0)
+
+
+def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tmp_path, s3_env, new_bucket):
+    rows = tiny_rows(10, label="cat")
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    output = f"s3://{new_bucket}/run1"
+    args = ["submit", str(manifest), "--output", output, "--s3-endpoint", s3_env, "--job", JOB,
+            "--steps", "2", "--shard-size", "3", "--actors", "2"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    store = open_store(output, S3Settings(endpoint_url=s3_env))
+    ids = [r["id"] for r in rows]
+    _assert_exactly_once(store, ids)
+    results = sdbatch.read_results(store)
+    assert results.column("label").to_pylist() == ["cat"] * 10  # labels pass through
+    assert all(results.column("seed").to_pylist()) and set(results.column("width").to_pylist()) == {64}
+    assert "torch" in json.loads(results.column("versions")[0].as_py())
+    markers = {k: store.get(k) for k in store.list("_committed/")}
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "0 rendered" in again.stdout and "4 shards already done" in again.stdout
+    assert {k: store.get(k) for k in store.list("_committed/")} == markers
+    _assert_exactly_once(store, ids)
+
+    other = write_manifest(tmp_path / "other.parquet", tiny_rows(4))
+    refused = run_cli("submit", str(other), *args[2:])
+    assert refused.returncode == 2 and "already holds a different run" in refused.stderr
+    changed = run_cli(*args[:-2], "--steps", "3", "--actors", "2")  # same manifest, other settings
+    assert changed.returncode == 2 and "defaults.steps was 2, now 3" in " ".join(changed.stderr.split())
+    _assert_exactly_once(store, ids)
+
+
+def _wait_until_stable(directory: Path, quiet: float = 3.0, limit: float = 60.0) -> set[str]:
+    """Markers once no new one has appeared for `quiet` seconds (the killed run's actors have exited)."""
+    seen, since, deadline = set(), time.monotonic(), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        now = set(os.listdir(directory)) if directory.exists() else set()
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since > quiet:
+            return seen
+        time.sleep(0.2)
+    return seen
+
+
+def _count(directory: Path) -> int:
+    return len(os.listdir(directory)) if directory.exists() else 0
+
+
+def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path):
+    rows = tiny_rows(24)
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, "--steps", "20",
+            "--shard-size", "2", "--actors", "2"]
+    driver = subprocess.Popen([*SDBATCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    markers_dir = out / "_committed"
+    deadline = time.monotonic() + 180
+    while _count(markers_dir) < 3:
+        assert driver.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
+        time.sleep(0.1)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    committed = _wait_until_stable(markers_dir)
+    assert 3 <= len(committed) < 12, "the kill should land mid-run"
+    before = {name: (markers_dir / name).read_bytes() for name in committed}
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    store = open_store(str(out))
+    _assert_exactly_once(store, [r["id"] for r in rows])
+    for name, content in before.items():
+        assert (markers_dir / name).read_bytes() == content  # committed shards were not redone
+    last = json.loads(store.get("_SUCCESS.json"))["last_run"]
+    assert last["shards_skipped"] == len(committed)
+    assert last["rows_rendered"] + last["rows_adopted"] == 24 - 2 * len(committed)
