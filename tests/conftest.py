@@ -62,3 +62,23 @@ def moto_env(moto_server, monkeypatch) -> str:
     """Default AWS chain pointed at moto; returns its endpoint."""
     apply_aws_env(monkeypatch, moto_server.env)
     return moto_server.endpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """SDBATCH_CACHE for this session (inherited by CLI subprocesses and Ray workers), offline,
+    with the tiny model built once up front so parallel actors find it ready."""
+    import os
+
+    cache = tmp_path_factory.mktemp("sdbatch-cache")
+    saved = {k: os.environ.get(k) for k in ("SDBATCH_CACHE", "HF_HUB_OFFLINE")}
+    os.environ.update(SDBATCH_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    from sdbatch.render.loading import resolve_model_path
+
+    resolve_model_path("tiny:sd15")
+    yield cache
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
