@@ -108,3 +108,34 @@ def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path)
     last = json.loads(store.get("_SUCCESS.json"))["last_run"]
     assert last["shards_skipped"] == len(committed)
     assert last["rows_rendered"] + last["rows_adopted"] == 24 - 2 * len(committed)
+
+
+def _actor_processes(driver_pid: int):
+    import psutil
+
+    children = psutil.Process(driver_pid).children(recursive=True)
+    return [p for p in children if "RenderActor" in " ".join(p.cmdline())]
+
+
+def test_killed_actor_is_replaced_and_its_shards_requeued(tmp_path):
+    rows = tiny_rows(16)
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, "--steps", "20",
+            "--shard-size", "2", "--actors", "2"]
+    driver = subprocess.Popen([*SDBATCH, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while _count(out / "_committed") < 1:
+        assert driver.poll() is None and time.monotonic() < deadline, "run ended before an actor was killed"
+        time.sleep(0.1)
+    victims = _actor_processes(driver.pid)
+    assert len(victims) == 2
+    victims[0].kill()  # SIGKILL, as the kernel's OOM killer would
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    assert "lost" in output
+    store = open_store(str(out))
+    _assert_exactly_once(store, [r["id"] for r in rows])
+    last = json.loads(store.get("_SUCCESS.json"))["last_run"]
+    assert last["actors_lost"] == 1 and last["actors"] == 2
