@@ -15,7 +15,7 @@ class RunProgress:
 
     def __init__(self, console: Console, rows_total: int, rows_done: int):
         self.console = console
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # reset on __enter__, once the actors are being started
         self.rendered = self.adopted = self.failed = 0
         self.progress = Progress(
             TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(),
@@ -25,6 +25,7 @@ class RunProgress:
         self.task = self.progress.add_task("rows", total=rows_total, completed=rows_done, rate=0.0, failed=0)
 
     def __enter__(self) -> "RunProgress":
+        self.started = time.monotonic()
         self.progress.start()
         return self
 

@@ -77,3 +77,10 @@ def test_bad_job_setting_exits_2(tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(1))
     result = run_cli("submit", str(manifest), "--output", str(tmp_path / "o"), "--format", "gif")
     assert result.returncode == 2 and "output.format" in result.stderr
+
+
+def test_models_tiny_writes_a_loadable_model(tmp_path):
+    result = run_cli("models", "tiny", str(tmp_path / "tiny"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "tiny" / "model_index.json").is_file()
+    assert (tmp_path / "tiny" / "unet" / "diffusion_pytorch_model.safetensors").is_file()

@@ -34,13 +34,14 @@ def _assert_exactly_once(store, ids: list[str]) -> None:
 
 def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tmp_path, s3_env, new_bucket):
     rows = tiny_rows(10, label="cat")
-    manifest = write_manifest(tmp_path / "m.parquet", rows)
-    output = f"s3://{new_bucket}/run1"
-    args = ["submit", str(manifest), "--output", output, "--s3-endpoint", s3_env, "--job", JOB,
+    manifest = f"s3://{new_bucket}/manifests/m.parquet"
+    store = open_store(output := f"s3://{new_bucket}/run1", S3Settings(endpoint_url=s3_env))
+    open_store(f"s3://{new_bucket}", S3Settings(endpoint_url=s3_env)).put(
+        "manifests/m.parquet", write_manifest(tmp_path / "m.parquet", rows).read_bytes())
+    args = ["submit", manifest, "--output", output, "--s3-endpoint", s3_env, "--job", JOB,
             "--steps", "2", "--shard-size", "3", "--actors", "2"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr
-    store = open_store(output, S3Settings(endpoint_url=s3_env))
     ids = [r["id"] for r in rows]
     _assert_exactly_once(store, ids)
     results = sdbatch.read_results(store)
@@ -48,6 +49,8 @@ def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tm
     assert all(results.column("seed").to_pylist()) and set(results.column("width").to_pylist()) == {64}
     assert "torch" in json.loads(results.column("versions")[0].as_py())
     markers = {k: store.get(k) for k in store.list("_committed/")}
+    status = run_cli("status", output, "--s3-endpoint", s3_env)
+    assert status.returncode == 0 and "rows_ok: 10" in status.stdout and "finished: True" in status.stdout
 
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr

@@ -60,6 +60,7 @@ class Renderer:
         self.device, self.dtype = pick_device(settings.device)
         self.model_loads = 0
         self._model: LoadedModel | None = None
+        self._schedulers: dict[str | None, object] = {}  # per scheduler name, for the loaded model
         self._uploads = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="sdbatch-io")
         # Bounds the images waiting to be encoded/uploaded, so a slow store slows rendering, not memory.
         self._upload_slots = threading.BoundedSemaphore(settings.io_threads * 2)
@@ -69,6 +70,7 @@ class Renderer:
         """The warm pipeline for a model, loading it (and freeing the previous one) on first use."""
         if self._model is None or self._model.reference != reference:
             self._model = None
+            self._schedulers.clear()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._model = load_model(reference, self.device, self.dtype)
@@ -97,7 +99,10 @@ class Renderer:
         first = batch[0]
         model = self.model(first["model"])
         pipe = model.pipeline
-        pipe.scheduler = make_scheduler(model, first["scheduler"])
+        name = first["scheduler"]
+        if name not in self._schedulers:  # building one costs numpy work on every call otherwise
+            self._schedulers[name] = make_scheduler(model, name)
+        pipe.scheduler = self._schedulers[name]
         width = first["width"] or model.native_size[0]
         height = first["height"] or model.native_size[1]
         # One CPU generator per row: a row's noise never depends on its batch or its neighbours.

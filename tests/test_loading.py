@@ -1,0 +1,49 @@
+"""Model references: tiny models, local folders, hub ids offline, schedulers by name."""
+
+import pytest
+import torch
+
+from sdbatch.render.loading import ModelLoadError, load_model, make_scheduler, model_hash, resolve_model_path
+from sdbatch.spec import SCHEDULERS
+
+pytestmark = pytest.mark.usefixtures("tiny_cache")
+
+
+def test_hub_id_offline_and_not_cached_gives_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as info:
+        resolve_model_path("nobody-here/no-such-model")
+    message = str(info.value)
+    assert "'nobody-here/no-such-model'" in message and "download it first" in message
+
+
+def test_missing_local_folder_is_not_looked_up_on_the_hub(tmp_path):
+    with pytest.raises(ModelLoadError, match="not a diffusers model folder"):
+        resolve_model_path(str(tmp_path / "absent" / "model"))
+
+
+def test_unknown_tiny_model_is_refused():
+    with pytest.raises(ModelLoadError, match="tiny:sd15"):
+        resolve_model_path("tiny:sd99")
+
+
+def test_model_hash_follows_content(tmp_path):
+    from sdbatch.render.tiny import write_tiny_model
+
+    a, b, c = (write_tiny_model(tmp_path / n, seed=s) for n, s in (("a", 0), ("b", 0), ("c", 1)))
+    assert model_hash(a) == model_hash(b) != model_hash(c)
+
+
+def test_every_named_scheduler_builds_and_renders():
+    model = load_model("tiny:sd15", torch.device("cpu"), torch.float32)
+    assert model.native_size == (64, 64)
+    for name in SCHEDULERS:
+        model.pipeline.scheduler = make_scheduler(model, name)
+        out = model.pipeline(prompt=["x"], num_inference_steps=3, width=32, height=32, output_type="np",
+                             generator=[torch.Generator().manual_seed(0)])
+        assert out.images.shape == (1, 32, 32, 3), name
+    assert make_scheduler(model, "dpmpp_2m_karras").config.use_karras_sigmas
+    assert make_scheduler(model, None) is model.base_scheduler
