@@ -11,8 +11,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sdbatch.manifest import ManifestError, normalize, read_manifest
-from sdbatch.output import (RunIdentity, committed_shards, job_document, new_attempt_id, prepare_output,
-                            read_results, run_counts, table_fingerprint, write_success)
+from sdbatch.output import (
+    RunIdentity,
+    committed_shards,
+    job_document,
+    new_attempt_id,
+    prepare_output,
+    read_results,
+    run_counts,
+    table_fingerprint,
+    write_success,
+)
 from sdbatch.plan import Plan, Shard, plan_shards, shard_rows
 from sdbatch.spec import JobSpec
 from sdbatch.storage import S3Settings, Store, open_store
@@ -84,7 +93,7 @@ def _check_local_models(table: pa.Table) -> None:
 def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     """Write job.json, render the shards not yet committed, and write _SUCCESS.json when all are."""
     started = time.monotonic()
-    store, spec = prepared.store, prepared.request.spec
+    store = prepared.store
     prepare_output(store, prepared.job_doc, prepared.manifest)
     done = committed_shards(store)
     pending = [s for s in prepared.plan.shards if s.shard_id not in done]

@@ -14,9 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sdbatch import storage
+from sdbatch import s3, storage
 from sdbatch.storage import (
-    LocalStore, ObjectNotFound, PutResult, S3Settings, S3Store, StoreError, open_store, resolve_endpoint,
+    LocalStore,
+    ObjectNotFound,
+    PutResult,
+    S3Settings,
+    S3Store,
+    StoreError,
+    open_store,
+    resolve_endpoint,
 )
 
 try:
@@ -96,7 +103,7 @@ def test_put_once_compares_bytes_when_etag_is_not_plain_md5(sw_store, monkeypatc
         def hexdigest(self):
             return "0" * 32
 
-    monkeypatch.setattr(storage.hashlib, "md5", NotMd5)  # as for multipart / SSE-KMS ETags
+    monkeypatch.setattr(s3.hashlib, "md5", NotMd5)  # as for multipart / SSE-KMS ETags
     assert sw_store.put_once("k", b"data") is PutResult.IDENTICAL
     assert sw_store.put_once("k", b"diff") is PutResult.CONFLICT
 

@@ -1,0 +1,251 @@
+"""S3Store: the Store protocol over an S3-compatible bucket through boto3, with user-facing errors."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+from sdbatch.storage import (
+    PROBE_DIR,
+    ObjectNotFound,
+    PutResult,
+    S3Settings,
+    Store,
+    StoreError,
+    check_key,
+    check_prefix,
+    resolve_endpoint,
+)
+
+
+# Internal refinements of StoreError that S3Store acts on before they reach users.
+class _Exists(StoreError): ...  # create-only PUT refused (412): the key is taken
+class _Busy(StoreError): ...  # create-only PUT refused (409): a competing one is in flight
+class _Denied(StoreError): ...  # bad credentials or missing permission
+
+
+
+# Codes meaning "who you are or what you may do", across AWS and S3 clones.
+_AUTH_CODES = {
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+    "TokenRefreshRequired", "AllAccessDisabled", "InvalidClientTokenId", "403", "Forbidden",
+}
+# Codes AWS gives when requests are signed for, or sent to, the wrong region.
+_REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+
+
+def _quiet_sdk_loggers() -> None:
+    # SDK DEBUG output includes access key ids and signatures, and a root logger
+    # at DEBUG (common while debugging) would otherwise let it through.
+    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+def _redact_url(url: str | None) -> str:
+    # An endpoint may be written http://user:pass@host; never echo the userinfo.
+    if not url:
+        return "the default AWS S3 endpoint"
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
+
+class S3Store(Store):
+    def __init__(self, uri: str, settings: S3Settings | None = None) -> None:
+        parts = urlsplit(uri)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
+        self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
+        self.uri = f"s3://{self.bucket}/{check_key(self.prefix)}" if self.prefix else f"s3://{self.bucket}"
+        self.settings = settings or S3Settings()
+        self._client_obj = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # Clients hold sockets and locks; each process (e.g. a Ray actor) builds its own.
+        state = dict(self.__dict__, _client_obj=None)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.uri!r}, endpoint={self.endpoint!r})"
+
+    @property
+    def endpoint(self) -> str:
+        client = self._client_obj  # knows endpoints that boto3 took from env or config files
+        return _redact_url(client.meta.endpoint_url if client else resolve_endpoint(self.settings.endpoint_url))
+
+    def url_for(self, key: str) -> str:
+        return f"{self.uri}/{check_key(key)}"
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
+
+    def _make_client(self, connect_timeout: float, read_timeout: float, attempts: int):
+        import boto3
+        from botocore.config import Config
+
+        _quiet_sdk_loggers()
+        s = self.settings
+        config = Config(
+            retries={"mode": "standard", "total_max_attempts": attempts},
+            s3={"addressing_style": "path"},  # works with every S3 clone and dotted bucket names
+            # botocore's newer default checksums are rejected by several S3 clones.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            max_pool_connections=s.max_pool_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        # Credentials come only from the default chain, so they never sit on self.
+        session = boto3.session.Session(region_name=self._region())
+        return session.client("s3", endpoint_url=s.endpoint_url, config=config)
+
+    def _region(self) -> str:
+        env = os.environ
+        return self.settings.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+    def _client(self):
+        if self._client_obj is None:
+            with self._lock:  # one client per Store, shared (thread-safely) by upload threads
+                if self._client_obj is None:
+                    s = self.settings
+                    self._client_obj = self._make_client(s.connect_timeout, s.read_timeout, s.max_attempts)
+        return self._client_obj
+
+    def _call(self, action: str, key: str | None, method: str, client=None, **kwargs):
+        if key is not None:
+            kwargs["Key"] = self._full(key)
+        with self._translated(action, key):
+            return getattr(client or self._client(), method)(Bucket=self.bucket, **kwargs)
+
+    @contextlib.contextmanager
+    def _translated(self, action: str, key: str | None):
+        from botocore import exceptions as bex
+
+        try:
+            yield
+        except (bex.ClientError, bex.BotoCoreError) as e:
+            raise self._translate(e, action, key) from e
+
+    def _translate(self, e: Exception, action: str, key: str | None) -> StoreError:
+        from botocore import exceptions as bex
+
+        where = self.url_for(key) if key else self.uri
+        if isinstance(e, (bex.NoCredentialsError, bex.PartialCredentialsError, bex.CredentialRetrievalError)):
+            return StoreError(f"no usable AWS credentials for {where}; set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        if isinstance(e, (bex.ConnectionError, bex.HTTPClientError)):
+            return StoreError(f"cannot reach S3 endpoint {self.endpoint} ({_why_unreachable(e)}); "
+                              "check --s3-endpoint / AWS_ENDPOINT_URL")
+        if not isinstance(e, bex.ClientError):
+            return StoreError(f"S3 {action} of {where} failed: {type(e).__name__}: {e}")
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket" or (code in ("404", "NotFound") and key is None):
+            return StoreError(f"bucket '{self.bucket}' does not exist at {self.endpoint}; create it first")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return ObjectNotFound(f"{where} does not exist")
+        if code in ("PreconditionFailed", "412"):
+            return _Exists(f"{where} already exists")
+        if code in ("ConditionalRequestConflict", "409"):
+            return _Busy(f"{where} is being written concurrently")
+        if code in _REGION_CODES:
+            return StoreError(f"bucket '{self.bucket}' at {self.endpoint} is not in region {self._region()} ({code}); "
+                              "set AWS_REGION to the bucket's region")
+        if code in _AUTH_CODES:
+            return _Denied(f"access denied ({code}) trying to {action} {where} at {self.endpoint}; check AWS "
+                           f"credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and their rights on bucket '{self.bucket}'")
+        message = e.response.get("Error", {}).get("Message", "")
+        return StoreError(f"S3 {action} of {where} failed at {self.endpoint}: {code} {message}".rstrip())
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call("write", key, "put_object", Body=data)
+
+    def put_once(self, key: str, data: bytes) -> PutResult:
+        for attempt in range(5):
+            try:
+                self._call("write", key, "put_object", Body=data, IfNoneMatch="*")
+                return PutResult.CREATED
+            except _Busy:  # AWS answers 409 while a competing conditional write is in flight
+                time.sleep(0.05 * 2**attempt)
+            except _Exists:  # includes our own retried PUT whose first answer was lost
+                try:
+                    return PutResult.IDENTICAL if self._holds(key, data) else PutResult.CONFLICT
+                except ObjectNotFound:
+                    pass  # deleted between our PUT and our look; try creating again
+        raise StoreError(f"could not create {self.url_for(key)}: concurrent writers keep changing it")
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        head = self._call("read", key, "head_object")
+        if head.get("ContentLength", len(data)) != len(data):
+            return False
+        # A plain md5 ETag settles it without a download; multipart or SSE-KMS ETags do not.
+        etag = str(head.get("ETag", "")).strip('"')
+        if re.fullmatch(r"[0-9a-f]{32}", etag) and etag == hashlib.md5(data).hexdigest():
+            return True
+        return self.get(key) == data
+
+    def get(self, key: str) -> bytes:
+        body = self._call("read", key, "get_object")["Body"]
+        with self._translated("read", key):  # the body streams, so it can fail too
+            return body.read()
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("read", key, "head_object")
+            return True
+        except ObjectNotFound:
+            return False
+
+    def list(self, prefix: str = "") -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        paginator = self._client().get_paginator("list_objects_v2")
+        with self._translated("list", None):
+            pages = list(paginator.paginate(Bucket=self.bucket, Prefix=root + check_prefix(prefix)))
+        objects = (obj["Key"] for page in pages for obj in page.get("Contents", []))
+        # Keys ending in '/' are "folder" markers made by consoles, not objects.
+        return sorted(k[len(root):] for k in objects if not k.endswith("/"))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, "delete_object")
+
+    def check_writable(self) -> None:
+        # A short-fused client: a dead endpoint must fail in seconds, not after
+        # max_attempts * (connect_timeout + backoff).
+        probe = self._make_client(min(self.settings.connect_timeout, 3.0), 5.0, 2)
+        try:
+            self._call("check", None, "head_bucket", client=probe)
+        except _Denied:
+            pass  # may only lack the ListBucket right; the probe PUT decides
+        key = f"{PROBE_DIR}/{uuid.uuid4().hex}"
+        self._call("write", key, "put_object", client=probe, Body=b"probe")
+        self._call("delete", key, "delete_object", client=probe)
+
+
+def _why_unreachable(e: Exception) -> str:
+    from botocore import exceptions as bex
+
+    if isinstance(e, bex.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(e, bex.ReadTimeoutError):
+        return "no response before the read timeout"
+    if isinstance(e, bex.SSLError):
+        return "TLS handshake failed"
+    detail = str(e.kwargs.get("error", e)).lower()
+    if "refused" in detail:
+        return "connection refused"
+    unresolved = ("name or service not known", "name resolution", "nodename nor servname", "getaddrinfo")
+    if any(s in detail for s in unresolved):
+        return "host name does not resolve"
+    return "connection failed"
