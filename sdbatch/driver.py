@@ -13,10 +13,11 @@ import pyarrow.compute as pc
 from sdbatch.manifest import ManifestError, normalize, read_manifest
 from sdbatch.output import (
     RunIdentity,
+    claim_output,
     committed_shards,
+    existing_run,
     job_document,
     new_attempt_id,
-    prepare_output,
     read_results,
     run_counts,
     table_fingerprint,
@@ -91,19 +92,25 @@ def _check_local_models(table: pa.Table) -> None:
 
 
 def execute(prepared: PreparedRun, events_factory) -> RunSummary:
-    """Write job.json, render the shards not yet committed, and write _SUCCESS.json when all are."""
+    """Render the shards not yet committed and write _SUCCESS.json when all are.
+
+    job.json is written only once the actors have loaded the model: a run that cannot start
+    leaves the output untouched, so fixing a flag and rerunning is not refused as another run.
+    """
     started = time.monotonic()
     store = prepared.store
-    prepare_output(store, prepared.job_doc, prepared.manifest)
-    done = committed_shards(store)
+    done = committed_shards(store) if existing_run(store, prepared.job_doc) else {}
     pending = [s for s in prepared.plan.shards if s.shard_id not in done]
     rows_done = sum(m["rows"] for m in done.values())
     stats: dict[str, Any] = {"shards_skipped": len(done), "shards_rendered": 0, "rows_rendered": 0,
                              "rows_adopted": 0, "render_seconds": 0.0, "actors": 0, "actors_lost": 0, "model_loads": {}}
     gave_up: dict[str, str] = {}
-    if pending:
+    claim = lambda: claim_output(store, prepared.job_doc, prepared.manifest)  # noqa: E731
+    if not pending:
+        claim()
+    else:
         events = events_factory(prepared.plan.rows_total, rows_done)
-        report, shape = _render(prepared, pending, events)
+        report, shape = _render(prepared, pending, events, claim)
         gave_up = report.gave_up
         stats.update(shards_rendered=len(report.results), actors=shape.actors, actors_lost=report.actors_lost,
                      model_loads=report.model_loads,
@@ -116,7 +123,7 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     return _finish(prepared, stats, gave_up)
 
 
-def _render(prepared: PreparedRun, pending: list[Shard], events):
+def _render(prepared: PreparedRun, pending: list[Shard], events, on_ready):
     from sdbatch.engine import cluster  # Ray is imported only once there is work for it
 
     spec = prepared.request.spec
@@ -129,7 +136,7 @@ def _render(prepared: PreparedRun, pending: list[Shard], events):
     try:
         with events:
             return cluster.run_shards(pending, make_task, prepared.store, spec.run, events,
-                                      first_model=pending[0].variant.model)
+                                      first_model=pending[0].variant.model, on_ready=on_ready)
     finally:
         cluster.shutdown()
 

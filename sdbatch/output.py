@@ -88,29 +88,34 @@ def job_document(spec: JobSpec, identity: RunIdentity, source: str, rows: int, s
     }
 
 
-def prepare_output(store: Store, job_doc: dict, manifest_with_shards: pa.Table) -> bool:
-    """Create job.json and the manifest copy, or check they match; True when resuming a run."""
-    result = store.put_once(JOB_KEY, _json_bytes(job_doc))
-    resuming = result is not PutResult.CREATED
-    if resuming:
-        _check_same_run(store, job_doc)
+def existing_run(store: Store, job_doc: dict) -> bool:
+    """True if the output already holds this run; RunMismatch if it holds another; reads only."""
+    try:
+        existing = json.loads(store.get(JOB_KEY))
+    except ObjectNotFound:
+        return False
+    if existing.get("run_fingerprint") != job_doc["run_fingerprint"]:
+        raise RunMismatch(_mismatch_message(store, existing, job_doc))
+    return True
+
+
+def claim_output(store: Store, job_doc: dict, manifest_with_shards: pa.Table) -> None:
+    """Create job.json and the manifest copy, or check that a racing driver created the same run."""
+    if store.put_once(JOB_KEY, _json_bytes(job_doc)) is not PutResult.CREATED:
+        existing_run(store, job_doc)
     # The manifest's bytes depend on the pyarrow version; its content is pinned by job.json.
     store.put_once(MANIFEST_KEY, _parquet_bytes(manifest_with_shards))
-    return resuming
 
 
-def _check_same_run(store: Store, job_doc: dict) -> None:
-    existing = json.loads(store.get(JOB_KEY))
-    if existing.get("run_fingerprint") == job_doc["run_fingerprint"]:
-        return
+def _mismatch_message(store: Store, existing: dict, job_doc: dict) -> str:
     what = []
     if existing.get("manifest", {}).get("fingerprint") != job_doc["manifest"]["fingerprint"]:
         what.append(f"the manifest differs (this output was made from {existing['manifest'].get('source')})")
     old, new = _flatten(existing.get("identity", {})), _flatten(job_doc["identity"])
     what += [f"{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k)]
-    raise RunMismatch(f"{store.uri} already holds a different run: {'; '.join(what) or 'settings differ'}. "
-                      "Use a new --output, or rerun with the original manifest and settings to resume.")
+    return (f"{store.uri} already holds a different run: {'; '.join(what) or 'settings differ'}. "
+            "Use a new --output, or rerun with the original manifest and settings to resume.")
 
 
 def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:

@@ -160,11 +160,14 @@ class LocalStore(Store):
             raise StoreError(f"cannot delete {path}: {e.strerror or e}") from e
 
     def check_writable(self) -> None:
+        existed = os.path.isdir(self.uri)
         key = f"{PROBE_DIR}/{uuid.uuid4().hex}"
         self.put(key, b"probe")
         self.delete(key)
         with contextlib.suppress(OSError):  # tidy up unless another probe is mid-flight
             os.rmdir(os.path.join(self.uri, PROBE_DIR))
+            if not existed:  # a run that stops before writing leaves no trace
+                os.rmdir(self.uri)
 
 
 def open_store(uri: str, s3: S3Settings | None = None) -> Store:

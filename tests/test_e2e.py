@@ -66,6 +66,19 @@ def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tm
     _assert_exactly_once(store, ids)
 
 
+def test_model_that_cannot_load_stops_the_run_and_leaves_no_output(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(3))
+    out = tmp_path / "out"
+    result = run_cli("submit", str(manifest), "--output", str(out), "--job", JOB, "--model",
+                     "nobody-here/no-such-model", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = " ".join(result.stderr.split())
+    assert "'nobody-here/no-such-model'" in message and "download it first" in message
+    assert not out.exists()
+    fixed = run_cli("submit", str(manifest), "--output", str(out), "--job", JOB, "--steps", "2")
+    assert fixed.returncode == 0, fixed.stderr  # the failed start did not claim the output
+
+
 def _wait_until_stable(directory: Path, quiet: float = 3.0, limit: float = 60.0) -> set[str]:
     """Markers once no new one has appeared for `quiet` seconds (the killed run's actors have exited)."""
     seen, since, deadline = set(), time.monotonic(), time.monotonic() + limit

@@ -63,12 +63,13 @@ def actor_factory(store: Store, run: RunSettings, shape: PoolShape) -> Callable[
 
 
 def run_shards(shards: list[Shard], make_task: Callable[[Shard], ShardTask], store: Store,
-               run: RunSettings, events: Events, first_model: str) -> tuple[DispatchReport, PoolShape]:
-    """Render the shards on the connected Ray; returns the dispatch report and the pool used."""
+               run: RunSettings, events: Events, first_model: str,
+               on_ready: Callable[[], None]) -> tuple[DispatchReport, PoolShape]:
+    """Render the shards on the connected Ray (on_ready runs once the actors are warm)."""
     shape = pool_shape(run.actors)
     dispatcher = Dispatcher(actor_factory(store, run, shape), shape.actors, run.shards_in_flight,
                             run.max_shard_attempts, make_task, events)
-    return dispatcher.run(shards, first_model), shape
+    return dispatcher.run(shards, first_model, on_ready), shape
 
 
 def shutdown() -> None:

@@ -59,11 +59,13 @@ class Dispatcher:
         self.running: dict[Any, tuple[_Slot, Shard]] = {}
         self.attempts: collections.Counter[str] = collections.Counter()
 
-    def run(self, shards: list[Shard], first_model: str) -> DispatchReport:
+    def run(self, shards: list[Shard], first_model: str, on_ready: Callable[[], None]) -> DispatchReport:
+        """Warm the actors on first_model, call on_ready, then render every shard (or give it up)."""
         queue = collections.deque(shards)
         if not queue:
             return self.report
         self._start_actors(min(self.actor_count, len(queue)), first_model)
+        on_ready()
         while queue or self.running:
             self._fill(queue)
             ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
