@@ -35,6 +35,11 @@ RESULT_SCHEMA = pa.schema([
     ("dtype", pa.string()), ("versions", pa.string()), ("render_seconds", pa.float64()),
     ("batch_size", pa.int64()), ("actor", pa.string()), ("adopted", pa.bool_()),
     ("finished_at", pa.string()),
+    # Provenance of per-row variants: what the file/image actually was, not just where it was.
+    ("loras_used", pa.list_(pa.struct([("path", pa.string()), ("sha256", pa.string()), ("weight", pa.float64())]))),
+    ("controlnets_used", pa.list_(pa.struct([("model", pa.string()), ("model_hash", pa.string()),
+                                             ("image", pa.string()), ("image_sha256", pa.string()),
+                                             ("scale", pa.float64())]))),
 ])
 
 

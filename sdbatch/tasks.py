@@ -31,4 +31,6 @@ class ShardResult:
     seconds: float
     failures: dict[str, str] = field(default_factory=dict)  # row id -> error
     model_loads: int = 0
+    lora_loads: int = 0  # LoRA files loaded into the pipeline by this shard (cache hits are not loads)
+    controlnet_loads: int = 0  # ControlNet models loaded (from disk, or moved back from CPU) by this shard
     actor: str = ""
