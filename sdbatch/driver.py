@@ -102,25 +102,36 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     done = committed_shards(store) if existing_run(store, prepared.job_doc) else {}
     pending = [s for s in prepared.plan.shards if s.shard_id not in done]
     rows_done = sum(m["rows"] for m in done.values())
-    stats: dict[str, Any] = {"shards_skipped": len(done), "shards_rendered": 0, "rows_rendered": 0,
-                             "rows_adopted": 0, "render_seconds": 0.0, "actors": 0, "actors_lost": 0, "model_loads": {}}
-    gave_up: dict[str, str] = {}
     claim = lambda: claim_output(store, prepared.job_doc, prepared.manifest)  # noqa: E731
     if not pending:
         claim()
+        stats, gave_up = _run_stats(None, 0), {}
     else:
         events = events_factory(prepared.plan.rows_total, rows_done)
         report, shape = _render(prepared, pending, events, claim)
-        gave_up = report.gave_up
-        stats.update(shards_rendered=len(report.results), actors=shape.actors, actors_lost=report.actors_lost,
-                     model_loads=report.model_loads,
-                     rows_rendered=sum(r.rendered for r in report.results.values()),
-                     rows_adopted=sum(r.adopted for r in report.results.values()),
-                     render_seconds=round(report.render_finished - report.render_started, 3))
+        stats, gave_up = _run_stats(report, shape.actors), report.gave_up
+    stats["shards_skipped"] = len(done)
     stats["wall_seconds"] = round(time.monotonic() - started, 3)
     # Speed over the rendering phase: Ray start-up and model loading are reported in wall_seconds.
     stats["images_per_second"] = round(stats["rows_rendered"] / max(stats.get("render_seconds", 0), 1e-9), 3)
     return _finish(prepared, stats, gave_up)
+
+
+def _run_stats(report, actors: int) -> dict[str, Any]:
+    """What this invocation did; report is the engine's DispatchReport, or None if nothing was pending."""
+    results = list(report.results.values()) if report else []
+    per_actor = {
+        "model": dict(report.model_loads) if report else {},
+        "lora": dict(report.lora_loads) if report else {},
+        "controlnet": dict(report.controlnet_loads) if report else {},
+    }
+    return {
+        "shards_rendered": len(results), "actors": actors, "actors_lost": report.actors_lost if report else 0,
+        "rows_rendered": sum(r.rendered for r in results), "rows_adopted": sum(r.adopted for r in results),
+        "render_seconds": round(report.render_finished - report.render_started, 3) if report else 0.0,
+        "lora_loads": sum(per_actor["lora"].values()), "controlnet_loads": sum(per_actor["controlnet"].values()),
+        "model_loads": sum(per_actor["model"].values()), "loads_per_actor": per_actor,
+    }
 
 
 def _render(prepared: PreparedRun, pending: list[Shard], events, on_ready):
@@ -150,8 +161,11 @@ def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str
         failures = results.select(["id", "error"]).slice(0, MAX_LISTED_FAILURES).to_pylist()
     summary = RunSummary(store.uri, counts, failures, gave_up, stats)
     if summary.complete:
+        # Load totals are those of the invocation that finished the run (see last_run for the rest).
         write_success(store, {**counts, "finished": True, "shards": counts["shards_total"],
                               "failed": failures, "run_fingerprint": prepared.job_doc["run_fingerprint"],
-                              "last_run": stats, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                              "lora_loads": stats["lora_loads"], "controlnet_loads": stats["controlnet_loads"],
+                              "loads_per_actor": stats["loads_per_actor"], "last_run": stats,
+                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         summary.counts["finished"] = True
     return summary

@@ -11,13 +11,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdbatch.adapters import CONSUMED_COLUMNS, Resolver, normalize_controlnets, normalize_loras
 from sdbatch.spec import SCHEDULERS, RowDefaults
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-LORA_TAG = re.compile(r"<lora:[^>]+>")
 CORE_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale",
                 "width", "height", "scheduler", "model")
-VARIANT_LIST_COLUMNS = ("loras", "controlnets")
 # Columns the results table adds; a label column of the same name would be shadowed.
 RESULT_COLUMNS = ("image", "status", "error", "shard", "attempt", "render_seconds", "batch_size",
                   "scheduler_class", "device", "dtype", "versions", "model_hash", "actor", "adopted", "finished_at",
@@ -79,7 +78,7 @@ def derive_seed(job_seed: int, row_id: str) -> int:
 
 
 def normalize(table: pa.Table, defaults: RowDefaults) -> pa.Table:
-    """Validate every row and return the manifest with ids, seeds and defaults filled in."""
+    """Validate every row and return the manifest with ids, seeds, defaults, LoRAs and ControlNets filled in."""
     problems: list[Problem] = []
     ids = _normalize_ids(table, problems)
     _raise_if(problems, table.num_rows)
@@ -95,11 +94,17 @@ def normalize(table: pa.Table, defaults: RowDefaults) -> pa.Table:
     columns["scheduler"] = _strings(table, "scheduler", defaults.scheduler, where, problems,
                                     allowed=SCHEDULERS)
     columns["model"] = _strings(table, "model", defaults.model, where, problems, nonempty=True)
-    for name in VARIANT_LIST_COLUMNS:
-        _refuse_unsupported_lists(table, name, where, problems)
+
+    def report(column: str, n: int, message: str) -> None:
+        problems.append(Problem(column, where[n] if n >= 0 else None, message))
+
+    resolver = Resolver(defaults.lora_dir)
+    prompts, columns["loras"] = normalize_loras(table, columns["prompt"].to_pylist(), resolver, report)
+    columns["prompt"] = pa.array(prompts, pa.string())
+    columns["controlnets"] = normalize_controlnets(table, resolver, report)
     _check_label_names(table, problems)
     _raise_if(problems, table.num_rows)
-    labels = {n: table.column(n) for n in table.column_names if n not in columns}
+    labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in CONSUMED_COLUMNS}
     return pa.table({**columns, **labels})
 
 
@@ -163,9 +168,6 @@ def _prompts(table, where, problems) -> pa.Array:
     for n, value in enumerate(values):
         if value is None:
             problems.append(Problem("prompt", where[n], "is null; use '' for an unconditional image"))
-        elif LORA_TAG.search(value):
-            problems.append(Problem("prompt", where[n], "holds an A1111 <lora:...> tag, which this "
-                                    "version cannot render yet; remove the tag"))
     return pa.array(values, pa.string())
 
 
@@ -226,16 +228,6 @@ def _sizes(table, name, default, where, problems) -> pa.Array:
             problems.append(Problem(name, where[n], f"{value} is not a multiple of 8; "
                                     f"use {value - value % 8} or {value - value % 8 + 8}"))
     return values
-
-
-def _refuse_unsupported_lists(table, name, where, problems) -> None:
-    if name not in table.column_names:
-        return
-    for n, value in enumerate(table.column(name).to_pylist()):
-        if value:
-            problems.append(Problem(name, where[n], f"per-row {name} are not supported by this version "
-                                    f"yet; leave the column empty or drop it"))
-            return
 
 
 def _check_label_names(table, problems) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
-# Rows that agree on these can share one pipeline call (prompts, negatives and seeds may differ).
-VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale")
+# Rows that agree on these can share one pipeline call (prompts, negatives, seeds and control images
+# may differ); for ControlNets only the model and scale count, each row brings its own image.
+VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale", "loras", "controlnets")
 # What the renderer needs of a row; labels stay in the manifest and are joined back on read.
 RENDER_COLUMNS = ("id", "prompt", "negative_prompt", "seed") + VARIANT_COLUMNS
 
@@ -21,11 +22,23 @@ class Variant:
     steps: int
     scheduler: str | None
     guidance_scale: float
+    loras: tuple[tuple[str, float], ...] = ()  # (path, weight), in the row's order
+    controlnets: tuple[tuple[str, float], ...] = ()  # (model, scale)
 
     def describe(self) -> str:
         size = f"{self.width or 'native'}x{self.height or 'native'}"
-        return (f"{self.model} {size} steps={self.steps} "
+        text = (f"{self.model} {size} steps={self.steps} "
                 f"scheduler={self.scheduler or 'model default'} cfg={self.guidance_scale:g}")
+        text += "".join(f" lora={path.rsplit('/', 1)[-1]}:{weight:g}" for path, weight in self.loras)
+        return text + "".join(f" controlnet={m.rsplit('/', 1)[-1]}:{s:g}" for m, s in self.controlnets)
+
+
+def variant_of(row: dict[str, Any]) -> Variant:
+    """The variant of a row dict (as sent to actors, or a manifest row)."""
+    return Variant(row["model"], row["width"], row["height"], row["steps"], row["scheduler"],
+                   row["guidance_scale"],
+                   tuple((x["path"], x["weight"]) for x in row.get("loras") or ()),
+                   tuple((x["model"], x["scale"]) for x in row.get("controlnets") or ()))
 
 
 @dataclass(frozen=True)
@@ -57,9 +70,8 @@ class Plan:
 def variant_groups(table: pa.Table) -> dict[Variant, list[int]]:
     """Row positions grouped by variant, groups in order of first appearance."""
     groups: dict[Variant, list[int]] = {}
-    columns = [table.column(name).to_pylist() for name in VARIANT_COLUMNS]
-    for position, values in enumerate(zip(*columns)):
-        groups.setdefault(Variant(*values), []).append(position)
+    for position, row in enumerate(table.select(list(VARIANT_COLUMNS)).to_pylist()):
+        groups.setdefault(variant_of(row), []).append(position)
     return groups
 
 

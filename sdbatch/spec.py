@@ -49,6 +49,8 @@ class RowDefaults:
     negative_prompt: str = ""
     # Job seed: rows without a seed get one derived from (seed, id), so reruns are identical.
     seed: int = 0
+    # Where bare LoRA names (`style` in a loras entry or <lora:style:0.8>) are looked up; None: paths only.
+    lora_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class RunSettings:
     max_shard_attempts: int = 3
     # Threads that encode and upload images while the next batch renders.
     io_threads: int = 4
+    # Send shards to actors that already hold their variant (LoRAs, ControlNets, model); off only to compare.
+    affinity: bool = True
 
 
 @dataclass(frozen=True)
@@ -157,12 +161,12 @@ def _build(cls: type, values: dict[str, Any], section: str):
 
 
 def _check_type(section: str, name: str, value: Any, annotation: str) -> None:
-    wanted = {"int": int, "float": (int, float), "str": str}
+    wanted = {"int": int, "float": (int, float), "str": str, "bool": bool}
     base = annotation.replace(" | None", "")
     if value is None and "None" in annotation:
         return
     kind = wanted.get(base)
-    if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+    if kind is not None and (not isinstance(value, kind) or (isinstance(value, bool) and base != "bool")):
         raise SpecError(f"job setting {section}.{name} = {value!r} should be of type {base}")
 
 

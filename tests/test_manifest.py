@@ -49,7 +49,7 @@ def test_pandas_nan_in_integer_columns_means_default():
     ([{"id": "ok", "prompt": "x", "steps": "ten"}], "steps", None, "expected int"),
     ([{"id": "ok", "prompt": "x", "scheduler": "magic"}], "scheduler", "row id 'ok'", "euler_a"),
     ([{"id": "ok", "prompt": "x", "seed": -1}], "seed", "row id 'ok'", "2**63"),
-    ([{"id": "ok", "prompt": "x <lora:foo:0.8>"}], "prompt", "row id 'ok'", "remove the tag"),
+    ([{"id": "ok", "prompt": "x <lora:foo:0.8>"}], "prompt", "row id 'ok'", "pass --lora-dir"),
     ([{"id": "ok", "prompt": "x", "status": "draft"}], "status", None, "rename this label column"),
 ])
 def test_bad_rows_are_refused_with_column_row_and_fix(rows, column, row_hint, fix_hint):

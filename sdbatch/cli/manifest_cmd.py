@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdbatch.cli.options import JobFile, S3Endpoint, job_spec, s3_settings
+from sdbatch.cli.options import JobFile, LoraDir, S3Endpoint, job_spec, s3_settings
 from sdbatch.manifest import ManifestError, normalize, read_manifest
 from sdbatch.plan import plan_shards
 
@@ -20,20 +20,20 @@ SHOWN_ROWS = 5
 
 
 @app.command("validate")
-def validate(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None) -> None:
+def validate(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None, lora_dir: LoraDir = None) -> None:
     """Check a manifest against the schema; exit 2 with the column, row and fix if it is invalid."""
-    spec = job_spec(job)
+    spec = job_spec(job, **{"defaults.lora_dir": lora_dir})
     table = normalize(read_manifest(manifest, s3_settings(s3_endpoint)), spec.defaults)
     plan = plan_shards(table, spec.output.shard_size)
     typer.echo(f"ok: {table.num_rows} rows, {len(plan.variants())} variant(s), {len(plan.shards)} shard(s)")
 
 
 @app.command("show")
-def show(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None,
+def show(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None, lora_dir: LoraDir = None,
          rows: Annotated[int, typer.Option(help="How many rows to print.")] = SHOWN_ROWS) -> None:
     """Row count, columns, a few rows and the distinct variants (with the job's defaults applied)."""
     console = Console()
-    spec = job_spec(job)
+    spec = job_spec(job, **{"defaults.lora_dir": lora_dir})
     raw = read_manifest(manifest, s3_settings(s3_endpoint))
     table = normalize(raw, spec.defaults)
     console.print(f"[bold]{manifest}[/]: {raw.num_rows} rows")

@@ -14,6 +14,8 @@ JobFile = Annotated[Optional[Path], typer.Option("--job", "-j", help="Job settin
                                                  "flags override it.")]
 S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3-compatible endpoint URL; default "
                                                    "AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then AWS.")]
+LoraDir = Annotated[Optional[str], typer.Option("--lora-dir", help="Folder where bare LoRA names "
+                                                "(`style`, <lora:style:0.8>) are looked up.")]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output folder or s3://bucket/prefix.")]
 
 

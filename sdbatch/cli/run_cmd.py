@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdbatch.cli.options import JobFile, Output, S3Endpoint, job_spec, s3_settings
+from sdbatch.cli.options import JobFile, LoraDir, Output, S3Endpoint, job_spec, s3_settings
 from sdbatch.driver import RunSummary, SubmitRequest, execute, prepare
 
 DEMO_JOB = Path("jobs") / "demo.toml"
@@ -44,6 +44,9 @@ def submit(
     shard_size: Annotated[Optional[int], Opt(help="Rows per shard (the unit of commit and retry).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Rows per pipeline call.")] = None,
     actors: Annotated[Optional[int], Opt(help="Actors; default one per GPU, or what the CPUs hold.")] = None,
+    lora_dir: LoraDir = None,
+    affinity: Annotated[Optional[bool], Opt("--affinity/--no-affinity",
+                                            help="Prefer actors that hold a shard's variant (default on).")] = None,
 ) -> int:
     """Render every row of a manifest into OUTPUT; rerun the same command to resume."""
     spec = job_spec(job, **{
@@ -51,6 +54,7 @@ def submit(
         "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
         "defaults.seed": seed, "output.format": image_format, "output.quality": quality,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
+        "defaults.lora_dir": lora_dir, "run.affinity": affinity,
     })
     request = SubmitRequest(manifest, output, spec, address, s3_settings(s3_endpoint))
     return run_and_report(request, Console())
@@ -74,6 +78,8 @@ def print_summary(console: Console, summary: RunSummary) -> None:
                          ("shards done", f"{c['shards_done']}/{c['shards_total']}"),
                          ("this run", f"{s['rows_rendered']} rendered, {s['rows_adopted']} adopted, "
                                       f"{s['shards_skipped']} shards already done"),
+                         ("loads", f"{s['model_loads']} model, {s['lora_loads']} LoRA, "
+                                   f"{s['controlnet_loads']} ControlNet ({s['actors']} actors)"),
                          ("speed", f"{s['images_per_second']} images/s while rendering; {s['wall_seconds']} s in all")]:
         table.add_row(label, str(value))
     console.print(table)

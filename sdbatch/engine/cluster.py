@@ -68,7 +68,7 @@ def run_shards(shards: list[Shard], make_task: Callable[[Shard], ShardTask], sto
     """Render the shards on the connected Ray (on_ready runs once the actors are warm)."""
     shape = pool_shape(run.actors)
     dispatcher = Dispatcher(actor_factory(store, run, shape), shape.actors, run.shards_in_flight,
-                            run.max_shard_attempts, make_task, events)
+                            run.max_shard_attempts, make_task, events, affinity=run.affinity)
     return dispatcher.run(shards, first_model, on_ready), shape
 
 

@@ -10,7 +10,8 @@ from typing import Any, Callable, Protocol
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
-from sdbatch.plan import Shard
+from sdbatch.engine.policy import ShardQueue, remember
+from sdbatch.plan import Shard, Variant
 from sdbatch.render.loading import ModelLoadError
 from sdbatch.tasks import ShardResult, ShardTask
 
@@ -36,6 +37,8 @@ class DispatchReport:
     actors_started: int = 0
     actors_lost: int = 0
     model_loads: dict[str, int] = field(default_factory=dict)  # actor -> loads
+    lora_loads: dict[str, int] = field(default_factory=dict)  # actor -> LoRA files loaded
+    controlnet_loads: dict[str, int] = field(default_factory=dict)  # actor -> ControlNets loaded
     render_started: float = 0.0  # monotonic time the actors were warm and work was first sent
     render_finished: float = 0.0
 
@@ -45,15 +48,18 @@ class _Slot:
     name: str
     handle: Any
     in_flight: int = 0
+    held: list[Variant] = field(default_factory=list)  # the driver's view of what is warm there
 
 
 class Dispatcher:
     """Feeds shards to a pool of actors, keeping each busy with at most `in_flight` shards."""
 
     def __init__(self, make_actor: Callable[[str], Any], actors: int, in_flight: int,
-                 max_attempts: int, make_task: Callable[[Shard], ShardTask], events: Events):
+                 max_attempts: int, make_task: Callable[[Shard], ShardTask], events: Events,
+                 affinity: bool = True):
         self.make_actor, self.make_task, self.events = make_actor, make_task, events
         self.actor_count, self.in_flight, self.max_attempts = actors, in_flight, max_attempts
+        self.affinity = affinity
         self.report = DispatchReport()
         self.slots: list[_Slot] = []
         self.running: dict[Any, tuple[_Slot, Shard]] = {}
@@ -61,7 +67,7 @@ class Dispatcher:
 
     def run(self, shards: list[Shard], first_model: str, on_ready: Callable[[], None]) -> DispatchReport:
         """Warm the actors on first_model, call on_ready, then render every shard (or give it up)."""
-        queue = collections.deque(shards)
+        queue = ShardQueue(shards, self.affinity)
         if not queue:
             return self.report
         self._start_actors(min(self.actor_count, len(queue)), first_model)
@@ -89,16 +95,19 @@ class Dispatcher:
         name = f"actor-{self.report.actors_started}"
         return _Slot(name, self.make_actor(name))
 
-    def _fill(self, queue: collections.deque) -> None:
-        for slot in self.slots:
+    def _fill(self, queue: ShardQueue) -> None:
+        # Actors holding the fewest variants choose first, so new variants go where little is warm.
+        for slot in sorted(self.slots, key=lambda s: len(s.held)):
             while queue and slot.in_flight < self.in_flight:
-                shard = queue.popleft()
+                elsewhere = collections.Counter(v for other in self.slots if other is not slot for v in other.held)
+                shard = queue.next_for(slot.held, elsewhere)
+                remember(slot.held, shard.variant)
                 self.attempts[shard.shard_id] += 1
                 ref = slot.handle.render_shard.remote(self.make_task(shard))
                 self.running[ref] = (slot, shard)
                 slot.in_flight += 1
 
-    def _collect(self, ref: Any, queue: collections.deque) -> None:
+    def _collect(self, ref: Any, queue: ShardQueue) -> None:
         slot, shard = self.running.pop(ref)
         slot.in_flight -= 1
         try:
@@ -113,7 +122,10 @@ class Dispatcher:
             self._retry_or_give_up(shard, _cause_text(exc), queue)
             return
         self.report.results[shard.shard_id] = result
-        self.report.model_loads[slot.name] = self.report.model_loads.get(slot.name, 0) + result.model_loads
+        for tally, loads in ((self.report.model_loads, result.model_loads),
+                             (self.report.lora_loads, result.lora_loads),
+                             (self.report.controlnet_loads, result.controlnet_loads)):
+            tally[slot.name] = tally.get(slot.name, 0) + loads
         self.events.shard_done(result)
 
     def _replace(self, slot: _Slot, exc: Exception) -> None:
@@ -124,13 +136,13 @@ class Dispatcher:
         self.slots[self.slots.index(slot)] = self._new_slot()
         ray.kill(slot.handle, no_restart=True)  # a hung-but-alive actor must not keep its GPU
 
-    def _retry_or_give_up(self, shard: Shard, error: str, queue: collections.deque) -> None:
+    def _retry_or_give_up(self, shard: Shard, error: str, queue: ShardQueue) -> None:
         if self.attempts[shard.shard_id] >= self.max_attempts:
             self.report.gave_up[shard.shard_id] = error
             self.events.shard_gave_up(shard.shard_id, error)
         else:
             self.events.shard_retry(shard.shard_id, error)
-            queue.append(shard)
+            queue.requeue(shard)
 
 
 def _cause_text(exc: RayTaskError) -> str:
