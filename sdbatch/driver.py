@@ -41,9 +41,14 @@ class SubmitRequest:
     s3: S3Settings = field(default_factory=S3Settings)
 
 
+class UsageError(ValueError):
+    """The request cannot work as given (e.g. a local output with a remote cluster)."""
+
+
 @dataclass(frozen=True)
 class PreparedRun:
     request: SubmitRequest
+    source: pa.Table  # the manifest as read, for a driver that will normalize it again on the cluster
     manifest: pa.Table  # normalized, with the shard of each row
     plan: Plan
     store: Store
@@ -69,6 +74,7 @@ class RunSummary:
 
 def prepare(request: SubmitRequest) -> PreparedRun:
     """Validate the manifest and the store and plan the run; writes nothing."""
+    _check_remote_output(request)
     table = read_manifest(request.manifest, request.s3)
     if table.num_rows == 0:
         raise ManifestError(f"manifest {request.manifest} has no rows; add at least one prompt")
@@ -81,7 +87,19 @@ def prepare(request: SubmitRequest) -> PreparedRun:
     job_doc = job_document(request.spec, identity, request.manifest, normalized.num_rows, len(plan.shards))
     store = open_store(request.output, request.s3)
     store.check_writable()
-    return PreparedRun(request, with_shards, plan, store, job_doc)
+    return PreparedRun(request, table, with_shards, plan, store, job_doc)
+
+
+def is_jobs_address(address: str | None) -> bool:
+    """A dashboard URL means Ray Jobs submission; anything else (auto, host:port) runs the driver here."""
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
+def _check_remote_output(request: SubmitRequest) -> None:
+    if is_jobs_address(request.address) and not request.output.startswith("s3://"):
+        raise UsageError(f"--output {request.output} is a local path, but the run goes to the cluster at "
+                         f"{request.address}, whose machines cannot write to this one's disk; "
+                         "use --output s3://bucket/prefix")
 
 
 def _check_local_models(table: pa.Table) -> None:
@@ -169,3 +187,20 @@ def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str
                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         summary.counts["finished"] = True
     return summary
+
+
+def submit_to_cluster(prepared: PreparedRun):
+    """Hand the run to the cluster's Jobs API (its driver runs there); returns the RemoteJob."""
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    from sdbatch.engine import jobs
+
+    existing_run(prepared.store, prepared.job_doc)  # a different run in this output: refuse before submitting
+    sink = io.BytesIO()
+    pq.write_table(prepared.source, sink)
+    spec_json = json.dumps(prepared.request.spec.to_dict(), sort_keys=True)
+    return jobs.submit(prepared.store, prepared.request.address, prepared.job_doc["run_fingerprint"],
+                       sink.getvalue(), spec_json, prepared.request.s3.endpoint_url)

@@ -127,17 +127,18 @@ def _check(ok: bool, name: str, value: Any, fix: str) -> None:
 _SECTIONS = {"defaults": RowDefaults, "output": OutputSettings, "run": RunSettings}
 
 
-def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobSpec:
-    """Read a TOML job file (optional), apply `section.name` overrides that are not None, validate."""
+def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+              text: str | None = None) -> JobSpec:
+    """Read a job file (TOML, or JSON as written to job.json) or its text, apply `section.name`
+    overrides that are not None, and validate."""
     raw: dict[str, Any] = {}
-    if path is not None:
+    if path is not None and text is None:
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"job file {path} does not exist; pass an existing TOML file to --job")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"job file {path} is not valid TOML: {exc}") from exc
+        text = path.read_text()
+    if text is not None:
+        raw = _parse_job_text(text, str(path))
     sections = {name: dict(raw.pop(name, {}) or {}) for name in _SECTIONS}
     if raw:
         raise SpecError(f"job file {path}: unknown section(s) {sorted(raw)}; use {sorted(_SECTIONS)}")
@@ -147,6 +148,18 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
             sections[section][name] = value
     built = {name: _build(cls, sections[name], name) for name, cls in _SECTIONS.items()}
     return JobSpec(**built).validate()
+
+
+def _parse_job_text(text: str, where: str) -> dict[str, Any]:
+    if where.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"job file {where} is not valid JSON: {exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"job file {where} is not valid TOML: {exc}") from exc
 
 
 def _build(cls: type, values: dict[str, Any], section: str):

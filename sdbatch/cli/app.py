@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import typer
 
-from sdbatch.cli import manifest_cmd, models_cmd, run_cmd
+from sdbatch.cli import jobs_cmd, manifest_cmd, models_cmd, run_cmd
 from sdbatch.cli.errors import run_with_errors
 
 app = typer.Typer(help="Render very large batches of Stable Diffusion images on Ray, resumably.",
@@ -14,7 +16,14 @@ app = typer.Typer(help="Render very large batches of Stable Diffusion images on 
 app.add_typer(manifest_cmd.app, name="manifest")
 app.add_typer(models_cmd.app, name="models")
 run_cmd.register(app)
+jobs_cmd.register(app)
 
 
 def main() -> None:
-    sys.exit(run_with_errors(app))
+    code = run_with_errors(app)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    # Skip interpreter teardown: pyarrow's thread pool can abort() while native modules unload
+    # (apache/arrow#34314), which would turn a clean exit code into 134 now and then.
+    os._exit(code)

@@ -8,6 +8,7 @@ from typing import Callable
 from rich.console import Console
 from rich.text import Text
 
+from sdbatch.driver import UsageError
 from sdbatch.manifest import ManifestError
 from sdbatch.output import RunMismatch
 from sdbatch.spec import SpecError
@@ -15,12 +16,15 @@ from sdbatch.storage import StoreError
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ManifestError, SpecError, StoreError, RunMismatch, FileNotFoundError]
+    errors: list[type[BaseException]] = [ManifestError, SpecError, StoreError, RunMismatch, UsageError,
+                                         FileNotFoundError]
     # Imported lazily: they live beside torch and ray, which a quick `manifest validate` never loads.
     if "sdbatch.render.loading" in sys.modules:
         errors.append(sys.modules["sdbatch.render.loading"].ModelLoadError)
     if "sdbatch.engine.scheduler" in sys.modules:
         errors.append(sys.modules["sdbatch.engine.scheduler"].FatalRunError)
+    if "sdbatch.engine.jobs" in sys.modules:
+        errors.append(sys.modules["sdbatch.engine.jobs"].JobsError)
     return tuple(errors)
 
 

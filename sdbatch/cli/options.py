@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -10,8 +9,8 @@ import typer
 from sdbatch.spec import JobSpec, load_spec
 from sdbatch.storage import S3Settings, resolve_endpoint
 
-JobFile = Annotated[Optional[Path], typer.Option("--job", "-j", help="Job settings (TOML), e.g. jobs/demo.toml; "
-                                                 "flags override it.")]
+JobFile = Annotated[Optional[str], typer.Option("--job", "-j", help="Job settings (TOML, or JSON; a path or "
+                                                "s3://), e.g. jobs/demo.toml; flags override it.")]
 S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3-compatible endpoint URL; default "
                                                    "AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then AWS.")]
 LoraDir = Annotated[Optional[str], typer.Option("--lora-dir", help="Folder where bare LoRA names "
@@ -23,6 +22,11 @@ def s3_settings(endpoint: Optional[str]) -> S3Settings:
     return S3Settings(endpoint_url=resolve_endpoint(endpoint))
 
 
-def job_spec(job: Optional[Path], **overrides) -> JobSpec:
+def job_spec(job: Optional[str], s3: S3Settings | None = None, **overrides) -> JobSpec:
     """Settings from the job file with flag overrides (keys are `section.name`; None means unset)."""
+    if job and job.startswith("s3://"):  # a job submitted through the Jobs API reads its spec from the store
+        from sdbatch.storage import open_store
+
+        parent, _, name = job.rpartition("/")
+        return load_spec(job, overrides, text=open_store(parent, s3).get(name).decode())
     return load_spec(job, overrides)

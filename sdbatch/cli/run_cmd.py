@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdbatch.cli.options import JobFile, LoraDir, Output, S3Endpoint, job_spec, s3_settings
-from sdbatch.driver import RunSummary, SubmitRequest, execute, prepare
+from sdbatch.driver import RunSummary, SubmitRequest, execute, is_jobs_address, prepare, submit_to_cluster
 
 DEMO_JOB = Path("jobs") / "demo.toml"
 DEMO_SUBJECTS = ("a red fox", "a lighthouse", "a bowl of ramen", "an old tram", "a paper crane",
@@ -22,7 +22,6 @@ Opt = typer.Option
 
 def register(app: typer.Typer) -> None:
     app.command("submit")(submit)
-    app.command("status")(status)
     app.command("demo")(demo)
 
 
@@ -31,7 +30,10 @@ def submit(
     output: Output,
     job: JobFile = None,
     s3_endpoint: S3Endpoint = None,
-    address: Annotated[Optional[str], Opt(help="Ray cluster to use; default: a private local Ray.")] = None,
+    address: Annotated[Optional[str], Opt(envvar="RAY_ADDRESS", help=(
+        "Ray cluster: a dashboard URL (http://HEAD:8265) submits a Ray Job that runs on after this "
+        "command returns; 'auto' or HOST:PORT runs the driver here; default: a private local Ray."))] = None,
+    follow: Annotated[bool, Opt(help="With a dashboard URL: stay and print the job's log until it ends.")] = False,
     model: Annotated[Optional[str], Opt(help="Default model: hub id, local folder or tiny:sd15.")] = None,
     steps: Annotated[Optional[int], Opt(help="Default denoising steps.")] = None,
     guidance_scale: Annotated[Optional[float], Opt(help="Default classifier-free guidance.")] = None,
@@ -49,15 +51,39 @@ def submit(
                                             help="Prefer actors that hold a shard's variant (default on).")] = None,
 ) -> int:
     """Render every row of a manifest into OUTPUT; rerun the same command to resume."""
-    spec = job_spec(job, **{
+    overrides = {
         "defaults.model": model, "defaults.steps": steps, "defaults.guidance_scale": guidance_scale,
         "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
         "defaults.seed": seed, "output.format": image_format, "output.quality": quality,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
         "defaults.lora_dir": lora_dir, "run.affinity": affinity,
-    })
-    request = SubmitRequest(manifest, output, spec, address, s3_settings(s3_endpoint))
+    }
+    s3 = s3_settings(s3_endpoint)
+    spec = job_spec(job, s3, **overrides)
+    request = SubmitRequest(manifest, output, spec, address, s3)
+    if is_jobs_address(address):
+        return submit_and_follow(request, Console(), follow)
     return run_and_report(request, Console())
+
+
+def submit_and_follow(request: SubmitRequest, console: Console, follow: bool) -> int:
+    from sdbatch.engine import jobs
+    from sdbatch.output import run_counts
+
+    prepared = prepare(request)
+    remote = submit_to_cluster(prepared)
+    verb = "submitted" if remote.new else f"is already there ({remote.status}); not submitted again"
+    console.print(f"Ray Job {remote.submission_id} {verb} at {remote.address}; output {prepared.store.uri}")
+    if not follow:
+        uri = prepared.store.uri
+        console.print(f"watch it with: sdbatch status {uri} / sdbatch logs {uri} --follow")
+        return 0
+    status = jobs.logs(prepared.store, follow=True, write=lambda text: console.print(text, markup=False,
+                                                                                      highlight=False))
+    counts = run_counts(prepared.store)
+    console.print(f"job {status}: {counts['rows_ok']} ok, {counts['rows_failed']} failed, "
+                  f"{counts['rows_pending']} pending of {counts['rows_total']}")
+    return 0 if status == "SUCCEEDED" else 1
 
 
 def run_and_report(request: SubmitRequest, console: Console) -> int:
@@ -89,17 +115,6 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         console.print(f"[red]shard {shard_id} not done[/]: {error}; rerun the same command to retry it")
     if summary.complete:
         console.print(f"images and results in {summary.output} (read them with sdbatch.read_results)")
-
-
-def status(output: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix of a run.")],
-           s3_endpoint: S3Endpoint = None) -> None:
-    """Counts of a run from its output store, finished or not."""
-    from sdbatch.output import run_counts
-    from sdbatch.storage import open_store
-
-    counts = run_counts(open_store(output, s3_settings(s3_endpoint)))
-    for key, value in counts.items():
-        typer.echo(f"{key}: {value}")
 
 
 def demo(output: Annotated[Path, Opt("--output", "-o", help="Where to write the demo run.")] = Path("demo-output/run"),

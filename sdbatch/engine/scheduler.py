@@ -49,6 +49,7 @@ class _Slot:
     handle: Any
     in_flight: int = 0
     held: list[Variant] = field(default_factory=list)  # the driver's view of what is warm there
+    ready: bool = False  # warm: its first model is loaded; only ready actors are given shards
 
 
 class Dispatcher:
@@ -63,41 +64,65 @@ class Dispatcher:
         self.report = DispatchReport()
         self.slots: list[_Slot] = []
         self.running: dict[Any, tuple[_Slot, Shard]] = {}
+        self.warming: dict[Any, _Slot] = {}
+        self.first_model = ""
         self.attempts: collections.Counter[str] = collections.Counter()
 
     def run(self, shards: list[Shard], first_model: str, on_ready: Callable[[], None]) -> DispatchReport:
-        """Warm the actors on first_model, call on_ready, then render every shard (or give it up)."""
+        """Start the actors, call on_ready once the first is warm, then render every shard (or give it up).
+
+        Actors that are not warm yet (still loading, or waiting for a node with a free GPU) get no
+        shards, so lost capacity slows the run down instead of stalling it.
+        """
         queue = ShardQueue(shards, self.affinity)
         if not queue:
             return self.report
-        self._start_actors(min(self.actor_count, len(queue)), first_model)
+        self.first_model = first_model
+        self.slots = [self._new_slot() for _ in range(min(self.actor_count, len(queue)))]
+        while not any(slot.ready for slot in self.slots):
+            self._handle(ray.wait(list(self.warming), num_returns=1)[0], queue)
         on_ready()
-        while queue or self.running:
-            self._fill(queue)
-            ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
-            for ref in ready:
-                self._collect(ref, queue)
+        self.report.render_started = time.monotonic()
+        try:
+            while queue or self.running:
+                self._fill(queue)
+                ready, _ = ray.wait(list(self.running) + list(self.warming), num_returns=1, timeout=1.0)
+                self._handle(ready, queue)
+        finally:
+            for slot in self.warming.values():  # replacements that never found room
+                ray.kill(slot.handle, no_restart=True)
         self.report.render_finished = time.monotonic()
         return self.report
 
-    def _start_actors(self, count: int, first_model: str) -> None:
-        self.slots = [self._new_slot() for _ in range(count)]
-        try:
-            warmed = ray.get([slot.handle.warm.remote(first_model) for slot in self.slots])
-        except RayTaskError as exc:
-            raise FatalRunError(_cause_text(exc)) from exc
-        for slot, info in zip(self.slots, warmed):
-            self.report.model_loads[slot.name] = info["model_loads"]
-        self.report.render_started = time.monotonic()
+    def _handle(self, ready: list, queue: ShardQueue) -> None:
+        for ref in ready:
+            if ref in self.warming:
+                self._warmed(ref)
+            else:
+                self._collect(ref, queue)
 
     def _new_slot(self) -> _Slot:
         self.report.actors_started += 1
         name = f"actor-{self.report.actors_started}"
-        return _Slot(name, self.make_actor(name))
+        slot = _Slot(name, self.make_actor(name))
+        self.warming[slot.handle.warm.remote(self.first_model)] = slot
+        return slot
+
+    def _warmed(self, ref: Any) -> None:
+        slot = self.warming.pop(ref)
+        try:
+            info = ray.get(ref)
+        except ACTOR_LOST as exc:  # died while loading (node lost, out of memory): try another
+            self._replace(slot, exc)
+            return
+        except RayTaskError as exc:  # the model itself cannot be loaded: no actor will do better
+            raise FatalRunError(_cause_text(exc)) from exc
+        slot.ready = True
+        self.report.model_loads[slot.name] = info["model_loads"]
 
     def _fill(self, queue: ShardQueue) -> None:
         # Actors holding the fewest variants choose first, so new variants go where little is warm.
-        for slot in sorted(self.slots, key=lambda s: len(s.held)):
+        for slot in sorted((s for s in self.slots if s.ready), key=lambda s: len(s.held)):
             while queue and slot.in_flight < self.in_flight:
                 elsewhere = collections.Counter(v for other in self.slots if other is not slot for v in other.held)
                 shard = queue.next_for(slot.held, elsewhere)
@@ -117,7 +142,7 @@ class Dispatcher:
             self._retry_or_give_up(shard, f"actor lost: {type(exc).__name__}", queue)
             return
         except RayTaskError as exc:
-            if isinstance(exc.cause, ModelLoadError):
+            if isinstance(exc.cause, ModelLoadError):  # e.g. a second model of the manifest
                 raise FatalRunError(_cause_text(exc)) from exc
             self._retry_or_give_up(shard, _cause_text(exc), queue)
             return
@@ -132,6 +157,9 @@ class Dispatcher:
         if slot not in self.slots:
             return  # already replaced when its first lost shard came back
         self.report.actors_lost += 1
+        if self.report.actors_lost > self.actor_count * self.max_attempts:
+            raise FatalRunError(f"{self.report.actors_lost} actors were lost ({type(exc).__name__}: {exc}); "
+                                "check the cluster's memory and the Ray logs before rerunning")
         self.events.actor_lost(slot.name, type(exc).__name__)
         self.slots[self.slots.index(slot)] = self._new_slot()
         ray.kill(slot.handle, no_restart=True)  # a hung-but-alive actor must not keep its GPU

@@ -1,0 +1,124 @@
+"""On a real multi-node Ray (head + GPU-faked workers): Ray Jobs submission, status/logs/cancel, lost nodes."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import sdbatch
+from sdbatch.storage import S3Settings, open_store
+from tests.clusters import LocalCluster
+from tests.util import SDBATCH, run_cli, tiny_rows, write_manifest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
+JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.toml")
+
+
+@pytest.fixture(scope="module")
+def cluster(seaweed, tiny_cache):
+    saved = dict(os.environ)
+    os.environ.update(seaweed.env)  # the cluster's processes (job drivers, actors) inherit these
+    try:
+        local = LocalCluster(workers=2)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    yield local
+    local.shutdown()
+
+
+def _wait_for(predicate, limit: float, what: str):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _exactly_once(store, ids):
+    results = sdbatch.read_results(store)
+    assert sorted(results.column("id").to_pylist()) == sorted(ids)
+    assert set(results.column("status").to_pylist()) == {"ok"}
+    assert sorted(k.rsplit("/", 1)[1].split(".")[0] for k in store.list("images/")) == sorted(ids)
+    assert len(store.list("metadata/")) == len(store.list("_committed/"))
+
+
+def test_jobs_submission_runs_after_the_submitter_exits(tmp_path, cluster, s3_env, new_bucket):
+    rows = tiny_rows(12)
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    output = f"s3://{new_bucket}/jobs-run"
+    args = ["submit", str(manifest), "--output", output, "--s3-endpoint", s3_env, "--job", JOB,
+            "--steps", "4", "--shard-size", "2", "--address", cluster.dashboard]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "submitted" in first.stdout
+    again = run_cli(*args)  # the submitting process above has exited; the run goes on without it
+    assert again.returncode == 0 and "not submitted again" in again.stdout, again.stdout + again.stderr
+
+    status = ["status", output, "--s3-endpoint", s3_env]
+    _wait_for(lambda: "ray_job: " in (out := run_cli(*status).stdout) and "SUCCEEDED" in out, 300, "the job")
+    store = open_store(output, S3Settings(endpoint_url=s3_env))
+    _exactly_once(store, [r["id"] for r in rows])
+    logs = run_cli("logs", output, "--s3-endpoint", s3_env)
+    assert logs.returncode == 0 and "run summary" in logs.stdout
+
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = [j for j in JobSubmissionClient(cluster.dashboard).list_jobs()
+            if j.metadata.get("sdbatch_output") == output]
+    assert len(jobs) == 1  # the second submit did not double the run
+
+
+def test_local_output_with_a_remote_cluster_is_refused(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(2))
+    result = run_cli("submit", str(manifest), "--output", str(tmp_path / "out"),
+                     "--address", "http://127.0.0.1:1", "--model", "tiny:sd15")
+    assert result.returncode == 2 and "use --output s3://" in " ".join(result.stderr.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_cancel_stops_the_run_and_the_same_submit_resumes_it(tmp_path, cluster, s3_env, new_bucket):
+    rows = tiny_rows(24)
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    output = f"s3://{new_bucket}/cancelled"
+    args = ["submit", str(manifest), "--output", output, "--s3-endpoint", s3_env, "--job", JOB,
+            "--steps", "20", "--shard-size", "2", "--address", cluster.dashboard]
+    assert run_cli(*args).returncode == 0
+    store = open_store(output, S3Settings(endpoint_url=s3_env))
+    _wait_for(lambda: store.exists("job.json") and len(store.list("_committed/")) >= 2, 300, "first shards")
+    cancelled = run_cli("cancel", output, "--s3-endpoint", s3_env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    _wait_for(lambda: "STOPPED" in run_cli("status", output, "--s3-endpoint", s3_env).stdout, 60, "the stop")
+    time.sleep(3)  # let in-flight commits of the stopped run land
+    before = {k: store.get(k) for k in store.list("_committed/")}
+    assert len(before) < 12, "the run should have been stopped before it finished"
+
+    resumed = run_cli(*args, "--follow", timeout=400)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    _exactly_once(store, [r["id"] for r in rows])
+    assert all(store.get(k) == v for k, v in before.items())  # committed shards were not redone
+
+
+def test_a_worker_node_lost_mid_run_moves_its_shards(tmp_path, cluster):
+    rows = tiny_rows(16)
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    driver = subprocess.Popen([*SDBATCH, "submit", str(manifest), "--output", str(out), "--job", JOB,
+                               "--steps", "20", "--shard-size", "2", "--address", cluster.address],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    markers = out / "_committed"
+    _wait_for(lambda: markers.exists() and len(os.listdir(markers)) >= 2, 300, "first shards")
+    hosting = cluster.nodes_with_actors()
+    assert len(hosting) == 2
+    cluster.remove(hosting[0])
+    output, _ = driver.communicate(timeout=400)
+    assert driver.returncode == 0, output
+    store = open_store(str(out))
+    _exactly_once(store, [r["id"] for r in rows])
+    assert json.loads(store.get("_SUCCESS.json"))["last_run"]["actors_lost"] >= 1
+    cluster.workers.append(cluster.cluster.add_node(num_cpus=1, num_gpus=1))  # restore capacity
