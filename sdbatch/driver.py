@@ -39,6 +39,8 @@ class SubmitRequest:
     # None: a private local Ray for this run; else a running cluster (ray://, host:port, "auto").
     address: str | None = None
     s3: S3Settings = field(default_factory=S3Settings)
+    # For Ray Jobs: the endpoint as the cluster reaches it (None: same as s3; "": the cluster's own env).
+    cluster_s3_endpoint: str | None = None
 
 
 class UsageError(ValueError):
@@ -202,5 +204,7 @@ def submit_to_cluster(prepared: PreparedRun):
     sink = io.BytesIO()
     pq.write_table(prepared.source, sink)
     spec_json = json.dumps(prepared.request.spec.to_dict(), sort_keys=True)
-    return jobs.submit(prepared.store, prepared.request.address, prepared.job_doc["run_fingerprint"],
-                       sink.getvalue(), spec_json, prepared.request.s3.endpoint_url)
+    request = prepared.request
+    endpoint = request.s3.endpoint_url if request.cluster_s3_endpoint is None else request.cluster_s3_endpoint
+    return jobs.submit(prepared.store, request.address, prepared.job_doc["run_fingerprint"],
+                       sink.getvalue(), spec_json, endpoint or None)

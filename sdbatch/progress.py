@@ -50,3 +50,6 @@ class RunProgress:
 
     def actor_lost(self, actor: str, error: str) -> None:
         self.console.print(f"[yellow]{actor} lost ({error}); replacing it and requeueing its shards[/]")
+
+    def waiting(self, message: str) -> None:
+        self.console.print(f"[yellow]{message}[/]")

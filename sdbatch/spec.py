@@ -12,6 +12,7 @@ from typing import Any
 import tomllib
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
+DEVICES = ("auto", "cuda", "cpu")
 
 # Names a manifest may use; the renderer maps each to a diffusers scheduler class and options.
 SCHEDULERS = (
@@ -82,6 +83,9 @@ class RunSettings:
     io_threads: int = 4
     # Send shards to actors that already hold their variant (LoRAs, ControlNets, model); off only to compare.
     affinity: bool = True
+    # "auto": one actor per GPU when the cluster has GPUs, else CPU actors. "cuda": one GPU per actor
+    # even when no GPU node is up yet, so an autoscaling cluster starts them. "cpu": never ask for GPUs.
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class JobSpec:
         _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")
         _check(o.shard_size >= 1, "output.shard_size", o.shard_size, "use at least 1")
         _check(r.actors is None or r.actors >= 1, "run.actors", r.actors, "use at least 1")
+        _check(r.device in DEVICES, "run.device", r.device, f"use one of {', '.join(DEVICES)}")
         for name in ("batch_size", "shards_in_flight", "max_shard_attempts", "io_threads"):
             _check(getattr(r, name) >= 1, f"run.{name}", getattr(r, name), "use at least 1")
         return self

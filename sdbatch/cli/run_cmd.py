@@ -46,6 +46,11 @@ def submit(
     shard_size: Annotated[Optional[int], Opt(help="Rows per shard (the unit of commit and retry).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Rows per pipeline call.")] = None,
     actors: Annotated[Optional[int], Opt(help="Actors; default one per GPU, or what the CPUs hold.")] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cuda (one GPU per actor, also before an autoscaler "
+                                              "has started GPU nodes) or cpu.")] = None,
+    cluster_s3_endpoint: Annotated[Optional[str], Opt(help=(
+        "With a dashboard URL: the S3 endpoint as the cluster reaches it, if not the same as --s3-endpoint; "
+        "'' leaves it to the cluster's own AWS_ENDPOINT_URL."))] = None,
     lora_dir: LoraDir = None,
     affinity: Annotated[Optional[bool], Opt("--affinity/--no-affinity",
                                             help="Prefer actors that hold a shard's variant (default on).")] = None,
@@ -56,11 +61,11 @@ def submit(
         "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
         "defaults.seed": seed, "output.format": image_format, "output.quality": quality,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
-        "defaults.lora_dir": lora_dir, "run.affinity": affinity,
+        "defaults.lora_dir": lora_dir, "run.affinity": affinity, "run.device": device,
     }
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)
-    request = SubmitRequest(manifest, output, spec, address, s3)
+    request = SubmitRequest(manifest, output, spec, address, s3, cluster_s3_endpoint)
     if is_jobs_address(address):
         return submit_and_follow(request, Console(), follow)
     return run_and_report(request, Console())

@@ -38,14 +38,15 @@ def connect(address: str | None) -> None:
              _temp_dir=tempfile.mkdtemp(prefix="sdbatch-ray-", dir="/tmp"))
 
 
-def pool_shape(requested: int | None) -> PoolShape:
+def pool_shape(requested: int | None, device: str = "auto") -> PoolShape:
     """One actor per GPU; with none, as many CPU actors as CPUs and memory hold, sharing the CPUs."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
-    if gpus:
+    if device == "cuda" or (device == "auto" and gpus):
         # No CPU reservation: on small boxes a reserved CPU per GPU actor starves Ray's own tasks.
-        return PoolShape(min(requested or gpus, gpus), 1, 0)
+        # With device="cuda", asking for more GPUs than are up is how an autoscaler is told to add nodes.
+        return PoolShape(requested or max(gpus, 1), 1, 0)
     by_memory = max(1, int(resources.get("memory", CPU_ACTOR_MEMORY)) // CPU_ACTOR_MEMORY)
     actors = requested or min(cpus, by_memory)
     return PoolShape(actors, 0, max(1, cpus // actors))
@@ -66,7 +67,7 @@ def run_shards(shards: list[Shard], make_task: Callable[[Shard], ShardTask], sto
                run: RunSettings, events: Events, first_model: str,
                on_ready: Callable[[], None]) -> tuple[DispatchReport, PoolShape]:
     """Render the shards on the connected Ray (on_ready runs once the actors are warm)."""
-    shape = pool_shape(run.actors)
+    shape = pool_shape(run.actors, run.device)
     dispatcher = Dispatcher(actor_factory(store, run, shape), shape.actors, run.shards_in_flight,
                             run.max_shard_attempts, make_task, events, affinity=run.affinity)
     return dispatcher.run(shards, first_model, on_ready), shape

@@ -15,6 +15,8 @@ from sdbatch.plan import Shard, Variant
 from sdbatch.render.loading import ModelLoadError
 from sdbatch.tasks import ShardResult, ShardTask
 
+# How often to say so while no actor can start (e.g. an autoscaling cluster with no GPU node yet).
+WAIT_NOTICE_SECONDS = 30.0
 # Failures that mean "the process or node holding the work went away", not "the work is bad".
 ACTOR_LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
 
@@ -28,6 +30,7 @@ class Events(Protocol):
     def shard_retry(self, shard_id: str, error: str) -> None: ...
     def shard_gave_up(self, shard_id: str, error: str) -> None: ...
     def actor_lost(self, actor: str, error: str) -> None: ...
+    def waiting(self, message: str) -> None: ...
 
 
 @dataclass
@@ -79,8 +82,14 @@ class Dispatcher:
             return self.report
         self.first_model = first_model
         self.slots = [self._new_slot() for _ in range(min(self.actor_count, len(queue)))]
+        waited = 0
         while not any(slot.ready for slot in self.slots):
-            self._handle(ray.wait(list(self.warming), num_returns=1)[0], queue)
+            ready, _ = ray.wait(list(self.warming), num_returns=1, timeout=WAIT_NOTICE_SECONDS)
+            self._handle(ready, queue)
+            if not ready:
+                waited += WAIT_NOTICE_SECONDS
+                self.events.waiting(f"no actor has started after {waited:.0f} s: the cluster has no room for "
+                                    "one yet (an autoscaler may be adding a node; see `ray status`)")
         on_ready()
         self.report.render_started = time.monotonic()
         try:
