@@ -65,7 +65,7 @@ class FaultyRenderer(Renderer):
     """Makes any pipeline call that contains the prompt 'explode' fail, as a corrupt input would."""
 
     def _call_pipeline(self, batch):
-        if any("explode" in r["prompt"] for r in batch):
+        if any("explode" in r["prompt"] for r in batch.rows):
             raise RuntimeError("simulated render failure")
         return super()._call_pipeline(batch)
 

@@ -163,3 +163,23 @@ def test_report_render_time(pipe, capsys):
         timings[steps] = time.perf_counter() - start
     with capsys.disabled():
         print("\ntiny 64x64 render: " + ", ".join(f"{s} steps {t:.3f}s" for s, t in timings.items()))
+
+
+def test_tiny_lora_and_controlnet_are_deterministic_per_seed(tmp_path):
+    from safetensors import safe_open
+
+    from sdbatch.render.tiny_variants import write_tiny_controlnet, write_tiny_lora
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def lora(name, seed):
+        path = write_tiny_lora(tmp_path / f"{name}.safetensors", seed)
+        with safe_open(path, framework="pt") as handle:  # not the bytes: safetensors orders the header freely
+            return load_file(path), handle.metadata()
+
+    (first, meta), (again, meta_again), (other, _) = lora("a", 1), lora("again", 1), lora("other", 2)
+    assert same(first, again) and meta == meta_again and not same(first, other)
+    nets = [load_file(write_tiny_controlnet(tmp_path / name, seed) / "diffusion_pytorch_model.safetensors")
+            for name, seed in (("cn", 1), ("cn-again", 1), ("cn-other", 2))]
+    assert same(nets[0], nets[1]) and not same(nets[0], nets[2])

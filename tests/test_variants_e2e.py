@@ -19,7 +19,7 @@ VARIANT_ROWS = 50
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from sdbatch.render.tiny import write_tiny_controlnet, write_tiny_lora
+    from sdbatch.render.tiny_variants import write_tiny_controlnet, write_tiny_lora
 
     root = tmp_path_factory.mktemp("assets")
     (root / "loras").mkdir()

@@ -14,7 +14,7 @@ from sdbatch.engine.scheduler import Dispatcher, DispatchReport, Events
 from sdbatch.plan import Shard
 from sdbatch.render.renderer import RendererSettings
 from sdbatch.spec import RunSettings
-from sdbatch.storage import Store
+from sdbatch.storage import S3Settings, Store
 from sdbatch.tasks import ShardTask
 
 # A CPU actor holding an SD1.5-sized pipeline in float32 needs about this much memory.
@@ -52,11 +52,12 @@ def pool_shape(requested: int | None, device: str = "auto") -> PoolShape:
     return PoolShape(actors, 0, max(1, cpus // actors))
 
 
-def actor_factory(store: Store, run: RunSettings, shape: PoolShape) -> Callable[[str], object]:
+def actor_factory(store: Store, run: RunSettings, shape: PoolShape, s3: S3Settings) -> Callable[[str], object]:
     def make(name: str):
+        # s3: for inputs (control images, LoRAs on s3://), which may live outside the output's bucket.
         settings = RendererSettings(batch_size=run.batch_size, io_threads=run.io_threads,
                                     cpu_threads=None if shape.gpus_per_actor else int(shape.cpus_per_actor),
-                                    name=f"{os.uname().nodename}/{name}")
+                                    name=f"{os.uname().nodename}/{name}", s3=s3)
         options = {"num_gpus": shape.gpus_per_actor, "num_cpus": shape.cpus_per_actor}
         return RemoteRenderActor.options(**options).remote(store, settings)
 
@@ -64,11 +65,11 @@ def actor_factory(store: Store, run: RunSettings, shape: PoolShape) -> Callable[
 
 
 def run_shards(shards: list[Shard], make_task: Callable[[Shard], ShardTask], store: Store,
-               run: RunSettings, events: Events, first_model: str,
-               on_ready: Callable[[], None]) -> tuple[DispatchReport, PoolShape]:
+               run: RunSettings, events: Events, first_model: str, on_ready: Callable[[], None],
+               s3: S3Settings) -> tuple[DispatchReport, PoolShape]:
     """Render the shards on the connected Ray (on_ready runs once the actors are warm)."""
     shape = pool_shape(run.actors, run.device)
-    dispatcher = Dispatcher(actor_factory(store, run, shape), shape.actors, run.shards_in_flight,
+    dispatcher = Dispatcher(actor_factory(store, run, shape, s3), shape.actors, run.shards_in_flight,
                             run.max_shard_attempts, make_task, events, affinity=run.affinity)
     return dispatcher.run(shards, first_model, on_ready), shape
 

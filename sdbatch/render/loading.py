@@ -58,7 +58,7 @@ def resolve_model_path(reference: str) -> Path:
     if reference.startswith(TINY_PREFIX):
         return _tiny_model(reference[len(TINY_PREFIX):])
     path = Path(reference).expanduser()
-    if path.exists() or _looks_like_path(reference):
+    if path.exists() or looks_like_path(reference):
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"model {reference!r}: {path} is not a diffusers model folder "
                                  "(no model_index.json); pass a folder saved with save_pretrained")
@@ -66,7 +66,8 @@ def resolve_model_path(reference: str) -> Path:
     return _hub_snapshot(reference)
 
 
-def _looks_like_path(reference: str) -> bool:
+def looks_like_path(reference: str) -> bool:
+    """True for references that can only mean a local path (absolute, relative, or deeper than org/name)."""
     # A missing local path would otherwise fall through to a confusing hub lookup.
     return reference.startswith(("/", "./", "../", "~")) or reference.count("/") > 1
 

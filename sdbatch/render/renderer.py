@@ -6,18 +6,29 @@ import json
 import platform
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from sdbatch import __version__
 from sdbatch.output import commit_shard, existing_images, image_key
-from sdbatch.plan import VARIANT_COLUMNS
+from sdbatch.render.batching import (
+    Batch,
+    control_arguments,
+    controlnets_of,
+    controlnets_used,
+    loras_of,
+    micro_batches,
+)
 from sdbatch.render.encode import encode_image
+from sdbatch.render.fetch import Fetcher, Prefetcher, VariantError, decode_image, labelled
 from sdbatch.render.loading import LoadedModel, load_model, make_scheduler, pick_device
-from sdbatch.storage import PutResult, Store
+from sdbatch.render.loras import StateDictCache
+from sdbatch.render.variants import Variants, VariantSettings
+from sdbatch.storage import PutResult, S3Settings, Store
 from sdbatch.tasks import ShardResult, ShardTask
 
 MAX_ERROR_CHARS = 1000
@@ -35,6 +46,10 @@ class RendererSettings:
     cpu_threads: int | None = None
     # Recorded in each result row, so a bad image can be traced to the process that made it.
     name: str = platform.node()
+    # For s3:// control images and LoRAs; None: the default AWS chain. Not the output store's: inputs may live elsewhere.
+    s3: S3Settings | None = None
+    # LoRA / ControlNet caches and control image prefetching; see VariantSettings.
+    variants: VariantSettings = field(default_factory=VariantSettings)
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class RenderedRow:
     width: int
     height: int
     scheduler_class: str | None = None
+    loras_used: list[dict] | None = None  # provenance of an image; None when the row failed
+    controlnets_used: list[dict] | None = None
 
 
 class Renderer:
@@ -60,7 +77,12 @@ class Renderer:
         self.device, self.dtype = pick_device(settings.device)
         self.model_loads = 0
         self._model: LoadedModel | None = None
+        self._variants: Variants | None = None  # LoRAs and ControlNets on the loaded model's pipeline
+        self._earlier_loads = [0, 0]  # LoRA and ControlNet loads on pipelines since replaced
         self._schedulers: dict[str | None, object] = {}  # per scheduler name, for the loaded model
+        # Outlives model switches: a parsed LoRA does not depend on the pipeline it went into.
+        self._state_dicts = StateDictCache(settings.variants.lora_cache_bytes)
+        self._fetcher = Fetcher(settings.s3, settings.variants.fetch_timeout)
         self._uploads = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="sdbatch-io")
         # Bounds the images waiting to be encoded/uploaded, so a slow store slows rendering, not memory.
         self._upload_slots = threading.BoundedSemaphore(settings.io_threads * 2)
@@ -69,55 +91,112 @@ class Renderer:
     def model(self, reference: str) -> LoadedModel:
         """The warm pipeline for a model, loading it (and freeing the previous one) on first use."""
         if self._model is None or self._model.reference != reference:
-            self._model = None
+            if self._variants is not None:
+                self._earlier_loads = [self.lora_loads, self.controlnet_loads]
+            self._model, self._variants = None, None
             self._schedulers.clear()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._model = load_model(reference, self.device, self.dtype)
+            self._variants = Variants(self._model.pipeline, self.device, self.dtype, self.settings.variants,
+                                      self._state_dicts, self._fetcher)
             self.model_loads += 1
         return self._model
 
+    @property
+    def lora_loads(self) -> int:
+        return self._earlier_loads[0] + (self._variants.loras.loads if self._variants else 0)
+
+    @property
+    def controlnet_loads(self) -> int:
+        return self._earlier_loads[1] + (self._variants.controlnets.loads if self._variants else 0)
+
+    def resident(self) -> dict[str, Any]:
+        """What is warm here: the model, LoRA content hashes, ControlNets on the device and parked on the CPU."""
+        if self._model is None:
+            return {"model": None, "loras": [], "controlnets": {"device": [], "cpu": []}}
+        return {"model": self._model.reference, **self._variants.resident()}
+
     def render_rows(self, rows: list[dict[str, Any]]) -> Iterator[RenderedRow]:
         """Render rows in micro-batches of rows that share a variant; a failing batch is retried row by row."""
-        for batch in _micro_batches(rows, self.settings.batch_size):
-            yield from self._render_batch(batch)
+        settings = self.settings.variants
+        # Control images are fetched on a few threads from the start, so I/O overlaps the first batches.
+        images = Prefetcher(self._fetcher, [c["image"] for row in rows for c in controlnets_of(row)],
+                            settings.fetch_threads, settings.prefetch_images)
+        try:
+            for group in micro_batches(rows, self.settings.batch_size):
+                yield from self._render_group(group, images)
+        finally:
+            images.close()
 
-    def _render_batch(self, batch: list[dict[str, Any]]) -> list[RenderedRow]:
-        self.model(batch[0]["model"])  # a model that cannot load fails the shard, not its rows
+    def _render_group(self, rows: list[dict[str, Any]], images: Prefetcher) -> list[RenderedRow]:
+        """Prepare a micro-batch; rows whose control image or variant is unusable fail, the rest render."""
+        model = self.model(rows[0]["model"])  # a model that cannot load fails the shard, not its rows
+        size = _size(model, rows[0])
+        failed, ready, controls, hashes = [], [], [], []
+        for row in rows:  # every row's images are taken, so the prefetcher's window moves on
+            try:
+                decoded, digests = self._control_images(row, images, size)
+            except Exception as exc:
+                failed.append(_failed(row, exc))
+                continue
+            ready.append(row)
+            controls.append(decoded)
+            hashes.append(digests)
+        if not ready:
+            return failed
+        try:
+            variant = self._variants.activate(loras_of(rows[0]), controlnets_of(rows[0]))
+        except Exception as exc:  # a bad LoRA or ControlNet fails only the rows that use it
+            return failed + [_failed(row, exc) for row in ready]
+        return failed + self._render_batch(Batch(ready, variant, controls, hashes))
+
+    def _control_images(self, row: dict, images: Prefetcher, size: tuple[int, int]) -> tuple[list, list[str]]:
+        decoded, digests = [], []
+        for control in controlnets_of(row):
+            with labelled(f"control image {control['image']}"):
+                fetched = images.get(control["image"])
+                decoded.append(decode_image(fetched, size))
+            digests.append(fetched.sha256)
+        return decoded, digests
+
+    def _render_batch(self, batch: Batch) -> list[RenderedRow]:
         started = time.perf_counter()
         try:
             images, (width, height), scheduler = self._call_pipeline(batch)
         except Exception as exc:
-            if len(batch) > 1:  # isolate the bad row (or fit an out-of-memory batch) one row at a time
-                return [out for row in batch for out in self._render_batch([row])]
-            return [RenderedRow(batch[0], None, _describe(exc), time.perf_counter() - started, 1, 0, 0)]
-        share = (time.perf_counter() - started) / len(batch)
-        return [RenderedRow(r, im, None, share, len(batch), width, height, scheduler)
-                for r, im in zip(batch, images)]
+            if len(batch.rows) > 1:  # isolate the bad row (or fit an out-of-memory batch) one row at a time
+                return [out for single in batch.split() for out in self._render_batch(single)]
+            return [_failed(batch.rows[0], exc, time.perf_counter() - started)]
+        share = (time.perf_counter() - started) / len(batch.rows)
+        variant = batch.variant
+        return [RenderedRow(row, image, None, share, len(batch.rows), width, height, scheduler,
+                            variant.loras_used, controlnets_used(row, variant, digests))
+                for row, image, digests in zip(batch.rows, images, batch.image_hashes)]
 
-    def _call_pipeline(self, batch: list[dict[str, Any]]):
-        first = batch[0]
+    def _call_pipeline(self, batch: Batch):
+        first = batch.rows[0]
         model = self.model(first["model"])
-        pipe = model.pipeline
+        pipe = batch.variant.pipeline
         name = first["scheduler"]
         if name not in self._schedulers:  # building one costs numpy work on every call otherwise
             self._schedulers[name] = make_scheduler(model, name)
         pipe.scheduler = self._schedulers[name]
-        width = first["width"] or model.native_size[0]
-        height = first["height"] or model.native_size[1]
+        width, height = _size(model, first)
         # One CPU generator per row: a row's noise never depends on its batch or its neighbours.
-        generators = [torch.Generator("cpu").manual_seed(int(r["seed"])) for r in batch]
+        generators = [torch.Generator("cpu").manual_seed(int(r["seed"])) for r in batch.rows]
         with torch.inference_mode():
-            out = pipe(prompt=[r["prompt"] for r in batch],
-                       negative_prompt=[r["negative_prompt"] or "" for r in batch],
+            out = pipe(prompt=[r["prompt"] for r in batch.rows],
+                       negative_prompt=[r["negative_prompt"] or "" for r in batch.rows],
                        num_inference_steps=int(first["steps"]), guidance_scale=float(first["guidance_scale"]),
-                       width=int(width), height=int(height), generator=generators, output_type="pil")
-        return out.images, (int(width), int(height)), type(pipe.scheduler).__name__
+                       width=width, height=height, generator=generators, output_type="pil",
+                       **control_arguments(batch))
+        return out.images, (width, height), type(pipe.scheduler).__name__
 
     def render_shard(self, task: ShardTask) -> ShardResult:
         """Render the rows not yet in the store, write their images, commit the shard's metadata."""
         started = time.perf_counter()
-        loads_before = self.model_loads
+        loads_before = (self.model_loads, self.lora_loads, self.controlnet_loads)
         done = existing_images(self.store, task.shard_id)
         todo = [row for row in task.rows if row["id"] not in done]
         results = [self._adopted_row(task, row, done[row["id"]]) for row in task.rows if row["id"] in done]
@@ -134,7 +213,9 @@ class Renderer:
         return ShardResult(task.shard_id, task.attempt, committed, len(results) - len(failures), len(failures),
                            rendered=len(todo), adopted=len(task.rows) - len(todo),
                            seconds=time.perf_counter() - started, failures=failures,
-                           model_loads=self.model_loads - loads_before, actor=self.settings.name)
+                           model_loads=self.model_loads - loads_before[0],
+                           lora_loads=self.lora_loads - loads_before[1],
+                           controlnet_loads=self.controlnet_loads - loads_before[2], actor=self.settings.name)
 
     def _upload(self, rendered: RenderedRow, key: str, task: ShardTask) -> Future:
         self._upload_slots.acquire()
@@ -159,6 +240,7 @@ class Renderer:
             "device": self.device_name(), "dtype": str(self.dtype).removeprefix("torch."),
             "versions": self.versions, "render_seconds": rendered.seconds,
             "batch_size": rendered.batch_size, "actor": self.settings.name,
+            "loras_used": rendered.loras_used, "controlnets_used": rendered.controlnets_used,
             # CONFLICT: a racing attempt wrote this key first; its image is the one the key holds.
             "adopted": put is PutResult.CONFLICT,
         }
@@ -184,23 +266,18 @@ def _base_row(task: ShardTask, row: dict) -> dict:
             "model": row["model"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def _micro_batches(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        if batch and (len(batch) == size or _variant(row) != _variant(batch[0])):
-            yield batch
-            batch = []
-        batch.append(row)
-    if batch:
-        yield batch
+def _size(model: LoadedModel, row: dict[str, Any]) -> tuple[int, int]:
+    return int(row["width"] or model.native_size[0]), int(row["height"] or model.native_size[1])
 
 
-def _variant(row: dict[str, Any]) -> tuple:
-    return tuple(row[name] for name in VARIANT_COLUMNS)
+def _failed(row: dict[str, Any], exc: BaseException, seconds: float = 0.0) -> RenderedRow:
+    return RenderedRow(row, None, _describe(exc), seconds, 1, 0, 0)
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+    # VariantError messages already name the input and the cause; other types need their name.
+    text = str(exc) if isinstance(exc, VariantError) else f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR_CHARS]
 
 
 def _versions() -> dict[str, str]:

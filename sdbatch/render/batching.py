@@ -1,0 +1,71 @@
+"""Micro-batches: which rows may share one pipeline call, and the per-row inputs diffusers takes for them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdbatch.plan import VARIANT_COLUMNS
+from sdbatch.render.variants import ActiveVariant
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows for one pipeline call, with their variant made active and their control images decoded."""
+
+    rows: list[dict[str, Any]]
+    variant: ActiveVariant
+    controls: list[list[Any]] = field(default_factory=list)  # per row: one PIL image per ControlNet
+    image_hashes: list[list[str]] = field(default_factory=list)  # per row: sha256 of each control image
+
+    def split(self) -> list[Batch]:
+        return [Batch([row], self.variant, [images], [hashes])
+                for row, images, hashes in zip(self.rows, self.controls, self.image_hashes)]
+
+
+def micro_batches(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        if batch and (len(batch) == size or variant_key(row) != variant_key(batch[0])):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
+def variant_key(row: dict[str, Any]) -> tuple:
+    """What rows must share to go through one pipeline call: control images may differ, nothing else."""
+    plain = tuple(row[name] for name in VARIANT_COLUMNS if name not in ("loras", "controlnets"))
+    loras = tuple((str(x["path"]), float(x["weight"])) for x in loras_of(row))
+    controlnets = tuple((str(x["model"]), float(x["scale"])) for x in controlnets_of(row))
+    return plain + (loras, controlnets)
+
+
+def loras_of(row: dict[str, Any]) -> list[dict]:
+    return list(row.get("loras") or ())  # rows from before per-row variants have no such key
+
+
+def controlnets_of(row: dict[str, Any]) -> list[dict]:
+    return list(row.get("controlnets") or ())
+
+
+def control_arguments(batch: Batch) -> dict[str, Any]:
+    """diffusers' form: one ControlNet takes one image per row; several take, per row, one image per ControlNet."""
+    count = len(batch.variant.controlnets)
+    if not count:
+        return {}
+    if count == 1:
+        return {"image": [images[0] for images in batch.controls],
+                "controlnet_conditioning_scale": batch.variant.scales[0]}
+    # Row-major on purpose: diffusers 0.42 transposes a nested list itself. A list per ControlNet would
+    # pass its checks whenever rows == ControlNets and silently give each row another row's image.
+    return {"image": [list(images) for images in batch.controls],
+            "controlnet_conditioning_scale": list(batch.variant.scales)}
+
+
+def controlnets_used(row: dict[str, Any], variant: ActiveVariant, digests: list[str]) -> list[dict]:
+    return [{"model": str(c["model"]), "model_hash": net.model_hash, "image": str(c["image"]),
+             "image_sha256": digest, "scale": float(c["scale"])}
+            for c, net, digest in zip(controlnets_of(row), variant.controlnets, digests)]

@@ -1,0 +1,92 @@
+"""ControlNets for one base pipeline: N on the device, M more parked in host memory, LRU; a from_pipe pipeline per set."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import torch
+
+from sdbatch.render.fetch import VariantError, labelled
+from sdbatch.render.loading import model_hash
+from sdbatch.render.resolve import resolve_controlnet_dir
+
+
+@dataclass(frozen=True)
+class LoadedControlNet:
+    reference: str  # as written in the row
+    model: torch.nn.Module
+    model_hash: str
+
+
+class ControlNets:
+    """Loads ControlNets on first use and keeps them; builds ControlNet pipelines that share the base's modules."""
+
+    def __init__(self, base, device: torch.device, dtype: torch.dtype, on_device: int, on_cpu: int):
+        self.base = base
+        self.device, self.dtype = device, dtype
+        self.on_device, self.on_cpu = on_device, on_cpu
+        self.loads = 0  # from disk, or moved back from host memory to an accelerator
+        self._device: collections.OrderedDict[str, LoadedControlNet] = collections.OrderedDict()  # LRU first
+        self._parked: collections.OrderedDict[str, LoadedControlNet] = collections.OrderedDict()
+        self._pipeline = None  # the last ControlNet pipeline, with the models it was built for
+        self._pipeline_models: tuple[int, ...] = ()
+
+    def resident(self) -> dict[str, list[str]]:
+        return {"device": list(self._device), "cpu": list(self._parked)}
+
+    def pipeline(self, references: list[str]):
+        """A ControlNet pipeline for these models (in order), sharing UNet, VAE and text encoder with the base."""
+        if len(set(references)) < len(references):
+            raise VariantError("the same ControlNet is listed twice in one row")
+        if len(references) > self.on_device:
+            raise VariantError(f"the row uses {len(references)} ControlNets but at most {self.on_device} fit on the "
+                             "device; raise controlnets_on_device")
+        nets = [self._get(reference, keep=references) for reference in references]
+        key = tuple(id(net.model) for net in nets)
+        if key != self._pipeline_models:
+            self._pipeline, self._pipeline_models = self._build([net.model for net in nets]), key
+        return self._pipeline, nets
+
+    def _build(self, models: list[torch.nn.Module]):
+        from diffusers import StableDiffusionControlNetPipeline
+
+        # dtype=: from_pipe otherwise casts every shared module to float32, the base's too. A list of
+        # models becomes a MultiControlNetModel inside the pipeline.
+        pipe = StableDiffusionControlNetPipeline.from_pipe(
+            self.base, controlnet=models[0] if len(models) == 1 else models, dtype=self.dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _get(self, reference: str, keep: list[str]) -> LoadedControlNet:
+        if reference in self._device:
+            self._device.move_to_end(reference)
+            return self._device[reference]
+        with labelled(f"ControlNet {reference}"):
+            net = self._parked.pop(reference, None)
+            if net is None:
+                net = self._load(reference)
+            elif self.device.type != "cpu":
+                net.model.to(self.device)
+                self.loads += 1
+        self._make_room(keep)
+        self._device[reference] = net
+        return net
+
+    def _load(self, reference: str) -> LoadedControlNet:
+        from diffusers import ControlNetModel
+
+        folder = resolve_controlnet_dir(reference)
+        model = ControlNetModel.from_pretrained(str(folder), dtype=self.dtype).to(self.device)
+        self.loads += 1
+        return LoadedControlNet(reference, model, model_hash(folder))
+
+    def _make_room(self, keep: list[str]) -> None:
+        """Park the least recently used models in host memory, then forget the oldest parked ones."""
+        while len(self._device) >= self.on_device:
+            victim = next(name for name in self._device if name not in keep)
+            self._parked[victim] = self._device.pop(victim)
+            self._parked[victim].model.to("cpu")
+            self._pipeline, self._pipeline_models = None, ()  # it may hold the parked model
+        while len(self._parked) > self.on_cpu:
+            self._parked.popitem(last=False)
