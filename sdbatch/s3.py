@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -231,6 +232,29 @@ class S3Store(Store):
         key = f"{PROBE_DIR}/{uuid.uuid4().hex}"
         self._call("write", key, "put_object", client=probe, Body=b"probe")
         self._call("delete", key, "delete_object", client=probe)
+
+    def presign(self, key: str, expires: int, content_type: str | None = None) -> str:
+        """A GET URL for key that needs no credentials for `expires` seconds (SigV4 allows 7 days at most;
+        temporary credentials end it sooner). content_type sets the response's Content-Type, so a browser
+        shows an object that was stored without one instead of downloading it."""
+        params = {"Bucket": self.bucket, "Key": self._full(key)}
+        if content_type:
+            params["ResponseContentType"] = content_type
+        with self._translated("presign", key):  # signing is local, but finding credentials can fail
+            signer = _presigner(self.settings.endpoint_url, self._region())
+            return signer.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+
+
+@functools.lru_cache(maxsize=8)
+def _presigner(endpoint_url: str | None, region: str):
+    """A client that only signs URLs, with SigV4: botocore presigns with SigV2 by default, which newer AWS
+    regions refuse and which would not bound the lifetime. Cached: a gallery signs thousands of URLs."""
+    import boto3
+    from botocore.config import Config
+
+    _quiet_sdk_loggers()
+    config = Config(signature_version="s3v4", s3={"addressing_style": "path"})
+    return boto3.session.Session(region_name=region).client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def _why_unreachable(e: Exception) -> str:

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from sdbatch.cli import jobs_cmd, manifest_cmd, models_cmd, run_cmd
+from sdbatch.cli import jobs_cmd, manifest_cmd, models_cmd, report_cmd, run_cmd
 from sdbatch.cli.errors import run_with_errors
 
 app = typer.Typer(help="Render very large batches of Stable Diffusion images on Ray, resumably.",
@@ -17,6 +17,7 @@ app.add_typer(manifest_cmd.app, name="manifest")
 app.add_typer(models_cmd.app, name="models")
 run_cmd.register(app)
 jobs_cmd.register(app)
+report_cmd.register(app)
 
 
 def main() -> None:

@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sdbatch.authoring import AuthoringOptions, build_manifest, prompts_table  # noqa: F401 (run_cmd's demo)
 from sdbatch.cli.options import JobFile, LoraDir, S3Endpoint, job_spec, s3_settings
-from sdbatch.manifest import ManifestError, normalize, read_manifest
+from sdbatch.manifest import normalize, read_manifest
 from sdbatch.plan import plan_shards
 
 app = typer.Typer(help="Validate, inspect and create manifests.", no_args_is_help=True)
@@ -59,32 +60,24 @@ def _short(value, width: int = 40) -> str:
 
 
 @app.command("new")
-def new(prompts: Path = typer.Argument(..., help="Text file: one prompt a line; blank and # lines skipped."),
+def new(source: Path = typer.Argument(..., help=(
+            "Prompts: .txt (one a line; blank and # lines skipped), .csv or .jsonl (a 'prompt' column plus "
+            "any manifest or label columns), or a .yaml template (see manifests/README.md).")),
         output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.parquet).")] = ...,
         seeds: Annotated[int, typer.Option(help="Images per prompt, each with its own seed.")] = 1,
         seed_start: Annotated[Optional[int], typer.Option(
             help="Write explicit seeds start..start+N-1 per prompt; default: leave seeds to the job "
-                 "seed, which derives a distinct one per id.")] = None) -> None:
-    """Build a manifest from a prompts file: N rows per prompt, ids p{prompt}-s{seed index}."""
-    if not prompts.is_file():
-        raise ManifestError(f"prompts file {prompts} does not exist")
-    if seeds < 1:
-        raise ManifestError("--seeds must be at least 1")
-    lines = [line.strip() for line in prompts.read_text().splitlines()]
-    texts = [line for line in lines if line and not line.startswith("#")]
-    if not texts:
-        raise ManifestError(f"prompts file {prompts} has no prompts (one per line; # starts a comment)")
-    table = prompts_table(texts, seeds, seed_start)
+                 "seed, which derives a distinct one per id.")] = None,
+        max_rows: Annotated[int, typer.Option(help="Refuse to write more rows than this (see --truncate).")]
+        = AuthoringOptions.max_rows,
+        truncate: Annotated[bool, typer.Option(help="Over --max-rows, keep the first rows instead of refusing.")]
+        = False,
+        wildcards: Annotated[Optional[Path], typer.Option(
+            help="Folder of wildcard files (__animal__ reads animal.txt); default: 'wildcards' next to the "
+                 "template.")] = None) -> None:
+    """Build a manifest: N rows per prompt, ids p{prompt}-s{seed index}, template choices as columns."""
+    options = AuthoringOptions(seeds, seed_start, max_rows, truncate, wildcards)
+    authored = build_manifest(source, options)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, output)
-    typer.echo(f"wrote {output}: {table.num_rows} rows ({len(texts)} prompts x {seeds} seeds)")
-
-
-def prompts_table(texts: list[str], seeds: int, seed_start: int | None = None) -> pa.Table:
-    width = max(4, len(str(len(texts) - 1)))
-    rows = [{"id": f"p{p:0{width}d}-s{k}", "prompt": text, "prompt_index": p, "seed_index": k}
-            for p, text in enumerate(texts) for k in range(seeds)]
-    table = pa.Table.from_pylist(rows)
-    if seed_start is not None:
-        table = table.append_column("seed", pa.array([seed_start + r["seed_index"] for r in rows], pa.int64()))
-    return table
+    pq.write_table(authored.table, output)
+    typer.echo(f"wrote {output}: {authored.table.num_rows} rows ({authored.summary})")

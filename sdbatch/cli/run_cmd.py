@@ -127,7 +127,7 @@ def demo(output: Annotated[Path, Opt("--output", "-o", help="Where to write the 
     """Build the tiny offline model, write a sample manifest and render it on a local Ray."""
     import pyarrow.parquet as pq
 
-    from sdbatch.cli.manifest_cmd import prompts_table
+    from sdbatch.authoring import prompts_table
 
     job_file = job or _find_demo_job()
     prompts = [f"{subject}, {style}" for subject in DEMO_SUBJECTS for style in DEMO_STYLES]

@@ -1,0 +1,198 @@
+"""Morning report: one static HTML contact sheet of a run: thumbnails by group, failures, totals."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sdbatch.driver import UsageError
+from sdbatch.output import SUCCESS_KEY, read_results, run_counts
+from sdbatch.plan import VARIANT_COLUMNS, variant_of
+from sdbatch.storage import LocalStore, Store
+
+GALLERY_KEY = "gallery.html"
+MAX_EXPIRES = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "html": "text/html; charset=utf-8"}
+Link = Callable[[str], str]  # image key (relative to the output) -> URL the page uses
+
+
+class GalleryError(UsageError):
+    """The gallery cannot be made as asked; the message names the flag and the fix."""
+
+
+@dataclass(frozen=True)
+class GallerySettings:
+    # None groups by variant (model, size, steps, scheduler, guidance, LoRAs, ControlNets).
+    group_by: str | None = None
+    # A few screens per group on a phone, spread through the group so it is a fair sample.
+    per_group: int = 48
+    # Grouping by a near-unique column must not make a section per image.
+    max_groups: int = 100
+    # Enough to see the pattern; all of them are in read_results().
+    max_failures: int = 500
+    # None: no cost line.
+    gpu_hour_price: float | None = None
+    # Lifetime of presigned S3 links; the most SigV4 allows, so a morning report lasts the week.
+    expires: int = MAX_EXPIRES
+
+    def check(self) -> GallerySettings:
+        if not 1 <= self.expires <= MAX_EXPIRES:
+            raise GalleryError(f"--expires {self.expires}: use 1..{MAX_EXPIRES} seconds (7 days, the most S3 allows)")
+        if self.per_group < 1 or self.max_groups < 1:
+            raise GalleryError("--per-group and --max-groups must be at least 1")
+        if self.gpu_hour_price is not None and self.gpu_hour_price < 0:
+            raise GalleryError(f"--gpu-hour-price {self.gpu_hour_price} is negative; give a price >= 0")
+        return self
+
+
+def make_gallery(store: Store, settings: GallerySettings, out: Path | None = None) -> str:
+    """Write the gallery (OUTPUT/gallery.html, or out) and return where it is."""
+    settings = settings.check()
+    at_root = out is None or (isinstance(store, LocalStore) and Path(out).resolve().parent == Path(store.uri).resolve())
+    page = render(store, settings, links(store, at_root, settings.expires))
+    if out is None:
+        store.put(GALLERY_KEY, page.encode())
+        return store.url_for(GALLERY_KEY)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return str(out)
+
+
+def links(store: Store, at_root: bool, expires: int) -> Link:
+    """Relative keys beside a local output, file URLs from elsewhere, presigned GETs for S3."""
+    if isinstance(store, LocalStore):
+        return (lambda key: quote(key)) if at_root else (lambda key: Path(store.url_for(key)).as_uri())
+    presign = getattr(store, "presign", None)
+    if presign is None:
+        return store.url_for
+    return lambda key: presign(key, expires, CONTENT_TYPES.get(key.rsplit(".", 1)[-1]))
+
+
+def render(store: Store, settings: GallerySettings, link: Link) -> str:
+    results = read_results(store)
+    counts = run_counts(store)
+    success = json.loads(store.get(SUCCESS_KEY)) if store.exists(SUCCESS_KEY) else {}
+    groups = group_rows(results, settings.group_by)
+    parts = [_head(store.uri), _totals(results, counts, success, settings, store), _toc(groups, settings),
+             _groups(results, groups, settings, link), _failures(results, settings), "</body></html>\n"]
+    return "\n".join(parts)
+
+
+def group_rows(results: pa.Table, group_by: str | None) -> dict[str, list[int]]:
+    """Positions of the ok rows by group, groups in manifest order."""
+    ok = pc.indices_nonzero(pc.equal(results.column("status"), "ok")).to_pylist()
+    if group_by is None:
+        rows = results.select(list(VARIANT_COLUMNS)).take(ok).to_pylist()
+        keys = [variant_of(row).describe() for row in rows]
+    elif group_by not in results.column_names:
+        raise GalleryError(f"--group-by {group_by!r} is not a column of this run; use one of "
+                           f"{', '.join(results.column_names)}")
+    else:
+        keys = ["(none)" if v is None else str(v) for v in results.column(group_by).take(ok).to_pylist()]
+    groups: dict[str, list[int]] = {}
+    for position, key in zip(ok, keys):
+        groups.setdefault(key, []).append(position)
+    return groups
+
+
+def spread(positions: list[int], k: int) -> list[int]:
+    """k positions evenly spaced through the list (all of them if there are no more than k)."""
+    if len(positions) <= k:
+        return positions
+    return [positions[i * len(positions) // k] for i in range(k)]
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+STYLE = """body{font:15px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:10px;color:#222}
+h1{font-size:1.2em;overflow-wrap:anywhere}h2{font-size:1.05em;overflow-wrap:anywhere;margin-top:1.5em}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px}dt{color:#555}dd{margin:0}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
+figure{margin:0}img{width:100%;height:auto;display:block;background:#eee;image-rendering:auto}
+figcaption{font-size:12px;overflow-wrap:anywhere}.note{color:#666;font-size:13px}
+li.failure{margin:6px 0;overflow-wrap:anywhere}pre{white-space:pre-wrap;margin:2px 0;font-size:12px;color:#a00}"""
+
+
+def _head(uri: str) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>sdbatch: {_esc(uri)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{_esc(uri)}</h1><p class=note>made by sdbatch gallery at "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>")
+
+
+def _totals(results: pa.Table, counts: dict, success: dict, settings: GallerySettings, store: Store) -> str:
+    seconds = pc.sum(results.column("render_seconds")).as_py() or 0.0
+    devices = sorted({d for d in results.column("device").to_pylist() if d})
+    last = success.get("last_run") or {}
+    rows = [("rows", f"{counts['rows_total']:,}"), ("ok", f"{counts['rows_ok']:,}"),
+            ("failed", f"{counts['rows_failed']:,}"), ("pending", f"{counts['rows_pending']:,}"),
+            ("images/s", f"{last['images_per_second']:g} (last invocation, {last.get('actors', '?')} actor(s) together, "
+                         "while rendering)" if "images_per_second" in last else "unknown (no _SUCCESS.json yet)"),
+            ("GPU-hours", f"{seconds / 3600:.4g} on {', '.join(devices) or 'no device'}")]
+    if settings.gpu_hour_price is not None and counts["rows_ok"]:
+        per_1000 = seconds / 3600 * settings.gpu_hour_price / counts["rows_ok"] * 1000
+        rows.append(("cost / 1,000 images", f"{per_1000:.4g} at {settings.gpu_hour_price:g} per GPU-hour"))
+    items = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows)
+    expiry = ""
+    if not isinstance(store, LocalStore):
+        ends = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + settings.expires))
+        expiry = f" Image links are presigned and stop working at {ends}; run sdbatch gallery again for new ones."
+    return (f"<section id=totals><h2>Totals</h2><dl>{items}</dl><p class=note>GPU-hours is the sum of the rows' "
+            "render_seconds / 3600: time inside pipeline calls, each row charged its share of its batch. It leaves "
+            "out start-up, model and LoRA loading, waiting on storage and idle GPUs (and images adopted from an "
+            f"earlier attempt), so the bill is higher; the cost per 1,000 images is a floor.{expiry}</p></section>")
+
+
+def _toc(groups: dict[str, list[int]], settings: GallerySettings) -> str:
+    by = _esc(settings.group_by or "variant")
+    shown = list(groups.items())[:settings.max_groups]
+    items = "".join(f'<li><a href="#g{n}">{_esc(key)}</a> ({len(rows):,})</li>' for n, (key, rows) in enumerate(shown))
+    more = (f"<p class=note>{len(groups) - len(shown):,} more groups are not shown (--max-groups "
+            f"{settings.max_groups}).</p>" if len(groups) > len(shown) else "")
+    return f"<nav><h2>{len(groups):,} group(s) by {by}</h2><ul>{items}</ul>{more}</nav>"
+
+
+def _groups(results: pa.Table, groups: dict[str, list[int]], settings: GallerySettings, link: Link) -> str:
+    columns = results.select(["id", "prompt", "seed", "image", "width", "height"])
+    sections = []
+    for n, (key, positions) in enumerate(list(groups.items())[:settings.max_groups]):
+        picked = spread(positions, settings.per_group)
+        figures = "".join(_figure(row, link) for row in columns.take(picked).to_pylist())
+        note = (f"showing {len(picked)} of {len(positions):,}, evenly spaced (--per-group {settings.per_group})"
+                if len(picked) < len(positions) else f"all {len(positions):,}")
+        sections.append(f'<section class=group id="g{n}"><h2>{_esc(key)}</h2><p class=note>{note}</p>'
+                        f"<div class=grid>{figures}</div></section>")
+    return "\n".join(sections)
+
+
+def _figure(row: dict, link: Link) -> str:
+    url = _esc(link(row["image"]))
+    size = f' width="{row["width"]}" height="{row["height"]}"' if row["width"] and row["height"] else ""
+    return (f'<figure class=thumb><a href="{url}"><img src="{url}" loading="lazy" alt="{_esc(row["id"])}"{size}>'
+            f'</a><figcaption><b>{_esc(row["id"])}</b> seed {_esc(row["seed"])}<br>{_esc(row["prompt"])}'
+            "</figcaption></figure>")
+
+
+def _failures(results: pa.Table, settings: GallerySettings) -> str:
+    failed = results.filter(pc.equal(results.column("status"), "failed"))
+    if failed.num_rows == 0:
+        return "<section id=failures><h2>Failures</h2><p>none</p></section>"
+    shown = failed.select(["id", "prompt", "error"]).slice(0, settings.max_failures).to_pylist()
+    items = "".join(f'<li class=failure data-id="{_esc(r["id"])}"><b>{_esc(r["id"])}</b> {_esc(r["prompt"])}'
+                    f'<pre>{_esc(r["error"])}</pre></li>' for r in shown)
+    more = (f"<p class=note>The first {len(shown):,} of {failed.num_rows:,}; all are in sdbatch.read_results(OUTPUT)."
+            "</p>" if failed.num_rows > len(shown) else "")
+    return f"<section id=failures><h2>Failures ({failed.num_rows:,})</h2>{more}<ul>{items}</ul></section>"

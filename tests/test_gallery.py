@@ -1,0 +1,287 @@
+"""The gallery: a real run's page checked in headless Chromium, presigned S3 links, escaping and caps."""
+
+import fcntl
+import html
+import io
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sdbatch.gallery import GalleryError, GallerySettings, make_gallery, spread
+from sdbatch.manifest import normalize
+from sdbatch.output import commit_shard
+from sdbatch.plan import plan_shards
+from sdbatch.spec import RowDefaults
+from sdbatch.storage import LocalStore, S3Settings, open_store
+from tests.util import run_cli, write_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+JOB = str(REPO / "jobs" / "demo.toml")
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# The flags that work in containers without a display, a sandbox or network.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+INJECTED = '<b class="injected">bold</b> & "quoted"'
+
+
+# --- a tiny Chrome DevTools Protocol client over --remote-debugging-pipe (fds 3 and 4): no packages needed
+
+
+class Chromium:
+    def __init__(self, binary: str, profile: Path, timeout: float = 60):
+        child_in, self._out = os.pipe()
+        self._in, child_out = os.pipe()
+        # Moved above 9 first, so placing them at 3 and 4 cannot overwrite one with the other.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (child_in, child_out)]
+        for fd in (child_in, child_out):
+            os.close(fd)
+        self.log = profile / "chromium.log"  # a file, not a pipe: a full pipe would stall the browser
+        # posix_spawn places the pipe ends at fds 3 and 4 without a preexec_fn (unsafe with threads).
+        actions = [(os.POSIX_SPAWN_DUP2, high[0], 3), (os.POSIX_SPAWN_DUP2, high[1], 4),
+                   (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 1, str(self.log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+                   (os.POSIX_SPAWN_DUP2, 1, 2)]
+        argv = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        self.pid = os.posix_spawnp(binary, argv, os.environ, file_actions=actions)
+        for fd in high:
+            os.close(fd)
+        self.timeout, self._id, self._buffer, self._events = timeout, 0, b"", []
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read()
+            if reply.get("id") == self._id:
+                assert "error" not in reply, f"{method}: {reply['error']}"
+                return reply["result"]
+            self._events.append(reply)
+
+    def event(self, name: str) -> dict:
+        while True:
+            found = next((e for e in self._events if e.get("method") == name), None)
+            if found:
+                self._events.remove(found)
+                return found
+            self._events.append(self._read())
+
+    def _read(self) -> dict:
+        deadline = time.monotonic() + self.timeout
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(self.pid, signal.SIGKILL)
+                raise AssertionError(f"Chromium did not answer within {self.timeout:.0f} s; see {self.log}")
+            chunk = os.read(self._in, 1 << 16)
+            if not chunk:
+                raise AssertionError(f"Chromium exited: {self.log.read_text(errors='replace')[-2000:]}")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def evaluate(self, url: str, script: str) -> dict:
+        """Load url in a new tab, then run script (an async function body) there and return its value."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.call("Page.enable", session=session)
+        self.call("Page.navigate", {"url": url}, session=session)
+        self.event("Page.loadEventFired")
+        result = self.call("Runtime.evaluate", {"expression": f"(async () => {{{script}}})()", "awaitPromise": True,
+                                                "returnByValue": True}, session=session)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        self.call("Target.closeTarget", {"targetId": target})
+        return result["result"]["value"]
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        except (AssertionError, OSError):
+            pass
+        deadline = time.monotonic() + 10
+        while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                break
+            time.sleep(0.05)
+        for fd in (self._in, self._out):
+            os.close(fd)
+
+
+# What the page shows, asked of the browser: lazy images are made eager and awaited, then every image
+# and every link target is checked by loading it.
+PAGE_CHECK = """
+  const load = src => new Promise(done => { const i = new Image(); i.onload = () => done(i.naturalWidth > 0);
+                                            i.onerror = () => done(false); i.src = src; });
+  const images = [...document.images];
+  images.forEach(i => { i.loading = 'eager'; });
+  await Promise.all(images.map(i => i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; })));
+  const links = [...document.querySelectorAll('figure a')].map(a => a.href);
+  const linkOk = await Promise.all(links.map(load));
+  return {
+    images: images.length,
+    shown: images.filter(i => i.complete && i.naturalWidth > 0).map(i => i.alt),
+    broken: images.filter(i => !(i.naturalWidth > 0)).map(i => i.src),
+    brokenLinks: links.filter((_, n) => !linkOk[n]),
+    failures: [...document.querySelectorAll('#failures li.failure')].map(r => r.innerText),
+    injected: document.querySelectorAll('.injected').length,
+    text: document.body.innerText,
+  };
+"""
+
+
+def _find_chromium() -> str | None:
+    named = os.environ.get("SDBATCH_CHROMIUM")
+    return named or next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    binary = _find_chromium()
+    if binary is None:
+        message = f"no Chromium found (looked for {', '.join(CHROMIUM_NAMES)} on PATH, or SDBATCH_CHROMIUM)"
+        if os.environ.get("CI"):  # .ci/run installs it, so on CI a missing browser is a failure
+            pytest.fail(message)
+        pytest.skip(message + "; `apt-get install chromium` to run the browser test")
+    browser = Chromium(binary, tmp_path_factory.mktemp("chromium-profile"))
+    yield browser
+    browser.close()
+
+
+# --- a real run: the tiny model, one actor, one row failing on a corrupt LoRA
+
+
+@dataclass(frozen=True)
+class Run:
+    output: Path
+    ok: list[str]
+    failed: list[str]
+
+
+@pytest.fixture(scope="module")
+def rendered(tiny_cache, tmp_path_factory) -> Run:
+    root = tmp_path_factory.mktemp("gallery-run")
+    (root / "loras").mkdir()
+    (root / "loras" / "broken.safetensors").write_bytes(b"\x00" * 64 + os.urandom(200))
+    rows = [{"id": f"ok{n}", "prompt": f"a tiny image {n} {INJECTED}", "style": "ab"[n % 2]} for n in range(5)]
+    rows.append({"id": "bad", "prompt": "a broken one <lora:broken:1>", "style": "a"})
+    manifest = write_manifest(root / "m.parquet", rows)
+    output = root / "out"
+    result = run_cli("submit", str(manifest), "--output", str(output), "--job", JOB, "--steps", "2",
+                     "--actors", "1", "--lora-dir", str(root / "loras"))
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    statuses = {r["id"]: r["status"] for r in pq.read_table(output / "metadata").select(["id", "status"]).to_pylist()}
+    return Run(output, sorted(i for i, s in statuses.items() if s == "ok"),
+               sorted(i for i, s in statuses.items() if s == "failed"))
+
+
+@pytest.mark.slow
+def test_gallery_of_a_real_run_shows_every_image_and_failure_in_chromium(chromium, rendered, tmp_path):
+    assert rendered.failed == ["bad"], "a corrupt LoRA should fail its row only"
+    made = run_cli("gallery", str(rendered.output), "--gpu-hour-price", "2.5")
+    assert made.returncode == 0, made.stderr
+    elsewhere = tmp_path / "reports" / "g.html"  # absolute file links from there
+    assert run_cli("gallery", str(rendered.output), "-o", str(elsewhere), "--group-by", "style").returncode == 0
+    for page in (rendered.output / "gallery.html", elsewhere):
+        seen = chromium.evaluate(page.as_uri(), PAGE_CHECK)
+        assert sorted(seen["shown"]) == rendered.ok and seen["images"] == len(rendered.ok), seen
+        assert seen["broken"] == [] and seen["brokenLinks"] == []
+        assert len(seen["failures"]) == 1 and "bad" in seen["failures"][0]
+        assert "not a readable safetensors file" in seen["failures"][0]
+        assert seen["injected"] == 0 and INJECTED in seen["text"]  # prompts are text, never markup
+    text = chromium.evaluate((rendered.output / "gallery.html").as_uri(), PAGE_CHECK)["text"]
+    assert "cost / 1,000 images" in text and "GPU-hours" in text and "images/s" in text
+    assert re.search(r'src="images/\d{6}/ok0\.png"', (rendered.output / "gallery.html").read_text())
+    assert f'src="{(rendered.output / "images").as_uri()}' in elsewhere.read_text()
+
+
+@pytest.mark.slow
+def test_s3_gallery_links_are_presigned_and_fetch_the_images(rendered, s3_env, new_bucket):
+    store = open_store(f"s3://{new_bucket}/run", S3Settings(endpoint_url=s3_env))
+    for path in rendered.output.rglob("*"):
+        if path.is_file() and path.name != "gallery.html":
+            store.put(path.relative_to(rendered.output).as_posix(), path.read_bytes())
+    made = run_cli("gallery", store.uri, "--s3-endpoint", s3_env, "--expires", "3600")
+    assert made.returncode == 0, made.stderr
+    page = store.get("gallery.html").decode()
+    sources = [html.unescape(s) for s in re.findall(r'<img src="([^"]+)"', page)]
+    assert len(sources) == len(rendered.ok)
+    assert all("X-Amz-Signature=" in s and "X-Amz-Expires=3600" in s for s in sources)
+    key = re.search(r"/run/(images/[^?]+)", sources[0]).group(1)
+    with urllib.request.urlopen(sources[0], timeout=10) as response:  # no credentials: the URL carries them
+        assert response.read() == (rendered.output / key).read_bytes()
+        assert response.headers["Content-Type"] == "image/png"
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(sources[0].split("?")[0], timeout=10)  # the bucket is private
+    viewer = re.search(r"open it .*?: (\S+)", " ".join(made.stdout.split())).group(1)
+    with urllib.request.urlopen(viewer, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/html") and response.read().decode() == page
+
+
+# --- fast: a synthetic run (committed through the output protocol, no Ray) for escaping and caps
+
+
+def _synthetic_run(root: Path, rows: int, failed_every: int = 0, groups: int = 3) -> LocalStore:
+    store = LocalStore(str(root))
+    table = pa.table({"id": [f"r{n:06d}" for n in range(rows)],
+                      "prompt": [f"prompt {n} {INJECTED}" for n in range(rows)],
+                      "group": [f"g{n % groups}" for n in range(rows)]})
+    manifest = normalize(table, RowDefaults(model="tiny:sd15", width=64, height=64, steps=2))
+    plan = plan_shards(manifest, 5000)
+    sink = io.BytesIO()
+    pq.write_table(manifest.append_column("shard", pa.array(plan.shard_of_rows())), sink)
+    store.put("manifest.parquet", sink.getvalue())
+    store.put("job.json", json.dumps({"manifest": {"rows": rows, "shards": len(plan.shards)}}).encode())
+    ids = manifest.column("id").to_pylist()
+    for shard in plan.shards:
+        failed = [failed_every and n % failed_every == 0 for n in shard.rows]
+        commit_shard(store, shard.shard_id, "a1", [
+            {"id": ids[n], "shard": shard.shard_id, "attempt": "a1", "image": f"images/{shard.shard_id}/{ids[n]}.png",
+             "status": "failed" if bad else "ok", "error": "boom <i>x</i>" if bad else None, "seed": n,
+             "width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "model": "tiny:sd15",
+             "render_seconds": 0.5, "device": "cpu"} for n, bad in zip(shard.rows, failed)])
+    return store
+
+
+def test_text_is_escaped_and_groups_follow_the_chosen_column(tmp_path):
+    store = _synthetic_run(tmp_path / "run", 12, failed_every=5)
+    page = Path(make_gallery(store, GallerySettings(group_by="group", gpu_hour_price=3))).read_text()
+    assert INJECTED not in page and html.escape(INJECTED) in page and "<i>x</i>" not in page
+    assert page.count("<section class=group") == 3 and 'data-id="r000005"' in page
+    assert "3 group(s) by group" in page
+    with pytest.raises(GalleryError, match="'nope' is not a column"):
+        make_gallery(store, GallerySettings(group_by="nope"))
+    with pytest.raises(GalleryError, match="7 days"):
+        make_gallery(store, GallerySettings(expires=8 * 24 * 3600))
+
+
+def test_a_large_run_makes_a_small_page_that_says_what_it_left_out(tmp_path):
+    store = _synthetic_run(tmp_path / "run", 50_000, failed_every=10, groups=999)
+    started = time.monotonic()
+    by_variant = Path(make_gallery(store, GallerySettings(), tmp_path / "variant.html")).read_text()
+    by_group = Path(make_gallery(store, GallerySettings(group_by="group"), tmp_path / "group.html")).read_text()
+    assert time.monotonic() - started < 30
+    assert by_variant.count("<figure") == 48 and "showing 48 of 45,000, evenly spaced" in by_variant
+    assert "The first 500 of 5,000" in by_variant and by_variant.count("<li class=failure") == 500
+    assert by_group.count("<section class=group") == 100 and "899 more groups are not shown" in by_group
+    assert len(by_variant) < 200_000 and len(by_group) < 3_000_000  # at most 100 groups x 48 thumbnails
+
+
+def test_spread_samples_evenly_and_keeps_short_groups_whole():
+    assert spread(list(range(10)), 20) == list(range(10))
+    assert spread(list(range(100)), 4) == [0, 25, 50, 75]
