@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdbatch.authoring import AuthoringOptions, build_manifest, prompts_table  # noqa: F401 (run_cmd's demo)
+from sdbatch.authoring import AuthoringOptions, build_manifest
 from sdbatch.cli.options import JobFile, LoraDir, S3Endpoint, job_spec, s3_settings
 from sdbatch.manifest import normalize, read_manifest
 from sdbatch.plan import plan_shards
