@@ -81,3 +81,18 @@ def new(source: Path = typer.Argument(..., help=(
     output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(authored.table, output)
     typer.echo(f"wrote {output}: {authored.table.num_rows} rows ({authored.summary})")
+
+
+@app.command("from-images")
+def from_images(location: Annotated[str, typer.Argument(help="A folder or s3://bucket/prefix of rendered images.")],
+                output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.parquet).")],
+                s3_endpoint: S3Endpoint = None) -> None:
+    """A manifest that renders the images again, from the A1111 parameters embedded in each file."""
+    from sdbatch.reproduce import manifest_from_images
+
+    table, skipped = manifest_from_images(location, s3_settings(s3_endpoint))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, output)
+    note = f"; {skipped} image(s) without parameters skipped" if skipped else ""
+    typer.echo(f"wrote {output}: {table.num_rows} rows{note}")
+

@@ -1,0 +1,127 @@
+"""A1111-compatible image metadata: the `parameters` text written into PNG/JPEG/WebP, and read back into manifest rows."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+# sdbatch scheduler names -> the sampler names A1111 writes (and back).
+SAMPLERS = {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun",
+            "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "unipc": "UniPC"}
+# The model's own scheduler (scheduler = null) by class, so the sampler is named all the same.
+SCHEDULER_CLASSES = {"PNDMScheduler": "PLMS", "DDIMScheduler": "DDIM", "EulerDiscreteScheduler": "Euler",
+                     "EulerAncestralDiscreteScheduler": "Euler a", "HeunDiscreteScheduler": "Heun",
+                     "DPMSolverMultistepScheduler": "DPM++ 2M", "UniPCMultistepScheduler": "UniPC"}
+# A1111's own pattern for "Key: value, Key: "quoted, value"" pairs.
+PAIR = re.compile(r'\s*([\w][\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+SDBATCH_KEY = "sdbatch"  # our exact row (paths, weights, ids), which A1111 ignores
+
+
+def format_parameters(row: dict[str, Any]) -> str:
+    """The A1111 `parameters` text for a rendered row (a result row: manifest values plus provenance)."""
+    loras = row.get("loras_used") or []
+    tags = "".join(f" <lora:{_name(x['path'])}:{x['weight']:g}>" for x in loras)
+    lines = [f"{row['prompt']}{tags}"]
+    if row.get("negative_prompt"):
+        lines.append(f"Negative prompt: {row['negative_prompt']}")
+    sampler = SAMPLERS.get(row.get("scheduler") or "") or SCHEDULER_CLASSES.get(row.get("scheduler_class") or "")
+    pairs = [("Steps", row["steps"]), ("Sampler", sampler), ("CFG scale", f"{row['guidance_scale']:g}"),
+             ("Seed", row["seed"]), ("Size", f"{row['width']}x{row['height']}"),
+             ("Model hash", (row.get("model_hash") or "")[:10] or None), ("Model", _name(row["model"]))]
+    if loras:
+        pairs.append(("Lora hashes", _quote(", ".join(f"{_name(x['path'])}: {x['sha256'][:12]}" for x in loras))))
+    pairs.append(("Version", f"sdbatch {row.get('sdbatch_version', '')}".strip()))
+    exact = {k: row.get(k) for k in ("id", "prompt", "negative_prompt", "model", "scheduler")}
+    exact["loras"] = [{"path": x["path"], "weight": x["weight"]} for x in loras]
+    exact["controlnets"] = [{"model": c["model"], "image": c["image"], "scale": c["scale"]}
+                            for c in row.get("controlnets_used") or []]
+    pairs.append((SDBATCH_KEY, _quote(json.dumps(exact, sort_keys=True, separators=(",", ":")))))
+    lines.append(", ".join(f"{k}: {v}" for k, v in pairs if v is not None))
+    return "\n".join(lines)
+
+
+def _name(reference: str) -> str:
+    return PurePosixPath(str(reference).rstrip("/")).name.removesuffix(".safetensors")
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text)  # A1111 unquotes with json.loads
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """prompt, negative_prompt and every `Key: value` pair of an A1111 parameters text."""
+    *head, last = text.strip().split("\n")
+    if not PAIR.match(last) or len(PAIR.findall(last)) < 3:  # no settings line: all of it is the prompt
+        head, last = [*head, last], ""
+    prompt, negative, in_negative = [], [], False
+    for line in head:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    out: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    for key, value in PAIR.findall(last):
+        out[key.strip()] = json.loads(value) if value.startswith('"') else value.strip()
+    return out
+
+
+def save_options(image_format: str, parameters: str) -> dict[str, Any]:
+    """PIL save() arguments that embed the parameters: a PNG text chunk, or EXIF UserComment for JPEG/WebP."""
+    if image_format == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters)
+        return {"pnginfo": info}
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\x00" + parameters.encode("utf-16-be")
+    return {"exif": exif.tobytes()}
+
+
+def read_parameters(data: bytes) -> str | None:
+    """The parameters text embedded in image bytes, or None."""
+    with Image.open(io.BytesIO(data)) as image:
+        text = image.info.get("parameters")
+        if text:
+            return str(text)
+        raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if not raw:
+        return None
+    if raw.startswith(b"UNICODE\x00"):
+        return raw[8:].decode("utf-16-be", errors="replace")
+    return raw[8:].decode("utf-8", errors="replace") if raw[:8].startswith(b"ASCII") else None
+
+
+def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
+    """A manifest row that renders the image again: exact when sdbatch wrote it, else from A1111 fields."""
+    width, _, height = str(fields.get("Size", "")).partition("x")
+    row: dict[str, Any] = {
+        "prompt": fields["prompt"], "negative_prompt": fields.get("negative_prompt") or None,
+        "seed": _int(fields.get("Seed")), "steps": _int(fields.get("Steps")),
+        "guidance_scale": _float(fields.get("CFG scale")), "width": _int(width), "height": _int(height),
+        "scheduler": {v: k for k, v in SAMPLERS.items()}.get(fields.get("Sampler", "")),
+    }
+    if SDBATCH_KEY in fields:  # our own image: take the exact references rather than display names
+        exact = json.loads(fields[SDBATCH_KEY])
+        row.update({k: exact[k] for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "loras",
+                                          "controlnets")})
+    elif fields.get("Model"):
+        row["model"] = fields["Model"]
+    return row
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return None

@@ -1,0 +1,60 @@
+"""A1111 parameters: written in A1111's layout, embedded in PNG/JPEG/WebP, and read back into rows."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from sdbatch.a1111 import format_parameters, parse_parameters, read_parameters, row_from_parameters, save_options
+
+ROW = {"id": "cat-1", "prompt": "a cat, in a hat", "negative_prompt": "blurry", "steps": 20,
+       "scheduler": "dpmpp_2m_karras", "scheduler_class": "DPMSolverMultistepScheduler", "guidance_scale": 7.5,
+       "seed": 1234567890123, "width": 512, "height": 768, "model": "/models/sd15", "model_hash": "0123456789abcdef",
+       "loras_used": [{"path": "/loras/ink.safetensors", "sha256": "ab" * 32, "weight": 0.8}],
+       "controlnets_used": [{"model": "/cn/canny", "model_hash": "f" * 16, "image": "s3://b/c.png",
+                             "image_sha256": "cd" * 32, "scale": 0.5}],
+       "sdbatch_version": "0.1.0"}
+
+
+def test_layout_is_a1111s():
+    text = format_parameters(ROW)
+    prompt, negative, settings = text.split("\n")
+    assert prompt == "a cat, in a hat <lora:ink:0.8>"
+    assert negative == "Negative prompt: blurry"
+    assert settings.startswith("Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 1234567890123, "
+                               "Size: 512x768, Model hash: 0123456789, Model: sd15, Lora hashes: \"ink: abababababab\"")
+
+
+def test_parse_reads_prompt_negative_and_quoted_values():
+    fields = parse_parameters(format_parameters(ROW))
+    assert fields["prompt"] == "a cat, in a hat <lora:ink:0.8>" and fields["negative_prompt"] == "blurry"
+    assert fields["Sampler"] == "DPM++ 2M Karras" and fields["Lora hashes"] == "ink: abababababab"
+
+
+def test_a_plain_a1111_text_gives_a_row():
+    text = "a dog\nNegative prompt: bad\nSteps: 25, Sampler: Euler a, CFG scale: 6, Seed: 7, Size: 640x512, Model: v1-5"
+    row = row_from_parameters(parse_parameters(text))
+    assert row == {"prompt": "a dog", "negative_prompt": "bad", "seed": 7, "steps": 25, "guidance_scale": 6.0,
+                   "width": 640, "height": 512, "scheduler": "euler_a", "model": "v1-5"}
+
+
+def test_sdbatch_rows_come_back_exactly():
+    row = row_from_parameters(parse_parameters(format_parameters(ROW)))
+    assert row["id"] == "cat-1" and row["prompt"] == "a cat, in a hat" and row["model"] == "/models/sd15"
+    assert row["loras"] == [{"path": "/loras/ink.safetensors", "weight": 0.8}]
+    assert row["controlnets"] == [{"model": "/cn/canny", "image": "s3://b/c.png", "scale": 0.5}]
+    assert (row["seed"], row["steps"], row["width"], row["height"]) == (1234567890123, 20, 512, 768)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_embedded_in_each_format(fmt):
+    text = format_parameters({**ROW, "prompt": "unicode ✓ café"})
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), "blue").save(buffer, format=fmt.upper(), **save_options(fmt, text))
+    assert read_parameters(buffer.getvalue()) == text
+
+
+def test_image_without_parameters_reads_none():
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    assert read_parameters(buffer.getvalue()) is None
