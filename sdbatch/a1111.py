@@ -1,4 +1,4 @@
-"""A1111-compatible image metadata: the `parameters` text written into PNG/JPEG/WebP, and read back into manifest rows."""
+"""A1111 image metadata: the `parameters` text embedded in PNG/JPEG/WebP, and read back into manifest rows."""
 
 from __future__ import annotations
 
