@@ -161,7 +161,8 @@ def _render(prepared: PreparedRun, pending: list[Shard], events, on_ready):
 
     def make_task(shard: Shard) -> ShardTask:
         rows = tuple(shard_rows(prepared.manifest, shard))
-        return ShardTask(shard.shard_id, new_attempt_id(), rows, spec.output.format, spec.output.quality)
+        return ShardTask(shard.shard_id, new_attempt_id(), rows, spec.output.format, spec.output.quality,
+                         spec.output.layout)
 
     cluster.connect(prepared.request.address)
     try:

@@ -10,8 +10,6 @@ import pyarrow as pa
 # Rows that agree on these can share one pipeline call (prompts, negatives, seeds and control images
 # may differ); for ControlNets only the model and scale count, each row brings its own image.
 VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale", "loras", "controlnets")
-# What the renderer needs of a row; labels stay in the manifest and are joined back on read.
-RENDER_COLUMNS = ("id", "prompt", "negative_prompt", "seed") + VARIANT_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -88,6 +86,7 @@ def plan_shards(table: pa.Table, shard_size: int) -> Plan:
 
 
 def shard_rows(table: pa.Table, shard: Shard) -> list[dict[str, Any]]:
-    """The render columns of a shard's rows, as small dicts to send to an actor."""
-    picked = table.select(list(RENDER_COLUMNS)).take(pa.array(shard.rows, pa.int64()))
-    return picked.to_pylist()
+    """A shard's rows as small dicts to send to an actor: what it renders, plus the labels, which
+    go into per-image records (the webdataset layout's {id}.json)."""
+    columns = [name for name in table.column_names if name != "shard"]
+    return table.select(columns).take(pa.array(shard.rows, pa.int64())).to_pylist()

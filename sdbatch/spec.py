@@ -12,6 +12,7 @@ from typing import Any
 import tomllib
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
+LAYOUTS = ("files", "webdataset")
 DEVICES = ("auto", "cuda", "cpu")
 
 # Names a manifest may use; the renderer maps each to a diffusers scheduler class and options.
@@ -65,6 +66,8 @@ class OutputSettings:
     # 64 rows is a few minutes of GPU work: small enough to lose little on a crash,
     # large enough that per-shard overhead (markers, metadata files) stays negligible.
     shard_size: int = 64
+    # "files": images/{shard}/{id}.{ext}, browsable. "webdataset": shards/{shard}.tar for data loaders.
+    layout: str = "files"
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class JobSpec:
         _check(o.format in IMAGE_FORMATS, "output.format", o.format, f"use one of {', '.join(IMAGE_FORMATS)}")
         _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")
         _check(o.shard_size >= 1, "output.shard_size", o.shard_size, "use at least 1")
+        _check(o.layout in LAYOUTS, "output.layout", o.layout, f"use one of {', '.join(LAYOUTS)}")
         _check(r.actors is None or r.actors >= 1, "run.actors", r.actors, "use at least 1")
         _check(r.device in DEVICES, "run.device", r.device, f"use one of {', '.join(DEVICES)}")
         for name in ("batch_size", "shards_in_flight", "max_shard_attempts", "io_threads"):

@@ -15,6 +15,7 @@ class ShardTask:
     rows: tuple[dict[str, Any], ...]
     image_format: str
     quality: int
+    layout: str = "files"  # or "webdataset": one tar per shard (sdbatch/webdataset.py)
 
 
 @dataclass(frozen=True)

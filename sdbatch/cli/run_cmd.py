@@ -43,6 +43,8 @@ def submit(
     seed: Annotated[Optional[int], Opt(help="Job seed: rows without a seed derive one from it and their id.")] = None,
     image_format: Annotated[Optional[str], Opt("--format", help="png, jpeg or webp.")] = None,
     quality: Annotated[Optional[int], Opt(help="jpeg/webp quality, 1-100.")] = None,
+    layout: Annotated[Optional[str], Opt(help="files (images/{shard}/{id}.ext) or webdataset "
+                                              "(shards/{shard}.tar with .ext, .json, .txt per image).")] = None,
     shard_size: Annotated[Optional[int], Opt(help="Rows per shard (the unit of commit and retry).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Rows per pipeline call.")] = None,
     actors: Annotated[Optional[int], Opt(help="Actors; default one per GPU, or what the CPUs hold.")] = None,
@@ -59,7 +61,7 @@ def submit(
     overrides = {
         "defaults.model": model, "defaults.steps": steps, "defaults.guidance_scale": guidance_scale,
         "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
-        "defaults.seed": seed, "output.format": image_format, "output.quality": quality,
+        "defaults.seed": seed, "output.format": image_format, "output.quality": quality, "output.layout": layout,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
         "defaults.lora_dir": lora_dir, "run.affinity": affinity, "run.device": device,
     }
