@@ -18,8 +18,11 @@ from sdbatch.driver import UsageError
 from sdbatch.output import SUCCESS_KEY, read_results, run_counts
 from sdbatch.plan import VARIANT_COLUMNS, variant_of
 from sdbatch.storage import LocalStore, Store
+from sdbatch.webdataset import read_member, split_ref
 
 GALLERY_KEY = "gallery.html"
+GALLERY_FILES = "gallery_files"  # images copied out of webdataset tars, so the page can show them
+TARS_CACHED = 4  # tars kept in memory while copying members out (thumbnails come in group, not tar, order)
 MAX_EXPIRES = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
 CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "html": "text/html; charset=utf-8"}
 Link = Callable[[str], str]  # image key (relative to the output) -> URL the page uses
@@ -83,8 +86,10 @@ def render(store: Store, settings: GallerySettings, link: Link) -> str:
     counts = run_counts(store)
     success = json.loads(store.get(SUCCESS_KEY)) if store.exists(SUCCESS_KEY) else {}
     groups = group_rows(results, settings.group_by)
+    members = _TarMembers(store)
     parts = [_head(store.uri), _totals(results, counts, success, settings, store), _toc(groups, settings),
-             _groups(results, groups, settings, link), _failures(results, settings), "</body></html>\n"]
+             _groups(results, groups, settings, lambda ref: link(members.key(ref))), _failures(results, settings),
+             "</body></html>\n"]
     return "\n".join(parts)
 
 
@@ -196,3 +201,28 @@ def _failures(results: pa.Table, settings: GallerySettings) -> str:
     more = (f"<p class=note>The first {len(shown):,} of {failed.num_rows:,}; all are in sdbatch.read_results(OUTPUT)."
             "</p>" if failed.num_rows > len(shown) else "")
     return f"<section id=failures><h2>Failures ({failed.num_rows:,})</h2>{more}<ul>{items}</ul></section>"
+
+
+class _TarMembers:
+    """Keys a page can link to: plain image keys as they are; members of webdataset tars copied out once."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.tars: dict[str, bytes] = {}
+
+    def key(self, ref: str) -> str:
+        tar, member = split_ref(ref)
+        if member is None:
+            return ref
+        out = f"{GALLERY_FILES}/{member}"
+        if not self.store.exists(out):
+            self.store.put(out, read_member(self._tar(tar), member))
+        return out
+
+    def _tar(self, key: str) -> bytes:
+        if key not in self.tars:
+            if len(self.tars) >= TARS_CACHED:
+                self.tars.pop(next(iter(self.tars)))
+            self.tars[key] = self.store.get(key)
+        return self.tars[key]
+
