@@ -16,6 +16,7 @@ RECORD_KEY = "_submit/ray_job.json"
 MANIFEST_KEY = "_submit/manifest.parquet"
 SPEC_KEY = "_submit/job.json"
 ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING)
+AGENT_WAIT_SECONDS = 120.0  # how long a freshly started head may take to accept jobs
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
 
 
@@ -54,8 +55,7 @@ def submit(store: Store, address: str, run_fingerprint: str, manifest_bytes: byt
     submission_id = base if not earlier else f"{base}-{len(earlier)}"
     entrypoint = _entrypoint(store, s3_endpoint)
     try:
-        client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                          metadata={"sdbatch_output": store.uri})
+        _submit_when_ready(client, entrypoint, submission_id, store.uri)
     except Exception as exc:
         if "already exists" in str(exc):  # a second submit raced us to the same id: the run is there
             return RemoteJob(address, submission_id, "PENDING", new=False)
@@ -64,6 +64,19 @@ def submit(store: Store, address: str, run_fingerprint: str, manifest_bytes: byt
               "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     store.put(RECORD_KEY, json.dumps(record, indent=2).encode())
     return RemoteJob(address, submission_id, "PENDING", new=True)
+
+
+def _submit_when_ready(client: JobSubmissionClient, entrypoint: str, submission_id: str, output: str) -> None:
+    # A head that has just started answers "No available agent" until its job agent is up.
+    deadline = time.monotonic() + AGENT_WAIT_SECONDS
+    while True:
+        try:
+            client.submit_job(entrypoint=entrypoint, submission_id=submission_id, metadata={"sdbatch_output": output})
+            return
+        except Exception as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
 
 
 def _entrypoint(store: Store, s3_endpoint: str | None) -> str:
