@@ -3,7 +3,9 @@
 import collections
 import random
 
-from sdbatch.engine.policy import HELD_VARIANTS, ShardQueue, remember
+import pytest
+
+from sdbatch.engine.policy import HELD_VARIANTS, Holdings, ShardQueue, remember
 from sdbatch.plan import Shard, Variant
 
 
@@ -73,3 +75,93 @@ def test_remember_keeps_the_most_recent_variants():
         remember(held, _variant(n))
     remember(held, _variant(3))
     assert len(held) == HELD_VARIANTS and held[-1] == _variant(3) and _variant(0) not in held
+
+
+def _recount(holdings: Holdings, actors) -> collections.Counter:
+    return collections.Counter(v for actor in actors for v in holdings.held(actor))
+
+
+def test_holder_counts_match_a_recount_after_random_gives_and_forgets():
+    rng = random.Random(7)
+    variants = [_variant(n) for n in range(12)]
+    holdings = Holdings()
+    actors = list(range(20))
+    for _ in range(3000):
+        actor = rng.choice(actors)
+        if rng.random() < 0.05:
+            holdings.forget(actor)
+        else:
+            holdings.give(actor, rng.choice(variants))
+        assert holdings.counts() == _recount(holdings, actors)
+        assert len(holdings.held(actor)) <= HELD_VARIANTS
+    for actor in actors:  # the view the Dispatcher hands to next_for: everyone's count but the actor's own
+        expected = _recount(holdings, [a for a in actors if a != actor])
+        view = holdings.elsewhere(actor)
+        assert {v: view[v] for v in variants} == {v: expected[v] for v in variants}
+        assert dict(view) == {v: n for v, n in expected.items() if n}
+
+
+def test_give_keeps_the_same_order_as_remember():
+    rng = random.Random(1)
+    holdings, plain = Holdings(), []
+    for _ in range(200):
+        variant = _variant(rng.randrange(7))
+        holdings.give("a", variant)
+        remember(plain, variant)
+        assert list(holdings.held("a")) == plain
+
+
+def test_holdings_report_releases():
+    holdings, released = Holdings(), []
+    holdings.on_release(released.append)
+    for n in range(HELD_VARIANTS + 1):
+        holdings.give("a", _variant(n))
+    assert released == [_variant(0)]
+    holdings.give("b", _variant(1))
+    holdings.forget("a")
+    assert sorted(released, key=str) == sorted([_variant(n) for n in range(HELD_VARIANTS + 1)], key=str)
+    assert holdings.counts() == {_variant(1): 1}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_take_picks_what_next_for_picks_with_a_recount(seed):
+    """The Dispatcher's fast path (take: holder counts, a heap) against the rule as next_for states it
+    (a recount of every other actor's holdings), through requeues and lost actors."""
+    rng = random.Random(seed)
+    shards = [Shard(f"{v:02d}-{k}", _variant(v), (0,)) for v in range(rng.randrange(1, 30))
+              for k in range(rng.randrange(1, 12))]
+    rng.shuffle(shards)
+    holdings = Holdings()
+    fast, reference = ShardQueue(shards, holdings=holdings), ShardQueue(shards)
+    held = collections.defaultdict(list)  # the reference's own bookkeeping, as the old Dispatcher kept it
+    actors = list(range(rng.randrange(1, 10)))
+    while fast:
+        actor = rng.choice(actors)
+        if rng.random() < 0.03:  # actor lost: its holdings are forgotten
+            holdings.forget(actor)
+            held.pop(actor, None)
+            continue
+        elsewhere = collections.Counter(v for other, vs in held.items() if other != actor for v in vs)
+        expected = reference.next_for(held[actor], elsewhere)
+        remember(held[actor], expected.variant)
+        got = fast.take(actor)
+        assert got == expected
+        assert len(fast) == len(reference)
+        if rng.random() < 0.05:  # a failed shard comes back first
+            fast.requeue(got)
+            reference.requeue(expected)
+    assert reference.next_for([], collections.Counter()) is None and fast.take(0) is None
+
+
+def test_take_without_affinity_is_plan_order_and_still_records_holdings():
+    shards = _shards(3, 2)
+    holdings = Holdings()
+    queue = ShardQueue(shards, affinity=False, holdings=holdings)
+    taken = [queue.take(k % 2) for k in range(len(shards))]
+    assert taken == shards and queue.take(0) is None and len(queue) == 0
+    assert holdings.counts() == _recount(holdings, [0, 1])
+
+
+def test_take_needs_holdings():
+    with pytest.raises(ValueError):
+        ShardQueue(_shards(1, 1)).take("a")

@@ -1,9 +1,17 @@
-"""Dispatch policy, pure (no Ray): which pending shard an actor should take, given what every actor holds."""
+"""Dispatch policy, pure (no Ray): which pending shard an actor should take, given what every actor holds.
+
+Cost per dispatch does not grow with the number of actors: `Holdings` keeps each variant's holder count
+up to date as `remember` adds and evicts (no recount of every actor's list), and `ShardQueue.take` costs
+O(HELD_VARIANTS) while an actor keeps to what it holds, O(log variants) amortized when it moves on.
+bench/scheduler.py drives this module in a 1,000-GPU simulation.
+"""
 
 from __future__ import annotations
 
 import collections
-from typing import Iterable, Sequence
+import heapq
+import itertools
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 from sdbatch.plan import Shard, Variant
 
@@ -12,53 +20,222 @@ from sdbatch.plan import Shard, Variant
 HELD_VARIANTS = 4
 
 
-class ShardQueue:
-    """Pending shards. With affinity, an actor keeps to the variants it holds, and moves to the
-    variant nobody else holds with the most work left; only when every remaining variant is held
-    elsewhere does it join the one with the most work per holder. Without affinity: plan order."""
-
-    def __init__(self, shards: Iterable[Shard], affinity: bool = True):
-        self.affinity = affinity
-        self.by_variant: dict[Variant, collections.deque[Shard]] = {}
-        self.fifo: collections.deque[Shard] = collections.deque()
-        for shard in shards:
-            self._append(shard)
-
-    def _append(self, shard: Shard) -> None:
-        if self.affinity:
-            self.by_variant.setdefault(shard.variant, collections.deque()).append(shard)
-        else:
-            self.fifo.append(shard)
-
-    def __len__(self) -> int:
-        return len(self.fifo) + sum(len(q) for q in self.by_variant.values())
-
-    def requeue(self, shard: Shard) -> None:
-        """A shard to retry goes first, so a failing shard is found out early, not at the end."""
-        if self.affinity:
-            self.by_variant.setdefault(shard.variant, collections.deque()).appendleft(shard)
-        else:
-            self.fifo.appendleft(shard)
-
-    def next_for(self, held: Sequence[Variant], held_elsewhere: collections.Counter) -> Shard | None:
-        """The shard for an actor that holds `held` (most recent last); None when nothing is left."""
-        if not self.affinity:
-            return self.fifo.popleft() if self.fifo else None
-        for variant in reversed(held):
-            if self.by_variant.get(variant):
-                return self.by_variant[variant].popleft()
-        waiting = [v for v, q in self.by_variant.items() if q]
-        if not waiting:
-            return None
-        unclaimed = [v for v in waiting if not held_elsewhere[v]]
-        # max() keeps the first of equals, so ties go to plan order: deterministic.
-        chosen = max(unclaimed or waiting, key=lambda v: len(self.by_variant[v]) / (1 + held_elsewhere[v]))
-        return self.by_variant[chosen].popleft()
-
-
 def remember(held: list[Variant], variant: Variant) -> None:
     """Record that an actor was given a variant: most recent last, at most HELD_VARIANTS kept."""
     if variant in held:
         held.remove(variant)
     held.append(variant)
     del held[:-HELD_VARIANTS]
+
+
+class Holdings:
+    """What each actor holds (its `remember` list) and how many actors hold each variant.
+
+    The counts change only where `give` adds or evicts a variant and where `forget` drops an actor, so
+    "how many others hold v" is a lookup, not a recount of every actor's list on every dispatch.
+    Actors are any hashable key (the Dispatcher uses the actor's name).
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[Hashable, list[Variant]] = {}
+        self._holders: dict[Variant, int] = {}
+        self._released: list[Callable[[Variant], None]] = []
+
+    def on_release(self, callback: Callable[[Variant], None]) -> None:
+        """Call `callback(variant)` whenever a variant loses a holder (evicted, or its actor forgotten)."""
+        self._released.append(callback)
+
+    def held(self, actor: Hashable) -> Sequence[Variant]:
+        """The actor's variants, most recent last (read-only: change it through `give`)."""
+        return self._held.get(actor, ())
+
+    def holders(self, variant: Variant) -> int:
+        """How many actors hold the variant."""
+        return self._holders.get(variant, 0)
+
+    def counts(self) -> dict[Variant, int]:
+        """Holder count per held variant (a copy)."""
+        return dict(self._holders)
+
+    def elsewhere(self, actor: Hashable) -> Mapping[Variant, int]:
+        """How many actors other than this one hold each variant: a live view, computed per lookup."""
+        return _Elsewhere(self._holders, self._held.get(actor, ()))
+
+    def give(self, actor: Hashable, variant: Variant) -> None:
+        """The actor was given a shard of `variant`: `remember` it and update the counts it changes."""
+        held = self._held.setdefault(actor, [])
+        if variant in held:
+            remember(held, variant)  # only its position changes
+            return
+        evicted = held[0] if len(held) >= HELD_VARIANTS else None
+        remember(held, variant)
+        self._holders[variant] = self._holders.get(variant, 0) + 1
+        if evicted is not None:
+            self._drop(evicted)
+
+    def forget(self, actor: Hashable) -> None:
+        """The actor is gone (lost or replaced): it holds nothing any more."""
+        for variant in self._held.pop(actor, ()):
+            self._drop(variant)
+
+    def _drop(self, variant: Variant) -> None:
+        left = self._holders[variant] - 1
+        if left:
+            self._holders[variant] = left
+        else:
+            del self._holders[variant]
+        for callback in self._released:
+            callback(variant)
+
+
+class _Elsewhere(Mapping):
+    """holders[v] minus the asking actor's own hold: `held_elsewhere` for ShardQueue.next_for."""
+
+    __slots__ = ("_holders", "_own")
+
+    def __init__(self, holders: dict[Variant, int], own: Sequence[Variant]):
+        self._holders, self._own = holders, own
+
+    def __getitem__(self, variant: Variant) -> int:
+        return self._holders.get(variant, 0) - (variant in self._own)
+
+    def get(self, variant: Variant, default: int = 0) -> int:  # type: ignore[override]
+        return self._holders.get(variant, 0) - (variant in self._own)
+
+    def __iter__(self) -> Iterator[Variant]:
+        return (v for v in self._holders if self[v])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class ShardQueue:
+    """Pending shards. With affinity, an actor keeps to the variants it holds, and moves to the
+    variant nobody else holds with the most work left; only when every remaining variant is held
+    elsewhere does it join the one with the most work per holder. Without affinity: plan order.
+
+    `next_for` states the rule for any `held_elsewhere` and scans every variant with work left when the
+    actor's own run dry. `take`, with the `holdings` given here, picks the same shard in O(log variants):
+    a heap of per-variant priorities, each entry an upper bound of its variant's current priority
+    (work only shrinks, holders only grow, except where a requeue or a release pushes a fresh entry).
+    """
+
+    def __init__(self, shards: Iterable[Shard], affinity: bool = True, holdings: Holdings | None = None):
+        self.affinity = affinity
+        self.holdings = holdings
+        self.by_variant: dict[Variant, collections.deque[Shard]] = {}
+        self.fifo: collections.deque[Shard] = collections.deque()
+        self._rank: dict[Variant, int] = {}  # plan order of first appearance: ties go to the earliest
+        self._waiting: dict[Variant, collections.deque[Shard]] = {}  # only the variants with shards left
+        self._size = 0
+        self._heap: list[tuple] = []  # (claimed, -work per holder, rank, sequence, variant); min first
+        self._sequence = itertools.count()
+        for shard in shards:
+            self._add(shard, left=False)
+        if holdings is not None and affinity:
+            for variant in self._waiting:
+                self._push(variant)
+            holdings.on_release(self._push)
+
+    def _add(self, shard: Shard, left: bool) -> None:
+        self._size += 1
+        if not self.affinity:
+            (self.fifo.appendleft if left else self.fifo.append)(shard)
+            return
+        variant = shard.variant
+        queue = self.by_variant.get(variant)
+        if queue is None:
+            queue = self.by_variant[variant] = collections.deque()
+            self._rank[variant] = len(self._rank)
+        (queue.appendleft if left else queue.append)(shard)
+        self._waiting[variant] = queue
+
+    def _pop(self, variant: Variant) -> Shard:
+        queue = self._waiting[variant]
+        shard = queue.popleft()
+        if not queue:
+            del self._waiting[variant]
+        self._size -= 1
+        return shard
+
+    def __len__(self) -> int:
+        return self._size
+
+    def requeue(self, shard: Shard) -> None:
+        """A shard to retry goes first, so a failing shard is found out early, not at the end."""
+        self._add(shard, left=True)
+        if self.holdings is not None:
+            self._push(shard.variant)
+
+    def next_for(self, held: Sequence[Variant], held_elsewhere: Mapping[Variant, int]) -> Shard | None:
+        """The shard for an actor that holds `held` (most recent last); None when nothing is left.
+
+        `held_elsewhere[v]`: how many other actors hold v (missing: none), e.g. `Holdings.elsewhere`.
+        """
+        if not self.affinity:
+            return self._next_in_order()
+        for variant in reversed(held):
+            if variant in self._waiting:
+                return self._pop(variant)
+        if not self._waiting:
+            return None
+        rank = self._rank
+
+        # Unclaimed variants first, by most work; else the most work per holder. Ties: plan order.
+        def key(item: tuple[Variant, collections.deque[Shard]]) -> tuple[bool, float, int]:
+            variant, queue = item
+            others = held_elsewhere.get(variant, 0)
+            return not others, len(queue) / (1 + others), -rank[variant]
+
+        chosen, _ = max(self._waiting.items(), key=key)
+        return self._pop(chosen)
+
+    def take(self, actor: Hashable) -> Shard | None:
+        """next_for the actor as this queue's `holdings` see it, recorded there; O(HELD_VARIANTS) while
+        the actor keeps to what it holds, O(log variants) amortized when it moves to another variant."""
+        holdings = self.holdings
+        if holdings is None:
+            raise ValueError("take() needs the ShardQueue built with holdings")
+        if not self.affinity:
+            shard = self._next_in_order()
+        else:
+            shard = None
+            for variant in reversed(holdings.held(actor)):
+                if variant in self._waiting:
+                    shard = self._pop(variant)
+                    break
+            else:
+                # The actor's own variants have no work left, so for every waiting variant "held
+                # elsewhere" is simply its holder count.
+                shard = self._best()
+        if shard is not None:
+            holdings.give(actor, shard.variant)
+        return shard
+
+    def _next_in_order(self) -> Shard | None:
+        if not self.fifo:
+            return None
+        self._size -= 1
+        return self.fifo.popleft()
+
+    def _priority(self, variant: Variant) -> tuple[bool, float, int]:
+        holders = self.holdings.holders(variant)
+        return holders > 0, -(len(self._waiting[variant]) / (1 + holders)), self._rank[variant]
+
+    def _push(self, variant: Variant) -> None:
+        if variant in self._waiting:
+            heapq.heappush(self._heap, (*self._priority(variant), next(self._sequence), variant))
+
+    def _best(self) -> Shard | None:
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            variant = entry[-1]
+            if variant not in self._waiting:
+                heapq.heappop(heap)
+                continue
+            current = self._priority(variant)
+            if current == entry[:3]:
+                return self._pop(variant)  # its entry stays: an upper bound from now on
+            heapq.heapreplace(heap, (*current, next(self._sequence), variant))
+        return None

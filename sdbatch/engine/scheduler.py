@@ -10,8 +10,8 @@ from typing import Any, Callable, Protocol
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
-from sdbatch.engine.policy import ShardQueue, remember
-from sdbatch.plan import Shard, Variant
+from sdbatch.engine.policy import Holdings, ShardQueue
+from sdbatch.plan import Shard
 from sdbatch.render.loading import ModelLoadError
 from sdbatch.tasks import ShardResult, ShardTask
 
@@ -51,7 +51,6 @@ class _Slot:
     name: str
     handle: Any
     in_flight: int = 0
-    held: list[Variant] = field(default_factory=list)  # the driver's view of what is warm there
     ready: bool = False  # warm: its first model is loaded; only ready actors are given shards
 
 
@@ -68,6 +67,7 @@ class Dispatcher:
         self.slots: list[_Slot] = []
         self.running: dict[Any, tuple[_Slot, Shard]] = {}
         self.warming: dict[Any, _Slot] = {}
+        self.holdings = Holdings()  # the driver's view of what is warm on each actor, by slot name
         self.first_model = ""
         self.attempts: collections.Counter[str] = collections.Counter()
 
@@ -77,7 +77,7 @@ class Dispatcher:
         Actors that are not warm yet (still loading, or waiting for a node with a free GPU) get no
         shards, so lost capacity slows the run down instead of stalling it.
         """
-        queue = ShardQueue(shards, self.affinity)
+        queue = ShardQueue(shards, self.affinity, self.holdings)
         if not queue:
             return self.report
         self.first_model = first_model
@@ -130,12 +130,15 @@ class Dispatcher:
         self.report.model_loads[slot.name] = info["model_loads"]
 
     def _fill(self, queue: ShardQueue) -> None:
+        if not queue:
+            return
         # Actors holding the fewest variants choose first, so new variants go where little is warm.
-        for slot in sorted((s for s in self.slots if s.ready), key=lambda s: len(s.held)):
+        # Usually one actor has room (its shard just came back). The policy's cost per shard does not
+        # grow with the number of actors: Holdings keeps the holder counts (see policy.py).
+        hungry = [s for s in self.slots if s.ready and s.in_flight < self.in_flight]
+        for slot in sorted(hungry, key=lambda s: len(self.holdings.held(s.name))):
             while queue and slot.in_flight < self.in_flight:
-                elsewhere = collections.Counter(v for other in self.slots if other is not slot for v in other.held)
-                shard = queue.next_for(slot.held, elsewhere)
-                remember(slot.held, shard.variant)
+                shard = queue.take(slot.name)
                 self.attempts[shard.shard_id] += 1
                 ref = slot.handle.render_shard.remote(self.make_task(shard))
                 self.running[ref] = (slot, shard)
@@ -170,6 +173,7 @@ class Dispatcher:
             raise FatalRunError(f"{self.report.actors_lost} actors were lost ({type(exc).__name__}: {exc}); "
                                 "check the cluster's memory and the Ray logs before rerunning")
         self.events.actor_lost(slot.name, type(exc).__name__)
+        self.holdings.forget(slot.name)  # its replacement starts cold
         self.slots[self.slots.index(slot)] = self._new_slot()
         ray.kill(slot.handle, no_restart=True)  # a hung-but-alive actor must not keep its GPU
 
