@@ -7,7 +7,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from sdbatch.driver import UsageError
-from sdbatch.engine.policy import HELD_VARIANTS, ShardQueue, remember
+from sdbatch.engine.policy import Holdings, ShardQueue
 from sdbatch.plan import Plan, Shard, Variant
 
 
@@ -49,23 +49,8 @@ class Dispatch:
 @dataclass
 class _Actor:
     model: str
-    held: list[Variant] = field(default_factory=list)
     in_flight: int = 0
     free_at: float = 0.0  # when its last queued shard is done
-
-
-class _Elsewhere(dict):
-    """How many other actors hold a variant, looked up from the running holder counts (no recount)."""
-
-    def __init__(self, holders: collections.Counter, own: list[Variant]):
-        super().__init__()
-        self.holders, self.own = holders, own
-
-    def __getitem__(self, variant: Variant) -> int:
-        return self.holders[variant] - (variant in self.own)
-
-    def get(self, variant: Variant, default: int = 0) -> int:
-        return self[variant]
 
 
 def simulate(plan: Plan, actors: int, affinity: bool = True, in_flight: int = 2,
@@ -73,20 +58,21 @@ def simulate(plan: Plan, actors: int, affinity: bool = True, in_flight: int = 2,
     """Replay the Dispatcher over `actors` warm actors that render their queued shards in turn."""
     if actors < 1:
         raise EstimateError(f"--gpus {actors}: give at least 1")
-    queue = ShardQueue(plan.shards, affinity)
+    holdings = Holdings()
+    queue = ShardQueue(plan.shards, affinity, holdings)
     first_model = plan.shards[0].variant.model if plan.shards else ""
     pool = [_Actor(first_model) for _ in range(min(actors, len(plan.shards)))]
     loads = collections.Counter(model=len(pool))  # each actor warms the first model before any shard
-    holders: collections.Counter = collections.Counter()
     done: list[tuple[float, int, int]] = []  # (finish time, order, actor): shards in flight
     hungry, now, order = list(range(len(pool))), 0.0, 0
     while True:
         # As Dispatcher._fill: actors with room, those holding the fewest variants first.
-        for n in sorted(hungry, key=lambda n: len(pool[n].held)):
+        for n in sorted(hungry, key=lambda n: len(holdings.held(n))):
             actor = pool[n]
             while queue and actor.in_flight < in_flight:
-                shard = queue.next_for(actor.held, _Elsewhere(holders, actor.held))
-                actor.free_at = max(actor.free_at, now) + _cost(actor, shard, loads, holders, seconds_per_row,
+                warm = tuple(holdings.held(n))
+                shard = queue.take(n)
+                actor.free_at = max(actor.free_at, now) + _cost(actor, shard, warm, loads, seconds_per_row,
                                                                  load_seconds)
                 actor.in_flight += 1
                 order += 1
@@ -100,21 +86,17 @@ def simulate(plan: Plan, actors: int, affinity: bool = True, in_flight: int = 2,
                     max((actor.free_at for actor in pool), default=0.0))
 
 
-def _cost(actor: _Actor, shard: Shard, loads: collections.Counter, holders: collections.Counter,
+def _cost(actor: _Actor, shard: Shard, warm: tuple, loads: collections.Counter,
           seconds_per_row: float, load_seconds: float) -> float:
-    """Seconds the shard takes on this actor; counts its loads and updates who holds what."""
+    """Seconds the shard takes on an actor that held `warm` before it; counts the loads it causes."""
     variant, stall = shard.variant, 0.0
     if variant.model != actor.model:
         loads["model"] += 1
         actor.model = variant.model
-    if variant not in actor.held:
+    if variant not in warm:
         loads["lora"] += len(variant.loras)
         loads["controlnet"] += len(variant.controlnets)
         stall = (len(variant.loras) + len(variant.controlnets)) * load_seconds
-        holders[variant] += 1
-        if len(actor.held) >= HELD_VARIANTS:
-            holders[actor.held[0]] -= 1  # remember() is about to evict it
-    remember(actor.held, variant)
     return len(shard.rows) * seconds_per_row + stall
 
 
