@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import collections
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sdbatch.driver import UsageError
 from sdbatch.engine.policy import Holdings, ShardQueue
-from sdbatch.plan import Plan, Shard, Variant
+from sdbatch.plan import Plan, Shard
 
 
 class EstimateError(UsageError):
