@@ -33,8 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdbatch.engine.policy import HELD_VARIANTS, Holdings, ShardQueue, remember
+from sdbatch.engine.policy import HELD_VARIANTS, Holdings, ShardQueue, depth, remember
 from sdbatch.plan import Shard, Variant
+from sdbatch.spec import OutputSettings
 
 MODEL = "runwayml/stable-diffusion-v1-5"
 CONTROLNET_NAMES = ("canny", "depth", "openpose", "softedge", "scribble", "seg", "normal", "lineart")
@@ -272,7 +273,7 @@ def simulate(workload: Workload, costs: Costs, gpus: int, in_flight: int, affini
 
     def fill(now: float) -> None:
         for actor in sorted(hungry, key=lambda a: (len(held_of(a)), a)):  # fewest held first, then slot order
-            while queue and len(pending[actor]) + busy[actor] < in_flight:
+            while queue and len(pending[actor]) + busy[actor] < depth(len(queue), gpus, in_flight):
                 before = tuple(held_of(actor))
                 t0 = clock()
                 if bookkeeping == "recount":
@@ -507,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--loras", type=int, default=40)
     parser.add_argument("--controlnets", type=int, default=3)
-    parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=OutputSettings().shard_size,
+                        help="rows per shard (default: sdbatch's own default)")
     parser.add_argument("--in-flight", type=int, default=2, help="shards queued per actor (the real default: 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra-seeds", type=int, default=4,

@@ -28,6 +28,12 @@ def remember(held: list[Variant], variant: Variant) -> None:
     del held[:-HELD_VARIANTS]
 
 
+def depth(pending: int, actors: int, in_flight: int) -> int:
+    """How many shards an actor may have queued: `in_flight` while there is a pending shard for every
+    actor; 1 near the end, so the last shards go to idle actors instead of waiting behind busy ones."""
+    return in_flight if pending >= actors else 1
+
+
 class Holdings:
     """What each actor holds (its `remember` list) and how many actors hold each variant.
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Protocol
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
-from sdbatch.engine.policy import Holdings, ShardQueue
+from sdbatch.engine.policy import Holdings, ShardQueue, depth
 from sdbatch.plan import Shard
 from sdbatch.render.loading import ModelLoadError
 from sdbatch.tasks import ShardResult, ShardTask
@@ -135,9 +135,10 @@ class Dispatcher:
         # Actors holding the fewest variants choose first, so new variants go where little is warm.
         # Usually one actor has room (its shard just came back). The policy's cost per shard does not
         # grow with the number of actors: Holdings keeps the holder counts (see policy.py).
+        ready = sum(1 for s in self.slots if s.ready)
         hungry = [s for s in self.slots if s.ready and s.in_flight < self.in_flight]
         for slot in sorted(hungry, key=lambda s: len(self.holdings.held(s.name))):
-            while queue and slot.in_flight < self.in_flight:
+            while queue and slot.in_flight < depth(len(queue), ready, self.in_flight):
                 shard = queue.take(slot.name)
                 self.attempts[shard.shard_id] += 1
                 ref = slot.handle.render_shard.remote(self.make_task(shard))
