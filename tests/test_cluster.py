@@ -48,7 +48,7 @@ def _exactly_once(store, ids):
     assert len(store.list("metadata/")) == len(store.list("_committed/"))
 
 
-def test_jobs_submission_runs_after_the_submitter_exits(tmp_path, cluster, s3_env, new_bucket):
+def test_jobs_submission_runs_after_the_submitter_exits(tmp_path, cluster, seaweed, s3_env, new_bucket):
     rows = tiny_rows(12)
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     output = f"s3://{new_bucket}/jobs-run"
@@ -72,6 +72,9 @@ def test_jobs_submission_runs_after_the_submitter_exits(tmp_path, cluster, s3_en
     jobs = [j for j in JobSubmissionClient(cluster.dashboard).list_jobs()
             if j.metadata.get("sdbatch_output") == output]
     assert len(jobs) == 1  # the second submit did not double the run
+    job_text = json.dumps([jobs[0].entrypoint, jobs[0].runtime_env, jobs[0].metadata], default=str)
+    assert not any(secret in job_text for secret in (seaweed.env["AWS_SECRET_ACCESS_KEY"],
+                                                        seaweed.env["AWS_ACCESS_KEY_ID"]))
 
 
 def test_local_output_with_a_remote_cluster_is_refused(tmp_path):
