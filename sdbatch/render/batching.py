@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +20,25 @@ class Batch:
     image_hashes: list[list[str]] = field(default_factory=list)  # per row: sha256 of each control image
 
     def split(self) -> list[Batch]:
-        return [Batch([row], self.variant, [images], [hashes])
-                for row, images, hashes in zip(self.rows, self.controls, self.image_hashes)]
+        """One batch per row."""
+        return [self._part(i, i + 1) for i in range(len(self.rows))]
+
+    def halves(self) -> list[Batch]:
+        """Two batches, the first one row larger when the count is odd."""
+        middle = (len(self.rows) + 1) // 2
+        return [self._part(0, middle), self._part(middle, len(self.rows))]
+
+    def _part(self, start: int, stop: int) -> Batch:
+        return Batch(self.rows[start:stop], self.variant, self.controls[start:stop], self.image_hashes[start:stop])
 
 
-def micro_batches(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+def micro_batches(rows: list[dict[str, Any]], size: int | Callable[[dict], int]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive rows of one variant, at most `size` each. A callable size is asked as each batch fills,
+    so a limit learned while rendering one batch (an out-of-memory split) applies to the next."""
+    limit = size if callable(size) else (lambda _row: size)
     batch: list[dict[str, Any]] = []
     for row in rows:
-        if batch and (len(batch) == size or variant_key(row) != variant_key(batch[0])):
+        if batch and (len(batch) >= limit(batch[0]) or variant_key(row) != variant_key(batch[0])):
             yield batch
             batch = []
         batch.append(row)

@@ -22,9 +22,11 @@ class LoadedControlNet:
 class ControlNets:
     """Loads ControlNets on first use and keeps them; builds ControlNet pipelines that share the base's modules."""
 
-    def __init__(self, base, device: torch.device, dtype: torch.dtype, on_device: int, on_cpu: int):
+    def __init__(self, base, device: torch.device, dtype: torch.dtype, on_device: int, on_cpu: int,
+                 channels_last: bool = False):
         self.base = base
         self.device, self.dtype = device, dtype
+        self.channels_last = channels_last  # as the UNet it feeds: NHWC for tensor cores
         self.on_device, self.on_cpu = on_device, on_cpu
         self.loads = 0  # from disk, or moved back from host memory to an accelerator
         self._device: collections.OrderedDict[str, LoadedControlNet] = collections.OrderedDict()  # LRU first
@@ -78,6 +80,8 @@ class ControlNets:
 
         folder = resolve_controlnet_dir(reference)
         model = ControlNetModel.from_pretrained(str(folder), dtype=self.dtype).to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.loads += 1
         return LoadedControlNet(reference, model, model_hash(folder))
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from sdbatch.render.fastpath import FastPath, compile_unet, optimize, pick_dtype
+
 TINY_PREFIX = "tiny:"
 TINY_MODELS = ("sd15",)
 
@@ -44,13 +46,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("SDBATCH_CACHE", Path.home() / ".cache" / "sdbatch"))
 
 
-def pick_device(requested: str | None = None) -> tuple[torch.device, torch.dtype]:
-    """CUDA with half precision when present, else CPU float32 (CPU half is slow and inexact)."""
-    if requested:
-        device = torch.device(requested)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return device, (torch.float16 if device.type == "cuda" else torch.float32)
+def pick_device(requested: str | None = None, dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """CUDA when present, else CPU; the precision from FastPath.dtype (see fastpath.pick_dtype)."""
+    device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return device, pick_dtype(device, dtype)
 
 
 def resolve_model_path(reference: str) -> Path:
@@ -112,7 +111,7 @@ def model_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_model(reference: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def load_model(reference: str, device: torch.device, dtype: torch.dtype, fast: FastPath = FastPath()) -> LoadedModel:
     from diffusers import DiffusionPipeline
 
     path = resolve_model_path(reference)
@@ -123,6 +122,8 @@ def load_model(reference: str, device: torch.device, dtype: torch.dtype) -> Load
         raise ModelLoadError(f"model {reference!r} at {path} failed to load: {exc}") from exc
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    optimize(pipe, fast, device, dtype)
+    compile_unet(pipe, fast)
     scale = getattr(pipe, "vae_scale_factor", 8)
     side = int(pipe.unet.config.sample_size) * scale
     return LoadedModel(pipe, reference, model_hash(path), (side, side), pipe.scheduler)

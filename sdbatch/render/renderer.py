@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import platform
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from sdbatch import __version__
 from sdbatch.output import commit_shard, existing_images, image_key
 from sdbatch.render.batching import (
     Batch,
@@ -22,24 +20,26 @@ from sdbatch.render.batching import (
     controlnets_used,
     loras_of,
     micro_batches,
+    variant_key,
 )
-from sdbatch.render.encode import encode_image
-from sdbatch.render.fetch import Fetcher, Prefetcher, VariantError, decode_image, labelled
+from sdbatch.render.fastpath import FastPath, auto_batch_size, set_cpu_threads
+from sdbatch.render.fetch import Fetcher, Prefetcher, decode_image, labelled
 from sdbatch.render.loading import LoadedModel, load_model, make_scheduler, pick_device
 from sdbatch.render.loras import StateDictCache
+from sdbatch.render.results import RenderedRow, adopted_row, failed, result_row, versions
+from sdbatch.render.uploads import Uploads
 from sdbatch.render.variants import Variants, VariantSettings
-from sdbatch.storage import PutResult, S3Settings, Store
+from sdbatch.storage import S3Settings, Store
 from sdbatch.tasks import ShardResult, ShardTask
-
-MAX_ERROR_CHARS = 1000
 
 
 @dataclass(frozen=True)
 class RendererSettings:
     # None: CUDA when present, else CPU.
     device: str | None = None
-    # Rows per pipeline call; see RunSettings.batch_size.
-    batch_size: int = 4
+    # Rows per pipeline call; see RunSettings.batch_size. None: what fits the GPU's free memory at the
+    # row's size (fastpath.auto_batch_size), 4 on the CPU.
+    batch_size: int | None = 4
     # Encoding and uploads run beside rendering; more threads than this rarely helps one GPU.
     io_threads: int = 4
     # None leaves torch's default; Ray actors pass the CPUs they were given (Ray sets OMP to 1).
@@ -50,43 +50,30 @@ class RendererSettings:
     s3: S3Settings | None = None
     # LoRA / ControlNet caches and control image prefetching; see VariantSettings.
     variants: VariantSettings = field(default_factory=VariantSettings)
-
-
-@dataclass(frozen=True)
-class RenderedRow:
-    row: dict[str, Any]
-    image: Any  # PIL image, or None when the row failed
-    error: str | None
-    seconds: float
-    batch_size: int
-    width: int
-    height: int
-    scheduler_class: str | None = None
-    loras_used: list[dict] | None = None  # provenance of an image; None when the row failed
-    controlnets_used: list[dict] | None = None
+    # Precision, memory layout and compile; see FastPath.
+    fast: FastPath = field(default_factory=FastPath)
 
 
 class Renderer:
     """Stateful: holds one warm pipeline; call render_shard many times. Usable in a plain loop."""
 
     def __init__(self, store: Store, settings: RendererSettings = RendererSettings()):
-        if settings.cpu_threads:
-            torch.set_num_threads(settings.cpu_threads)
+        set_cpu_threads(settings.cpu_threads)
         self.store = store
         self.settings = settings
-        self.device, self.dtype = pick_device(settings.device)
+        self.device, self.dtype = pick_device(settings.device, settings.fast.dtype)
         self.model_loads = 0
         self._model: LoadedModel | None = None
         self._variants: Variants | None = None  # LoRAs and ControlNets on the loaded model's pipeline
         self._earlier_loads = [0, 0]  # LoRA and ControlNet loads on pipelines since replaced
         self._schedulers: dict[str | None, object] = {}  # per scheduler name, for the loaded model
+        # Rows per call per variant: the setting (or what fits), lowered for good when a batch runs out of memory.
+        self._batch_limits: dict[tuple, int] = {}
         # Outlives model switches: a parsed LoRA does not depend on the pipeline it went into.
         self._state_dicts = StateDictCache(settings.variants.lora_cache_bytes)
         self._fetcher = Fetcher(settings.s3, settings.variants.fetch_timeout)
-        self._uploads = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="sdbatch-io")
-        # Bounds the images waiting to be encoded/uploaded, so a slow store slows rendering, not memory.
-        self._upload_slots = threading.BoundedSemaphore(settings.io_threads * 2)
-        self.versions = json.dumps(_versions(), sort_keys=True)
+        self._uploads = Uploads(store, settings.io_threads)
+        self.versions = json.dumps(versions(), sort_keys=True)
 
     def model(self, reference: str) -> LoadedModel:
         """The warm pipeline for a model, loading it (and freeing the previous one) on first use."""
@@ -97,9 +84,9 @@ class Renderer:
             self._schedulers.clear()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self._model = load_model(reference, self.device, self.dtype)
+            self._model = load_model(reference, self.device, self.dtype, self.settings.fast)
             self._variants = Variants(self._model.pipeline, self.device, self.dtype, self.settings.variants,
-                                      self._state_dicts, self._fetcher)
+                                      self._state_dicts, self._fetcher, self.settings.fast)
             self.model_loads += 1
         return self._model
 
@@ -118,38 +105,46 @@ class Renderer:
         return {"model": self._model.reference, **self._variants.resident()}
 
     def render_rows(self, rows: list[dict[str, Any]]) -> Iterator[RenderedRow]:
-        """Render rows in micro-batches of rows that share a variant; a failing batch is retried row by row."""
+        """Render rows in micro-batches of rows that share a variant (see _render_batch for failures)."""
         settings = self.settings.variants
         # Control images are fetched on a few threads from the start, so I/O overlaps the first batches.
         images = Prefetcher(self._fetcher, [c["image"] for row in rows for c in controlnets_of(row)],
                             settings.fetch_threads, settings.prefetch_images)
         try:
-            for group in micro_batches(rows, self.settings.batch_size):
+            for group in micro_batches(rows, self.batch_limit):
                 yield from self._render_group(group, images)
         finally:
             images.close()
+
+    def batch_limit(self, row: dict[str, Any]) -> int:
+        """Rows per call for the row's variant: the setting, or what fits; halved for good after an OOM."""
+        key = variant_key(row)
+        if key not in self._batch_limits:
+            size = _size(self.model(row["model"]), row)
+            self._batch_limits[key] = self.settings.batch_size or auto_batch_size(self.device, self.dtype, *size)
+        return self._batch_limits[key]
 
     def _render_group(self, rows: list[dict[str, Any]], images: Prefetcher) -> list[RenderedRow]:
         """Prepare a micro-batch; rows whose control image or variant is unusable fail, the rest render."""
         model = self.model(rows[0]["model"])  # a model that cannot load fails the shard, not its rows
         size = _size(model, rows[0])
-        failed, ready, controls, hashes = [], [], [], []
+        bad, ready, controls, hashes = [], [], [], []
         for row in rows:  # every row's images are taken, so the prefetcher's window moves on
             try:
                 decoded, digests = self._control_images(row, images, size)
             except Exception as exc:
-                failed.append(_failed(row, exc))
+                bad.append(failed(row, exc))
                 continue
             ready.append(row)
             controls.append(decoded)
             hashes.append(digests)
         if not ready:
-            return failed
+            return bad
         try:
             variant = self._variants.activate(loras_of(rows[0]), controlnets_of(rows[0]))
         except Exception as exc:  # a bad LoRA or ControlNet fails only the rows that use it
-            return failed + [_failed(row, exc) for row in ready]
-        return failed + self._render_batch(Batch(ready, variant, controls, hashes))
+            return bad + [failed(row, exc) for row in ready]
+        return bad + self._render_batch(Batch(ready, variant, controls, hashes))
 
     def _control_images(self, row: dict, images: Prefetcher, size: tuple[int, int]) -> tuple[list, list[str]]:
         decoded, digests = [], []
@@ -161,15 +156,34 @@ class Renderer:
         return decoded, digests
 
     def _render_batch(self, batch: Batch) -> list[RenderedRow]:
+        """Out of memory: render the halves (down to one row) and keep the smaller size for the variant.
+        Any other error: render row by row, so only the bad row fails."""
         started = time.perf_counter()
         try:
             images, (width, height), scheduler = self._call_pipeline(batch)
+        except torch.OutOfMemoryError as exc:
+            error, out_of_memory = exc, True
         except Exception as exc:
-            if len(batch.rows) > 1:  # isolate the bad row (or fit an out-of-memory batch) one row at a time
-                return [out for single in batch.split() for out in self._render_batch(single)]
-            return [_failed(batch.rows[0], exc, time.perf_counter() - started)]
-        share = (time.perf_counter() - started) / len(batch.rows)
-        variant = batch.variant
+            error, out_of_memory = exc, False
+        else:
+            return self._rendered(batch, images, width, height, scheduler, time.perf_counter() - started)
+        if len(batch.rows) == 1:
+            return [failed(batch.rows[0], error, time.perf_counter() - started)]
+        del error  # its traceback holds the failed call's frames, and with them its device memory
+        parts = self._halve(batch) if out_of_memory else batch.split()
+        return [out for part in parts for out in self._render_batch(part)]
+
+    def _halve(self, batch: Batch) -> list[Batch]:
+        halves = batch.halves()
+        key = variant_key(batch.rows[0])
+        self._batch_limits[key] = min(self._batch_limits.get(key, len(batch.rows)), len(halves[0].rows))
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # cached blocks shaped for the larger batch would fragment the retry
+        return halves
+
+    def _rendered(self, batch: Batch, images: list, width: int, height: int, scheduler: str,
+                  seconds: float) -> list[RenderedRow]:
+        share, variant = seconds / len(batch.rows), batch.variant
         return [RenderedRow(row, image, None, share, len(batch.rows), width, height, scheduler,
                             variant.loras_used, controlnets_used(row, variant, digests))
                 for row, image, digests in zip(batch.rows, images, batch.image_hashes)]
@@ -199,15 +213,18 @@ class Renderer:
         loads_before = (self.model_loads, self.lora_loads, self.controlnet_loads)
         done = existing_images(self.store, task.shard_id)
         todo = [row for row in task.rows if row["id"] not in done]
-        results = [self._adopted_row(task, row, done[row["id"]]) for row in task.rows if row["id"] in done]
-        pending: list[tuple[RenderedRow, str, Future]] = []
+        results = [adopted_row(task, row, done[row["id"]], self._provenance(ok=False))
+                   for row in task.rows if row["id"] in done]
+        pending: list[tuple[RenderedRow, str, Future | None]] = []
         for rendered in self.render_rows(todo):
             key = image_key(task.shard_id, rendered.row["id"], task.image_format)
-            future = self._upload(rendered, key, task) if rendered.image is not None else None
-            pending.append((rendered, key, future))
+            future = None
+            if rendered.ok:
+                future = self._uploads.submit(rendered.image, key, task.image_format, task.quality)
+            pending.append((replace(rendered, image=None), key, future))  # the uploads hold the pixels now
         for rendered, key, future in pending:
             put = future.result() if future is not None else None  # an upload that failed fails the attempt
-            results.append(self._result_row(task, rendered, key, put))
+            results.append(result_row(task, rendered, key, put, self._provenance(rendered.ok)))
         committed = commit_shard(self.store, task.shard_id, task.attempt, results)
         failures = {r["id"]: r["error"] for r in results if r["status"] == "failed"}
         return ShardResult(task.shard_id, task.attempt, committed, len(results) - len(failures), len(failures),
@@ -217,39 +234,11 @@ class Renderer:
                            lora_loads=self.lora_loads - loads_before[1],
                            controlnet_loads=self.controlnet_loads - loads_before[2], actor=self.settings.name)
 
-    def _upload(self, rendered: RenderedRow, key: str, task: ShardTask) -> Future:
-        self._upload_slots.acquire()
-
-        def encode_and_put() -> PutResult:
-            try:
-                return self.store.put_once(key, encode_image(rendered.image, task.image_format, task.quality))
-            finally:
-                self._upload_slots.release()
-
-        return self._uploads.submit(encode_and_put)
-
-    def _result_row(self, task: ShardTask, rendered: RenderedRow, key: str, put: PutResult | None) -> dict:
-        row = rendered.row
-        ok = rendered.image is not None
+    def _provenance(self, ok: bool) -> dict[str, Any]:
         model = self._model
-        return {
-            **_base_row(task, row), "image": key if ok else None, "status": "ok" if ok else "failed",
-            "error": rendered.error, "width": rendered.width or row["width"],
-            "height": rendered.height or row["height"], "scheduler_class": rendered.scheduler_class,
-            "model_hash": model.model_hash if model and ok else None,
-            "device": self.device_name(), "dtype": str(self.dtype).removeprefix("torch."),
-            "versions": self.versions, "render_seconds": rendered.seconds,
-            "batch_size": rendered.batch_size, "actor": self.settings.name,
-            "loras_used": rendered.loras_used, "controlnets_used": rendered.controlnets_used,
-            # CONFLICT: a racing attempt wrote this key first; its image is the one the key holds.
-            "adopted": put is PutResult.CONFLICT,
-        }
-
-    def _adopted_row(self, task: ShardTask, row: dict, key: str) -> dict:
-        # Written by an attempt that died before committing: its device and timing are unknown.
-        return {**_base_row(task, row), "image": key, "status": "ok", "error": None,
-                "width": row["width"], "height": row["height"], "versions": self.versions,
-                "actor": self.settings.name, "adopted": True}
+        return {"model_hash": model.model_hash if model and ok else None, "device": self.device_name(),
+                "dtype": str(self.dtype).removeprefix("torch."), "versions": self.versions,
+                "actor": self.settings.name}
 
     def device_name(self) -> str:
         if self.device.type == "cuda":
@@ -257,32 +246,8 @@ class Renderer:
         return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
     def close(self) -> None:
-        self._uploads.shutdown(wait=True)
-
-
-def _base_row(task: ShardTask, row: dict) -> dict:
-    return {"id": row["id"], "shard": task.shard_id, "attempt": task.attempt, "seed": row["seed"],
-            "steps": row["steps"], "guidance_scale": row["guidance_scale"], "scheduler": row["scheduler"],
-            "model": row["model"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self._uploads.close()
 
 
 def _size(model: LoadedModel, row: dict[str, Any]) -> tuple[int, int]:
     return int(row["width"] or model.native_size[0]), int(row["height"] or model.native_size[1])
-
-
-def _failed(row: dict[str, Any], exc: BaseException, seconds: float = 0.0) -> RenderedRow:
-    return RenderedRow(row, None, _describe(exc), seconds, 1, 0, 0)
-
-
-def _describe(exc: BaseException) -> str:
-    # VariantError messages already name the input and the cause; other types need their name.
-    text = str(exc) if isinstance(exc, VariantError) else f"{type(exc).__name__}: {exc}"
-    return text[:MAX_ERROR_CHARS]
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    return {"sdbatch": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from sdbatch.render.controlnets import ControlNets, LoadedControlNet
+from sdbatch.render.fastpath import FastPath, wants_channels_last
 from sdbatch.render.fetch import Fetcher
+from sdbatch.render.hotswap import HotswapLoras
 from sdbatch.render.loras import LoraAdapters, StateDictCache
 
 
@@ -47,11 +49,14 @@ class Variants:
     """LoRA adapters and ControlNets kept warm on one base pipeline (one per actor and loaded model)."""
 
     def __init__(self, base, device: torch.device, dtype: torch.dtype, settings: VariantSettings,
-                 state_dicts: StateDictCache, fetcher: Fetcher):
+                 state_dicts: StateDictCache, fetcher: Fetcher, fast: FastPath = FastPath()):
         self.base = base
-        self.loras = LoraAdapters(base, state_dicts, fetcher, settings.max_loras_resident)
+        if fast.compile:  # a new adapter or set_adapters would recompile the UNet: copy into fixed slots
+            self.loras = HotswapLoras(base, state_dicts, fetcher, fast.lora_slots, fast.lora_rank)
+        else:
+            self.loras = LoraAdapters(base, state_dicts, fetcher, settings.max_loras_resident)
         self.controlnets = ControlNets(base, device, dtype, settings.controlnets_on_device,
-                                       settings.controlnets_on_cpu)
+                                       settings.controlnets_on_cpu, channels_last=wants_channels_last(fast, device))
 
     def activate(self, loras: list[dict], controlnets: list[dict]) -> ActiveVariant:
         """Make the rows' LoRAs active (others resident but off) and pick the pipeline; VariantError if unusable."""

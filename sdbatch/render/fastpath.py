@@ -1,0 +1,136 @@
+"""The fast render path: precision per device and model, memory layout, SDPA, in-place compile, CPU threads, batch size."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Peak memory of one SD image in half precision, per output pixel: the VAE decoder's full-size
+# activations (256 and 128 channels at 512x512) dominate; the UNet's with SDPA are a fraction of it.
+HALF_BYTES_PER_PIXEL = 2560
+# Share of the free device memory a batch may plan to use: fragmentation, ControlNets loaded later,
+# and the estimate's error need the rest. An overshoot costs one halving (see Renderer), not a failure.
+MEMORY_SHARE = 0.5
+# Beyond this a UNet batch is compute-bound on any current card: more rows add latency, not speed.
+MAX_AUTO_BATCH = 16
+
+
+@dataclass(frozen=True)
+class FastPath:
+    # "auto": bfloat16 on CUDA cards that have it (Ampere and later), float16 on older ones, float32 on
+    # the CPU (CPU half precision is slower and inexact). Or "bfloat16", "float16", "float32".
+    dtype: str = "auto"
+    # NHWC convolutions for the UNet, VAE and ControlNets. None: on for CUDA (tensor cores read NHWC
+    # natively), off for the CPU, where oneDNN picks its own layout and the conversion only costs.
+    channels_last: bool | None = None
+    # torch.compile of the UNet, in place. Off by default: each new shape (batch, size) costs a compile
+    # of about a minute on the actor before its first image, which short runs never earn back.
+    compile: bool = False
+    # "max-autotune-no-cudagraphs" gains a few % more for minutes of tuning per shape; "default" is safe.
+    compile_mode: str = "default"
+    # With compile: LoRAs are hotswapped into the compiled UNet, padded to this rank. It must be at least
+    # the largest rank used (SD1.5 LoRAs: 4-128); higher costs a little compute on every step.
+    lora_rank: int = 64
+    # With compile: LoRAs a row may use at once (one hotswap slot each in the UNet). Every slot costs
+    # its LoRA compute on every step, used or not; most rows use one or two.
+    lora_slots: int = 2
+
+
+def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+    """The UNet's precision: bf16 where the card has it (SD1.5/SD2/SDXL run in it unchanged), else fp16."""
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise ValueError(f"dtype {requested!r} is not known; use auto, {', '.join(DTYPES)}")
+        return DTYPES[requested]
+    if device.type != "cuda":
+        return torch.float32
+    # Pre-Ampere cards emulate bf16 slowly; including_emulation=False says whether it is native.
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def wants_channels_last(fast: FastPath, device: torch.device) -> bool:
+    return fast.channels_last if fast.channels_last is not None else device.type == "cuda"
+
+
+def is_sdxl(pipe) -> bool:
+    return getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+
+
+def optimize(pipe, fast: FastPath, device: torch.device, dtype: torch.dtype) -> None:
+    """Apply the fast path to a loaded pipeline, in place (LoRA methods keep seeing the same modules)."""
+    _check_sdpa(pipe.unet)
+    if dtype == torch.float16 and is_sdxl(pipe) and pipe.vae.config.force_upcast:
+        keep_vae_in_float32(pipe.vae)
+    if wants_channels_last(fast, device):
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    # With compile, LoRAs go through hotswap.HotswapLoras, which calls enable_lora_hotswap before each
+    # slot's first load (the UNet's only: peft cannot hotswap the text encoder).
+
+
+def compile_unet(pipe, fast: FastPath) -> None:
+    """Compile the UNet in place: `pipe.unet = torch.compile(...)` would hide it from the LoRA methods."""
+    if fast.compile:
+        pipe.unet.compile(mode=fast.compile_mode)
+
+
+def keep_vae_in_float32(vae) -> None:
+    """SDXL's VAE overflows in fp16 (NaN images). Kept in fp32 for good: the pipeline's own force_upcast
+    would move its weights to fp32 and back on every call. Inputs are cast as they arrive."""
+    vae.to(torch.float32)
+    for module in (vae.post_quant_conv, vae.decoder):
+        if module is not None:
+            module.register_forward_pre_hook(_cast_inputs_to_float32)
+
+
+def _cast_inputs_to_float32(_module, args):
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def _check_sdpa(unet) -> None:
+    """torch 2's fused attention (flash / memory-efficient kernels) instead of the classic processor, which
+    materialises the attention matrix; other processors (IP-Adapter, custom) are left as they are."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    processors = unet.attn_processors
+    if any(type(p) is AttnProcessor for p in processors.values()):
+        unet.set_attn_processor({name: AttnProcessor2_0() if type(p) is AttnProcessor else p
+                                 for name, p in processors.items()})
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Give torch the CPUs this process is entitled to: Ray sets OMP_NUM_THREADS to an actor's num_cpus
+    (1 for a GPU actor), and torch starts with that many threads. Ray also starts workers at nice 15, so
+    the actor's threads yield to every other process on the node (~6% of a 2-core CPU actor's speed
+    here): a CPU actor takes back nice 0 where it may (root, CAP_SYS_NICE)."""
+    if not threads:
+        return
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # allowed once, before any inter-op work; the intra-op count is what matters
+        pass
+    _unnice()
+
+
+def _unnice() -> None:
+    # Linux keeps a nice value per thread; threads started later inherit the starting thread's.
+    tasks = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
+    for task in tasks:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, int(task)) > 0:
+                os.setpriority(os.PRIO_PROCESS, int(task), 0)
+        except OSError:  # not permitted, or the thread has ended: the process keeps Ray's priority
+            pass
+
+
+def auto_batch_size(device: torch.device, dtype: torch.dtype, width: int, height: int) -> int:
+    """Rows per call when the user set none: what fits half the free device memory, at most 16; 4 on the CPU."""
+    if device.type != "cuda":
+        return 4  # CPU throughput stops growing past a few rows; small batches show progress sooner
+    free, _total = torch.cuda.mem_get_info(device)
+    per_image = HALF_BYTES_PER_PIXEL * width * height * (2 if dtype == torch.float32 else 1)
+    return max(1, min(MAX_AUTO_BATCH, int(free * MEMORY_SHARE // per_image)))

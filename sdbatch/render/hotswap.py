@@ -1,0 +1,147 @@
+"""LoRAs on a compiled UNet: a row's LoRAs are copied into fixed adapter slots, so the compiled graph never changes."""
+
+from __future__ import annotations
+
+import torch
+
+from sdbatch.render.fetch import VariantError, labelled
+from sdbatch.render.loras import LoraAdapters, LoraState
+
+DOWN_KEYS = ("lora_A", "lora.down", "lora_down", "lora_linear_layer.down")
+
+
+def slot_name(slot: int) -> str:
+    return f"slot{slot}"
+
+
+class HotswapLoras(LoraAdapters):
+    """UNet parts are hotswapped into `slots` adapters padded to `rank`; each row weight is folded into the
+    slot's scaling tensors and an unused slot is zeroed, so no change of variant changes the graph.
+    Text encoder parts (not compiled; peft cannot hotswap them) are reloaded into the same slot names."""
+
+    def __init__(self, pipe, cache, fetcher, slots: int, rank: int):
+        super().__init__(pipe, cache, fetcher, max_resident=slots)
+        self.rank = rank
+        # A LoRA that targets layers its slot lacks re-creates the slot: the compiled UNet recompiles once.
+        self.rebuilds = 0
+        self._held: list[tuple[str, float] | None] = [None] * slots  # (sha256, weight) in each slot
+        self._created: list[bool] = [False] * slots  # the slot's adapter exists in the UNet
+        self._text: list[bool] = [False] * slots  # the slot holds a text encoder part
+
+    def resident(self) -> list[str]:
+        return [held[0] for held in self._held if held]
+
+    def activate(self, loras: list[dict]) -> list[dict]:
+        if len(loras) > len(self._held):
+            raise VariantError(f"the row uses {len(loras)} LoRAs but the compiled UNet has {len(self._held)} "
+                               "LoRA slots; raise lora_slots")
+        paths = [str(lora["path"]) for lora in loras]
+        found = [self._lookup(path) for path in paths]
+        if len({sha for sha, _ in found}) < len(found):
+            raise VariantError("the same LoRA file is listed twice in one row; list it once with the summed weight")
+        for slot, (lora, (sha, state)) in enumerate(zip(loras, found)):
+            if self._held[slot] != (sha, float(lora["weight"])):
+                with labelled(f"LoRA {lora['path']}"):
+                    self._place(slot, state, float(lora["weight"]))
+        for slot in range(len(loras), len(self._held)):
+            self._clear(slot)
+        self._activate_text_encoder()
+        return [{"path": path, "sha256": sha, "weight": float(lora["weight"])}
+                for path, lora, (sha, _) in zip(paths, loras, found)]
+
+    def _place(self, slot: int, state: LoraState, weight: float) -> None:
+        unet = {k: v for k, v in state.state_dict.items() if k.startswith("unet.")}
+        rank = max((v.shape[0] for k, v in unet.items() if any(d in k for d in DOWN_KEYS)), default=0)
+        if rank > self.rank:
+            raise VariantError(f"its rank {rank} is above the hotswap rank {self.rank}; raise lora_rank")
+        self._held[slot] = None  # until the copy below is complete
+        if unet:
+            self._swap_unet(slot, state)
+            _scale_slot(self.pipe.unet, slot_name(slot), weight)
+        else:
+            _zero_slot(self.pipe.unet, slot_name(slot))
+        self._load_text_part(slot, state)
+        self._held[slot] = (state.sha256, weight)
+        self.loads += 1
+
+    def _swap_unet(self, slot: int, state: LoraState) -> None:
+        name = slot_name(slot)
+        if self._created[slot]:
+            try:
+                self._into_unet(state, name, hotswap=True)
+                return
+            except (RuntimeError, ValueError):  # targets other layers, or other alphas per layer
+                if name in getattr(self.pipe.unet, "peft_config", {}):  # diffusers may have removed it already
+                    self.pipe.unet.delete_adapters([name])
+                self._created[slot] = False
+                self.rebuilds += 1
+        # Scalings as tensors and ranks padded on the new layers (enable_lora_hotswap), before they are used.
+        self.pipe.unet.enable_lora_hotswap(target_rank=self.rank, check_compiled="ignore")
+        self._into_unet(state, name, hotswap=False)
+        self._created[slot] = True
+        _activate_all(self.pipe.unet, [slot_name(i) for i, made in enumerate(self._created) if made])
+
+    def _into_unet(self, state: LoraState, name: str, hotswap: bool) -> None:
+        self.pipe.load_lora_into_unet(dict(state.state_dict), unet=self.pipe.unet, adapter_name=name,
+                                      network_alphas=state.network_alphas, metadata=state.metadata,
+                                      _pipeline=self.pipe, hotswap=hotswap)
+
+    def _load_text_part(self, slot: int, state: LoraState) -> None:
+        from diffusers.utils.peft_utils import delete_adapter_layers
+
+        name, encoder = slot_name(slot), self.pipe.text_encoder
+        if self._text[slot]:
+            delete_adapter_layers(encoder, name)
+            self._text[slot] = False
+        if any(k.startswith("text_encoder.") for k in state.state_dict):
+            self.pipe.load_lora_into_text_encoder(dict(state.state_dict), text_encoder=encoder, adapter_name=name,
+                                                  network_alphas=state.network_alphas, metadata=state.metadata,
+                                                  lora_scale=self.pipe.lora_scale, _pipeline=self.pipe)
+            self._text[slot] = True
+
+    def _clear(self, slot: int) -> None:
+        if self._held[slot] is None:
+            return
+        from diffusers.utils.peft_utils import delete_adapter_layers
+
+        _zero_slot(self.pipe.unet, slot_name(slot))
+        if self._text[slot]:
+            delete_adapter_layers(self.pipe.text_encoder, slot_name(slot))
+            self._text[slot] = False
+        self._held[slot] = None
+
+    def _activate_text_encoder(self) -> None:
+        from diffusers.loaders.lora_base import set_adapters_for_text_encoder
+
+        names = [slot_name(i) for i, (held, text) in enumerate(zip(self._held, self._text)) if held and text]
+        if names:
+            set_adapters_for_text_encoder(names, self.pipe.text_encoder, [self._held[int(n[4:])][1] for n in names])
+
+
+def _lora_layers(unet, name: str):
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in unet.modules() if isinstance(m, LoraLayer) and name in m.lora_A]
+
+
+@torch.no_grad()
+def _scale_slot(unet, name: str, weight: float) -> None:
+    """The row's weight, folded into the slot's scaling tensors in place (set_adapters would make them floats,
+    which the compiled graph guards on)."""
+    for module in _lora_layers(unet, name):
+        module.scaling[name].mul_(weight)
+
+
+@torch.no_grad()
+def _zero_slot(unet, name: str) -> None:
+    for module in _lora_layers(unet, name):
+        module.lora_B[name].weight.zero_()
+
+
+def _activate_all(unet, names: list[str]) -> None:
+    """Every created slot active: peft's per-layer set_adapter leaves the scalings alone."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.set_adapter([n for n in names if n in module.lora_A])

@@ -1,0 +1,81 @@
+"""A rendered row and the result-table row it becomes (provenance, timings, errors)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sdbatch import __version__
+from sdbatch.render.fetch import VariantError
+from sdbatch.storage import PutResult
+from sdbatch.tasks import ShardTask
+
+MAX_ERROR_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class RenderedRow:
+    row: dict[str, Any]
+    image: Any  # PIL image; None when the row failed, and once the image has been handed to the uploads
+    error: str | None
+    seconds: float
+    batch_size: int
+    width: int
+    height: int
+    scheduler_class: str | None = None
+    loras_used: list[dict] | None = None  # provenance of an image; None when the row failed
+    controlnets_used: list[dict] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def failed(row: dict[str, Any], exc: BaseException, seconds: float = 0.0) -> RenderedRow:
+    return RenderedRow(row, None, describe(exc), seconds, 1, 0, 0)
+
+
+def describe(exc: BaseException) -> str:
+    # VariantError messages already name the input and the cause; other types need their name.
+    text = str(exc) if isinstance(exc, VariantError) else f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR_CHARS]
+
+
+def base_row(task: ShardTask, row: dict) -> dict:
+    return {"id": row["id"], "shard": task.shard_id, "attempt": task.attempt, "seed": row["seed"],
+            "steps": row["steps"], "guidance_scale": row["guidance_scale"], "scheduler": row["scheduler"],
+            "model": row["model"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {"sdbatch": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def result_row(task: ShardTask, rendered: RenderedRow, key: str, put: PutResult | None,
+               provenance: dict[str, Any]) -> dict:
+    """The result-table row of a rendered (or failed) row; provenance: model_hash, device, dtype, versions, actor."""
+    row, ok = rendered.row, rendered.ok
+    return {
+        **base_row(task, row), **provenance, "image": key if ok else None, "status": "ok" if ok else "failed",
+        "error": rendered.error, "width": rendered.width or row["width"],
+        "height": rendered.height or row["height"], "scheduler_class": rendered.scheduler_class,
+        "render_seconds": rendered.seconds, "batch_size": rendered.batch_size,
+        "loras_used": rendered.loras_used, "controlnets_used": rendered.controlnets_used,
+        # CONFLICT: a racing attempt wrote this key first; its image is the one the key holds.
+        "adopted": put is PutResult.CONFLICT,
+    }
+
+
+def adopted_row(task: ShardTask, row: dict, key: str, provenance: dict[str, Any]) -> dict:
+    # Written by an attempt that died before committing: its device and timing are unknown.
+    return {**base_row(task, row), "image": key, "status": "ok", "error": None,
+            "width": row["width"], "height": row["height"], "versions": provenance["versions"],
+            "actor": provenance["actor"], "adopted": True}
