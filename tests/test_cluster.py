@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import sdbatch
 from sdbatch.storage import S3Settings, open_store
 from tests.clusters import LocalCluster
-from tests.util import SDBATCH, run_cli, tiny_rows, write_manifest
+from tests.util import SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
 JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.toml")
@@ -40,14 +39,6 @@ def _wait_for(predicate, limit: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _exactly_once(store, ids):
-    results = sdbatch.read_results(store)
-    assert sorted(results.column("id").to_pylist()) == sorted(ids)
-    assert set(results.column("status").to_pylist()) == {"ok"}
-    assert sorted(k.rsplit("/", 1)[1].split(".")[0] for k in store.list("images/")) == sorted(ids)
-    assert len(store.list("metadata/")) == len(store.list("_committed/"))
-
-
 def test_jobs_submission_runs_after_the_submitter_exits(tmp_path, cluster, seaweed, s3_env, new_bucket):
     rows = tiny_rows(12)
     manifest = write_manifest(tmp_path / "m.parquet", rows)
@@ -63,7 +54,7 @@ def test_jobs_submission_runs_after_the_submitter_exits(tmp_path, cluster, seawe
     status = ["status", output, "--s3-endpoint", s3_env]
     _wait_for(lambda: "ray_job: " in (out := run_cli(*status).stdout) and "SUCCEEDED" in out, 300, "the job")
     store = open_store(output, S3Settings(endpoint_url=s3_env))
-    _exactly_once(store, [r["id"] for r in rows])
+    assert_exactly_once(store, [r["id"] for r in rows])
     logs = run_cli("logs", output, "--s3-endpoint", s3_env)
     assert logs.returncode == 0 and "run summary" in logs.stdout
 
@@ -103,7 +94,7 @@ def test_cancel_stops_the_run_and_the_same_submit_resumes_it(tmp_path, cluster, 
 
     resumed = run_cli(*args, "--follow", timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    _exactly_once(store, [r["id"] for r in rows])
+    assert_exactly_once(store, [r["id"] for r in rows])
     assert all(store.get(k) == v for k, v in before.items())  # committed shards were not redone
 
 
@@ -122,6 +113,6 @@ def test_a_worker_node_lost_mid_run_moves_its_shards(tmp_path, cluster):
     output, _ = driver.communicate(timeout=400)
     assert driver.returncode == 0, output
     store = open_store(str(out))
-    _exactly_once(store, [r["id"] for r in rows])
+    assert_exactly_once(store, [r["id"] for r in rows])
     assert json.loads(store.get("_SUCCESS.json"))["last_run"]["actors_lost"] >= 1
     cluster.workers.append(cluster.cluster.add_node(num_cpus=1, num_gpus=1))  # restore capacity

@@ -11,25 +11,11 @@ import pytest
 
 import sdbatch
 from sdbatch.storage import S3Settings, open_store
-from tests.util import SDBATCH, run_cli, tiny_rows, write_manifest
+from tests.util import SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
 REPO = Path(__file__).resolve().parents[1]
 JOB = str(REPO / "jobs" / "demo.toml")
-
-
-def _assert_exactly_once(store, ids: list[str]) -> None:
-    results = sdbatch.read_results(store)
-    assert sorted(results.column("id").to_pylist()) == sorted(ids)
-    assert set(results.column("status").to_pylist()) == {"ok"}
-    images = store.list("images/")
-    assert sorted(key.rsplit("/", 1)[1].rsplit(".", 1)[0] for key in images) == sorted(ids)
-    assert sorted(results.column("image").to_pylist()) == sorted(images)
-    markers = store.list("_committed/")
-    metadata = store.list("metadata/")
-    assert len(metadata) == len(markers)  # no orphan metadata from losing attempts
-    success = json.loads(store.get("_SUCCESS.json"))
-    assert (success["rows_total"], success["rows_ok"], success["rows_failed"]) == (len(ids), len(ids), 0)
 
 
 def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tmp_path, s3_env, new_bucket):
@@ -43,7 +29,7 @@ def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tm
     first = run_cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr
     ids = [r["id"] for r in rows]
-    _assert_exactly_once(store, ids)
+    assert_exactly_once(store, ids)
     results = sdbatch.read_results(store)
     assert results.column("label").to_pylist() == ["cat"] * 10  # labels pass through
     assert all(results.column("seed").to_pylist()) and set(results.column("width").to_pylist()) == {64}
@@ -56,14 +42,14 @@ def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tm
     assert again.returncode == 0, again.stderr
     assert "0 rendered" in again.stdout and "4 shards already done" in again.stdout
     assert {k: store.get(k) for k in store.list("_committed/")} == markers
-    _assert_exactly_once(store, ids)
+    assert_exactly_once(store, ids)
 
     other = write_manifest(tmp_path / "other.parquet", tiny_rows(4))
     refused = run_cli("submit", str(other), *args[2:])
     assert refused.returncode == 2 and "already holds a different run" in refused.stderr
     changed = run_cli(*args[:-2], "--steps", "3", "--actors", "2")  # same manifest, other settings
     assert changed.returncode == 2 and "defaults.steps was 2, now 3" in " ".join(changed.stderr.split())
-    _assert_exactly_once(store, ids)
+    assert_exactly_once(store, ids)
 
 
 def test_model_that_cannot_load_stops_the_run_and_leaves_no_output(tmp_path):
@@ -118,7 +104,7 @@ def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path)
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     store = open_store(str(out))
-    _assert_exactly_once(store, [r["id"] for r in rows])
+    assert_exactly_once(store, [r["id"] for r in rows])
     for name, content in before.items():
         assert (markers_dir / name).read_bytes() == content  # committed shards were not redone
     last = json.loads(store.get("_SUCCESS.json"))["last_run"]
@@ -152,6 +138,6 @@ def test_killed_actor_is_replaced_and_its_shards_requeued(tmp_path):
     assert driver.returncode == 0, output
     assert "lost" in output
     store = open_store(str(out))
-    _assert_exactly_once(store, [r["id"] for r in rows])
+    assert_exactly_once(store, [r["id"] for r in rows])
     last = json.loads(store.get("_SUCCESS.json"))["last_run"]
     assert last["actors_lost"] == 1 and last["actors"] == 2

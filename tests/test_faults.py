@@ -1,29 +1,17 @@
 """The fault matrix on a real local Ray and a real S3 server: what overnight runs meet, nothing lost."""
 
 import glob
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-import sdbatch
 from sdbatch.storage import S3Settings, open_store
 from tests.faults import FaultProxy
-from tests.util import SDBATCH, run_cli, tiny_rows, write_manifest
+from tests.util import SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
 JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.toml")
-
-
-def _exactly_once(store, ids):
-    results = sdbatch.read_results(store)
-    assert sorted(results.column("id").to_pylist()) == sorted(ids)
-    assert set(results.column("status").to_pylist()) == {"ok"}
-    assert sorted(k.rsplit("/", 1)[1].split(".")[0] for k in store.list("images/")) == sorted(ids)
-    assert len(store.list("metadata/")) == len(store.list("_committed/"))
-    success = json.loads(store.get("_SUCCESS.json"))
-    assert success["rows_ok"] == len(ids) and success["rows_failed"] == 0
 
 
 def _flaky(method: str, path: str, n: int) -> str | None:
@@ -49,7 +37,7 @@ def test_slowdowns_resets_lost_write_responses_and_slow_answers_lose_nothing(tmp
                          "--job", JOB, "--steps", "2", "--shard-size", "2", "--actors", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert {"slowdown", "reset", "drop_after_write", "delay"} <= set(proxy.log.counts), proxy.log.counts
-    _exactly_once(open_store(output, S3Settings(endpoint_url=s3_env)), [r["id"] for r in rows])
+    assert_exactly_once(open_store(output, S3Settings(endpoint_url=s3_env)), [r["id"] for r in rows])
 
 
 def test_a_shard_that_keeps_failing_is_given_up_reported_and_resumed_later(tmp_path, seaweed, s3_env, new_bucket):
@@ -73,7 +61,7 @@ def test_a_shard_that_keeps_failing_is_given_up_reported_and_resumed_later(tmp_p
 
     healed = run_cli(*args, "--s3-endpoint", s3_env)
     assert healed.returncode == 0, healed.stdout + healed.stderr
-    _exactly_once(store, [r["id"] for r in rows])
+    assert_exactly_once(store, [r["id"] for r in rows])
 
 
 def test_two_drivers_on_one_output_render_each_row_once(tmp_path):
@@ -85,7 +73,7 @@ def test_two_drivers_on_one_output_render_each_row_once(tmp_path):
     drivers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [d.communicate(timeout=400)[0] for d in drivers]
     assert [d.returncode for d in drivers] == [0, 0], outputs
-    _exactly_once(open_store(str(out)), [r["id"] for r in rows])
+    assert_exactly_once(open_store(str(out)), [r["id"] for r in rows])
 
 
 def test_credentials_never_reach_output_logs_or_job_files(tmp_path, seaweed, s3_env, new_bucket):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,3 +28,20 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*SDBATCH, *args], capture_output=True, text=True, env=full_env,
                           timeout=timeout, cwd=cwd)
+
+
+def assert_exactly_once(store, ids: list[str]) -> None:
+    """The end state every run must reach: one ok result row and one image per id, no orphan
+    metadata, and a _SUCCESS.json that agrees."""
+    import sdbatch
+
+    results = sdbatch.read_results(store)
+    assert sorted(results.column("id").to_pylist()) == sorted(ids)
+    assert set(results.column("status").to_pylist()) == {"ok"}
+    images = store.list("images/")
+    assert sorted(key.rsplit("/", 1)[1].rsplit(".", 1)[0] for key in images) == sorted(ids)
+    assert sorted(results.column("image").to_pylist()) == sorted(images)
+    assert len(store.list("metadata/")) == len(store.list("_committed/"))  # no orphan metadata
+    success = json.loads(store.get("_SUCCESS.json"))
+    assert (success["rows_total"], success["rows_ok"], success["rows_failed"]) == (len(ids), len(ids), 0)
+
