@@ -115,6 +115,10 @@ class JobSpec:
         _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")
         _check(o.shard_size >= 1, "output.shard_size", o.shard_size, "use at least 1")
         _check(o.layout in LAYOUTS, "output.layout", o.layout, f"use one of {', '.join(LAYOUTS)}")
+        # The tar writer (sdbatch/webdataset.py) is not wired into the renderer yet: refuse rather than
+        # silently write the files layout under a run that asked for tars.
+        _check(o.layout != "webdataset", "output.layout", o.layout,
+               "the webdataset layout is not available in this version yet; use files")
         _check(r.actors is None or r.actors >= 1, "run.actors", r.actors, "use at least 1")
         _check(r.device in DEVICES, "run.device", r.device, f"use one of {', '.join(DEVICES)}")
         for name in ("batch_size", "shards_in_flight", "max_shard_attempts", "io_threads"):

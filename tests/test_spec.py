@@ -48,3 +48,8 @@ def test_round_trip_through_dict():
     spec = load_spec(None, {"defaults.width": 64, "run.actors": 2})
     assert spec_from_dict(spec.to_dict()) == spec
     assert isinstance(spec, JobSpec)
+
+
+def test_webdataset_layout_is_refused_until_the_renderer_writes_tars():
+    with pytest.raises(SpecError, match="webdataset layout is not available"):
+        load_spec(None, {"output.layout": "webdataset"})

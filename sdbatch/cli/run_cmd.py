@@ -43,8 +43,8 @@ def submit(
     seed: Annotated[Optional[int], Opt(help="Job seed: rows without a seed derive one from it and their id.")] = None,
     image_format: Annotated[Optional[str], Opt("--format", help="png, jpeg or webp.")] = None,
     quality: Annotated[Optional[int], Opt(help="jpeg/webp quality, 1-100.")] = None,
-    layout: Annotated[Optional[str], Opt(help="files (images/{shard}/{id}.ext) or webdataset "
-                                              "(shards/{shard}.tar with .ext, .json, .txt per image).")] = None,
+    layout: Annotated[Optional[str], Opt(help="files (images/{shard}/{id}.ext); webdataset (a tar per "
+                                              "shard) is not available yet.")] = None,
     shard_size: Annotated[Optional[int], Opt(help="Rows per shard (the unit of commit and retry).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Rows per pipeline call.")] = None,
     actors: Annotated[Optional[int], Opt(help="Actors; default one per GPU, or what the CPUs hold.")] = None,
