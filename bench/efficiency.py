@@ -5,12 +5,14 @@ PIL. B: sdbatch's driver (prepare + execute, as `sdbatch submit` runs them) on a
 actor given the whole machine, writing to a local output folder. Each side runs in a fresh process; A and B
 alternate (ABBA...) for several rounds, because shared machines drift. Reported per run: images/s over the
 rendering phase (A: first batch to last PNG; B: `render_seconds` of _SUCCESS.json's last_run), wall time from
-process launch (B: Ray start, actor, model load included) and time to first image (launch to the first PNG's
-mtime). `efficiency` is the median over rounds of B/A images/s.
+process launch (B: Ray start, actor, model load included), time to first image (launch to the first PNG's
+mtime), and "steady" images/s: pipeline calls after the first (no warm-up, no compiling), which MFU uses.
+`efficiency` is the median over rounds (and configs) of B/A images/s over the rendering phase.
 
     .venv/bin/python bench/efficiency.py                       # CPU: tiny model 128x128, 4 steps, batch 4
     .venv/bin/python bench/efficiency.py --device cpu --quick  # one round, few images: a dry run
-    python bench/efficiency.py --device cuda                   # SD1.5 architecture 512x512, 30 steps, batch 1/4/8/16 (+compile)
+    python bench/efficiency.py --device cuda                   # SD1.5 architecture 512x512, 30 steps,
+                                                               # batch 1/4/8/16, then batch 8 compiled
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def child_b(config: Config, out: str) -> dict:
     import pyarrow.parquet as pq
     from rich.console import Console
 
+    from sdbatch import read_results
     from sdbatch.driver import SubmitRequest, execute, prepare
     from sdbatch.progress import RunProgress
     from sdbatch.spec import load_spec
@@ -85,13 +88,17 @@ def child_b(config: Config, out: str) -> dict:
     prepared = prepare(SubmitRequest(str(manifest), out, spec))
     summary = execute(prepared, lambda total, done: RunProgress(Console(stderr=True, quiet=True), total, done))
     success = json.loads((Path(out) / "_SUCCESS.json").read_text())
+    results = read_results(out).sort_by("id")  # bench ids sort in manifest order, the order rows render in
+    shares = results.column("render_seconds").to_pylist()  # each row's share of its pipeline call
+    calls = [sum(shares[i:i + config.batch]) for i in range(0, len(shares), config.batch)]
     return {"render_seconds": success["last_run"]["render_seconds"], "images": success["rows_ok"],
-            "images_per_second": success["last_run"]["images_per_second"], "exit_code": summary.exit_code}
+            "images_per_second": success["last_run"]["images_per_second"], "call_seconds": calls,
+            "exit_code": summary.exit_code}
 
 
 def _compile_in_actors() -> None:
     """Until RunSettings carries the fast-path flags, give the actors FastPath(compile=True) here."""
-    import sdbatch.engine.cluster as cluster
+    from sdbatch.engine import cluster
     from sdbatch.render.fastpath import FastPath
 
     original = cluster.RendererSettings
@@ -109,7 +116,7 @@ def run_side(side: str, config: Config, work: Path, timeout: float) -> dict:
     out = work / f"{side}-{time.time_ns()}"
     launched = time.time()
     proc = subprocess.run([sys.executable, __file__, "--child", side, "--config", json.dumps(asdict(config)),
-                           "--out", str(out)], capture_output=True, text=True, timeout=timeout,
+                           "--out", str(out)], capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.time() - launched
     if proc.returncode != 0:
@@ -119,21 +126,27 @@ def run_side(side: str, config: Config, work: Path, timeout: float) -> dict:
     if len(pngs) != config.images:
         raise RuntimeError(f"side {side} wrote {len(pngs)} PNGs, expected {config.images}")
     first = min(p.stat().st_mtime for p in pngs)
+    later = result["call_seconds"][1:]  # without the first call: warm-up, and compiling when compiled
+    steady = (config.images - config.batch) / sum(later) if later else float("nan")
     return {"side": side, "images_per_second": result["images"] / result["render_seconds"],
-            "render_seconds": result["render_seconds"], "wall_seconds": wall,
-            "first_image_seconds": first - launched}
+            "steady_images_per_second": steady, "render_seconds": result["render_seconds"],
+            "peak_gib": result.get("peak_gib", float("nan")),  # A on CUDA: calibrates fastpath.auto_batch_size
+            "wall_seconds": wall, "first_image_seconds": first - launched}
 
 
 def configs(args, model: str, model_dir: str) -> list[Config]:
     if args.device == "cpu":
         images = 8 if args.quick else args.images or 16
-        return [Config("cpu", model, model_dir, images, args.batch or 4, args.steps or 4, args.size or 128,
-                       args.size or 128)]
+        plain = Config("cpu", model, model_dir, images, args.batch or 4, args.steps or 4, args.size or 128,
+                       args.size or 128)
+        compiled = Config(**{**asdict(plain), "compile": True})  # ~40 s of compiling per side on 2 cores
+        return {"off": [plain], "also": [plain], "only": [compiled]}[args.compile]
     size, steps = args.size or 512, args.steps or 30
     batches = [args.batch] if args.batch else [1, 4, 8, 16]
-    plain = [Config("cuda", model, model_dir, args.images or max(16, 4 * b), b, steps, size, size) for b in batches]
-    compiled = [Config("cuda", model, model_dir, args.images or 32, 8, steps, size, size, compile=True)]
-    return plain + (compiled if args.compile else [])
+    # ~8-15 s of rendering per run on an H100: long against a batch, short against the process start.
+    plain = [Config("cuda", model, model_dir, args.images or max(8, 4 * b), b, steps, size, size) for b in batches]
+    compiled = [Config("cuda", model, model_dir, args.images or 32, args.batch or 8, steps, size, size, compile=True)]
+    return {"off": plain, "also": plain + compiled, "only": compiled}[args.compile]
 
 
 def prepare_model(args) -> tuple[str, str]:
@@ -176,18 +189,23 @@ def report(args, rows: list[dict]) -> float:
     for row in rows:
         by_config.setdefault(Config(**row["config"]).label(), []).append(row)
     print(f"\n{'config':16s} {'rounds':>6s} {'A img/s':>9s} {'B img/s':>9s} {'B/A':>6s} {'A wall':>7s} {'B wall':>7s} "
-          f"{'A first':>8s} {'B first':>8s}" + ("  MFU A / B" if args.device == "cuda" else ""))
+          f"{'A first':>8s} {'B first':>8s} {'A steady':>9s} {'B steady':>9s}"
+          + ("  MFU A / B (steady)  A peak GiB" if args.device == "cuda" else ""))
     for label, group in by_config.items():
-        med = lambda side, key: statistics.median(r[side][key] for r in group)  # noqa: E731
+        def med(side: str, key: str, group=group) -> float:
+            return statistics.median(r[side][key] for r in group)
+
         line = (f"{label:16s} {len(group):6d} {med('A', 'images_per_second'):9.3f} {med('B', 'images_per_second'):9.3f} "
                 f"{statistics.median(r['ratio'] for r in group):6.3f} {med('A', 'wall_seconds'):7.1f} "
                 f"{med('B', 'wall_seconds'):7.1f} {med('A', 'first_image_seconds'):8.1f} "
-                f"{med('B', 'first_image_seconds'):8.1f}")
+                f"{med('B', 'first_image_seconds'):8.1f} {med('A', 'steady_images_per_second'):9.3f} "
+                f"{med('B', 'steady_images_per_second'):9.3f}")
         if args.device == "cuda":
             from sdref import FLOPS_PER_IMAGE
 
             scale = FLOPS_PER_IMAGE * (group[0]["config"]["steps"] / 30) / peak
-            line += f"  {med('A', 'images_per_second') * scale:.1%} / {med('B', 'images_per_second') * scale:.1%}"
+            line += (f"  {med('A', 'steady_images_per_second') * scale:.1%} / "
+                     f"{med('B', 'steady_images_per_second') * scale:.1%}  {med('A', 'peak_gib'):.1f}")
         print(line)
     return statistics.median(r["ratio"] for r in rows)
 
@@ -202,8 +220,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--size", type=int, help="width = height (CPU default 128, CUDA 512)")
     parser.add_argument("--model", help="a diffusers folder for both sides (default: tiny:sd15 / SD1.5 random)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="CUDA: also batch 8 with torch.compile on both sides")
+    parser.add_argument("--compile", choices=("off", "also", "only"), default="also",
+                        help="CUDA: also (or only) batch 8 with torch.compile of the UNet on both sides; the "
+                             "second side to compile reuses inductor's on-disk caches, so compare its wall time "
+                             "and first image with care")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_PEAK_TFLOPS)
     parser.add_argument("--budget-s", type=float, default=0, help="stop starting runs after this long (0: none)")
     parser.add_argument("--timeout", type=float, default=900, help="per run")

@@ -69,17 +69,21 @@ def bare_loop(model: str, rows: list[dict], batch: int, steps: int, width: int, 
         pipe.unet.compile()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, calls = time.perf_counter(), []
     for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]
         generators = [torch.Generator("cpu").manual_seed(int(r["seed"])) for r in chunk]
+        call_started = time.perf_counter()
         with torch.inference_mode():
             images = pipe(prompt=[r["prompt"] for r in chunk], negative_prompt=[""] * len(chunk),
                           num_inference_steps=steps, guidance_scale=7.5, width=width, height=height,
                           generator=generators).images
+        calls.append(time.perf_counter() - call_started)
         for row, image in zip(chunk, images):
             image.save(out / f"{row['id']}.png")
-    return {"render_seconds": time.perf_counter() - started, "images": len(rows)}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    return {"render_seconds": time.perf_counter() - started, "images": len(rows), "call_seconds": calls,
+            "peak_gib": peak}
 
 
 def bench_rows(count: int, offset: int = 0) -> list[dict]:

@@ -81,9 +81,18 @@ def test_cpu_threads_are_applied():
 
 
 @pytest.mark.slow
-def test_cpu_threads_take_effect_in_a_ray_actor_that_ray_limited_to_one(tmp_path, tiny_cache):
+def test_cpu_threads_and_priority_take_effect_in_ray_workers(tmp_path, tiny_cache):
+    import os
+
     ray = pytest.importorskip("ray")
     from sdbatch.engine.actor import RemoteRenderActor
+
+    def priority_after_set_cpu_threads() -> tuple[int, int]:  # nested: shipped by value to the worker
+        from sdbatch.render.fastpath import set_cpu_threads
+
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        set_cpu_threads(1)
+        return before, os.getpriority(os.PRIO_PROCESS, 0)
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              _temp_dir=tempfile.mkdtemp(prefix="perf-ray-", dir="/tmp"))
@@ -92,6 +101,9 @@ def test_cpu_threads_take_effect_in_a_ray_actor_that_ray_limited_to_one(tmp_path
         actor = RemoteRenderActor.options(num_cpus=1).remote(
             LocalStore(str(tmp_path)), RendererSettings(cpu_threads=2, device="cpu"))
         assert "2 threads" in ray.get(actor.warm.remote("tiny:sd15"), timeout=120)["device"]
+        # Ray starts workers at nice 15; a CPU actor takes nice 0 back where it is allowed to.
+        before, after = ray.get(ray.remote(priority_after_set_cpu_threads).remote(), timeout=60)
+        assert before > 0 and after == (0 if os.geteuid() == 0 else before)
     finally:
         ray.shutdown()
 

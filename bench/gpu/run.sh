@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one device call of under 8 minutes: unpack the packages the device image lacks,
-# record the environment, run bench/efficiency.py --device cuda within a time budget, then
-# bench/lora_switch.py --device cuda; logs and JSON go to $OUT (at most 8 files come back).
+# record the environment, then bench/efficiency.py --device cuda (batch 1/4/8/16, within a time budget),
+# bench/lora_switch.py --device cuda, and the compiled efficiency pair if time is left. Logs and JSON go
+# to $OUT (7 files; at most 8 come back). Every step runs even when an earlier one failed.
 #
 # Here, once:  bash ../shared/gpu/make-bundle.sh            (builds .gpu/site.tar.xz, ~50 MB)
 # Device call: run(command="bash bench/gpu/run.sh", carry=[".gpu"], timeout_s=540)
@@ -11,14 +12,16 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 started=$(date +%s)
 OUT=${OUT:-/tmp/sdbatch-gpu-out}
-TOTAL_S=${TOTAL_S:-450}          # the whole script, unpacking included; the call's limit is 600 s
-LORA_RESERVE_S=${LORA_RESERVE_S:-150}  # kept for lora_switch (model loads, one UNet compile)
+TOTAL_S=${TOTAL_S:-460}              # the whole script, unpacking included (the call's limit: 600 s)
+LORA_S=${LORA_S:-150}                # kept for lora_switch: model loads and one UNet compile
+COMPILE_PAIR_S=${COMPILE_PAIR_S:-170}  # the compiled A/B pair runs only if this much is left
 work=/tmp/sdbatch-bench
 mkdir -p "$OUT" "$work"
 elapsed() { echo $(( $(date +%s) - started )); }
+note() { echo "[$(elapsed) s] $*" | tee -a "$OUT/env.txt"; }
 
 if [ ! -f .gpu/site.tar.xz ]; then
-    echo "no .gpu/site.tar.xz: build it here with 'bash ../shared/gpu/make-bundle.sh' and carry .gpu" | tee "$OUT/env.txt"
+    note "no .gpu/site.tar.xz: build it here with 'bash ../shared/gpu/make-bundle.sh' and carry .gpu"
     exit 2
 fi
 mkdir -p /tmp/sdbatch-site && tar xJf .gpu/site.tar.xz -C /tmp/sdbatch-site || exit 2
@@ -30,25 +33,36 @@ else
     export PYTHONPATH=/tmp/sdbatch-site:$PWD
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SDBATCH_CACHE=/tmp/sdbatch-cache TOKENIZERS_PARALLELISM=false
-echo "unpacked in $(elapsed) s" | tee "$OUT/env.txt"
+note "unpacked"
 
 $py - <<'PY' 2>&1 | tee -a "$OUT/env.txt"
-import importlib.metadata as md, platform, torch
-names = ("torch", "diffusers", "transformers", "peft", "accelerate", "ray", "pyarrow", "safetensors")
-print("python", platform.python_version(), "|", ", ".join(f"{n} {md.version(n)}" for n in names))
+import importlib.metadata as md, os, platform, torch
+names = ("torch", "diffusers", "transformers", "peft", "accelerate", "ray", "pyarrow", "safetensors", "pillow")
+print("python", platform.python_version(), "| nproc", os.cpu_count(), "|",
+      ", ".join(f"{n} {md.version(n)}" for n in names))
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"gpu {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
           f"bf16 native {torch.cuda.is_bf16_supported(including_emulation=False)}")
-import sdbatch.render.renderer, sdbatch.engine.cluster  # noqa: F401  everything imports
+import sdbatch.engine.cluster, sdbatch.render.renderer  # noqa: E401,F401  everything imports
 PY
 [ "${PIPESTATUS[0]}" = 0 ] || exit 3
 
-budget=$(( TOTAL_S - $(elapsed) - LORA_RESERVE_S ))
-echo "efficiency: budget ${budget} s (starts no run after it)" | tee -a "$OUT/env.txt"
-$py bench/efficiency.py --device "$device" $quick --budget-s "$budget" --timeout 300 --work "$work" \
-    --json-out "$OUT/efficiency.json" 2>&1 | tee "$OUT/efficiency.log"
+budget=$(( TOTAL_S - $(elapsed) - LORA_S - 60 ))
+note "efficiency, batch 1/4/8/16: starts no run after ${budget} s"
+$py bench/efficiency.py --device "$device" $quick --compile off --budget-s "$budget" --timeout 240 \
+    --work "$work" --json-out "$OUT/efficiency.json" 2>&1 | tee "$OUT/efficiency.log"
 
+note "lora_switch"
 $py bench/lora_switch.py --device "$device" $quick --switches 20 --work "$work" \
     --json-out "$OUT/lora_switch.json" 2>&1 | tee "$OUT/lora_switch.log"
-echo "done in $(elapsed) s" | tee -a "$OUT/env.txt"
+
+left=$(( TOTAL_S - $(elapsed) ))
+if [ "$left" -ge "$COMPILE_PAIR_S" ]; then
+    note "efficiency, batch 8 compiled on both sides (${left} s left)"
+    $py bench/efficiency.py --device "$device" $quick --compile only --timeout "$(( left - 10 ))" \
+        --work "$work" --json-out "$OUT/efficiency-compile.json" 2>&1 | tee "$OUT/efficiency-compile.log"
+else
+    note "compiled pair skipped: ${left} s left, it needs ${COMPILE_PAIR_S}"
+fi
+note "done"

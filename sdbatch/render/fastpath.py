@@ -10,6 +10,8 @@ import torch
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Peak memory of one SD image in half precision, per output pixel: the VAE decoder's full-size
 # activations (256 and 128 channels at 512x512) dominate; the UNet's with SDPA are a fraction of it.
+# An estimate from the architecture (~0.6 GiB per 512x512 image), not yet a measurement: bench/efficiency.py
+# --device cuda prints the bare loop's peak memory per batch size to check it against.
 HALF_BYTES_PER_PIXEL = 2560
 # Share of the free device memory a batch may plan to use: fragmentation, ControlNets loaded later,
 # and the estimate's error need the rest. An overshoot costs one halving (see Renderer), not a failure.
@@ -34,8 +36,8 @@ class FastPath:
     # With compile: LoRAs are hotswapped into the compiled UNet, padded to this rank. It must be at least
     # the largest rank used (SD1.5 LoRAs: 4-128); higher costs a little compute on every step.
     lora_rank: int = 64
-    # With compile: LoRAs a row may use at once (one hotswap slot each in the UNet). Every slot costs
-    # its LoRA compute on every step, used or not; most rows use one or two.
+    # With compile: LoRAs a row may use at once (one hotswap slot each in the UNet). A slot, once a row
+    # has needed it, costs its LoRA compute on every step, used or not; most rows use one or two.
     lora_slots: int = 2
 
 

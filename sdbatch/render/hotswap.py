@@ -113,9 +113,10 @@ class HotswapLoras(LoraAdapters):
     def _activate_text_encoder(self) -> None:
         from diffusers.loaders.lora_base import set_adapters_for_text_encoder
 
-        names = [slot_name(i) for i, (held, text) in enumerate(zip(self._held, self._text)) if held and text]
-        if names:
-            set_adapters_for_text_encoder(names, self.pipe.text_encoder, [self._held[int(n[4:])][1] for n in names])
+        slots = [i for i, (held, text) in enumerate(zip(self._held, self._text)) if held and text]
+        if slots:  # the text encoder is not compiled: plain per-adapter weights are fine there
+            set_adapters_for_text_encoder([slot_name(i) for i in slots], self.pipe.text_encoder,
+                                          [self._held[i][1] for i in slots])
 
 
 def _lora_layers(unet, name: str):

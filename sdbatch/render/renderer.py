@@ -22,6 +22,7 @@ from sdbatch.render.batching import (
     micro_batches,
     variant_key,
 )
+from sdbatch.render.encode import to_pil
 from sdbatch.render.fastpath import FastPath, auto_batch_size, set_cpu_threads
 from sdbatch.render.fetch import Fetcher, Prefetcher, decode_image, labelled
 from sdbatch.render.loading import LoadedModel, load_model, make_scheduler, pick_device
@@ -203,9 +204,9 @@ class Renderer:
             out = pipe(prompt=[r["prompt"] for r in batch.rows],
                        negative_prompt=[r["negative_prompt"] or "" for r in batch.rows],
                        num_inference_steps=int(first["steps"]), guidance_scale=float(first["guidance_scale"]),
-                       width=width, height=height, generator=generators, output_type="pil",
+                       width=width, height=height, generator=generators, output_type="pt",
                        **control_arguments(batch))
-        return out.images, (width, height), type(pipe.scheduler).__name__
+        return to_pil(out.images), (width, height), type(pipe.scheduler).__name__
 
     def render_shard(self, task: ShardTask) -> ShardResult:
         """Render the rows not yet in the store, write their images, commit the shard's metadata."""
