@@ -53,6 +53,9 @@ class RowDefaults:
     seed: int = 0
     # Where bare LoRA names (`style` in a loras entry or <lora:style:0.8>) are looked up; None: paths only.
     lora_dir: str | None = None
+    # None keeps the model's own VAE; a diffusers AutoencoderKL folder, single file, hub id or s3:// URI
+    # replaces it (e.g. the fp16-safe SDXL VAE). A row's `vae` column overrides it.
+    vae: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,6 @@ class JobSpec:
         _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")
         _check(o.shard_size >= 1, "output.shard_size", o.shard_size, "use at least 1")
         _check(o.layout in LAYOUTS, "output.layout", o.layout, f"use one of {', '.join(LAYOUTS)}")
-        # The tar writer (sdbatch/webdataset.py) is not wired into the renderer yet: refuse rather than
-        # silently write the files layout under a run that asked for tars.
-        _check(o.layout != "webdataset", "output.layout", o.layout,
-               "the webdataset layout is not available in this version yet; use files")
         _check(r.actors is None or r.actors >= 1, "run.actors", r.actors, "use at least 1")
         _check(r.device in DEVICES, "run.device", r.device, f"use one of {', '.join(DEVICES)}")
         for name in ("batch_size", "shards_in_flight", "max_shard_attempts", "io_threads"):

@@ -50,6 +50,3 @@ def test_round_trip_through_dict():
     assert isinstance(spec, JobSpec)
 
 
-def test_webdataset_layout_is_refused_until_the_renderer_writes_tars():
-    with pytest.raises(SpecError, match="webdataset layout is not available"):
-        load_spec(None, {"output.layout": "webdataset"})

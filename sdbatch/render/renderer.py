@@ -6,13 +6,11 @@ import json
 import platform
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from sdbatch.output import commit_shard, existing_images, image_key
 from sdbatch.render.batching import (
     Batch,
     control_arguments,
@@ -27,7 +25,8 @@ from sdbatch.render.fastpath import FastPath, auto_batch_size, set_cpu_threads
 from sdbatch.render.fetch import Fetcher, Prefetcher, decode_image, labelled
 from sdbatch.render.loading import LoadedModel, load_model, make_scheduler, pick_device
 from sdbatch.render.loras import StateDictCache
-from sdbatch.render.results import RenderedRow, adopted_row, failed, result_row, versions
+from sdbatch.render.results import RenderedRow, failed, versions
+from sdbatch.render.shards import write_shard
 from sdbatch.render.uploads import Uploads
 from sdbatch.render.variants import Variants, VariantSettings
 from sdbatch.storage import S3Settings, Store
@@ -73,7 +72,7 @@ class Renderer:
         # Outlives model switches: a parsed LoRA does not depend on the pipeline it went into.
         self._state_dicts = StateDictCache(settings.variants.lora_cache_bytes)
         self._fetcher = Fetcher(settings.s3, settings.variants.fetch_timeout)
-        self._uploads = Uploads(store, settings.io_threads)
+        self.uploads = Uploads(store, settings.io_threads)
         self.versions = json.dumps(versions(), sort_keys=True)
 
     def model(self, reference: str) -> LoadedModel:
@@ -210,32 +209,9 @@ class Renderer:
 
     def render_shard(self, task: ShardTask) -> ShardResult:
         """Render the rows not yet in the store, write their images, commit the shard's metadata."""
-        started = time.perf_counter()
-        loads_before = (self.model_loads, self.lora_loads, self.controlnet_loads)
-        done = existing_images(self.store, task.shard_id)
-        todo = [row for row in task.rows if row["id"] not in done]
-        results = [adopted_row(task, row, done[row["id"]], self._provenance(ok=False))
-                   for row in task.rows if row["id"] in done]
-        pending: list[tuple[RenderedRow, str, Future | None]] = []
-        for rendered in self.render_rows(todo):
-            key = image_key(task.shard_id, rendered.row["id"], task.image_format)
-            future = None
-            if rendered.ok:
-                future = self._uploads.submit(rendered.image, key, task.image_format, task.quality)
-            pending.append((replace(rendered, image=None), key, future))  # the uploads hold the pixels now
-        for rendered, key, future in pending:
-            put = future.result() if future is not None else None  # an upload that failed fails the attempt
-            results.append(result_row(task, rendered, key, put, self._provenance(rendered.ok)))
-        committed = commit_shard(self.store, task.shard_id, task.attempt, results)
-        failures = {r["id"]: r["error"] for r in results if r["status"] == "failed"}
-        return ShardResult(task.shard_id, task.attempt, committed, len(results) - len(failures), len(failures),
-                           rendered=len(todo), adopted=len(task.rows) - len(todo),
-                           seconds=time.perf_counter() - started, failures=failures,
-                           model_loads=self.model_loads - loads_before[0],
-                           lora_loads=self.lora_loads - loads_before[1],
-                           controlnet_loads=self.controlnet_loads - loads_before[2], actor=self.settings.name)
+        return write_shard(self, task)
 
-    def _provenance(self, ok: bool) -> dict[str, Any]:
+    def provenance(self, ok: bool) -> dict[str, Any]:
         model = self._model
         return {"model_hash": model.model_hash if model and ok else None, "device": self.device_name(),
                 "dtype": str(self.dtype).removeprefix("torch."), "versions": self.versions,
@@ -247,7 +223,7 @@ class Renderer:
         return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
     def close(self) -> None:
-        self._uploads.close()
+        self.uploads.close()
 
 
 def _size(model: LoadedModel, row: dict[str, Any]) -> tuple[int, int]:
