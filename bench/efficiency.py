@@ -82,9 +82,7 @@ def child_b(config: Config, out: str) -> dict:
     spec = load_spec(overrides={
         "defaults.model": config.model, "defaults.steps": config.steps, "defaults.width": config.width,
         "defaults.height": config.height, "defaults.guidance_scale": 7.5, "run.batch_size": config.batch,
-        "run.actors": 1, "run.device": config.device})
-    if config.compile:
-        _compile_in_actors()
+        "run.actors": 1, "run.device": config.device, "render.compile": config.compile})
     prepared = prepare(SubmitRequest(str(manifest), out, spec))
     summary = execute(prepared, lambda total, done: RunProgress(Console(stderr=True, quiet=True), total, done))
     success = json.loads((Path(out) / "_SUCCESS.json").read_text())
@@ -94,20 +92,6 @@ def child_b(config: Config, out: str) -> dict:
     return {"render_seconds": success["last_run"]["render_seconds"], "images": success["rows_ok"],
             "images_per_second": success["last_run"]["images_per_second"], "call_seconds": calls,
             "exit_code": summary.exit_code}
-
-
-def _compile_in_actors() -> None:
-    """Until RunSettings carries the fast-path flags, give the actors FastPath(compile=True) here."""
-    from sdbatch.engine import cluster
-    from sdbatch.render.fastpath import FastPath
-
-    original = cluster.RendererSettings
-
-    def settings(**kwargs):
-        kwargs.setdefault("fast", FastPath(compile=True))
-        return original(**kwargs)
-
-    cluster.RendererSettings = settings
 
 
 # ------------------------------------------------------------------------------------------------ parent

@@ -167,7 +167,7 @@ def _render(prepared: PreparedRun, pending: list[Shard], events, on_ready):
     cluster.connect(prepared.request.address)
     try:
         with events:
-            return cluster.run_shards(pending, make_task, prepared.store, spec.run, events,
+            return cluster.run_shards(pending, make_task, prepared.store, spec, events,
                                       first_model=pending[0].variant.model, on_ready=on_ready,
                                       s3=prepared.request.s3)
     finally:

@@ -14,6 +14,8 @@ import tomllib
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 LAYOUTS = ("files", "webdataset")
 DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Names a manifest may use; the renderer maps each to a diffusers scheduler class and options.
 SCHEDULERS = (
@@ -80,8 +82,9 @@ class RunSettings:
 
     # None: one actor per GPU, or on a CPU-only cluster as many as its CPUs and memory hold.
     actors: int | None = None
-    # Rows per pipeline call; 4 keeps a 24 GB GPU well fed at 512x512 without running out.
-    batch_size: int = 4
+    # Rows per pipeline call. None: as many as half the GPU's free memory holds at the row's size (at
+    # most 16, where the UNet is compute-bound anyway; a batch that still runs out is halved), 4 on the CPU.
+    batch_size: int | None = None
     # Two shards per actor: one rendering, one queued, so the GPU never waits for the driver.
     shards_in_flight: int = 2
     # A shard whose actor died this many times is given up (and reported) rather than retried forever.
@@ -96,12 +99,37 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class FastPath:
+    """How the renderer uses the device: precision, memory layout, compile. The job file's [render] section."""
+
+    # "auto": bfloat16 on CUDA cards that have it (Ampere and later), float16 on older ones, float32 on
+    # the CPU (CPU half precision is slower and inexact). Or "bfloat16", "float16", "float32".
+    dtype: str = "auto"
+    # NHWC convolutions for the UNet, VAE and ControlNets. None: on for CUDA (tensor cores read NHWC
+    # natively), off for the CPU, where oneDNN picks its own layout and the conversion only costs.
+    channels_last: bool | None = None
+    # torch.compile of the UNet, in place. Off by default: each new shape (batch, size) costs a compile
+    # of about a minute on the actor before its first image, which short runs never earn back.
+    compile: bool = False
+    # "max-autotune-no-cudagraphs" gains a few % more for minutes of tuning per shape; "default" is safe.
+    compile_mode: str = "default"
+    # With compile: LoRAs are hotswapped into the compiled UNet, padded to this rank. It must be at least
+    # the largest rank used (SD1.5 LoRAs: 4-128); higher costs a little compute on every step.
+    lora_rank: int = 64
+    # With compile: LoRAs a row may use at once (one hotswap slot each in the UNet). A slot, once a row
+    # has needed it, costs its LoRA compute on every step, used or not; most rows use one or two.
+    lora_slots: int = 2
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """Everything that shapes a run, besides the manifest and the output location."""
 
     defaults: RowDefaults = field(default_factory=RowDefaults)
     output: OutputSettings = field(default_factory=OutputSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    # Not part of the run's identity: precision is recorded per image (dtype), like the device.
+    render: FastPath = field(default_factory=FastPath)
 
     def validate(self) -> "JobSpec":
         d, o, r = self.defaults, self.output, self.run
@@ -120,9 +148,20 @@ class JobSpec:
         _check(o.layout in LAYOUTS, "output.layout", o.layout, f"use one of {', '.join(LAYOUTS)}")
         _check(r.actors is None or r.actors >= 1, "run.actors", r.actors, "use at least 1")
         _check(r.device in DEVICES, "run.device", r.device, f"use one of {', '.join(DEVICES)}")
-        for name in ("batch_size", "shards_in_flight", "max_shard_attempts", "io_threads"):
+        _check(r.batch_size is None or r.batch_size >= 1, "run.batch_size", r.batch_size,
+               "use at least 1, or leave it unset for what fits the GPU")
+        for name in ("shards_in_flight", "max_shard_attempts", "io_threads"):
             _check(getattr(r, name) >= 1, f"run.{name}", getattr(r, name), "use at least 1")
+        self._validate_render()
         return self
+
+    def _validate_render(self) -> None:
+        f = self.render
+        _check(f.dtype in DTYPES, "render.dtype", f.dtype, f"use one of {', '.join(DTYPES)}")
+        _check(f.compile_mode in COMPILE_MODES, "render.compile_mode", f.compile_mode,
+               f"use one of {', '.join(COMPILE_MODES)}")
+        for name in ("lora_rank", "lora_slots"):
+            _check(getattr(f, name) >= 1, f"render.{name}", getattr(f, name), "use at least 1")
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide what the output contains; a resume must match them."""
@@ -137,7 +176,7 @@ def _check(ok: bool, name: str, value: Any, fix: str) -> None:
         raise SpecError(f"job setting {name} = {value!r} is invalid; {fix}")
 
 
-_SECTIONS = {"defaults": RowDefaults, "output": OutputSettings, "run": RunSettings}
+_SECTIONS = {"defaults": RowDefaults, "output": OutputSettings, "run": RunSettings, "render": FastPath}
 
 
 def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -198,7 +237,8 @@ def _check_type(section: str, name: str, value: Any, annotation: str) -> None:
 
 def spec_from_dict(data: dict[str, Any]) -> JobSpec:
     """Rebuild a JobSpec from to_dict() output (as stored in job.json)."""
-    return JobSpec(**{name: cls(**data[name]) for name, cls in _SECTIONS.items()}).validate()
+    # .get: job.json files written before a section existed resume with its defaults.
+    return JobSpec(**{name: cls(**data.get(name, {})) for name, cls in _SECTIONS.items()}).validate()
 
 
 def fingerprint(obj: Any) -> str:

@@ -29,6 +29,10 @@ def test_every_shipped_job_file_is_valid():
     ("[defaults]\nsteps = 'ten'\n", "defaults.steps"),
     ("[nope]\nx = 1\n", "nope"),
     ("not toml at all [", "not valid TOML"),
+    ("[render]\ndtype = 'half'\n", "render.dtype"),
+    ("[render]\ncompile_mode = 'fast'\n", "render.compile_mode"),
+    ("[render]\ncompile = 'yes'\n", "render.compile"),
+    ("[run]\nbatch_size = 0\n", "run.batch_size"),
 ])
 def test_bad_job_files_name_the_setting(tmp_path, text, needle):
     path = tmp_path / "job.toml"
@@ -50,3 +54,23 @@ def test_round_trip_through_dict():
     assert isinstance(spec, JobSpec)
 
 
+
+
+def test_render_section_reaches_the_actor_settings_and_stays_out_of_the_identity(tmp_path):
+    from sdbatch.engine.cluster import PoolShape, renderer_settings
+    from sdbatch.storage import S3Settings
+
+    path = tmp_path / "job.toml"
+    path.write_text("[render]\ncompile = true\nlora_rank = 128\n[run]\nbatch_size = 8\n")
+    spec = load_spec(path, {"render.dtype": "float16"})
+    settings = renderer_settings(spec, PoolShape(2, 1, 0), S3Settings(), "actor-0")
+    assert (settings.fast.compile, settings.fast.lora_rank, settings.fast.dtype) == (True, 128, "float16")
+    assert settings.batch_size == 8 and settings.cpu_threads is None  # a GPU actor leaves torch's threads alone
+    assert spec.identity() == load_spec(None).identity()
+    assert load_spec(None).run.batch_size is None  # unset: what fits the GPU
+
+
+def test_job_json_from_before_the_render_section_still_resumes():
+    data = load_spec(None, {"defaults.steps": 7}).to_dict()
+    del data["render"]
+    assert spec_from_dict(data).defaults.steps == 7

@@ -43,10 +43,14 @@ def submit(
     seed: Annotated[Optional[int], Opt(help="Job seed: rows without a seed derive one from it and their id.")] = None,
     image_format: Annotated[Optional[str], Opt("--format", help="png, jpeg or webp.")] = None,
     quality: Annotated[Optional[int], Opt(help="jpeg/webp quality, 1-100.")] = None,
-    layout: Annotated[Optional[str], Opt(help="files (images/{shard}/{id}.ext); webdataset (a tar per "
-                                              "shard) is not available yet.")] = None,
+    layout: Annotated[Optional[str], Opt(help="files (images/{shard}/{id}.ext) or webdataset "
+                                              "(shards/{shard}.tar for data loaders).")] = None,
     shard_size: Annotated[Optional[int], Opt(help="Rows per shard (the unit of commit and retry).")] = None,
-    batch_size: Annotated[Optional[int], Opt(help="Rows per pipeline call.")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Rows per pipeline call; default what fits the GPU (4 on CPU).")] = None,
+    dtype: Annotated[Optional[str], Opt(help="auto (bfloat16 where the GPU has it, else float16; float32 on "
+                                             "CPU), bfloat16, float16 or float32.")] = None,
+    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help=(
+        "torch.compile the UNet (LoRAs hotswapped, no recompiles); about a minute per new shape first."))] = None,
     actors: Annotated[Optional[int], Opt(help="Actors; default one per GPU, or what the CPUs hold.")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cuda (one GPU per actor, also before an autoscaler "
                                               "has started GPU nodes) or cpu.")] = None,
@@ -64,6 +68,7 @@ def submit(
         "defaults.seed": seed, "output.format": image_format, "output.quality": quality, "output.layout": layout,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
         "defaults.lora_dir": lora_dir, "run.affinity": affinity, "run.device": device,
+        "render.dtype": dtype, "render.compile": compile,
     }
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)

@@ -13,7 +13,7 @@ from sdbatch.engine.actor import RemoteRenderActor
 from sdbatch.engine.scheduler import Dispatcher, DispatchReport, Events
 from sdbatch.plan import Shard
 from sdbatch.render.renderer import RendererSettings
-from sdbatch.spec import RunSettings
+from sdbatch.spec import JobSpec
 from sdbatch.storage import S3Settings, Store
 from sdbatch.tasks import ShardTask
 
@@ -52,24 +52,30 @@ def pool_shape(requested: int | None, device: str = "auto") -> PoolShape:
     return PoolShape(actors, 0, max(1, cpus // actors))
 
 
-def actor_factory(store: Store, run: RunSettings, shape: PoolShape, s3: S3Settings) -> Callable[[str], object]:
+def renderer_settings(spec: JobSpec, shape: PoolShape, s3: S3Settings, name: str) -> RendererSettings:
+    """What one actor renders with: the job's [render] and [run] settings, its share of the node's CPUs."""
+    run = spec.run
+    # s3: for inputs (control images, LoRAs, models on s3://), which may live outside the output's bucket.
+    return RendererSettings(batch_size=run.batch_size, io_threads=run.io_threads,
+                            cpu_threads=None if shape.gpus_per_actor else int(shape.cpus_per_actor),
+                            name=f"{os.uname().nodename}/{name}", s3=s3, fast=spec.render)
+
+
+def actor_factory(store: Store, spec: JobSpec, shape: PoolShape, s3: S3Settings) -> Callable[[str], object]:
     def make(name: str):
-        # s3: for inputs (control images, LoRAs on s3://), which may live outside the output's bucket.
-        settings = RendererSettings(batch_size=run.batch_size, io_threads=run.io_threads,
-                                    cpu_threads=None if shape.gpus_per_actor else int(shape.cpus_per_actor),
-                                    name=f"{os.uname().nodename}/{name}", s3=s3)
         options = {"num_gpus": shape.gpus_per_actor, "num_cpus": shape.cpus_per_actor}
-        return RemoteRenderActor.options(**options).remote(store, settings)
+        return RemoteRenderActor.options(**options).remote(store, renderer_settings(spec, shape, s3, name))
 
     return make
 
 
 def run_shards(shards: list[Shard], make_task: Callable[[Shard], ShardTask], store: Store,
-               run: RunSettings, events: Events, first_model: str, on_ready: Callable[[], None],
+               spec: JobSpec, events: Events, first_model: str, on_ready: Callable[[], None],
                s3: S3Settings) -> tuple[DispatchReport, PoolShape]:
     """Render the shards on the connected Ray (on_ready runs once the actors are warm)."""
+    run = spec.run
     shape = pool_shape(run.actors, run.device)
-    dispatcher = Dispatcher(actor_factory(store, run, shape, s3), shape.actors, run.shards_in_flight,
+    dispatcher = Dispatcher(actor_factory(store, spec, shape, s3), shape.actors, run.shards_in_flight,
                             run.max_shard_attempts, make_task, events, affinity=run.affinity)
     return dispatcher.run(shards, first_model, on_ready), shape
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
+
+from sdbatch.spec import FastPath  # noqa: F401  (the [render] job section; re-exported for render/)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Peak memory of one SD image in half precision, per output pixel: the VAE decoder's full-size
@@ -18,27 +19,6 @@ HALF_BYTES_PER_PIXEL = 2560
 MEMORY_SHARE = 0.5
 # Beyond this a UNet batch is compute-bound on any current card: more rows add latency, not speed.
 MAX_AUTO_BATCH = 16
-
-
-@dataclass(frozen=True)
-class FastPath:
-    # "auto": bfloat16 on CUDA cards that have it (Ampere and later), float16 on older ones, float32 on
-    # the CPU (CPU half precision is slower and inexact). Or "bfloat16", "float16", "float32".
-    dtype: str = "auto"
-    # NHWC convolutions for the UNet, VAE and ControlNets. None: on for CUDA (tensor cores read NHWC
-    # natively), off for the CPU, where oneDNN picks its own layout and the conversion only costs.
-    channels_last: bool | None = None
-    # torch.compile of the UNet, in place. Off by default: each new shape (batch, size) costs a compile
-    # of about a minute on the actor before its first image, which short runs never earn back.
-    compile: bool = False
-    # "max-autotune-no-cudagraphs" gains a few % more for minutes of tuning per shape; "default" is safe.
-    compile_mode: str = "default"
-    # With compile: LoRAs are hotswapped into the compiled UNet, padded to this rank. It must be at least
-    # the largest rank used (SD1.5 LoRAs: 4-128); higher costs a little compute on every step.
-    lora_rank: int = 64
-    # With compile: LoRAs a row may use at once (one hotswap slot each in the UNet). A slot, once a row
-    # has needed it, costs its LoRA compute on every step, used or not; most rows use one or two.
-    lora_slots: int = 2
 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
