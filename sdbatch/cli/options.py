@@ -16,6 +16,26 @@ S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3-com
 LoraDir = Annotated[Optional[str], typer.Option("--lora-dir", help="Folder where bare LoRA names "
                                                 "(`style`, <lora:style:0.8>) are looked up.")]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output folder or s3://bucket/prefix.")]
+Manifest = Annotated[str, typer.Argument(help="Manifest: a local .parquet file or s3://bucket/key.")]
+
+# Row defaults and planning settings, the same for `submit` and `plan` (a dry run must plan what submit does).
+Model = Annotated[Optional[str], typer.Option(help="Default model: hub id, local folder, single .safetensors "
+                                              "file, s3:// URI, tiny:sd15 or tiny:sdxl.")]
+Steps = Annotated[Optional[int], typer.Option(help="Default denoising steps.")]
+GuidanceScale = Annotated[Optional[float], typer.Option(help="Default classifier-free guidance.")]
+Width = Annotated[Optional[int], typer.Option(help="Default width (multiple of 8).")]
+Height = Annotated[Optional[int], typer.Option(help="Default height (multiple of 8).")]
+Scheduler = Annotated[Optional[str], typer.Option(help="Default scheduler, e.g. euler_a, dpmpp_2m_karras.")]
+ShardSize = Annotated[Optional[int], typer.Option(help="Rows per shard (the unit of commit and retry).")]
+Affinity = Annotated[Optional[bool], typer.Option("--affinity/--no-affinity", help=(
+    "Send shards to actors that already hold their variant (default on); off only to compare."))]
+
+
+def row_overrides(model, steps, guidance_scale, width, height, scheduler, lora_dir) -> dict:
+    """The `defaults.*` overrides of the shared row-default flags (None: not given)."""
+    return {"defaults.model": model, "defaults.steps": steps, "defaults.guidance_scale": guidance_scale,
+            "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
+            "defaults.lora_dir": lora_dir}
 
 
 def s3_settings(endpoint: Optional[str]) -> S3Settings:

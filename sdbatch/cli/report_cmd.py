@@ -9,7 +9,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdbatch.cli.options import JobFile, LoraDir, S3Endpoint, job_spec, s3_settings
+from sdbatch.cli.options import (
+    Affinity,
+    GuidanceScale,
+    Height,
+    JobFile,
+    LoraDir,
+    Manifest,
+    Model,
+    S3Endpoint,
+    Scheduler,
+    ShardSize,
+    Steps,
+    Width,
+    job_spec,
+    row_overrides,
+    s3_settings,
+)
 
 Opt = typer.Option
 Price = Annotated[Optional[float], Opt(help="Price of one GPU for an hour (any currency), for the cost lines.")]
@@ -21,19 +37,18 @@ def register(app: typer.Typer) -> None:
 
 
 def plan(
-    manifest: Annotated[str, typer.Argument(help="Manifest: a local .parquet file or s3://bucket/key.")],
+    manifest: Manifest,
     job: JobFile = None,
     s3_endpoint: S3Endpoint = None,
     lora_dir: LoraDir = None,
-    model: Annotated[Optional[str], Opt(help="Default model, as for submit.")] = None,
-    steps: Annotated[Optional[int], Opt(help="Default denoising steps.")] = None,
-    guidance_scale: Annotated[Optional[float], Opt(help="Default classifier-free guidance.")] = None,
-    width: Annotated[Optional[int], Opt(help="Default width (multiple of 8).")] = None,
-    height: Annotated[Optional[int], Opt(help="Default height (multiple of 8).")] = None,
-    scheduler: Annotated[Optional[str], Opt(help="Default scheduler.")] = None,
-    shard_size: Annotated[Optional[int], Opt(help="Rows per shard.")] = None,
-    affinity: Annotated[Optional[bool], Opt("--affinity/--no-affinity",
-                                            help="Simulate the affinity policy (default on) or plan order.")] = None,
+    model: Model = None,
+    steps: Steps = None,
+    guidance_scale: GuidanceScale = None,
+    width: Width = None,
+    height: Height = None,
+    scheduler: Scheduler = None,
+    shard_size: ShardSize = None,
+    affinity: Affinity = None,
     gpus: Annotated[Optional[int], Opt(help="GPUs (one actor each); default the job's run.actors, else 1.")] = None,
     images_per_second: Annotated[Optional[float], Opt(
         help="Measured images/s of ONE target GPU at this model, size and steps; without it, no time or cost.")] = None,
@@ -46,9 +61,8 @@ def plan(
     from sdbatch.manifest import ManifestError, normalize, read_manifest
     from sdbatch.plan import plan_shards
 
-    overrides = {"defaults.model": model, "defaults.steps": steps, "defaults.guidance_scale": guidance_scale,
-                 "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
-                 "output.shard_size": shard_size, "defaults.lora_dir": lora_dir, "run.affinity": affinity}
+    overrides = {**row_overrides(model, steps, guidance_scale, width, height, scheduler, lora_dir),
+                 "output.shard_size": shard_size, "run.affinity": affinity}
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)
     table = read_manifest(manifest, s3)

@@ -9,7 +9,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdbatch.cli.options import JobFile, LoraDir, Output, S3Endpoint, job_spec, s3_settings
+from sdbatch.cli.options import (
+    Affinity,
+    GuidanceScale,
+    Height,
+    JobFile,
+    LoraDir,
+    Manifest,
+    Model,
+    Output,
+    S3Endpoint,
+    Scheduler,
+    ShardSize,
+    Steps,
+    Width,
+    job_spec,
+    row_overrides,
+    s3_settings,
+)
 from sdbatch.driver import RunSummary, SubmitRequest, execute, is_jobs_address, prepare, submit_to_cluster
 
 DEMO_JOB = Path("jobs") / "demo.toml"
@@ -26,7 +43,7 @@ def register(app: typer.Typer) -> None:
 
 
 def submit(
-    manifest: Annotated[str, typer.Argument(help="Manifest: a local .parquet file or s3://bucket/key.")],
+    manifest: Manifest,
     output: Output,
     job: JobFile = None,
     s3_endpoint: S3Endpoint = None,
@@ -34,18 +51,18 @@ def submit(
         "Ray cluster: a dashboard URL (http://HEAD:8265) submits a Ray Job that runs on after this "
         "command returns; 'auto' or HOST:PORT runs the driver here; default: a private local Ray."))] = None,
     follow: Annotated[bool, Opt(help="With a dashboard URL: stay and print the job's log until it ends.")] = False,
-    model: Annotated[Optional[str], Opt(help="Default model: hub id, local folder or tiny:sd15.")] = None,
-    steps: Annotated[Optional[int], Opt(help="Default denoising steps.")] = None,
-    guidance_scale: Annotated[Optional[float], Opt(help="Default classifier-free guidance.")] = None,
-    width: Annotated[Optional[int], Opt(help="Default width (multiple of 8).")] = None,
-    height: Annotated[Optional[int], Opt(help="Default height (multiple of 8).")] = None,
-    scheduler: Annotated[Optional[str], Opt(help="Default scheduler, e.g. euler_a, dpmpp_2m_karras.")] = None,
+    model: Model = None,
+    steps: Steps = None,
+    guidance_scale: GuidanceScale = None,
+    width: Width = None,
+    height: Height = None,
+    scheduler: Scheduler = None,
     seed: Annotated[Optional[int], Opt(help="Job seed: rows without a seed derive one from it and their id.")] = None,
     image_format: Annotated[Optional[str], Opt("--format", help="png, jpeg or webp.")] = None,
     quality: Annotated[Optional[int], Opt(help="jpeg/webp quality, 1-100.")] = None,
     layout: Annotated[Optional[str], Opt(help="files (images/{shard}/{id}.ext) or webdataset "
                                               "(shards/{shard}.tar for data loaders).")] = None,
-    shard_size: Annotated[Optional[int], Opt(help="Rows per shard (the unit of commit and retry).")] = None,
+    shard_size: ShardSize = None,
     batch_size: Annotated[Optional[int], Opt(help="Rows per pipeline call; default what fits the GPU (4 on CPU).")] = None,
     dtype: Annotated[Optional[str], Opt(help="auto (bfloat16 where the GPU has it, else float16; float32 on "
                                              "CPU), bfloat16, float16 or float32.")] = None,
@@ -58,17 +75,14 @@ def submit(
         "With a dashboard URL: the S3 endpoint as the cluster reaches it, if not the same as --s3-endpoint; "
         "'' leaves it to the cluster's own AWS_ENDPOINT_URL."))] = None,
     lora_dir: LoraDir = None,
-    affinity: Annotated[Optional[bool], Opt("--affinity/--no-affinity",
-                                            help="Prefer actors that hold a shard's variant (default on).")] = None,
+    affinity: Affinity = None,
 ) -> int:
     """Render every row of a manifest into OUTPUT; rerun the same command to resume."""
     overrides = {
-        "defaults.model": model, "defaults.steps": steps, "defaults.guidance_scale": guidance_scale,
-        "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
-        "defaults.seed": seed, "output.format": image_format, "output.quality": quality, "output.layout": layout,
+        **row_overrides(model, steps, guidance_scale, width, height, scheduler, lora_dir), "defaults.seed": seed,
+        "output.format": image_format, "output.quality": quality, "output.layout": layout,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
-        "defaults.lora_dir": lora_dir, "run.affinity": affinity, "run.device": device,
-        "render.dtype": dtype, "render.compile": compile,
+        "run.affinity": affinity, "run.device": device, "render.dtype": dtype, "render.compile": compile,
     }
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)
