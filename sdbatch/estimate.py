@@ -62,6 +62,8 @@ def simulate(plan: Plan, actors: int, affinity: bool = True, in_flight: int = 2,
     queue = ShardQueue(plan.shards, affinity, holdings)
     first_model = plan.shards[0].variant.model if plan.shards else ""
     pool = [_Actor(first_model) for _ in range(min(actors, len(plan.shards)))]
+    for n in range(len(pool)):
+        holdings.warm(n, first_model)
     loads = collections.Counter(model=len(pool))  # each actor warms the first model before any shard
     done: list[tuple[float, int, int]] = []  # (finish time, order, actor): shards in flight
     hungry, now, order = list(range(len(pool))), 0.0, 0

@@ -16,7 +16,7 @@ from sdbatch.spec import SCHEDULERS, RowDefaults
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CORE_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale",
-                "width", "height", "scheduler", "model")
+                "width", "height", "scheduler", "model", "vae")
 # Columns the results table adds; a label column of the same name would be shadowed.
 RESULT_COLUMNS = ("image", "status", "error", "shard", "attempt", "render_seconds", "batch_size",
                   "scheduler_class", "device", "dtype", "versions", "model_hash", "actor", "adopted", "finished_at",
@@ -94,6 +94,8 @@ def normalize(table: pa.Table, defaults: RowDefaults) -> pa.Table:
     columns["scheduler"] = _strings(table, "scheduler", defaults.scheduler, where, problems,
                                     allowed=SCHEDULERS)
     columns["model"] = _strings(table, "model", defaults.model, where, problems, nonempty=True)
+    # None (null): the model's own VAE; the column is always written, so every run's manifest has one shape.
+    columns["vae"] = _strings(table, "vae", defaults.vae, where, problems, nonempty_if_set=True)
 
     def report(column: str, n: int, message: str) -> None:
         problems.append(Problem(column, where[n] if n >= 0 else None, message))
@@ -171,14 +173,15 @@ def _prompts(table, where, problems) -> pa.Array:
     return pa.array(values, pa.string())
 
 
-def _strings(table, name, default, where, problems, allowed=None, nonempty=False) -> pa.Array:
+def _strings(table, name, default, where, problems, allowed=None, nonempty=False,
+             nonempty_if_set=False) -> pa.Array:
     values = _values(table, name, "string", where, problems)
     values = [default] * table.num_rows if values is None else [default if v is None else v for v in values]
     for n, value in enumerate(values):
         if allowed is not None and value is not None and value not in allowed:
             problems.append(Problem(name, where[n], f"{value!r} is not known; use one of {', '.join(allowed)}"))
-        elif nonempty and not value:
-            problems.append(Problem(name, where[n], "is empty; name a model or leave it null for the job's"))
+        elif (nonempty or (nonempty_if_set and value is not None)) and not value:
+            problems.append(Problem(name, where[n], f"is empty; name a {name} or leave it null for the job's"))
     return pa.array(values, pa.string())
 
 
@@ -235,3 +238,19 @@ def _check_label_names(table, problems) -> None:
         if name in RESULT_COLUMNS:
             problems.append(Problem(name, None, "is a name the results table uses; rename this label column"))
 
+
+
+def check_local_references(table: pa.Table) -> None:
+    """Refuse local model and VAE paths that cannot work (missing, not a diffusers folder or .safetensors file,
+    a pickled checkpoint) before any actor starts; for runs whose actors share this machine's disk."""
+    from sdbatch.render.sources import local_problem  # stdlib only: no torch
+
+    problems = []
+    for column in ("model", "vae"):
+        if column not in table.column_names:
+            continue
+        for reference in sorted({v for v in table.column(column).to_pylist() if v}):
+            problem = local_problem(reference)
+            if problem:
+                problems.append(Problem(column, None, problem))
+    _raise_if(problems, table.num_rows)

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 # Rows that agree on these can share one pipeline call (prompts, negatives, seeds and control images
 # may differ); for ControlNets only the model and scale count, each row brings its own image.
-VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale", "loras", "controlnets")
+VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale", "loras", "controlnets", "vae")
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,15 @@ class Variant:
     guidance_scale: float
     loras: tuple[tuple[str, float], ...] = ()  # (path, weight), in the row's order
     controlnets: tuple[tuple[str, float], ...] = ()  # (model, scale)
+    vae: str | None = None  # None: the model's own VAE
 
     def describe(self) -> str:
         size = f"{self.width or 'native'}x{self.height or 'native'}"
         text = (f"{self.model} {size} steps={self.steps} "
                 f"scheduler={self.scheduler or 'model default'} cfg={self.guidance_scale:g}")
         text += "".join(f" lora={path.rsplit('/', 1)[-1]}:{weight:g}" for path, weight in self.loras)
-        return text + "".join(f" controlnet={m.rsplit('/', 1)[-1]}:{s:g}" for m, s in self.controlnets)
+        text += "".join(f" controlnet={m.rsplit('/', 1)[-1]}:{s:g}" for m, s in self.controlnets)
+        return text + (f" vae={self.vae.rstrip('/').rsplit('/', 1)[-1]}" if self.vae else "")
 
 
 def variant_of(row: dict[str, Any]) -> Variant:
@@ -36,7 +38,7 @@ def variant_of(row: dict[str, Any]) -> Variant:
     return Variant(row["model"], row["width"], row["height"], row["steps"], row["scheduler"],
                    row["guidance_scale"],
                    tuple((x["path"], x["weight"]) for x in row.get("loras") or ()),
-                   tuple((x["model"], x["scale"]) for x in row.get("controlnets") or ()))
+                   tuple((x["model"], x["scale"]) for x in row.get("controlnets") or ()), row.get("vae"))
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,9 @@ class Plan:
 def variant_groups(table: pa.Table) -> dict[Variant, list[int]]:
     """Row positions grouped by variant, groups in order of first appearance."""
     groups: dict[Variant, list[int]] = {}
-    for position, row in enumerate(table.select(list(VARIANT_COLUMNS)).to_pylist()):
+    # Manifests normalized before a column existed (an older run being resumed) lack it: row.get covers that.
+    columns = [name for name in VARIANT_COLUMNS if name in table.column_names]
+    for position, row in enumerate(table.select(columns).to_pylist()):
         groups.setdefault(variant_of(row), []).append(position)
     return groups
 

@@ -21,7 +21,7 @@ def test_hub_id_offline_and_not_cached_gives_a_clear_error(monkeypatch, tmp_path
 
 
 def test_missing_local_folder_is_not_looked_up_on_the_hub(tmp_path):
-    with pytest.raises(ModelLoadError, match="not a diffusers model folder"):
+    with pytest.raises(ModelLoadError, match="does not exist; fix the path"):
         resolve_model_path(str(tmp_path / "absent" / "model"))
 
 

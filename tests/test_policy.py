@@ -165,3 +165,50 @@ def test_take_without_affinity_is_plan_order_and_still_records_holdings():
 def test_take_needs_holdings():
     with pytest.raises(ValueError):
         ShardQueue(_shards(1, 1)).take("a")
+
+
+def _model_variant(model: int, n: int) -> Variant:
+    return Variant(f"model{model}", 64, 64, 2, None, 7.5, ((f"/loras/l{n}.safetensors", 1.0),), ())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_model_is_the_first_level_of_affinity(seed):
+    """LoRA variants over three models: an actor leaves a model only once it has no work left, so it never
+    comes back to it (model loads, warm-up included, at most actors x models); take agrees with next_for."""
+    rng = random.Random(seed)
+    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), (0,)) for m in range(3) for v in range(4) for k in range(3)]
+    rng.shuffle(shards)
+    actors = list(range(rng.randrange(2, 4)))
+    holdings = Holdings()
+    fast, reference = ShardQueue(shards, holdings=holdings), ShardQueue(shards)
+    held = {a: [] for a in actors}
+    visited = {a: [shards[0].variant.model] for a in actors}  # every actor warms up with the first shard's model
+    for a in actors:
+        holdings.warm(a, visited[a][-1])
+    while fast:
+        actor = rng.choice(actors)
+        elsewhere = collections.Counter(v for other, vs in held.items() if other != actor for v in vs)
+        expected = reference.next_for(held[actor], elsewhere, model=visited[actor][-1])
+        remember(held[actor], expected.variant)
+        assert fast.take(actor) == expected
+        if expected.variant.model != visited[actor][-1]:
+            assert expected.variant.model not in visited[actor], "an actor went back to a model it had left"
+            visited[actor].append(expected.variant.model)
+        assert all(v.model == visited[actor][-1] for v in holdings.held(actor))  # a switch drops the old LoRAs
+    assert sum(len(v) for v in visited.values()) <= 3 * len(actors)
+
+
+def test_two_models_two_actors_load_each_model_once_per_actor_at_most():
+    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), (0,)) for m in range(2) for v in range(3) for k in range(4)]
+    random.Random(3).shuffle(shards)
+    holdings = Holdings()
+    queue = ShardQueue(shards, holdings=holdings)
+    models = {a: shards[0].variant.model for a in (0, 1)}
+    for a, model in models.items():
+        holdings.warm(a, model)
+    loads, actor = 2, 0
+    while (shard := queue.take(actor)) is not None:
+        loads += shard.variant.model != models[actor]
+        models[actor] = shard.variant.model
+        actor = 1 - actor
+    assert loads <= 2 + 2

@@ -21,7 +21,10 @@ HELD_VARIANTS = 4
 
 
 def remember(held: list[Variant], variant: Variant) -> None:
-    """Record that an actor was given a variant: most recent last, at most HELD_VARIANTS kept."""
+    """Record that an actor was given a variant: most recent last, at most HELD_VARIANTS kept. Another model
+    replaces the pipeline, and with it every LoRA and ControlNet: the actor then holds only the new variant."""
+    if held and held[-1].model != variant.model:
+        held.clear()
     if variant in held:
         held.remove(variant)
     held.append(variant)
@@ -45,6 +48,7 @@ class Holdings:
     def __init__(self) -> None:
         self._held: dict[Hashable, list[Variant]] = {}
         self._holders: dict[Variant, int] = {}
+        self._warm: dict[Hashable, str] = {}  # the model an actor loaded before its first shard
         self._released: list[Callable[[Variant], None]] = []
 
     def on_release(self, callback: Callable[[Variant], None]) -> None:
@@ -54,6 +58,15 @@ class Holdings:
     def held(self, actor: Hashable) -> Sequence[Variant]:
         """The actor's variants, most recent last (read-only: change it through `give`)."""
         return self._held.get(actor, ())
+
+    def model(self, actor: Hashable) -> str | None:
+        """The model the actor has loaded: its latest variant's, else the one it warmed up with."""
+        held = self._held.get(actor)
+        return held[-1].model if held else self._warm.get(actor)
+
+    def warm(self, actor: Hashable, model: str) -> None:
+        """The actor loaded `model` before taking any shard (the Dispatcher's warm-up)."""
+        self._warm[actor] = model
 
     def holders(self, variant: Variant) -> int:
         """How many actors hold the variant."""
@@ -73,14 +86,18 @@ class Holdings:
         if variant in held:
             remember(held, variant)  # only its position changes
             return
-        evicted = held[0] if len(held) >= HELD_VARIANTS else None
+        if held and held[-1].model != variant.model:
+            evicted = list(held)  # a model switch drops every LoRA and ControlNet with the old pipeline
+        else:
+            evicted = held[:1] if len(held) >= HELD_VARIANTS else []
         remember(held, variant)
         self._holders[variant] = self._holders.get(variant, 0) + 1
-        if evicted is not None:
-            self._drop(evicted)
+        for old in evicted:
+            self._drop(old)
 
     def forget(self, actor: Hashable) -> None:
         """The actor is gone (lost or replaced): it holds nothing any more."""
+        self._warm.pop(actor, None)
         for variant in self._held.pop(actor, ()):
             self._drop(variant)
 
@@ -118,7 +135,9 @@ class _Elsewhere(Mapping):
 class ShardQueue:
     """Pending shards. With affinity, an actor keeps to the variants it holds, and moves to the
     variant nobody else holds with the most work left; only when every remaining variant is held
-    elsewhere does it join the one with the most work per holder. Without affinity: plan order.
+    elsewhere does it join the one with the most work per holder. The model comes first: that choice is
+    made among the variants of the actor's current model while it has any left, since a model switch
+    costs far more than a LoRA or ControlNet. Without affinity: plan order.
 
     `next_for` states the rule for any `held_elsewhere` and scans every variant with work left when the
     actor's own run dry. `take`, with the `holdings` given here, picks the same shard in O(log variants):
@@ -134,7 +153,8 @@ class ShardQueue:
         self._rank: dict[Variant, int] = {}  # plan order of first appearance: ties go to the earliest
         self._waiting: dict[Variant, collections.deque[Shard]] = {}  # only the variants with shards left
         self._size = 0
-        self._heap: list[tuple] = []  # (claimed, -work per holder, rank, sequence, variant); min first
+        # Per model: (claimed, -work per holder, rank, sequence, variant); min first.
+        self._heaps: dict[str, list[tuple]] = {}
         self._sequence = itertools.count()
         for shard in shards:
             self._add(shard, left=False)
@@ -173,10 +193,12 @@ class ShardQueue:
         if self.holdings is not None:
             self._push(shard.variant)
 
-    def next_for(self, held: Sequence[Variant], held_elsewhere: Mapping[Variant, int]) -> Shard | None:
-        """The shard for an actor that holds `held` (most recent last); None when nothing is left.
+    def next_for(self, held: Sequence[Variant], held_elsewhere: Mapping[Variant, int],
+                 model: str | None = None) -> Shard | None:
+        """The shard for an actor that holds `held` (most recent last, one model); None when nothing is left.
 
         `held_elsewhere[v]`: how many other actors hold v (missing: none), e.g. `Holdings.elsewhere`.
+        `model`: the actor's loaded model when it holds no variant yet (its warm-up model).
         """
         if not self.affinity:
             return self._next_in_order()
@@ -186,6 +208,8 @@ class ShardQueue:
         if not self._waiting:
             return None
         rank = self._rank
+        current = held[-1].model if held else model
+        same_model = [item for item in self._waiting.items() if item[0].model == current]
 
         # Unclaimed variants first, by most work; else the most work per holder. Ties: plan order.
         def key(item: tuple[Variant, collections.deque[Shard]]) -> tuple[bool, float, int]:
@@ -193,7 +217,7 @@ class ShardQueue:
             others = held_elsewhere.get(variant, 0)
             return not others, len(queue) / (1 + others), -rank[variant]
 
-        chosen, _ = max(self._waiting.items(), key=key)
+        chosen, _ = max(same_model or self._waiting.items(), key=key)
         return self._pop(chosen)
 
     def take(self, actor: Hashable) -> Shard | None:
@@ -213,7 +237,7 @@ class ShardQueue:
             else:
                 # The actor's own variants have no work left, so for every waiting variant "held
                 # elsewhere" is simply its holder count.
-                shard = self._best()
+                shard = self._best(holdings.model(actor))
         if shard is not None:
             holdings.give(actor, shard.variant)
         return shard
@@ -230,10 +254,19 @@ class ShardQueue:
 
     def _push(self, variant: Variant) -> None:
         if variant in self._waiting:
-            heapq.heappush(self._heap, (*self._priority(variant), next(self._sequence), variant))
+            heap = self._heaps.setdefault(variant.model, [])
+            heapq.heappush(heap, (*self._priority(variant), next(self._sequence), variant))
 
-    def _best(self) -> Shard | None:
-        heap = self._heap
+    def _best(self, model: str | None) -> Shard | None:
+        """The best variant of `model` while it has work, else the best of all (one heap top per model)."""
+        top = self._top(self._heaps.get(model, []))
+        if top is None:
+            tops = [t for heap in self._heaps.values() if (t := self._top(heap)) is not None]
+            top = min(tops, key=lambda entry: entry[:3]) if tops else None  # ranks differ: no ties
+        return None if top is None else self._pop(top[-1])  # its entry stays: an upper bound from now on
+
+    def _top(self, heap: list[tuple]) -> tuple | None:
+        """The heap's best entry with its current priority, stale entries dropped or refreshed on the way."""
         while heap:
             entry = heap[0]
             variant = entry[-1]
@@ -242,6 +275,6 @@ class ShardQueue:
                 continue
             current = self._priority(variant)
             if current == entry[:3]:
-                return self._pop(variant)  # its entry stays: an upper bound from now on
+                return entry
             heapq.heapreplace(heap, (*current, next(self._sequence), variant))
         return None

@@ -127,6 +127,7 @@ class Dispatcher:
         except RayTaskError as exc:  # the model itself cannot be loaded: no actor will do better
             raise FatalRunError(_cause_text(exc)) from exc
         slot.ready = True
+        self.holdings.warm(slot.name, self.first_model)  # its first shard of this model needs no switch
         self.report.model_loads[slot.name] = info["model_loads"]
 
     def _fill(self, queue: ShardQueue) -> None:

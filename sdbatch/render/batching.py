@@ -48,7 +48,7 @@ def micro_batches(rows: list[dict[str, Any]], size: int | Callable[[dict], int])
 
 def variant_key(row: dict[str, Any]) -> tuple:
     """What rows must share to go through one pipeline call: control images may differ, nothing else."""
-    plain = tuple(row[name] for name in VARIANT_COLUMNS if name not in ("loras", "controlnets"))
+    plain = tuple(row.get(name) for name in VARIANT_COLUMNS if name not in ("loras", "controlnets"))
     loras = tuple((str(x["path"]), float(x["weight"])) for x in loras_of(row))
     controlnets = tuple((str(x["model"]), float(x["scale"])) for x in controlnets_of(row))
     return plain + (loras, controlnets)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import json
 from dataclasses import dataclass
 
 import torch
 
+from sdbatch.render.fastpath import family_name, is_sdxl
 from sdbatch.render.fetch import VariantError, labelled
 from sdbatch.render.loading import model_hash
 from sdbatch.render.resolve import resolve_controlnet_dir
@@ -51,11 +53,12 @@ class ControlNets:
         return self._pipeline, nets
 
     def _build(self, models: list[torch.nn.Module]):
-        from diffusers import StableDiffusionControlNetPipeline
+        from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
 
+        cls = StableDiffusionXLControlNetPipeline if is_sdxl(self.base) else StableDiffusionControlNetPipeline
         # dtype=: from_pipe otherwise casts every shared module to float32, the base's too. A list of
         # models becomes a MultiControlNetModel inside the pipeline.
-        pipe = StableDiffusionControlNetPipeline.from_pipe(
+        pipe = cls.from_pipe(
             self.base, controlnet=models[0] if len(models) == 1 else models, dtype=self.dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -79,6 +82,7 @@ class ControlNets:
         from diffusers import ControlNetModel
 
         folder = resolve_controlnet_dir(reference)
+        check_family(json.loads((folder / "config.json").read_text()), self.base.unet.config)
         model = ControlNetModel.from_pretrained(str(folder), dtype=self.dtype).to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -94,3 +98,13 @@ class ControlNets:
             self._pipeline, self._pipeline_models = None, ()  # it may hold the parked model
         while len(self._parked) > self.on_cpu:
             self._parked.popitem(last=False)
+
+
+def check_family(config: dict, unet_config) -> None:
+    """Refuse a ControlNet made for another model family before it is loaded: the call would fail deep in
+    the UNet with a shape error that names neither."""
+    net = "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
+    base = "sdxl" if getattr(unet_config, "addition_embed_type", None) == "text_time" else "sd"
+    if net != base or config.get("cross_attention_dim") != unet_config.cross_attention_dim:
+        raise VariantError(f"made for {family_name(config)} models, but this row's model is "
+                           f"{family_name(dict(unet_config))}; use a ControlNet trained for the row's model")

@@ -41,6 +41,13 @@ def is_sdxl(pipe) -> bool:
     return getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
 
 
+def family_name(unet_config: dict) -> str:
+    """A UNet (or ControlNet) config's model family in words, for error messages."""
+    if unet_config.get("addition_embed_type") == "text_time":
+        return "SDXL"
+    return {768: "SD1.x", 1024: "SD2.x"}.get(unet_config.get("cross_attention_dim"), "SD1.x/2.x-style")
+
+
 def optimize(pipe, fast: FastPath, device: torch.device, dtype: torch.dtype) -> None:
     """Apply the fast path to a loaded pipeline, in place (LoRA methods keep seeing the same modules)."""
     _check_sdpa(pipe.unet)

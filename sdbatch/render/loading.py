@@ -1,18 +1,39 @@
-"""Model loading: resolve a model reference (tiny:, local folder, hub id), pick device and dtype, build the pipeline."""
+"""Model loading: a model reference to a pipeline of the class the model names (folder or single file); device, dtype."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sdbatch.render.fastpath import FastPath, compile_unet, optimize, pick_dtype
+from sdbatch.render.sources import (  # noqa: F401  (re-exported: callers import these from loading)
+    TINY_PREFIX,
+    ModelLoadError,
+    ModelSource,
+    cache_root,
+    hub_snapshot,
+    looks_like_path,
+    resolve_source,
+)
+from sdbatch.storage import S3Settings
 
-TINY_PREFIX = "tiny:"
-TINY_MODELS = ("sd15",)
+TINY_MODELS = ("sd15", "sdxl")
+# A single-file checkpoint carries weights only: its configs come from the reference model of its family
+# (config files only, from the Hugging Face cache), unless the file's metadata names a config model.
+FAMILY_CONFIGS = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd2": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+CONFIG_METADATA = "sdbatch_config"  # safetensors header key: a model reference whose configs fit the file
+CONFIG_FILES = ["*.json", "*.txt"]  # configs, tokenizer vocabularies and merges; no weights
 
 # Scheduler names of the manifest -> diffusers class and the options that make the name true.
 SCHEDULER_CLASSES = {
@@ -28,10 +49,6 @@ SCHEDULER_CLASSES = {
 }
 
 
-class ModelLoadError(RuntimeError):
-    """A model reference cannot be turned into a pipeline; the message says what to do."""
-
-
 @dataclass(frozen=True)
 class LoadedModel:
     pipeline: object
@@ -41,37 +58,18 @@ class LoadedModel:
     base_scheduler: object  # the model's own scheduler, kept because variants replace pipeline.scheduler
 
 
-def cache_root() -> Path:
-    """Where sdbatch keeps models it builds or downloads on this node."""
-    return Path(os.environ.get("SDBATCH_CACHE", Path.home() / ".cache" / "sdbatch"))
-
-
 def pick_device(requested: str | None = None, dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
     """CUDA when present, else CPU; the precision from FastPath.dtype (see fastpath.pick_dtype)."""
     device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
     return device, pick_dtype(device, dtype)
 
 
-def resolve_model_path(reference: str) -> Path:
-    """A local folder for the reference: build tiny models, check local paths, fetch hub ids (cache first)."""
-    if reference.startswith(TINY_PREFIX):
-        return _tiny_model(reference[len(TINY_PREFIX):])
-    path = Path(reference).expanduser()
-    if path.exists() or looks_like_path(reference):
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"model {reference!r}: {path} is not a diffusers model folder "
-                                 "(no model_index.json); pass a folder saved with save_pretrained")
-        return path
-    return _hub_snapshot(reference)
+def resolve_model_path(reference: str, s3: S3Settings | None = None) -> Path:
+    """Local files for the reference (see sources.resolve_source): a diffusers folder or a single file."""
+    return resolve_source(reference, s3).path
 
 
-def looks_like_path(reference: str) -> bool:
-    """True for references that can only mean a local path (absolute, relative, or deeper than org/name)."""
-    # A missing local path would otherwise fall through to a confusing hub lookup.
-    return reference.startswith(("/", "./", "../", "~")) or reference.count("/") > 1
-
-
-def _tiny_model(name: str) -> Path:
+def tiny_model_path(name: str) -> Path:
     from filelock import FileLock
 
     from sdbatch.render.tiny import is_tiny_model_dir, write_tiny_model
@@ -84,49 +82,120 @@ def _tiny_model(name: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):  # several actors on one node build it once
-        return Path(write_tiny_model(target))
-
-
-def _hub_snapshot(reference: str) -> Path:
-    from diffusers import DiffusionPipeline
-
-    try:
-        return Path(DiffusionPipeline.download(reference))
-    except Exception as exc:  # hub errors come in many types; all mean the same to the user
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        hint = ("HF_HUB_OFFLINE is set and it is not in the local cache" if offline else
-                "it is not in the local Hugging Face cache and could not be downloaded")
-        raise ModelLoadError(f"model {reference!r} is not a local folder and {hint} ({type(exc).__name__}); "
-                             "download it first (huggingface-cli download) or pass a local path") from exc
+        return Path(write_tiny_model(target, family=name))
 
 
 def model_hash(path: Path) -> str:
-    """Identity of a model folder from its configs and each weight file's size and first MiB (fast for GBs)."""
+    """Identity of a model folder or file from its configs and each weight file's size and first MiB (fast for GBs)."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.relative_to(path).parts):
-        digest.update(str(file.relative_to(path)).encode())
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and ".cache" not in p.relative_to(path).parts)
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
         digest.update(str(file.stat().st_size).encode())
         with open(file, "rb") as handle:
             digest.update(handle.read(1 << 20))
     return digest.hexdigest()[:16]
 
 
-def load_model(reference: str, device: torch.device, dtype: torch.dtype, fast: FastPath = FastPath()) -> LoadedModel:
-    from diffusers import DiffusionPipeline
-
-    path = resolve_model_path(reference)
+def load_model(reference: str, device: torch.device, dtype: torch.dtype, fast: FastPath = FastPath(),
+               s3: S3Settings | None = None) -> LoadedModel:
+    """The pipeline of the class the model itself names (model_index.json, or the single file's family)."""
+    source = resolve_source(reference, s3)
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, safety_checker=None,
-                                                 requires_safety_checker=False)
+        pipe = _from_single_file(source.path, dtype) if source.single_file else _from_folder(source.path, dtype)
+    except ModelLoadError:
+        raise
     except Exception as exc:
-        raise ModelLoadError(f"model {reference!r} at {path} failed to load: {exc}") from exc
+        raise ModelLoadError(f"model {reference!r} at {source.path} failed to load: {exc}") from exc
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     optimize(pipe, fast, device, dtype)
     compile_unet(pipe, fast)
     scale = getattr(pipe, "vae_scale_factor", 8)
-    side = int(pipe.unet.config.sample_size) * scale
-    return LoadedModel(pipe, reference, model_hash(path), (side, side), pipe.scheduler)
+    side = int(pipe.unet.config.sample_size) * scale  # SD1.5: 64 * 8 = 512; SDXL: 128 * 8 = 1024
+    return LoadedModel(pipe, reference, model_hash(source.path), (side, side), pipe.scheduler)
+
+
+def pipeline_class(config_folder: Path):
+    """The diffusers class model_index.json names: the model decides, not the reference's wording."""
+    import diffusers
+
+    name = json.loads((config_folder / "model_index.json").read_text()).get("_class_name", "")
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ModelLoadError(f"{config_folder}: model_index.json names {name!r}, which this diffusers "
+                             f"{diffusers.__version__} does not have; upgrade diffusers or use another model")
+    return cls
+
+
+def _options(cls) -> dict:
+    # Only what the class takes: others are ignored with a warning per load. No safety checker and no
+    # watermark: both alter or drop images of a dataset, and the watermark needs an extra package.
+    params = inspect.signature(cls.__init__).parameters
+    options = {"safety_checker": None, "requires_safety_checker": False, "add_watermarker": False}
+    return {k: v for k, v in options.items() if k in params}
+
+
+def _from_folder(path: Path, dtype: torch.dtype):
+    cls = pipeline_class(path)
+    return cls.from_pretrained(str(path), dtype=dtype, **_options(cls))
+
+
+def _from_single_file(path: Path, dtype: torch.dtype):
+    config = single_file_config(path)
+    cls = pipeline_class(config)
+    if not hasattr(cls, "from_single_file"):
+        raise ModelLoadError(f"{cls.__name__} cannot load single-file checkpoints; convert {path.name} to a "
+                             "diffusers folder")
+    # torch_dtype: from_single_file does not take dtype= in diffusers 0.42.
+    return cls.from_single_file(str(path), config=str(config), torch_dtype=dtype, local_files_only=True,
+                                **_options(cls))
+
+
+def single_file_config(path: Path) -> Path:
+    """A folder of configs only (no weights, so nothing is silently taken from it) that fits the checkpoint."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        named = (handle.metadata() or {}).get(CONFIG_METADATA)
+        keys = set(handle.keys())
+    if named:
+        return _configs_only(resolve_source(named).path)
+    family = checkpoint_family(keys)
+    if family is None:
+        raise ModelLoadError(f"{path.name} is not a Stable Diffusion 1.x/2.x or SDXL checkpoint (none of their "
+                             "tensor names); convert it to a diffusers folder")
+    return hub_snapshot(FAMILY_CONFIGS[family], CONFIG_FILES)
+
+
+def checkpoint_family(keys: set[str]) -> str | None:
+    """sd15, sd2 or sdxl from an original-layout checkpoint's tensor names."""
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):  # OpenCLIP text encoder
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd15"
+    return None
+
+
+def _configs_only(folder: Path) -> Path:
+    """A copy of a diffusers folder's configs and tokenizer files, made once per node."""
+    target = cache_root() / "configs" / model_hash(folder)
+    if (target / "model_index.json").is_file():
+        return target
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    for file in folder.rglob("*"):
+        if file.is_file() and file.suffix in (".json", ".txt") and file.name != "sdbatch_tiny.json":
+            (staging / file.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, staging / file.relative_to(folder))
+    try:
+        os.replace(staging, target)  # model_index.json is copied last-in-place: the rename publishes all
+    except OSError:  # another process published it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def make_scheduler(model: LoadedModel, name: str | None):

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from sdbatch.render.fastpath import family_name
 from sdbatch.render.fetch import Fetcher, VariantError, labelled
 from sdbatch.render.resolve import resolve_lora_file
 
@@ -163,13 +164,18 @@ class LoraAdapters:
                   "_pipeline": pipe}
         try:
             pipe.load_lora_into_unet(dict(state.state_dict), unet=pipe.unet, **common)
-            pipe.load_lora_into_text_encoder(dict(state.state_dict), text_encoder=pipe.text_encoder,
-                                             lora_scale=pipe.lora_scale, **common)
+            # SDXL has a second text encoder; its LoRA keys carry the prefix "text_encoder_2".
+            for prefix in ("text_encoder", "text_encoder_2"):
+                if getattr(pipe, prefix, None) is not None:
+                    pipe.load_lora_into_text_encoder(dict(state.state_dict), text_encoder=getattr(pipe, prefix),
+                                                     prefix=prefix, lora_scale=pipe.lora_scale, **common)
         except Exception as exc:
             self._discard(name)
-            raise VariantError(f"does not fit this model ({type(exc).__name__}: {exc})") from exc
+            raise VariantError(f"does not fit this {family_name(dict(pipe.unet.config))} model (a LoRA for "
+                               f"another model family?) ({type(exc).__name__}: {exc})") from exc
         if not any(name in names for names in pipe.get_list_adapters().values()):
-            raise VariantError("matches no layer of this model (a LoRA for another base model?)")
+            raise VariantError(f"matches no layer of this {family_name(dict(pipe.unet.config))} model (a LoRA "
+                               "for another model family?)")
         self._resident[name] = state.sha256
         self.loads += 1
 

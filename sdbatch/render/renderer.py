@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import time
@@ -46,7 +47,7 @@ class RendererSettings:
     cpu_threads: int | None = None
     # Recorded in each result row, so a bad image can be traced to the process that made it.
     name: str = platform.node()
-    # For s3:// control images and LoRAs; None: the default AWS chain. Not the output store's: inputs may live elsewhere.
+    # For s3:// models, VAEs, control images and LoRAs; None: the default AWS chain. Not the output store's: inputs may live elsewhere.
     s3: S3Settings | None = None
     # LoRA / ControlNet caches and control image prefetching; see VariantSettings.
     variants: VariantSettings = field(default_factory=VariantSettings)
@@ -82,9 +83,10 @@ class Renderer:
                 self._earlier_loads = [self.lora_loads, self.controlnet_loads]
             self._model, self._variants = None, None
             self._schedulers.clear()
+            gc.collect()  # pipelines hold reference cycles (hooks, from_pipe siblings): free them before loading
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self._model = load_model(reference, self.device, self.dtype, self.settings.fast)
+            self._model = load_model(reference, self.device, self.dtype, self.settings.fast, self.settings.s3)
             self._variants = Variants(self._model.pipeline, self.device, self.dtype, self.settings.variants,
                                       self._state_dicts, self._fetcher, self.settings.fast)
             self.model_loads += 1
@@ -101,7 +103,7 @@ class Renderer:
     def resident(self) -> dict[str, Any]:
         """What is warm here: the model, LoRA content hashes, ControlNets on the device and parked on the CPU."""
         if self._model is None:
-            return {"model": None, "loras": [], "controlnets": {"device": [], "cpu": []}}
+            return {"model": None, "loras": [], "controlnets": {"device": [], "cpu": []}, "vaes": []}
         return {"model": self._model.reference, **self._variants.resident()}
 
     def render_rows(self, rows: list[dict[str, Any]]) -> Iterator[RenderedRow]:
@@ -141,8 +143,8 @@ class Renderer:
         if not ready:
             return bad
         try:
-            variant = self._variants.activate(loras_of(rows[0]), controlnets_of(rows[0]))
-        except Exception as exc:  # a bad LoRA or ControlNet fails only the rows that use it
+            variant = self._variants.activate(loras_of(rows[0]), controlnets_of(rows[0]), rows[0].get("vae"))
+        except Exception as exc:  # a bad LoRA, ControlNet or VAE fails only the rows that use it
             return bad + [failed(row, exc) for row in ready]
         return bad + self._render_batch(Batch(ready, variant, controls, hashes))
 

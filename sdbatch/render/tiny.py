@@ -1,4 +1,4 @@
-"""Write a tiny random-weight Stable Diffusion 1.5-style model folder offline, for tests and demos."""
+"""Write a tiny random-weight Stable Diffusion model folder (SD1.5- or SDXL-style) offline, for tests and demos."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 # Written last, inside the temp folder, so its presence means every other file is complete.
 MARKER = "sdbatch_tiny.json"
 MAX_TOKENS = 77  # SD1.5's prompt length, so truncation behaves as it does on real models
+FAMILIES = ("sd15", "sdxl")
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -98,8 +99,14 @@ def text_encoder_config(tokenizer):
     )
 
 
-def build_pipeline(seed: int):
+def build_pipeline(seed: int, family: str = "sd15"):
     """Build the pipeline in memory, its weights drawn from a private RNG stream seeded with `seed`."""
+    if family == "sdxl":
+        from sdbatch.render.tiny_sdxl import build_sdxl_pipeline
+
+        return build_sdxl_pipeline(seed)
+    if family != "sd15":
+        raise ValueError(f"tiny family {family!r} is not known; use one of {', '.join(FAMILIES)}")
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -143,8 +150,8 @@ def is_tiny_model_dir(directory: str | os.PathLike) -> bool:
         return False
 
 
-def write_tiny_model(directory: str | os.PathLike, seed: int = 0) -> pathlib.Path:
-    """Write a tiny random-weight SD1.5-style diffusers model folder (no hub) and return its path.
+def write_tiny_model(directory: str | os.PathLike, seed: int = 0, family: str = "sd15") -> pathlib.Path:
+    """Write a tiny random-weight diffusers model folder of `family` (no hub) and return its path.
 
     A folder that already holds a complete tiny model is returned as is, whatever seed wrote it.
     """
@@ -158,8 +165,8 @@ def write_tiny_model(directory: str | os.PathLike, seed: int = 0) -> pathlib.Pat
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     staging.mkdir()
     try:
-        build_pipeline(seed).save_pretrained(staging, safe_serialization=True)
-        marker = {"seed": seed, "files": list_files(staging)}
+        build_pipeline(seed, family).save_pretrained(staging, safe_serialization=True)
+        marker = {"seed": seed, "family": family, "files": list_files(staging)}
         (staging / MARKER).write_text(json.dumps(marker, indent=1))
         publish(staging, target)
     finally:

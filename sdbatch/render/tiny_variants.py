@@ -1,4 +1,4 @@
-"""Tiny random-weight LoRAs (diffusers and kohya formats) and ControlNets for the tiny SD1.5-style model."""
+"""Tiny random-weight LoRAs (diffusers and kohya formats) and ControlNets for the tiny SD1.5- and SDXL-style models."""
 
 from __future__ import annotations
 
@@ -23,26 +23,29 @@ CONTROLNET_STD = 0.2
 EMBEDDING_STD = 0.3
 
 
-def write_tiny_lora(path: str | os.PathLike, seed: int, unet: bool = True, text_encoder: bool = True) -> pathlib.Path:
-    """A diffusers-format LoRA .safetensors (with its adapter metadata) for the tiny model; same seed, same tensors."""
-    from diffusers import StableDiffusionPipeline
+def write_tiny_lora(path: str | os.PathLike, seed: int, unet: bool = True, text_encoder: bool = True,
+                    family: str = "sd15") -> pathlib.Path:
+    """A diffusers-format LoRA .safetensors (with its adapter metadata) for the tiny model of `family`; same
+    seed, same tensors. For SDXL the text encoder part covers both text encoders."""
     from peft import LoraConfig
 
     if not (unet or text_encoder):
         raise ValueError("a LoRA needs unet=True or text_encoder=True")
     target = pathlib.Path(path)
-    pipe = build_pipeline(0)  # any seed: only the module names and shapes matter
+    pipe = build_pipeline(0, family)  # any seed: only the module names and shapes matter
+    parts = [("unet", pipe.unet, UNET_TARGETS, unet),
+             ("text_encoder", pipe.text_encoder, TEXT_ENCODER_TARGETS, text_encoder),
+             ("text_encoder_2", getattr(pipe, "text_encoder_2", None), TEXT_ENCODER_TARGETS, text_encoder)]
     layers, metadata = {}, {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for name, module, targets in (("unet", pipe.unet, UNET_TARGETS),
-                                      ("text_encoder", pipe.text_encoder, TEXT_ENCODER_TARGETS)):
-            if {"unet": unet, "text_encoder": text_encoder}[name]:
+        for name, module, targets, wanted in parts:
+            if wanted and module is not None:
                 config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets)
                 layers[f"{name}_lora_layers"] = _lora_layers(module, config)
                 metadata[f"{name}_lora_adapter_metadata"] = config.to_dict()
     target.parent.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(target.parent, weight_name=target.name, **layers, **metadata)
+    type(pipe).save_lora_weights(target.parent, weight_name=target.name, **layers, **metadata)
     return target
 
 
@@ -91,12 +94,13 @@ def convert_lora_to_kohya(src: str | os.PathLike, dst: str | os.PathLike) -> pat
     return target
 
 
-def write_tiny_controlnet(path: str | os.PathLike, seed: int) -> pathlib.Path:
-    """A diffusers ControlNet folder for the tiny model whose zero-initialised convolutions are randomised."""
+def write_tiny_controlnet(path: str | os.PathLike, seed: int, family: str = "sd15") -> pathlib.Path:
+    """A diffusers ControlNet folder for the tiny model of `family` whose zero-initialised convolutions are
+    randomised. For SDXL, from_unet carries over the text_time embedding the SDXL ControlNet pipeline feeds."""
     from diffusers import ControlNetModel
 
     target = pathlib.Path(path)
-    pipe = build_pipeline(0)
+    pipe = build_pipeline(0, family)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))

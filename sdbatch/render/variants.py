@@ -1,4 +1,4 @@
-"""Per-row variants on one warm base pipeline: the row's LoRAs made active, and the pipeline (base or ControlNet) to call."""
+"""Per-row variants on one warm base pipeline: the row's LoRAs made active, the pipeline (base or ControlNet) to call, its VAE."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sdbatch.render.fastpath import FastPath, wants_channels_last
 from sdbatch.render.fetch import Fetcher
 from sdbatch.render.hotswap import HotswapLoras
 from sdbatch.render.loras import LoraAdapters, StateDictCache
+from sdbatch.render.vaes import Vaes
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class VariantSettings:
     prefetch_images: int = 16
     # Per-request timeout for http(s) images (S3 reads use S3Settings): a stuck server fails a row, not the run.
     fetch_timeout: float = 30.0
+    # VAE overrides kept loaded: an SD VAE is ~0.17 GB in fp16, and a job rarely mixes more than one or two.
+    vaes_resident: int = 2
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class ActiveVariant:
     loras_used: list[dict] = field(default_factory=list)  # {path, sha256, weight} per LoRA
     controlnets: list[LoadedControlNet] = field(default_factory=list)
     scales: list[float] = field(default_factory=list)  # per ControlNet
+    vae_hash: str | None = None  # the override VAE's content identity; None: the model's own VAE
 
 
 class Variants:
@@ -57,15 +61,19 @@ class Variants:
             self.loras = LoraAdapters(base, state_dicts, fetcher, settings.max_loras_resident)
         self.controlnets = ControlNets(base, device, dtype, settings.controlnets_on_device,
                                        settings.controlnets_on_cpu, channels_last=wants_channels_last(fast, device))
+        self.vaes = Vaes(base, device, dtype, settings.vaes_resident, fetcher.s3, wants_channels_last(fast, device))
 
-    def activate(self, loras: list[dict], controlnets: list[dict]) -> ActiveVariant:
-        """Make the rows' LoRAs active (others resident but off) and pick the pipeline; VariantError if unusable."""
+    def activate(self, loras: list[dict], controlnets: list[dict], vae: str | None = None) -> ActiveVariant:
+        """Make the rows' LoRAs active (others resident but off), pick the pipeline and give it the rows' VAE
+        (set on every call: a ControlNet pipeline keeps the VAE it was built with); VariantError if unusable."""
         pipeline, nets = self.base, []
         if controlnets:
             pipeline, nets = self.controlnets.pipeline([str(c["model"]) for c in controlnets])
+        vae_hash = self.vaes.apply(pipeline, vae)
         # LoRAs live in the UNet and text encoder, which a ControlNet pipeline shares with the base.
         used = self.loras.activate(loras)
-        return ActiveVariant(pipeline, used, nets, [float(c["scale"]) for c in controlnets])
+        return ActiveVariant(pipeline, used, nets, [float(c["scale"]) for c in controlnets], vae_hash)
 
     def resident(self) -> dict[str, Any]:
-        return {"loras": self.loras.resident(), "controlnets": self.controlnets.resident()}
+        return {"loras": self.loras.resident(), "controlnets": self.controlnets.resident(),
+                "vaes": self.vaes.resident()}

@@ -1,0 +1,176 @@
+"""Model sources: a model reference (tiny:, local folder or file, hub id, s3://) turned into local files on this node."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdbatch.storage import S3Settings, open_store
+
+# Importing torch or diffusers here would make every light caller (the s3 download race, the driver's
+# checks) pay seconds: they are imported inside the functions that need them.
+
+TINY_PREFIX = "tiny:"
+SINGLE_FILE_SUFFIXES = (".safetensors",)
+# Pickled checkpoints run code when loaded: refused, with the fix in the message.
+UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+DONE = "sdbatch_download.json"  # written last into a downloaded folder: its presence means complete
+
+
+class ModelLoadError(RuntimeError):
+    """A model reference cannot be turned into a pipeline; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    reference: str  # as written in the manifest
+    path: Path  # a diffusers folder, or a single-file checkpoint
+    downloaded: bool = False  # this call fetched it (s3://); False when it came from the node's cache
+
+    @property
+    def single_file(self) -> bool:
+        return self.path.is_file()
+
+
+def cache_root() -> Path:
+    """Where sdbatch keeps models it builds or downloads on this node."""
+    return Path(os.environ.get("SDBATCH_CACHE", Path.home() / ".cache" / "sdbatch"))
+
+
+def looks_like_path(reference: str) -> bool:
+    """True for references that can only mean a local path (absolute, relative, or deeper than org/name)."""
+    # A missing local path would otherwise fall through to a confusing hub lookup.
+    return reference.startswith(("/", "./", "../", "~")) or reference.count("/") > 1
+
+
+def is_single_file(reference: str) -> bool:
+    return reference.lower().endswith(SINGLE_FILE_SUFFIXES)
+
+
+def local_problem(reference: str) -> str | None:
+    """Why a local model or VAE reference cannot work (missing, wrong kind), or None; no imports, no I/O beyond stat."""
+    if reference.startswith((TINY_PREFIX, "s3://")) or not looks_like_path(reference):
+        return None
+    path = Path(reference).expanduser()
+    if reference.lower().endswith(UNSAFE_SUFFIXES):
+        return f"{reference!r} is a pickled checkpoint, which can run code when loaded; convert it to .safetensors"
+    if is_single_file(reference):
+        return None if path.is_file() else f"{reference!r} does not exist; fix the path"
+    if not path.is_dir():
+        return f"{reference!r} does not exist; fix the path (a diffusers folder or a .safetensors file)"
+    if not ((path / "model_index.json").is_file() or (path / "config.json").is_file()):
+        return (f"{reference!r} is not a diffusers folder (no model_index.json or config.json); pass a folder "
+                "saved with save_pretrained or a single .safetensors file")
+    return None
+
+
+def resolve_source(reference: str, s3: S3Settings | None = None, marker: str = "model_index.json",
+                   hub_patterns: list[str] | None = None) -> ModelSource:
+    """Local files for a reference: tiny models built, local paths checked, s3:// fetched once per node, hub ids
+    from the Hugging Face cache (or downloaded unless HF_HUB_OFFLINE). `marker`: the file a folder must hold;
+    `hub_patterns`: the files of a hub repo to fetch (None: what a pipeline needs)."""
+    if reference.startswith(TINY_PREFIX):
+        from sdbatch.render.loading import tiny_model_path
+
+        return ModelSource(reference, tiny_model_path(reference[len(TINY_PREFIX):]))
+    if reference.startswith("s3://"):
+        path, downloaded = fetch_s3(reference, s3)
+        return ModelSource(reference, _checked(reference, path, marker), downloaded)
+    path = Path(reference).expanduser()
+    if path.exists() or looks_like_path(reference):
+        problem = local_problem(str(path)) if path.exists() else local_problem(reference)
+        if problem:
+            raise ModelLoadError(f"model {problem}")
+        return ModelSource(reference, _checked(reference, path, marker))
+    return ModelSource(reference, _checked(reference, hub_snapshot(reference, hub_patterns), marker))
+
+
+def _checked(reference: str, path: Path, marker: str) -> Path:
+    if path.is_dir() and not (path / marker).is_file():
+        raise ModelLoadError(f"model {reference!r}: {path} has no {marker}; pass a folder saved with "
+                             "save_pretrained or a single .safetensors file")
+    return path
+
+
+def hub_snapshot(reference: str, patterns: list[str] | None = None) -> Path:
+    """A hub repo from the local Hugging Face cache, or downloaded; HF_HUB_OFFLINE makes a miss an error.
+    patterns None: the files a pipeline needs (diffusers picks them); else only files matching them."""
+    try:
+        if patterns is None:
+            from diffusers import DiffusionPipeline
+
+            return Path(DiffusionPipeline.download(reference))
+        import huggingface_hub
+
+        return Path(huggingface_hub.snapshot_download(reference, allow_patterns=patterns))
+    except Exception as exc:  # hub errors come in many types; all mean the same to the user
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        hint = ("HF_HUB_OFFLINE is set and it is not in the local cache" if offline else
+                "it is not in the local Hugging Face cache and could not be downloaded")
+        raise ModelLoadError(f"model {reference!r} is not a local path and {hint} ({type(exc).__name__}); "
+                             "download it first (huggingface-cli download) or pass a local path") from exc
+
+
+def fetch_s3(uri: str, s3: S3Settings | None) -> tuple[Path, bool]:
+    """The node-local copy of an s3:// folder or file: (path, whether this call downloaded it).
+
+    One process per node downloads (an flock on a lock file); the others wait and find it complete.
+    The copy is assembled in a temp folder and renamed into place, so a crash leaves no half model.
+    """
+    bucket_prefix = uri.rstrip("/")
+    name = bucket_prefix.rsplit("/", 1)[-1]
+    folder = cache_root() / "s3" / hashlib.sha256(bucket_prefix.encode()).hexdigest()[:16]
+    target = folder / name if is_single_file(uri) else folder
+    if (folder / DONE).is_file():
+        return target, False
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _flock(folder.parent / f"{folder.name}.lock"):
+        if (folder / DONE).is_file():  # another process finished while this one waited
+            return target, False
+        staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            _download(bucket_prefix, staging, s3)
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier copy (no DONE marker)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target, True
+
+
+def _download(uri: str, staging: Path, s3: S3Settings | None) -> None:
+    from sdbatch.storage import StoreError
+
+    parent, _, name = uri.rpartition("/")
+    try:
+        if is_single_file(uri):
+            files = {name: (open_store(parent, s3), name)}
+        else:
+            store = open_store(uri, s3)
+            files = {key: (store, key) for key in store.list()}
+        if not files:
+            raise ModelLoadError(f"model {uri!r}: no objects under that prefix; upload the diffusers folder "
+                                 "(model_index.json and its subfolders) or name a .safetensors object")
+        for relative, (store, key) in files.items():
+            local = staging / relative
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(store.get(key))
+    except StoreError as exc:
+        raise ModelLoadError(f"model {uri!r} could not be downloaded: {exc}") from exc
+    (staging / DONE).write_text(json.dumps({"uri": uri, "files": sorted(files)}))
+
+
+@contextlib.contextmanager
+def _flock(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, also if the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

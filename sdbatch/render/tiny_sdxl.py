@@ -1,0 +1,60 @@
+"""The tiny random-weight SDXL-style pipeline: two text encoders, a text_time UNet, offline and CPU-fast."""
+
+from __future__ import annotations
+
+import torch
+
+from sdbatch.render.tiny import make_tokenizer, scheduler_config, text_encoder_config, vae_config
+
+HIDDEN = 32  # each text encoder's width; the UNet attends to both, concatenated
+TIME_EMBED = 8  # SDXL embeds each of its 6 size/crop numbers into this many channels
+
+
+def unet_config() -> dict:
+    # sample_size 32 latents * vae_scale_factor 2 = 64 px. The add-embedding input is SDXL's layout:
+    # 6 time ids * TIME_EMBED plus text_encoder_2's pooled projection.
+    return dict(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * HIDDEN,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 1),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED + HIDDEN,
+        norm_num_groups=32,
+    )
+
+
+def sdxl_scheduler_config() -> dict:
+    # SDXL ships Euler with the SD noise schedule; timestep spacing "leading" as in its repo.
+    return {**scheduler_config(), "timestep_spacing": "leading", "interpolation_type": "linear"}
+
+
+def build_sdxl_pipeline(seed: int):
+    """The SDXL pipeline in memory, its weights drawn from a private RNG stream seeded with `seed`."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = make_tokenizer(), make_tokenizer()
+    config_2 = text_encoder_config(tokenizer_2)
+    config_2.projection_dim = HIDDEN
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**unet_config())
+        # SDXL's VAE config flags fp16 overflow; fastpath keeps such a VAE in fp32 on fp16 cards.
+        vae = AutoencoderKL(**vae_config(), force_upcast=True)
+        text_encoder = CLIPTextModel(text_encoder_config(tokenizer))
+        text_encoder_2 = CLIPTextModelWithProjection(config_2)
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=EulerDiscreteScheduler.from_config(sdxl_scheduler_config()),
+        # The watermark needs the invisible-watermark package, and would alter pixels of a dataset.
+        add_watermarker=False,
+    )

@@ -1,0 +1,87 @@
+"""The SDXL family on the tiny SDXL-style model: class from the model, LoRA and ControlNet, wrong-family assets, switches."""
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdbatch.render.renderer import Renderer, RendererSettings
+from sdbatch.storage import LocalStore
+
+pytestmark = pytest.mark.usefixtures("tiny_cache")
+CHANGED = 8  # out of 255: a LoRA or ControlNet moves pixels by far more than this
+NOISE = 1
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from sdbatch.render.tiny_variants import write_tiny_controlnet, write_tiny_lora
+
+    root = tmp_path_factory.mktemp("sdxl-assets")
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "edges.png")
+    return {"xl_lora": str(write_tiny_lora(root / "xl.safetensors", seed=1, family="sdxl")),
+            "sd15_lora": str(write_tiny_lora(root / "sd15.safetensors", seed=1)),
+            "xl_cn": str(write_tiny_controlnet(root / "cn-xl", seed=1, family="sdxl")),
+            "sd15_cn": str(write_tiny_controlnet(root / "cn-sd15", seed=1)),
+            "image": str(root / "edges.png")}
+
+
+@pytest.fixture(scope="module")
+def renderer(tmp_path_factory):
+    r = Renderer(LocalStore(str(tmp_path_factory.mktemp("sdxl-out"))), RendererSettings(cpu_threads=2, io_threads=1))
+    yield r
+    r.close()
+
+
+def _row(i, model="tiny:sdxl", loras=(), controlnets=(), image=None) -> dict:
+    return {"id": f"r{i}", "prompt": "a small test picture", "negative_prompt": "", "seed": 5, "model": model,
+            "width": None, "height": None, "steps": 2, "scheduler": None, "guidance_scale": 5.0,
+            "loras": [{"path": p, "weight": 1.0} for p in loras],
+            "controlnets": [{"model": m, "image": image, "scale": 1.0} for m in controlnets]}
+
+
+def _render(renderer, *rows) -> dict:
+    return {r.row["id"]: r for r in renderer.render_rows(list(rows))}
+
+
+def _px(rendered) -> np.ndarray:
+    assert rendered.error is None, rendered.error
+    return np.asarray(rendered.image, dtype=np.int16)
+
+
+def test_sdxl_class_comes_from_the_model_and_renders_at_its_native_size(renderer):
+    out = _render(renderer, _row(0))
+    model = renderer.model("tiny:sdxl")
+    assert type(model.pipeline).__name__ == "StableDiffusionXLPipeline"
+    assert (out["r0"].width, out["r0"].height) == model.native_size == (64, 64)
+    assert _px(out["r0"]).std() > 1
+
+
+def test_sdxl_lora_and_controlnet_change_the_image_and_wrong_family_assets_fail_their_rows(renderer, assets):
+    rows = [_row(0), _row(1, loras=[assets["xl_lora"]]), _row(2, loras=[assets["sd15_lora"]]),
+            _row(3, controlnets=[assets["xl_cn"]], image=assets["image"]),
+            _row(4, controlnets=[assets["sd15_cn"]], image=assets["image"]), _row(5)]
+    out = _render(renderer, *rows)
+    base = _px(out["r0"])
+    assert np.abs(_px(out["r1"]) - base).max() > CHANGED
+    assert np.abs(_px(out["r3"]) - base).max() > CHANGED
+    assert np.abs(_px(out["r5"]) - base).max() <= NOISE  # the LoRA and ControlNet are off again
+    assert "does not fit this SDXL model (a LoRA for another model family?)" in out["r2"].error
+    assert "made for SD1.x/2.x-style models, but this row's model is SDXL" in out["r4"].error
+    assert type(renderer._variants.controlnets._pipeline).__name__ == "StableDiffusionXLControlNetPipeline"
+
+
+def test_switching_models_frees_the_old_pipeline(tmp_path, assets):
+    r = Renderer(LocalStore(str(tmp_path)), RendererSettings(cpu_threads=2, io_threads=1))
+    try:
+        _px(_render(r, _row(0, model="tiny:sd15", loras=[assets["sd15_lora"]]))["r0"])
+        old = weakref.ref(r.model("tiny:sd15").pipeline.unet)
+        _px(_render(r, _row(1, loras=[assets["xl_lora"]]))["r1"])
+        gc.collect()
+        assert old() is None, "the SD1.5 UNet is still referenced after the switch to SDXL"
+        assert (r.model_loads, r.lora_loads) == (2, 2)
+    finally:
+        r.close()
