@@ -161,15 +161,33 @@ def commit_shard(store: Store, shard_id: str, attempt: str, rows: list[dict]) ->
     table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
     meta_key = metadata_key(shard_id, attempt)
     store.put(meta_key, _parquet_bytes(table))
+    named = commit_marker(store, shard_id, attempt, meta_key, rows)["metadata"]
+    if named != meta_key:
+        store.delete(meta_key)  # the other attempt's metadata is the shard's; leave no orphan
+    return named == meta_key
+
+
+def commit_marker(store: Store, shard_id: str, attempt: str, meta_key: str, rows: list[dict]) -> dict:
+    """Create the shard's marker naming meta_key (ours, or one an earlier attempt left uncommitted);
+    returns the marker that stands: ours, or another attempt's that committed first."""
     ok = sum(1 for r in rows if r["status"] == "ok")
     marker = {"shard": shard_id, "attempt": attempt, "metadata": meta_key, "rows": len(rows),
               "ok": ok, "failed": len(rows) - ok, "committed_at": _now()}
     if store.put_once(marker_key(shard_id), _json_bytes(marker)) is PutResult.CREATED:
-        return True
-    winner = json.loads(store.get(marker_key(shard_id)))
-    if winner.get("metadata") != meta_key:
-        store.delete(meta_key)  # the other attempt's metadata is the shard's; leave no orphan
-    return winner.get("metadata") == meta_key
+        return marker
+    return json.loads(store.get(marker_key(shard_id)))
+
+
+def uncommitted_metadata(store: Store, shard_id: str) -> dict[str, list[dict]]:
+    """Metadata files of a shard that attempts wrote (committed or not), by key: their rows. An attempt
+    that dies between its metadata and its marker leaves one; a later attempt can commit it as it is."""
+    found = {}
+    for key in store.list(f"metadata/{shard_id}."):
+        try:
+            found[key] = pq.read_table(pa.BufferReader(store.get(key)), schema=RESULT_SCHEMA).to_pylist()
+        except ObjectNotFound:  # deleted since the listing: its attempt lost the commit
+            continue
+    return found
 
 
 def run_counts(store: Store) -> dict[str, Any]:

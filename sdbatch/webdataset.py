@@ -8,6 +8,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any
 
+
 @dataclass(frozen=True)
 class Sample:
     row_id: str
@@ -60,3 +61,10 @@ def rows_from_tar(data: bytes) -> list[dict[str, Any]]:
 def read_member(data: bytes, name: str) -> bytes:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
         return tar.extractfile(name).read()
+
+
+def members(data: bytes, suffixes: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the tar's members whose names end with one of the suffixes, in tar order."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()
+                if m.isfile() and m.name.lower().endswith(suffixes)]

@@ -3,7 +3,7 @@
 import io
 import tarfile
 
-from sdbatch.webdataset import Sample, build_tar, member_ref, read_member, rows_from_tar, split_ref
+from sdbatch.webdataset import Sample, build_tar, member_ref, members, read_member, rows_from_tar, split_ref
 
 
 def _samples():
@@ -30,3 +30,7 @@ def test_member_references():
     ref = member_ref("000004", "r1", "png")
     assert ref == "shards/000004.tar#r1.png" and split_ref(ref) == ("shards/000004.tar", "r1.png")
     assert split_ref("images/000004/r1.png") == ("images/000004/r1.png", None)
+
+
+def test_members_picks_the_images_in_tar_order():
+    assert members(build_tar(_samples()), (".png",)) == [(f"r{i}.png", bytes([i]) * 10) for i in range(3)]

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from sdbatch import __version__
+from sdbatch.a1111 import format_parameters
 from sdbatch.render.fetch import VariantError
-from sdbatch.storage import PutResult
 from sdbatch.tasks import ShardTask
 
 MAX_ERROR_CHARS = 1000
@@ -59,19 +59,32 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def result_row(task: ShardTask, rendered: RenderedRow, key: str, put: PutResult | None,
-               provenance: dict[str, Any]) -> dict:
-    """The result-table row of a rendered (or failed) row; provenance: model_hash, device, dtype, versions, actor."""
+def result_row(task: ShardTask, rendered: RenderedRow, image: str | None, provenance: dict[str, Any]) -> dict:
+    """The result-table row of a rendered (or failed) row; provenance: model_hash, device, dtype, versions, actor.
+    `adopted` is False here: the caller sets it once the write says whose image the key holds."""
     row, ok = rendered.row, rendered.ok
     return {
-        **base_row(task, row), **provenance, "image": key if ok else None, "status": "ok" if ok else "failed",
+        **base_row(task, row), **provenance, "image": image if ok else None, "status": "ok" if ok else "failed",
         "error": rendered.error, "width": rendered.width or row["width"],
         "height": rendered.height or row["height"], "scheduler_class": rendered.scheduler_class,
         "render_seconds": rendered.seconds, "batch_size": rendered.batch_size,
-        "loras_used": rendered.loras_used, "controlnets_used": rendered.controlnets_used,
-        # CONFLICT: a racing attempt wrote this key first; its image is the one the key holds.
-        "adopted": put is PutResult.CONFLICT,
+        "loras_used": rendered.loras_used, "controlnets_used": rendered.controlnets_used, "adopted": False,
     }
+
+
+def failed_row(task: ShardTask, row: dict, error: str, provenance: dict[str, Any]) -> dict:
+    """A row recorded as failed without being rendered here (its attempt's error is all we know)."""
+    return result_row(task, RenderedRow(row, None, error[:MAX_ERROR_CHARS], 0.0, 1, 0, 0), None, provenance)
+
+
+def image_parameters(row: dict[str, Any], result: dict[str, Any]) -> str:
+    """The A1111 `parameters` text embedded in the row's image: what was asked, and what was used."""
+    return format_parameters({**row, **result, "sdbatch_version": __version__})
+
+
+def sample_record(row: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The full result row of the webdataset layout's {id}.json: every manifest column (labels too), then results."""
+    return {**row, **result}
 
 
 def adopted_row(task: ShardTask, row: dict, key: str, provenance: dict[str, Any]) -> dict:

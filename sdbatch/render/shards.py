@@ -1,43 +1,129 @@
-"""One shard's output: renders the rows not yet stored, writes their images beside rendering, commits the shard."""
+"""One shard's output: renders the rows not yet stored, writes their images beside rendering, commits the shard.
+
+Files layout: each image is created once under images/{shard}/; images an earlier attempt wrote are adopted.
+Webdataset layout: the shard's samples are one tar, created once after every row has rendered. The tar
+decides which rows are ok: whoever finds a tar already there (an attempt that died before its marker, or
+a racing one that wrote first) records the tar's rows rather than its own renders, so the metadata and
+the tar never disagree and each ok row is one sample, whichever attempt commits.
+"""
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sdbatch.output import commit_shard, existing_images, image_key
-from sdbatch.render.results import RenderedRow, adopted_row, result_row
+from sdbatch.output import EXTENSIONS, commit_marker, commit_shard, existing_images, image_key, uncommitted_metadata
+from sdbatch.render.results import adopted_row, failed_row, image_parameters, result_row, sample_record
+from sdbatch.storage import PutResult
 from sdbatch.tasks import ShardResult, ShardTask
+from sdbatch.webdataset import Sample, build_tar, member_ref, rows_from_tar, tar_key
 
 if TYPE_CHECKING:
     from sdbatch.render.renderer import Renderer
+
+# Why a row is missing from a tar that another attempt wrote, when that attempt's own error is lost with it.
+LOST_ERROR = ("failed in attempt {attempt}, which wrote this shard's tar without it and stopped before committing; "
+              "its error was not kept")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    committed: bool
+    results: list[dict]
+    rendered: int  # rows rendered by this attempt
+    adopted: int  # rows whose image an earlier or racing attempt wrote
 
 
 def write_shard(renderer: Renderer, task: ShardTask) -> ShardResult:
     """Render the rows not yet in the store, write their images, commit the shard's metadata."""
     started = time.perf_counter()
     loads_before = (renderer.model_loads, renderer.lora_loads, renderer.controlnet_loads)
-    done = existing_images(renderer.store, task.shard_id)
-    todo = [row for row in task.rows if row["id"] not in done]
-    results = [adopted_row(task, row, done[row["id"]], renderer.provenance(ok=False))
-               for row in task.rows if row["id"] in done]
-    pending: list[tuple[RenderedRow, str, Future | None]] = []
-    for rendered in renderer.render_rows(todo):
-        key = image_key(task.shard_id, rendered.row["id"], task.image_format)
-        future = None
-        if rendered.ok:
-            future = renderer.uploads.submit(rendered.image, key, task.image_format, task.quality)
-        pending.append((replace(rendered, image=None), key, future))  # the uploads hold the pixels now
-    for rendered, key, future in pending:
-        put = future.result() if future is not None else None  # an upload that failed fails the attempt
-        results.append(result_row(task, rendered, key, put, renderer.provenance(rendered.ok)))
-    committed = commit_shard(renderer.store, task.shard_id, task.attempt, results)
-    failures = {r["id"]: r["error"] for r in results if r["status"] == "failed"}
-    return ShardResult(task.shard_id, task.attempt, committed, len(results) - len(failures), len(failures),
-                       rendered=len(todo), adopted=len(task.rows) - len(todo),
+    write = _webdataset_shard if task.layout == "webdataset" else _files_shard
+    out = write(renderer, task)
+    failures = {r["id"]: r["error"] for r in out.results if r["status"] == "failed"}
+    return ShardResult(task.shard_id, task.attempt, out.committed, len(out.results) - len(failures), len(failures),
+                       rendered=out.rendered, adopted=out.adopted,
                        seconds=time.perf_counter() - started, failures=failures,
                        model_loads=renderer.model_loads - loads_before[0],
                        lora_loads=renderer.lora_loads - loads_before[1],
                        controlnet_loads=renderer.controlnet_loads - loads_before[2], actor=renderer.settings.name)
+
+
+def _files_shard(renderer: Renderer, task: ShardTask) -> Outcome:
+    done = existing_images(renderer.store, task.shard_id)
+    todo = [row for row in task.rows if row["id"] not in done]
+    results = [adopted_row(task, row, done[row["id"]], renderer.provenance(ok=False))
+               for row in task.rows if row["id"] in done]
+    pending: list[tuple[dict, Future | None]] = []
+    for rendered in renderer.render_rows(todo):
+        key = image_key(task.shard_id, rendered.row["id"], task.image_format)
+        record = result_row(task, rendered, key, renderer.provenance(rendered.ok))
+        future = None
+        if rendered.ok:  # the uploads hold the pixels from here on
+            future = renderer.uploads.submit(rendered.image, key, task.image_format, task.quality,
+                                             image_parameters(rendered.row, record))
+        pending.append((record, future))
+    adopted = len(results)
+    for record, future in pending:
+        if future is not None:  # an upload that failed fails the attempt
+            # CONFLICT: a racing attempt wrote this key first; its image is the one the key holds.
+            record["adopted"] = future.result() is PutResult.CONFLICT
+            adopted += record["adopted"]
+        results.append(record)
+    committed = commit_shard(renderer.store, task.shard_id, task.attempt, results)
+    return Outcome(committed, results, len(todo), adopted)
+
+
+def _webdataset_shard(renderer: Renderer, task: ShardTask) -> Outcome:
+    store, key = renderer.store, tar_key(task.shard_id)
+    if store.exists(key):  # an earlier attempt wrote the tar and stopped before its marker
+        return _adopt_tar(renderer, task, store.get(key), {}, rendered=0)
+    extension = EXTENSIONS[task.image_format]
+    pending: dict[str, tuple[dict, dict, Future | None]] = {}
+    for rendered in renderer.render_rows(list(task.rows)):
+        row = rendered.row
+        record = result_row(task, rendered, member_ref(task.shard_id, row["id"], extension),
+                            renderer.provenance(rendered.ok))
+        future = None
+        if rendered.ok:  # encoded on the I/O threads while the next batch renders
+            future = renderer.uploads.encode(rendered.image, task.image_format, task.quality,
+                                             image_parameters(row, record))
+        pending[row["id"]] = (row, record, future)
+    # Manifest order, not render order (batches group by variant): the same rows give the same tar.
+    ordered = [pending[row["id"]] for row in task.rows]
+    samples = [Sample(row["id"], extension, future.result(), sample_record(row, record), row["prompt"])
+               for row, record, future in ordered if future is not None]
+    results = [record for _, record, _ in ordered]
+    if store.put_once(key, build_tar(samples)) is PutResult.CONFLICT:  # a racing attempt's tar stands
+        return _adopt_tar(renderer, task, store.get(key), {r["id"]: r for r in results}, rendered=len(results))
+    return Outcome(commit_shard(store, task.shard_id, task.attempt, results), results, len(results), 0)
+
+
+def _adopt_tar(renderer: Renderer, task: ShardTask, data: bytes, own: dict[str, dict], rendered: int) -> Outcome:
+    """Commit the rows of a tar another attempt wrote: its samples are the shard's ok rows, and every other
+    row failed there. If that attempt's metadata is in the store, commit it as it is (errors included)."""
+    kept = {row["id"]: row for row in rows_from_tar(data)}
+    for meta_key, rows in uncommitted_metadata(renderer.store, task.shard_id).items():
+        if _agrees(rows, kept, task):
+            marker = commit_marker(renderer.store, task.shard_id, task.attempt, meta_key, rows)
+            return Outcome(marker["attempt"] == task.attempt, rows, rendered, len(kept))
+    writer = next(iter(kept.values()), {}).get("attempt", "unknown")
+    # A sample's own record (device, timings, the attempt that rendered it) is what the tar holds.
+    results = [{**kept[row["id"]], "adopted": True} if row["id"] in kept else
+               _missing(renderer, task, row, own.get(row["id"]), writer) for row in task.rows]
+    committed = commit_shard(renderer.store, task.shard_id, task.attempt, results)
+    return Outcome(committed, results, rendered, len(kept))
+
+
+def _agrees(rows: list[dict], kept: dict[str, dict], task: ShardTask) -> bool:
+    """Metadata that covers the shard and whose ok rows are exactly the tar's samples."""
+    ok = {r["id"] for r in rows if r["status"] == "ok"}
+    return ok == set(kept) and {r["id"] for r in rows} == {row["id"] for row in task.rows}
+
+
+def _missing(renderer: Renderer, task: ShardTask, row: dict, own: dict | None, writer: str) -> dict:
+    if own is not None and own["status"] == "failed":
+        return own  # it failed here too: our error is as good as theirs
+    return failed_row(task, row, LOST_ERROR.format(attempt=writer), renderer.provenance(ok=False))

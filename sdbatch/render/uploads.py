@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 from sdbatch.render.encode import encode_image
-from sdbatch.storage import PutResult, Store
+from sdbatch.storage import Store
+
+T = TypeVar("T")
 
 
 class Uploads:
@@ -18,21 +22,29 @@ class Uploads:
         # Bounds the images waiting to be encoded/written, so a slow store slows rendering, not memory.
         self._slots = threading.BoundedSemaphore(threads * 2)
 
-    def submit(self, image, key: str, image_format: str, quality: int) -> Future:
+    def submit(self, image, key: str, image_format: str, quality: int, parameters: str | None = None) -> Future:
         """Encode and write the image; the returned future holds the PutResult (or the write's error)."""
+        return self._run(lambda: self.store.put_once(key, encode_image(image, image_format, quality, parameters)))
+
+    def encode(self, image, image_format: str, quality: int, parameters: str | None = None) -> Future:
+        """Encode only (the webdataset layout writes the shard's images together, in its tar): a future of bytes."""
+        return self._run(lambda: encode_image(image, image_format, quality, parameters))
+
+    def _run(self, work: Callable[[], T]) -> Future:
         self._slots.acquire()
 
-        def encode_and_put() -> PutResult:
+        def run() -> T:
             try:
-                return self.store.put_once(key, encode_image(image, image_format, quality))
+                return work()
             finally:
                 self._slots.release()
 
         try:
-            return self._pool.submit(encode_and_put)
+            return self._pool.submit(run)
         except BaseException:
             self._slots.release()
             raise
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
