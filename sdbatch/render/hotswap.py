@@ -26,7 +26,8 @@ class HotswapLoras(LoraAdapters):
         self.rebuilds = 0
         self._held: list[tuple[str, float] | None] = [None] * slots  # (sha256, weight) in each slot
         self._created: list[bool] = [False] * slots  # the slot's adapter exists in the UNet
-        self._text: list[bool] = [False] * slots  # the slot holds a text encoder part
+        # Per slot: the text encoders ("text_encoder", SDXL's "text_encoder_2") holding its LoRA's part.
+        self._text: list[tuple[str, ...]] = [()] * slots
 
     def resident(self) -> list[str]:
         return [held[0] for held in self._held if held]
@@ -89,15 +90,19 @@ class HotswapLoras(LoraAdapters):
     def _load_text_part(self, slot: int, state: LoraState) -> None:
         from diffusers.utils.peft_utils import delete_adapter_layers
 
-        name, encoder = slot_name(slot), self.pipe.text_encoder
-        if self._text[slot]:
-            delete_adapter_layers(encoder, name)
-            self._text[slot] = False
-        if any(k.startswith("text_encoder.") for k in state.state_dict):
-            self.pipe.load_lora_into_text_encoder(dict(state.state_dict), text_encoder=encoder, adapter_name=name,
-                                                  network_alphas=state.network_alphas, metadata=state.metadata,
-                                                  lora_scale=self.pipe.lora_scale, _pipeline=self.pipe)
-            self._text[slot] = True
+        name = slot_name(slot)
+        for prefix in self._text[slot]:
+            delete_adapter_layers(getattr(self.pipe, prefix), name)
+        self._text[slot] = ()
+        loaded = []
+        for prefix in _encoders(self.pipe):
+            if any(k.startswith(f"{prefix}.") for k in state.state_dict):
+                self.pipe.load_lora_into_text_encoder(dict(state.state_dict), text_encoder=getattr(self.pipe, prefix),
+                                                      prefix=prefix, adapter_name=name,
+                                                      network_alphas=state.network_alphas, metadata=state.metadata,
+                                                      lora_scale=self.pipe.lora_scale, _pipeline=self.pipe)
+                loaded.append(prefix)
+        self._text[slot] = tuple(loaded)
 
     def _clear(self, slot: int) -> None:
         if self._held[slot] is None:
@@ -105,18 +110,24 @@ class HotswapLoras(LoraAdapters):
         from diffusers.utils.peft_utils import delete_adapter_layers
 
         _zero_slot(self.pipe.unet, slot_name(slot))
-        if self._text[slot]:
-            delete_adapter_layers(self.pipe.text_encoder, slot_name(slot))
-            self._text[slot] = False
+        for prefix in self._text[slot]:
+            delete_adapter_layers(getattr(self.pipe, prefix), slot_name(slot))
+        self._text[slot] = ()
         self._held[slot] = None
 
     def _activate_text_encoder(self) -> None:
         from diffusers.loaders.lora_base import set_adapters_for_text_encoder
 
-        slots = [i for i, (held, text) in enumerate(zip(self._held, self._text)) if held and text]
-        if slots:  # the text encoder is not compiled: plain per-adapter weights are fine there
-            set_adapters_for_text_encoder([slot_name(i) for i in slots], self.pipe.text_encoder,
-                                          [self._held[i][1] for i in slots])
+        for prefix in _encoders(self.pipe):
+            slots = [i for i, (held, text) in enumerate(zip(self._held, self._text)) if held and prefix in text]
+            if slots:  # the text encoders are not compiled: plain per-adapter weights are fine there
+                set_adapters_for_text_encoder([slot_name(i) for i in slots], getattr(self.pipe, prefix),
+                                              [self._held[i][1] for i in slots])
+
+
+def _encoders(pipe) -> list[str]:
+    """The pipeline's text encoders by attribute name: SD1.x/2.x have one, SDXL two."""
+    return [name for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None]
 
 
 def _lora_layers(unet, name: str):
