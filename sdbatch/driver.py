@@ -83,6 +83,8 @@ def prepare(request: SubmitRequest) -> PreparedRun:
     normalized = normalize(table, request.spec.defaults)
     if request.address is None:
         _check_local_models(normalized)
+    if request.spec.output.layout == "webdataset":
+        _check_webdataset_ids(normalized)
     plan = plan_shards(normalized, request.spec.output.shard_size)
     with_shards = normalized.append_column("shard", pa.array(plan.shard_of_rows(), pa.string()))
     identity = RunIdentity(table_fingerprint(normalized), request.spec.identity())
@@ -109,6 +111,15 @@ def _check_local_models(table: pa.Table) -> None:
         if model.startswith(("/", "./", "../", "~")) and not (Path(model).expanduser() / "model_index.json").is_file():
             raise ManifestError(f"column 'model': {model!r} is not a diffusers model folder (no "
                                 "model_index.json); fix the path or use a hub id")
+
+
+def _check_webdataset_ids(table: pa.Table) -> None:
+    # WebDataset loaders group a tar's members into samples by the name before the first dot.
+    for n, row_id in enumerate(table.column("id").to_pylist()):
+        if "." in row_id:
+            raise ManifestError(f"column 'id', row id {row_id!r} (row {n}): contains '.', which data loaders "
+                                "read as the start of a file extension in the webdataset layout; use ids "
+                                "without '.' (e.g. replace it with '_') or --layout files")
 
 
 def execute(prepared: PreparedRun, events_factory) -> RunSummary:

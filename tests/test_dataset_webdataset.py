@@ -144,3 +144,17 @@ def test_a_shard_where_every_row_fails_commits_an_empty_tar(renderer, assets):
     assert _samples(renderer.store, "000003") == []
     with tarfile.open(renderer.store.url_for(tar_key("000003"))) as tar:
         assert tar.getnames() == []
+
+
+def test_ids_with_a_dot_are_refused_for_the_webdataset_layout_before_anything_is_written(tmp_path):
+    from sdbatch.driver import SubmitRequest, prepare
+    from sdbatch.manifest import ManifestError
+    from sdbatch.spec import load_spec
+    from tests.util import write_manifest
+
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "cat.v2", "prompt": "a cat"}])
+    out = tmp_path / "out"
+    with pytest.raises(ManifestError, match=r"column 'id', row id 'cat.v2' \(row 0\).*--layout files"):
+        prepare(SubmitRequest(str(manifest), str(out), load_spec(None, {"output.layout": "webdataset"})))
+    assert not out.exists()
+    prepare(SubmitRequest(str(manifest), str(out), load_spec(None)))  # the files layout takes such ids
