@@ -34,7 +34,7 @@ KUBERAY_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "
 
 LAUNCHER_CONFIGS = sorted(CLUSTER.glob("*.yaml"))
 KUBE_MANIFESTS = sorted((CLUSTER / "kuberay").glob("*.yaml"))
-READMES = [CLUSTER / "README.md", INFRA / "README.md"]
+READMES = [REPO / "README.md", CLUSTER / "README.md", INFRA / "README.md"]
 IMAGE = "ghcr.io/YOUR_ORG/sdbatch-worker:latest"
 IMAGE_ROOT = "/opt/sdbatch/"  # where infra/Dockerfile puts the repo's files
 # What the launcher must declare for each instance type it uses (the autoscaler plans with it).
