@@ -34,10 +34,12 @@ def format_parameters(row: dict[str, Any]) -> str:
     pairs = [("Steps", row["steps"]), ("Sampler", sampler), ("CFG scale", f"{row['guidance_scale']:g}"),
              ("Seed", row["seed"]), ("Size", f"{row['width']}x{row['height']}"),
              ("Model hash", (row.get("model_hash") or "")[:10] or None), ("Model", _name(row["model"]))]
+    if row.get("vae"):
+        pairs += [("VAE hash", (row.get("vae_hash") or "")[:10] or None), ("VAE", _name(row["vae"]))]
     if loras:
         pairs.append(("Lora hashes", _quote(", ".join(f"{_name(x['path'])}: {x['sha256'][:12]}" for x in loras))))
     pairs.append(("Version", f"sdbatch {row.get('sdbatch_version', '')}".strip()))
-    exact = {k: row.get(k) for k in ("id", "prompt", "negative_prompt", "model", "scheduler")}
+    exact = {k: row.get(k) for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "vae")}
     exact["loras"] = [{"path": x["path"], "weight": x["weight"]} for x in loras]
     exact["controlnets"] = [{"model": c["model"], "image": c["image"], "scale": c["scale"]}
                             for c in row.get("controlnets_used") or []]
@@ -108,6 +110,7 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
         exact = json.loads(fields[SDBATCH_KEY])
         row.update({k: exact[k] for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "loras",
                                           "controlnets")})
+        row["vae"] = exact.get("vae")  # absent in images from before VAE overrides
     elif fields.get("Model"):
         row["model"] = fields["Model"]
     return row

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.manifest import ManifestError, normalize, read_manifest
+from sdbatch.manifest import (
+    ManifestError,
+    check_local_references,
+    normalize,
+    read_manifest,
+)
 from sdbatch.output import (
     RunIdentity,
     claim_output,
@@ -82,7 +86,7 @@ def prepare(request: SubmitRequest) -> PreparedRun:
         raise ManifestError(f"manifest {request.manifest} has no rows; add at least one prompt")
     normalized = normalize(table, request.spec.defaults)
     if request.address is None:
-        _check_local_models(normalized)
+        check_local_references(normalized)  # the actors share this machine's disk
     if request.spec.output.layout == "webdataset":
         _check_webdataset_ids(normalized)
     plan = plan_shards(normalized, request.spec.output.shard_size)
@@ -104,13 +108,6 @@ def _check_remote_output(request: SubmitRequest) -> None:
         raise UsageError(f"--output {request.output} is a local path, but the run goes to the cluster at "
                          f"{request.address}, whose machines cannot write to this one's disk; "
                          "use --output s3://bucket/prefix")
-
-
-def _check_local_models(table: pa.Table) -> None:
-    for model in sorted(set(table.column("model").to_pylist())):
-        if model.startswith(("/", "./", "../", "~")) and not (Path(model).expanduser() / "model_index.json").is_file():
-            raise ManifestError(f"column 'model': {model!r} is not a diffusers model folder (no "
-                                "model_index.json); fix the path or use a hub id")
 
 
 def _check_webdataset_ids(table: pa.Table) -> None:

@@ -19,7 +19,7 @@ CORE_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_sc
                 "width", "height", "scheduler", "model", "vae")
 # Columns the results table adds; a label column of the same name would be shadowed.
 RESULT_COLUMNS = ("image", "status", "error", "shard", "attempt", "render_seconds", "batch_size",
-                  "scheduler_class", "device", "dtype", "versions", "model_hash", "actor", "adopted", "finished_at",
+                  "scheduler_class", "device", "dtype", "versions", "model_hash", "vae_hash", "actor", "adopted", "finished_at",
                   "loras_used", "controlnets_used")
 MAX_LISTED_PROBLEMS = 10
 MAX_SIZE = 8192

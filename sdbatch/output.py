@@ -31,7 +31,7 @@ RESULT_SCHEMA = pa.schema([
     ("seed", pa.int64()), ("width", pa.int64()), ("height", pa.int64()),
     ("steps", pa.int64()), ("guidance_scale", pa.float64()), ("scheduler", pa.string()),
     ("scheduler_class", pa.string()),
-    ("model", pa.string()), ("model_hash", pa.string()), ("device", pa.string()),
+    ("model", pa.string()), ("model_hash", pa.string()), ("vae_hash", pa.string()), ("device", pa.string()),
     ("dtype", pa.string()), ("versions", pa.string()), ("render_seconds", pa.float64()),
     ("batch_size", pa.int64()), ("actor", pa.string()), ("adopted", pa.bool_()),
     ("finished_at", pa.string()),

@@ -46,6 +46,14 @@ def test_sdbatch_rows_come_back_exactly():
     assert (row["seed"], row["steps"], row["width"], row["height"]) == (1234567890123, 20, 512, 768)
 
 
+def test_a_vae_override_is_written_and_comes_back():
+    row = {**ROW, "vae": "s3://models/vae-ft-mse.safetensors", "vae_hash": "9876543210fedcba"}
+    fields = parse_parameters(format_parameters(row))
+    assert (fields["VAE"], fields["VAE hash"]) == ("vae-ft-mse", "9876543210")
+    assert row_from_parameters(fields)["vae"] == "s3://models/vae-ft-mse.safetensors"
+    assert "VAE" not in parse_parameters(format_parameters(ROW))  # the model's own VAE: nothing to name
+
+
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 def test_embedded_in_each_format(fmt):
     text = format_parameters({**ROW, "prompt": "unicode ✓ café"})

@@ -100,6 +100,7 @@ def test_vae_override_changes_the_image_and_rows_without_it_keep_the_models_own(
         assert np.abs(px["r2"] - px["r0"]).max() <= 1  # the model's own VAE is back
         assert "VAE" in out["r3"].error and "does not exist" in out["r3"].error
         assert r.resident()["vaes"] == [str(models["vae"])]
+        assert out["r1"].vae_hash and out["r0"].vae_hash is None  # recorded per image as results' vae_hash
     finally:
         r.close()
 
@@ -120,3 +121,18 @@ def test_local_references_are_checked_before_any_actor_starts(models, tmp_path):
         with pytest.raises(ManifestError, match=message) as info:
             check_local_references(pa.table({column: [value]}))
         assert f"column '{column}'" in str(info.value)
+
+
+def test_submit_takes_a_single_file_model_and_refuses_a_missing_one_before_ray(models, tmp_path):
+    from sdbatch.driver import SubmitRequest, prepare
+    from sdbatch.manifest import ManifestError
+    from sdbatch.spec import load_spec
+    from tests.util import write_manifest
+
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a cube"}])
+    single = load_spec(None, {"defaults.model": str(models["single"]), "defaults.vae": str(models["vae"])})
+    assert prepare(SubmitRequest(str(manifest), str(tmp_path / "out"), single)).plan.rows_total == 1
+    missing = load_spec(None, {"defaults.model": str(tmp_path / "gone.safetensors")})
+    with pytest.raises(ManifestError, match="does not exist"):
+        prepare(SubmitRequest(str(manifest), str(tmp_path / "out2"), missing))
+    assert not (tmp_path / "out2").exists()

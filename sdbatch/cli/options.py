@@ -21,6 +21,8 @@ Manifest = Annotated[str, typer.Argument(help="Manifest: a local .parquet file o
 # Row defaults and planning settings, the same for `submit` and `plan` (a dry run must plan what submit does).
 Model = Annotated[Optional[str], typer.Option(help="Default model: hub id, local folder, single .safetensors "
                                               "file, s3:// URI, tiny:sd15 or tiny:sdxl.")]
+Vae = Annotated[Optional[str], typer.Option(help="Default VAE instead of the model's own: a diffusers "
+                                            "AutoencoderKL folder, .safetensors file, hub id or s3:// URI.")]
 Steps = Annotated[Optional[int], typer.Option(help="Default denoising steps.")]
 GuidanceScale = Annotated[Optional[float], typer.Option(help="Default classifier-free guidance.")]
 Width = Annotated[Optional[int], typer.Option(help="Default width (multiple of 8).")]
@@ -31,9 +33,9 @@ Affinity = Annotated[Optional[bool], typer.Option("--affinity/--no-affinity", he
     "Send shards to actors that already hold their variant (default on); off only to compare."))]
 
 
-def row_overrides(model, steps, guidance_scale, width, height, scheduler, lora_dir) -> dict:
+def row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir) -> dict:
     """The `defaults.*` overrides of the shared row-default flags (None: not given)."""
-    return {"defaults.model": model, "defaults.steps": steps, "defaults.guidance_scale": guidance_scale,
+    return {"defaults.model": model, "defaults.vae": vae, "defaults.steps": steps, "defaults.guidance_scale": guidance_scale,
             "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
             "defaults.lora_dir": lora_dir}
 

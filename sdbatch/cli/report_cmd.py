@@ -21,6 +21,7 @@ from sdbatch.cli.options import (
     Scheduler,
     ShardSize,
     Steps,
+    Vae,
     Width,
     job_spec,
     row_overrides,
@@ -42,6 +43,7 @@ def plan(
     s3_endpoint: S3Endpoint = None,
     lora_dir: LoraDir = None,
     model: Model = None,
+    vae: Vae = None,
     steps: Steps = None,
     guidance_scale: GuidanceScale = None,
     width: Width = None,
@@ -61,7 +63,7 @@ def plan(
     from sdbatch.manifest import ManifestError, normalize, read_manifest
     from sdbatch.plan import plan_shards
 
-    overrides = {**row_overrides(model, steps, guidance_scale, width, height, scheduler, lora_dir),
+    overrides = {**row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir),
                  "output.shard_size": shard_size, "run.affinity": affinity}
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)

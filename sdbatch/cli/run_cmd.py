@@ -22,12 +22,20 @@ from sdbatch.cli.options import (
     Scheduler,
     ShardSize,
     Steps,
+    Vae,
     Width,
     job_spec,
     row_overrides,
     s3_settings,
 )
-from sdbatch.driver import RunSummary, SubmitRequest, execute, is_jobs_address, prepare, submit_to_cluster
+from sdbatch.driver import (
+    RunSummary,
+    SubmitRequest,
+    execute,
+    is_jobs_address,
+    prepare,
+    submit_to_cluster,
+)
 
 DEMO_JOB = Path("jobs") / "demo.toml"
 DEMO_SUBJECTS = ("a red fox", "a lighthouse", "a bowl of ramen", "an old tram", "a paper crane",
@@ -52,6 +60,7 @@ def submit(
         "command returns; 'auto' or HOST:PORT runs the driver here; default: a private local Ray."))] = None,
     follow: Annotated[bool, Opt(help="With a dashboard URL: stay and print the job's log until it ends.")] = False,
     model: Model = None,
+    vae: Vae = None,
     steps: Steps = None,
     guidance_scale: GuidanceScale = None,
     width: Width = None,
@@ -79,7 +88,7 @@ def submit(
 ) -> int:
     """Render every row of a manifest into OUTPUT; rerun the same command to resume."""
     overrides = {
-        **row_overrides(model, steps, guidance_scale, width, height, scheduler, lora_dir), "defaults.seed": seed,
+        **row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir), "defaults.seed": seed,
         "output.format": image_format, "output.quality": quality, "output.layout": layout,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
         "run.affinity": affinity, "run.device": device, "render.dtype": dtype, "render.compile": compile,

@@ -187,7 +187,7 @@ class Renderer:
                   seconds: float) -> list[RenderedRow]:
         share, variant = seconds / len(batch.rows), batch.variant
         return [RenderedRow(row, image, None, share, len(batch.rows), width, height, scheduler,
-                            variant.loras_used, controlnets_used(row, variant, digests))
+                            variant.loras_used, controlnets_used(row, variant, digests), variant.vae_hash)
                 for row, image, digests in zip(batch.rows, images, batch.image_hashes)]
 
     def _call_pipeline(self, batch: Batch):

@@ -29,6 +29,7 @@ class RenderedRow:
     scheduler_class: str | None = None
     loras_used: list[dict] | None = None  # provenance of an image; None when the row failed
     controlnets_used: list[dict] | None = None
+    vae_hash: str | None = None  # the row's override VAE, by content; None: the model's own VAE
 
     @property
     def ok(self) -> bool:
@@ -68,7 +69,8 @@ def result_row(task: ShardTask, rendered: RenderedRow, image: str | None, proven
         "error": rendered.error, "width": rendered.width or row["width"],
         "height": rendered.height or row["height"], "scheduler_class": rendered.scheduler_class,
         "render_seconds": rendered.seconds, "batch_size": rendered.batch_size,
-        "loras_used": rendered.loras_used, "controlnets_used": rendered.controlnets_used, "adopted": False,
+        "loras_used": rendered.loras_used, "controlnets_used": rendered.controlnets_used,
+        "vae_hash": rendered.vae_hash, "adopted": False,
     }
 
 
