@@ -5,31 +5,19 @@ from __future__ import annotations
 import torch
 
 from sdbatch.render.tiny import make_tokenizer, scheduler_config, text_encoder_config, vae_config
+from sdbatch.render.tiny import unet_config as sd15_unet_config  # the base this one extends
 
 HIDDEN = 32  # each text encoder's width; the UNet attends to both, concatenated
 TIME_EMBED = 8  # SDXL embeds each of its 6 size/crop numbers into this many channels
 
 
 def unet_config() -> dict:
-    # sample_size 32 latents * vae_scale_factor 2 = 64 px. The add-embedding input is SDXL's layout:
-    # 6 time ids * TIME_EMBED plus text_encoder_2's pooled projection.
-    return dict(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=2 * HIDDEN,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        transformer_layers_per_block=(1, 1),
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED,
-        projection_class_embeddings_input_dim=6 * TIME_EMBED + HIDDEN,
-        norm_num_groups=32,
-    )
+    # tiny:sd15's UNet (64 px) with SDXL's conditioning: both encoders' states concatenated, linear
+    # projections, and the add-embedding of 6 time ids * TIME_EMBED plus text_encoder_2's pooled projection.
+    return {**sd15_unet_config(), "cross_attention_dim": 2 * HIDDEN, "attention_head_dim": (2, 4),
+            "use_linear_projection": True, "transformer_layers_per_block": (1, 1),
+            "addition_embed_type": "text_time", "addition_time_embed_dim": TIME_EMBED,
+            "projection_class_embeddings_input_dim": 6 * TIME_EMBED + HIDDEN}
 
 
 def sdxl_scheduler_config() -> dict:
