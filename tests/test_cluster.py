@@ -29,14 +29,23 @@ def cluster(seaweed, tiny_cache):
     local.shutdown()
 
 
-def _wait_for(predicate, limit: float, what: str):
+def _wait_for(predicate, limit: float, what: str, every: float = 0.5):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _job_state(cluster, output: str) -> str | None:
+    """The Ray Job state of the run writing `output`, straight from the Jobs API (no CLI start per poll)."""
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = sorted((j for j in JobSubmissionClient(cluster.dashboard).list_jobs()
+                   if j.metadata.get("sdbatch_output") == output), key=lambda j: j.start_time or 0)
+    return str(jobs[-1].status.value) if jobs else None
 
 
 def test_jobs_submission_runs_after_the_submitter_exits(tmp_path, cluster, seaweed, s3_env, new_bucket):
@@ -51,8 +60,9 @@ def test_jobs_submission_runs_after_the_submitter_exits(tmp_path, cluster, seawe
     again = run_cli(*args)  # the submitting process above has exited; the run goes on without it
     assert again.returncode == 0 and "not submitted again" in again.stdout, again.stdout + again.stderr
 
-    status = ["status", output, "--s3-endpoint", s3_env]
-    _wait_for(lambda: "ray_job: " in (out := run_cli(*status).stdout) and "SUCCEEDED" in out, 300, "the job")
+    _wait_for(lambda: _job_state(cluster, output) in ("SUCCEEDED", "FAILED", "STOPPED"), 300, "the job", 0.2)
+    status = run_cli("status", output, "--s3-endpoint", s3_env)
+    assert "ray_job: " in status.stdout and "SUCCEEDED" in status.stdout, status.stdout + status.stderr
     store = open_store(output, S3Settings(endpoint_url=s3_env))
     assert_exactly_once(store, [r["id"] for r in rows])
     logs = run_cli("logs", output, "--s3-endpoint", s3_env)
@@ -84,11 +94,14 @@ def test_cancel_stops_the_run_and_the_same_submit_resumes_it(tmp_path, cluster, 
             "--steps", "20", "--shard-size", "2", "--address", cluster.dashboard]
     assert run_cli(*args).returncode == 0
     store = open_store(output, S3Settings(endpoint_url=s3_env))
-    _wait_for(lambda: store.exists("job.json") and len(store.list("_committed/")) >= 2, 300, "first shards")
+    _wait_for(lambda: store.exists("job.json") and len(store.list("_committed/")) >= 2, 300, "first shards", 0.2)
     cancelled = run_cli("cancel", output, "--s3-endpoint", s3_env)
     assert cancelled.returncode == 0, cancelled.stderr
-    _wait_for(lambda: "STOPPED" in run_cli("status", output, "--s3-endpoint", s3_env).stdout, 60, "the stop")
-    time.sleep(3)  # let in-flight commits of the stopped run land
+    _wait_for(lambda: _job_state(cluster, output) == "STOPPED", 60, "the stop", 0.2)
+    status = run_cli("status", output, "--s3-endpoint", s3_env)
+    assert "STOPPED" in status.stdout, status.stdout + status.stderr
+    # In-flight commits of the stopped run land before its actors are gone; after that nothing can write.
+    _wait_for(lambda: not cluster.nodes_with_actors(), 60, "the stopped run's actors to exit", 0.2)
     before = {k: store.get(k) for k in store.list("_committed/")}
     assert len(before) < 12, "the run should have been stopped before it finished"
 
@@ -102,11 +115,13 @@ def test_a_worker_node_lost_mid_run_moves_its_shards(tmp_path, cluster):
     rows = tiny_rows(16)
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "out"
+    # 32x32: a 2-row shard still takes tenths of a second, far more than finding and removing the node.
     driver = subprocess.Popen([*SDBATCH, "submit", str(manifest), "--output", str(out), "--job", JOB,
-                               "--steps", "20", "--shard-size", "2", "--address", cluster.address],
+                               "--steps", "20", "--width", "32", "--height", "32", "--shard-size", "2",
+                               "--address", cluster.address],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     markers = out / "_committed"
-    _wait_for(lambda: markers.exists() and len(os.listdir(markers)) >= 2, 300, "first shards")
+    _wait_for(lambda: markers.exists() and len(os.listdir(markers)) >= 2, 300, "first shards", 0.05)
     hosting = cluster.nodes_with_actors()
     assert len(hosting) == 2
     cluster.remove(hosting[0])
