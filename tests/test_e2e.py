@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import sdbatch
@@ -82,22 +83,39 @@ def _count(directory: Path) -> int:
     return len(os.listdir(directory)) if directory.exists() else 0
 
 
+def _actor_processes(driver_pid: int):
+    def is_actor(process) -> bool:
+        try:
+            return "RenderActor" in " ".join(process.cmdline())
+        except psutil.Error:  # exited between listing and reading
+            return False
+
+    return [p for p in psutil.Process(driver_pid).children(recursive=True) if is_actor(p)]
+
+
+# Tiny renders for the fault tests: 20 steps at 32x32 keep a 2-row shard long enough (a few tenths of a
+# second on a 2-core CI box) for a fault to land mid-run, at a quarter of the 64x64 cost.
+SLOW_TINY = ["--steps", "20", "--width", "32", "--height", "32", "--shard-size", "2", "--actors", "2"]
+
+
 def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path):
     rows = tiny_rows(24)
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "out"
-    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, "--steps", "20",
-            "--shard-size", "2", "--actors", "2"]
+    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, *SLOW_TINY]
     driver = subprocess.Popen([*SDBATCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     markers_dir = out / "_committed"
     deadline = time.monotonic() + 180
     while _count(markers_dir) < 3:
         assert driver.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
-        time.sleep(0.1)
+        time.sleep(0.05)
+    actors = _actor_processes(driver.pid)  # the only writers of markers
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    committed = _wait_until_stable(markers_dir)
+    _, alive = psutil.wait_procs(actors, timeout=60)  # Ray's fate-sharing takes them down with the driver
+    assert not alive, f"actors outlived their driver: {alive}"
+    committed = _wait_until_stable(markers_dir, quiet=0.5)  # nothing is left to write one; check that
     assert 3 <= len(committed) < 12, "the kill should land mid-run"
     before = {name: (markers_dir / name).read_bytes() for name in committed}
 
@@ -112,25 +130,17 @@ def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path)
     assert last["rows_rendered"] + last["rows_adopted"] == 24 - 2 * len(committed)
 
 
-def _actor_processes(driver_pid: int):
-    import psutil
-
-    children = psutil.Process(driver_pid).children(recursive=True)
-    return [p for p in children if "RenderActor" in " ".join(p.cmdline())]
-
-
 def test_killed_actor_is_replaced_and_its_shards_requeued(tmp_path):
     rows = tiny_rows(16)
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "out"
-    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, "--steps", "20",
-            "--shard-size", "2", "--actors", "2"]
+    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, *SLOW_TINY]
     driver = subprocess.Popen([*SDBATCH, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
     deadline = time.monotonic() + 180
     while _count(out / "_committed") < 1:
         assert driver.poll() is None and time.monotonic() < deadline, "run ended before an actor was killed"
-        time.sleep(0.1)
+        time.sleep(0.05)
     victims = _actor_processes(driver.pid)
     assert len(victims) == 2
     victims[0].kill()  # SIGKILL, as the kernel's OOM killer would

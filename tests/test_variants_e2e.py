@@ -14,7 +14,10 @@ from tests.util import run_cli, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
 JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.toml")
-VARIANT_ROWS = 50
+# 5 shards per variant (as 50 rows in 10-row shards were): enough that, without affinity, both actors meet
+# every variant; with 4-row shards (one pipeline call each) at 40% of the rows.
+VARIANT_ROWS = 20
+SHARD_SIZE = 4
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def _rows(assets) -> list[dict]:
 def _submit(manifest, out, assets, *extra):
     return run_cli("submit", str(manifest), "--output", str(out), "--job", JOB, "--lora-dir",
                    str(assets["root"] / "loras"), "--steps", "1", "--width", "32", "--height", "32",
-                   "--shard-size", "10", "--actors", "2", *extra)
+                   "--shard-size", str(SHARD_SIZE), "--actors", "2", *extra)
 
 
 def test_affinity_keeps_loads_to_variants_plus_actors(tmp_path, assets):
