@@ -21,6 +21,9 @@ class RunProgress:
             TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]:.2f} img/s"), TextColumn("failed {task.fields[failed]}"),
             TimeRemainingColumn(), console=console, transient=False,
+            # Rows arrive a shard at a time, seconds apart: 10 redraws a second would only take CPU
+            # from a local render.
+            refresh_per_second=2,
         )
         self.task = self.progress.add_task("rows", total=rows_total, completed=rows_done, rate=0.0, failed=0)
 

@@ -94,9 +94,14 @@ def test_cpu_threads_and_priority_take_effect_in_ray_workers(tmp_path, tiny_cach
         set_cpu_threads(1)
         return before, os.getpriority(os.PRIO_PROCESS, 0)
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="perf-ray-", dir="/tmp"))
+    from sdbatch.engine.cluster import _descendants, connect
+
+    connect(None)  # the private local Ray a run starts
     try:
+        # Its own daemons yield to the actors: a raylet at nice 0 preempts a CPU render's threads.
+        daemons = {pid: open(f"/proc/{pid}/cmdline", "rb").read() for pid in _descendants(os.getpid())}
+        raylets = [pid for pid, cmd in daemons.items() if b"raylet/raylet" in cmd]
+        assert raylets and all(os.getpriority(os.PRIO_PROCESS, pid) == 19 for pid in raylets)
         # num_cpus=1: Ray sets OMP_NUM_THREADS=1 in the worker, so torch starts with one thread.
         actor = RemoteRenderActor.options(num_cpus=1).remote(
             LocalStore(str(tmp_path)), RendererSettings(cpu_threads=2, device="cpu"))
