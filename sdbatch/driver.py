@@ -157,6 +157,7 @@ def _run_stats(report, actors: int) -> dict[str, Any]:
         "shards_rendered": len(results), "actors": actors, "actors_lost": report.actors_lost if report else 0,
         "rows_rendered": sum(r.rendered for r in results), "rows_adopted": sum(r.adopted for r in results),
         "render_seconds": round(report.render_finished - report.render_started, 3) if report else 0.0,
+        "pipeline_seconds": round(sum(r.pipeline_seconds for r in results), 3),
         "lora_loads": sum(per_actor["lora"].values()), "controlnet_loads": sum(per_actor["controlnet"].values()),
         "model_loads": sum(per_actor["model"].values()), "loads_per_actor": per_actor,
     }

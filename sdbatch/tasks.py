@@ -35,3 +35,6 @@ class ShardResult:
     lora_loads: int = 0  # LoRA files loaded into the pipeline by this shard (cache hits are not loads)
     controlnet_loads: int = 0  # ControlNet models loaded (from disk, or moved back from CPU) by this shard
     actor: str = ""
+    # The rendered rows' time inside pipeline calls (each row its share of its batch), as the gallery's
+    # GPU-hours count it: what the summary at the end of submit reports.
+    pipeline_seconds: float = 0.0

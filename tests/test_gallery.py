@@ -183,8 +183,9 @@ def rendered(tiny_cache, tmp_path_factory) -> Run:
     manifest = write_manifest(root / "m.parquet", rows)
     output = root / "out"
     result = run_cli("submit", str(manifest), "--output", str(output), "--job", JOB, "--steps", "2",
-                     "--actors", "1", "--lora-dir", str(root / "loras"))
+                     "--actors", "1", "--lora-dir", str(root / "loras"), "--gpu-hour-price", "2.5")
     assert result.returncode in (0, 1), result.stdout + result.stderr
+    (root / "submit-summary.txt").write_text(result.stdout)  # what the morning report must agree with
     statuses = {r["id"]: r["status"] for r in pq.read_table(output / "metadata").select(["id", "status"]).to_pylist()}
     return Run(output, sorted(i for i, s in statuses.items() if s == "ok"),
                sorted(i for i, s in statuses.items() if s == "failed"))
@@ -206,6 +207,13 @@ def test_gallery_of_a_real_run_shows_every_image_and_failure_in_chromium(chromiu
         assert seen["injected"] == 0 and INJECTED in seen["text"]  # prompts are text, never markup
     text = chromium.evaluate((rendered.output / "gallery.html").as_uri(), PAGE_CHECK)["text"]
     assert "cost / 1,000 images" in text and "GPU-hours" in text and "images/s" in text
+    # The summary at the end of submit shows the same totals as the gallery (one invocation: the whole run).
+    summary = " ".join((rendered.output.parent / "submit-summary.txt").read_text().split())
+    gallery_hours = re.search(r"GPU-hours\s*([0-9.e+-]+) on", text).group(1)
+    gallery_cost = re.search(r"cost / 1,000 images\s*([0-9.e+-]+) at 2.5", text).group(1)
+    hours, cost = re.search(r"GPU-hours\W*([0-9.e+-]+) in pipeline calls this run; ([0-9.e+-]+) per 1,000", summary).groups()
+    assert float(hours) == pytest.approx(float(gallery_hours), rel=1e-3) and float(hours) > 0
+    assert float(cost) == pytest.approx(float(gallery_cost), rel=1e-3)
     assert re.search(r'src="images/\d{6}/ok0\.png"', (rendered.output / "gallery.html").read_text())
     assert f'src="{(rendered.output / "images").as_uri()}' in elsewhere.read_text()
 

@@ -29,6 +29,8 @@ Width = Annotated[Optional[int], typer.Option(help="Default width (multiple of 8
 Height = Annotated[Optional[int], typer.Option(help="Default height (multiple of 8).")]
 Scheduler = Annotated[Optional[str], typer.Option(help="Default scheduler, e.g. euler_a, dpmpp_2m_karras.")]
 ShardSize = Annotated[Optional[int], typer.Option(help="Rows per shard (the unit of commit and retry).")]
+Price = Annotated[Optional[float], typer.Option(help="Price of one GPU for an hour (any currency), for the "
+                                                 "cost lines.")]
 Affinity = Annotated[Optional[bool], typer.Option("--affinity/--no-affinity", help=(
     "Send shards to actors that already hold their variant (default on); off only to compare."))]
 

@@ -17,6 +17,7 @@ from sdbatch.cli.options import (
     LoraDir,
     Manifest,
     Model,
+    Price,
     S3Endpoint,
     Scheduler,
     ShardSize,
@@ -29,7 +30,6 @@ from sdbatch.cli.options import (
 )
 
 Opt = typer.Option
-Price = Annotated[Optional[float], Opt(help="Price of one GPU for an hour (any currency), for the cost lines.")]
 
 
 def register(app: typer.Typer) -> None:

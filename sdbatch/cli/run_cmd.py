@@ -17,6 +17,7 @@ from sdbatch.cli.options import (
     LoraDir,
     Manifest,
     Model,
+    Price,
     Output,
     S3Endpoint,
     Scheduler,
@@ -85,6 +86,7 @@ def submit(
         "'' leaves it to the cluster's own AWS_ENDPOINT_URL."))] = None,
     lora_dir: LoraDir = None,
     affinity: Affinity = None,
+    gpu_hour_price: Price = None,
 ) -> int:
     """Render every row of a manifest into OUTPUT; rerun the same command to resume."""
     overrides = {
@@ -98,7 +100,7 @@ def submit(
     request = SubmitRequest(manifest, output, spec, address, s3, cluster_s3_endpoint)
     if is_jobs_address(address):
         return submit_and_follow(request, Console(), follow)
-    return run_and_report(request, Console())
+    return run_and_report(request, Console(), gpu_hour_price)
 
 
 def submit_and_follow(request: SubmitRequest, console: Console, follow: bool) -> int:
@@ -121,18 +123,24 @@ def submit_and_follow(request: SubmitRequest, console: Console, follow: bool) ->
     return 0 if status == "SUCCEEDED" else 1
 
 
-def run_and_report(request: SubmitRequest, console: Console) -> int:
+def run_and_report(request: SubmitRequest, console: Console, gpu_hour_price: float | None = None) -> int:
     from sdbatch.progress import RunProgress
 
     prepared = prepare(request)
     console.print(f"{prepared.plan.rows_total} rows in {len(prepared.plan.shards)} shards -> {prepared.store.uri}")
     summary = execute(prepared, lambda total, done: RunProgress(console, total, done))
-    print_summary(console, summary)
+    print_summary(console, summary, gpu_hour_price)
     return summary.exit_code
 
 
-def print_summary(console: Console, summary: RunSummary) -> None:
+def print_summary(console: Console, summary: RunSummary, gpu_hour_price: float | None = None) -> None:
     c, s = summary.counts, summary.stats
+    # As the gallery counts them: rows' time inside pipeline calls, so a floor on the bill.
+    gpu_hours = s.get("pipeline_seconds", 0.0) / 3600
+    cost = ""
+    if gpu_hour_price is not None and c["rows_ok"]:
+        per_1000 = gpu_hours * gpu_hour_price / c["rows_ok"] * 1000
+        cost = f"; {per_1000:.4g} per 1,000 images at {gpu_hour_price:g} per GPU-hour"
     table = Table(show_header=False, title="run summary")
     for label, value in [("output", summary.output), ("rows", c["rows_total"]), ("ok", c["rows_ok"]),
                          ("failed", c["rows_failed"]), ("pending", c["rows_pending"]),
@@ -141,7 +149,8 @@ def print_summary(console: Console, summary: RunSummary) -> None:
                                       f"{s['shards_skipped']} shards already done"),
                          ("loads", f"{s['model_loads']} model, {s['lora_loads']} LoRA, "
                                    f"{s['controlnet_loads']} ControlNet ({s['actors']} actors)"),
-                         ("speed", f"{s['images_per_second']} images/s while rendering; {s['wall_seconds']} s in all")]:
+                         ("speed", f"{s['images_per_second']} images/s while rendering; {s['wall_seconds']} s in all"),
+                         ("GPU-hours", f"{gpu_hours:.4g} in pipeline calls this run{cost}")]:
         table.add_row(label, str(value))
     console.print(table)
     for failure in summary.failures[:20]:

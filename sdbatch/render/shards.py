@@ -48,7 +48,9 @@ def write_shard(renderer: Renderer, task: ShardTask) -> ShardResult:
                        seconds=time.perf_counter() - started, failures=failures,
                        model_loads=renderer.model_loads - loads_before[0],
                        lora_loads=renderer.lora_loads - loads_before[1],
-                       controlnet_loads=renderer.controlnet_loads - loads_before[2], actor=renderer.settings.name)
+                       controlnet_loads=renderer.controlnet_loads - loads_before[2], actor=renderer.settings.name,
+                       pipeline_seconds=sum(r.get("render_seconds") or 0.0
+                                            for r in out.results if not r.get("adopted")))
 
 
 def _files_shard(renderer: Renderer, task: ShardTask) -> Outcome:
