@@ -20,6 +20,8 @@ SCHEDULER_CLASSES = {"PNDMScheduler": "PLMS", "DDIMScheduler": "DDIM", "EulerDis
 # A1111's own pattern for "Key: value, Key: "quoted, value"" pairs.
 PAIR = re.compile(r'\s*([\w][\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+# Pillow refuses EXIF blocks over 65,533 bytes; the rest of the block needs a few hundred.
+EXIF_LIMIT = 65_000
 SDBATCH_KEY = "sdbatch"  # our exact row (paths, weights, ids), which A1111 ignores
 
 
@@ -78,9 +80,17 @@ def save_options(image_format: str, parameters: str) -> dict[str, Any]:
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", parameters)
         return {"pnginfo": info}
+    comment = _user_comment(parameters)
+    if len(comment) > EXIF_LIMIT:  # a prompt of thousands of characters: keep what fits, never fail the image
+        parameters = parameters.rpartition(f", {SDBATCH_KEY}: ")[0] or parameters
+        comment = _user_comment(parameters)[:EXIF_LIMIT // 2 * 2]  # whole UTF-16 units (a pair may split)
     exif = Image.Exif()
-    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\x00" + parameters.encode("utf-16-be")
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = comment
     return {"exif": exif.tobytes()}
+
+
+def _user_comment(parameters: str) -> bytes:
+    return b"UNICODE\x00" + parameters.encode("utf-16-be")
 
 
 def read_parameters(data: bytes) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,39 @@ def normalize(table: pa.Table, defaults: RowDefaults) -> pa.Table:
     prompts, columns["loras"] = normalize_loras(table, columns["prompt"].to_pylist(), resolver, report)
     columns["prompt"] = pa.array(prompts, pa.string())
     columns["controlnets"] = normalize_controlnets(table, resolver, report)
+    _check_no_secrets_in_urls(columns, report)
     _check_label_names(table, problems)
     _raise_if(problems, table.num_rows)
     labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in CONSUMED_COLUMNS}
     return pa.table({**columns, **labels})
+
+
+# Query parameters that make a URL a credential (presigned S3/GCS/Azure links, tokens).
+SECRET_QUERY = re.compile(r"(?i)(^|[?&])(x-amz-(signature|credential|security-token)|x-goog-(signature|credential)|"
+                          r"signature|sig|token|access_token|api_key|key)=")
+
+
+def _check_no_secrets_in_urls(columns: dict[str, pa.Array], report) -> None:
+    """References are recorded in the output (manifest copy, results, each image's parameters): a URL that
+    carries a password or a signature there would publish it."""
+    def check(column: str, n: int, value: str | None) -> None:
+        if value and value.startswith(("http://", "https://")):
+            parts = urllib.parse.urlsplit(value)
+            if "@" in parts.netloc or SECRET_QUERY.search(parts.query):
+                report(column, n, "is a URL with a password, signature or token, which would be recorded in the "
+                                  "output and in every image; use an s3:// URI (credentials from the environment) "
+                                  "or a URL that needs none")
+
+    for column in ("model", "vae"):
+        for n, value in enumerate(columns[column].to_pylist()):
+            check(column, n, value)
+    for n, loras in enumerate(columns["loras"].to_pylist()):
+        for lora in loras or []:
+            check("loras", n, lora["path"])
+    for n, nets in enumerate(columns["controlnets"].to_pylist()):
+        for net in nets or []:
+            check("controlnets", n, net["model"])
+            check("controlnets", n, net["image"])
 
 
 def _raise_if(problems: list[Problem], rows: int) -> None:

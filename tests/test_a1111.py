@@ -66,3 +66,14 @@ def test_image_without_parameters_reads_none():
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG")
     assert read_parameters(buffer.getvalue()) is None
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_a_very_long_prompt_still_encodes_with_what_fits(fmt):
+    # EXIF holds 64 KiB: a 20,000-character prompt (UTF-16, twice with the exact record) cannot all fit,
+    # and must not fail the image (and with it the whole shard).
+    row = {**ROW, "prompt": "a cat " * 4000}
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format=fmt.upper(), **save_options(fmt, format_parameters(row)))
+    text = read_parameters(buffer.getvalue())
+    assert text.startswith("a cat a cat") and 20_000 < len(text) < 33_000

@@ -51,6 +51,13 @@ def test_pandas_nan_in_integer_columns_means_default():
     ([{"id": "ok", "prompt": "x", "seed": -1}], "seed", "row id 'ok'", "2**63"),
     ([{"id": "ok", "prompt": "x <lora:foo:0.8>"}], "prompt", "row id 'ok'", "pass --lora-dir"),
     ([{"id": "ok", "prompt": "x", "status": "draft"}], "status", None, "rename this label column"),
+    ([{"id": "ok", "prompt": "x", "controlnets": [{"model": "s3://b/cn", "scale": 1.0,
+                                                   "image": "https://h/i.png?X-Amz-Signature=ab"}]}],
+     "controlnets", "row id 'ok'", "use an s3:// URI"),
+    ([{"id": "ok", "prompt": "x", "controlnet": "s3://b/cn", "control_image": "https://u:p@h/i.png"}],
+     "controlnets", "row id 'ok'", "use an s3:// URI"),
+    ([{"id": "ok", "prompt": "x", "vae": "https://h/vae.safetensors?token=abc"}], "vae", "row id 'ok'",
+     "password, signature or token"),
 ])
 def test_bad_rows_are_refused_with_column_row_and_fix(rows, column, row_hint, fix_hint):
     with pytest.raises(ManifestError) as info:

@@ -22,6 +22,13 @@ def test_tar_bytes_are_deterministic_so_a_retried_put_is_identical():
     assert build_tar(_samples()) == build_tar(_samples())
 
 
+def test_ids_of_the_longest_allowed_length_fit_in_the_tar():
+    row_id = "x" * 128  # the manifest allows 128 characters; ustar names stop at 100
+    data = build_tar([Sample(row_id, "png", b"img", {"id": row_id}, "p")])
+    assert tarfile.open(fileobj=io.BytesIO(data)).getnames() == [f"{row_id}.png", f"{row_id}.json", f"{row_id}.txt"]
+    assert rows_from_tar(data) == [{"id": row_id}] and build_tar([Sample(row_id, "png", b"img", {"id": row_id}, "p")]) == data
+
+
 def test_rows_come_back_from_the_tar():
     assert [r["label"] for r in rows_from_tar(build_tar(_samples()))] == ["cat"] * 3
 

@@ -18,8 +18,9 @@ from sdbatch.storage import S3Settings
 
 VAE_HUB_FILES = ["*.json", "*.safetensors"]  # a VAE repo's config and weights; not its .bin twins
 # Structure a VAE must share with the model's own: the pipeline derived its scale factor and latent
-# shape from the model's VAE when it was built.
-MUST_MATCH = ("latent_channels", "block_out_channels")
+# shape from the model's VAE when it was built. SD1.x and SDXL VAEs share their structure and differ in
+# the latent scaling only (0.18215 against 0.13025): the wrong one renders washed-out images, not errors.
+MUST_MATCH = ("latent_channels", "block_out_channels", "scaling_factor")
 
 
 class Vaes:
