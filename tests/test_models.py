@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,11 +67,13 @@ def test_s3_model_is_downloaded_once_per_node_and_renders(models, s3_env, new_bu
     for file in sorted(p for p in models["folder"].rglob("*") if p.is_file()):
         store.put(f"seed1/{file.relative_to(models['folder']).as_posix()}", file.read_bytes())
     store.put("seed1.safetensors", models["single"].read_bytes())
+    store.put("seed1/unet/diffusion_pytorch_model.bin", b"a pickled twin of the .safetensors weights")
     uri = f"s3://{new_bucket}/models/seed1"
     node = str(tmp_path / "node-cache")  # a fresh node: nothing cached yet
     with multiprocessing.get_context("spawn").Pool(4) as pool:  # four actors of one node race for the lock
         downloaded = pool.starmap(_fetch, [(uri, s3_env, node)] * 4)
     assert sorted(downloaded) == [False, False, False, True]
+    assert not list(Path(node).rglob("*.bin")) and not list(Path(node).rglob("*.tmp"))  # no twin, no staging left
     os.environ["SDBATCH_CACHE"] = node  # tiny_cache restores it at the end of the session
     settings = RendererSettings(cpu_threads=2, io_threads=1, s3=S3Settings(endpoint_url=s3_env))
     r = Renderer(LocalStore(str(tmp_path / "out")), settings)

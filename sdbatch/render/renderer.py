@@ -81,8 +81,13 @@ class Renderer:
         if self._model is None or self._model.reference != reference:
             if self._variants is not None:
                 self._earlier_loads = [self.lora_loads, self.controlnet_loads]
+            replacing = self._model is not None
             self._model, self._variants = None, None
             self._schedulers.clear()
+            if replacing and self.settings.fast.compile:
+                # Dynamo's caches and CUDA-graph pools are per process, not per UNet: they would keep the old
+                # model's memory, and a few switches in exhaust the recompile limit (the UNet runs eager).
+                torch._dynamo.reset()
             gc.collect()  # pipelines hold reference cycles (hooks, from_pipe siblings): free them before loading
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdbatch.storage import S3Settings, open_store
+from sdbatch.storage import S3Settings, check_key, open_store
 
 # Importing torch or diffusers here would make every light caller (the s3 download race, the driver's
 # checks) pay seconds: they are imported inside the functions that need them.
@@ -126,7 +126,9 @@ def fetch_s3(uri: str, s3: S3Settings | None) -> tuple[Path, bool]:
     """
     bucket_prefix = uri.rstrip("/")
     name = bucket_prefix.rsplit("/", 1)[-1]
-    folder = cache_root() / "s3" / hashlib.sha256(bucket_prefix.encode()).hexdigest()[:16]
+    # The endpoint is part of the identity: the same bucket/key on two S3 services is two models.
+    endpoint = (s3.endpoint_url if s3 else None) or ""
+    folder = cache_root() / "s3" / hashlib.sha256(f"{endpoint}|{bucket_prefix}".encode()).hexdigest()[:16]
     target = folder / name if is_single_file(uri) else folder
     if (folder / DONE).is_file():
         return target, False
@@ -134,6 +136,8 @@ def fetch_s3(uri: str, s3: S3Settings | None) -> tuple[Path, bool]:
     with _flock(folder.parent / f"{folder.name}.lock"):
         if (folder / DONE).is_file():  # another process finished while this one waited
             return target, False
+        for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # a downloader killed mid-way (the lock is ours)
+            shutil.rmtree(stale, ignore_errors=True)
         staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
         try:
             _download(bucket_prefix, staging, s3)
@@ -153,7 +157,7 @@ def _download(uri: str, staging: Path, s3: S3Settings | None) -> None:
             files = {name: (open_store(parent, s3), name)}
         else:
             store = open_store(uri, s3)
-            files = {key: (store, key) for key in store.list()}
+            files = {check_key(key): (store, key) for key in _weights_once(store.list())}
         if not files:
             raise ModelLoadError(f"model {uri!r}: no objects under that prefix; upload the diffusers folder "
                                  "(model_index.json and its subfolders) or name a .safetensors object")
@@ -164,6 +168,12 @@ def _download(uri: str, staging: Path, s3: S3Settings | None) -> None:
     except StoreError as exc:
         raise ModelLoadError(f"model {uri!r} could not be downloaded: {exc}") from exc
     (staging / DONE).write_text(json.dumps({"uri": uri, "files": sorted(files)}))
+
+
+def _weights_once(keys: list[str]) -> list[str]:
+    """The folder's keys without pickled twins of .safetensors weights: never loaded, often gigabytes."""
+    safe_dirs = {key.rpartition("/")[0] for key in keys if key.endswith(".safetensors")}
+    return [k for k in keys if not (k.endswith(UNSAFE_SUFFIXES) and k.rpartition("/")[0] in safe_dirs)]
 
 
 @contextlib.contextmanager
