@@ -62,7 +62,7 @@ def _fetch(uri: str, endpoint: str, cache: str) -> bool:
     return fetch_s3(uri, S3Settings(endpoint_url=endpoint))[1]
 
 
-def test_s3_model_is_downloaded_once_per_node_and_renders(models, s3_env, new_bucket, tmp_path):
+def test_s3_model_is_downloaded_once_per_node_and_renders(models, s3_env, new_bucket, tmp_path, monkeypatch):
     store = open_store(f"s3://{new_bucket}/models", S3Settings(endpoint_url=s3_env))
     for file in sorted(p for p in models["folder"].rglob("*") if p.is_file()):
         store.put(f"seed1/{file.relative_to(models['folder']).as_posix()}", file.read_bytes())
@@ -74,7 +74,7 @@ def test_s3_model_is_downloaded_once_per_node_and_renders(models, s3_env, new_bu
         downloaded = pool.starmap(_fetch, [(uri, s3_env, node)] * 4)
     assert sorted(downloaded) == [False, False, False, True]
     assert not list(Path(node).rglob("*.bin")) and not list(Path(node).rglob("*.tmp"))  # no twin, no staging left
-    os.environ["SDBATCH_CACHE"] = node  # tiny_cache restores it at the end of the session
+    monkeypatch.setenv("SDBATCH_CACHE", node)  # this test only: later tests find their caches where they were
     settings = RendererSettings(cpu_threads=2, io_threads=1, s3=S3Settings(endpoint_url=s3_env))
     r = Renderer(LocalStore(str(tmp_path / "out")), settings)
     try:  # the local folder, the s3:// folder, the s3:// single file: the same weights, the same image
