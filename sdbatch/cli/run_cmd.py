@@ -168,7 +168,7 @@ def demo(output: Annotated[Path, Opt("--output", "-o", help="Where to write the 
 
     from sdbatch.authoring import prompts_table
 
-    job_file = job or _find_demo_job()
+    job_file = job or str(_find_demo_job())
     prompts = [f"{subject}, {style}" for subject in DEMO_SUBJECTS for style in DEMO_STYLES]
     manifest = output.parent / "demo-manifest.parquet"
     manifest.parent.mkdir(parents=True, exist_ok=True)
