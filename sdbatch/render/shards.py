@@ -34,6 +34,7 @@ class Outcome:
     results: list[dict]
     rendered: int  # rows rendered by this attempt
     adopted: int  # rows whose image an earlier or racing attempt wrote
+    pipeline_seconds: float  # this attempt's time in pipeline calls, whichever attempt's images stand
 
 
 def write_shard(renderer: Renderer, task: ShardTask) -> ShardResult:
@@ -49,8 +50,7 @@ def write_shard(renderer: Renderer, task: ShardTask) -> ShardResult:
                        model_loads=renderer.model_loads - loads_before[0],
                        lora_loads=renderer.lora_loads - loads_before[1],
                        controlnet_loads=renderer.controlnet_loads - loads_before[2], actor=renderer.settings.name,
-                       pipeline_seconds=sum(r.get("render_seconds") or 0.0
-                                            for r in out.results if not r.get("adopted")))
+                       pipeline_seconds=out.pipeline_seconds)
 
 
 def _files_shard(renderer: Renderer, task: ShardTask) -> Outcome:
@@ -75,7 +75,7 @@ def _files_shard(renderer: Renderer, task: ShardTask) -> Outcome:
             adopted += record["adopted"]
         results.append(record)
     committed = commit_shard(renderer.store, task.shard_id, task.attempt, results)
-    return Outcome(committed, results, len(todo), adopted)
+    return Outcome(committed, results, len(todo), adopted, _seconds(record for record, _ in pending))
 
 
 def _webdataset_shard(renderer: Renderer, task: ShardTask) -> Outcome:
@@ -100,7 +100,8 @@ def _webdataset_shard(renderer: Renderer, task: ShardTask) -> Outcome:
     results = [record for _, record, _ in ordered]
     if store.put_once(key, build_tar(samples)) is PutResult.CONFLICT:  # a racing attempt's tar stands
         return _adopt_tar(renderer, task, store.get(key), {r["id"]: r for r in results}, rendered=len(results))
-    return Outcome(commit_shard(store, task.shard_id, task.attempt, results), results, len(results), 0)
+    return Outcome(commit_shard(store, task.shard_id, task.attempt, results), results, len(results), 0,
+                   _seconds(results))
 
 
 def _adopt_tar(renderer: Renderer, task: ShardTask, data: bytes, own: dict[str, dict], rendered: int) -> Outcome:
@@ -110,13 +111,13 @@ def _adopt_tar(renderer: Renderer, task: ShardTask, data: bytes, own: dict[str, 
     for meta_key, rows in uncommitted_metadata(renderer.store, task.shard_id).items():
         if _agrees(rows, kept, task):
             marker = commit_marker(renderer.store, task.shard_id, task.attempt, meta_key, rows)
-            return Outcome(marker["attempt"] == task.attempt, rows, rendered, len(kept))
+            return Outcome(marker["attempt"] == task.attempt, rows, rendered, len(kept), _seconds(own.values()))
     writer = next(iter(kept.values()), {}).get("attempt", "unknown")
     # A sample's own record (device, timings, the attempt that rendered it) is what the tar holds.
     results = [{**kept[row["id"]], "adopted": True} if row["id"] in kept else
                _missing(renderer, task, row, own.get(row["id"]), writer) for row in task.rows]
     committed = commit_shard(renderer.store, task.shard_id, task.attempt, results)
-    return Outcome(committed, results, rendered, len(kept))
+    return Outcome(committed, results, rendered, len(kept), _seconds(own.values()))
 
 
 def _agrees(rows: list[dict], kept: dict[str, dict], task: ShardTask) -> bool:
@@ -129,3 +130,7 @@ def _missing(renderer: Renderer, task: ShardTask, row: dict, own: dict | None, w
     if own is not None and own["status"] == "failed":
         return own  # it failed here too: our error is as good as theirs
     return failed_row(task, row, LOST_ERROR.format(attempt=writer), renderer.provenance(ok=False))
+
+
+def _seconds(records) -> float:
+    return sum(r.get("render_seconds") or 0.0 for r in records)
