@@ -9,6 +9,7 @@ from typing import Callable
 
 import ray
 
+from sdbatch import priority
 from sdbatch.engine.actor import RemoteRenderActor
 from sdbatch.engine.scheduler import Dispatcher, DispatchReport, Events
 from sdbatch.plan import Shard
@@ -28,48 +29,46 @@ class PoolShape:
     cpus_per_actor: float
 
 
+# Timers of a private one-node Ray that wake its daemons tens of times a second for work such a cluster
+# does not have (remote object pulls, autoscaler load reports, metrics for a dashboard that is off). On
+# a CPU render those wake-ups preempt the render's threads; a cluster's own settings are left alone.
+QUIET_PRIVATE_RAY = {
+    "event_stats": False,  # per-handler timing of every event-loop callback, for debugging Ray itself
+    "metrics_report_interval_ms": 60_000,  # no dashboard or Prometheus reads them
+    "raylet_report_resources_period_milliseconds": 1_000,  # to the GCS; the raylet schedules its own node
+    "gcs_pull_resource_loads_period_milliseconds": 5_000,  # for an autoscaler that a private Ray has not
+    "raylet_check_gc_period_milliseconds": 10_000,  # distributed-reference GC: one node, few objects
+    "object_manager_timer_freq_ms": 1_000,  # retries of pulls from other nodes: there are none
+    "kill_idle_workers_interval_ms": 5_000,  # idle workers cost memory, not time: reaped less eagerly
+    "memory_monitor_refresh_ms": 1_000,  # Ray's OOM killer stays on, checking 1/s instead of 4/s
+}
+
+
 def connect(address: str | None) -> None:
     """Join a running cluster, or start a private local Ray that ends with this process."""
     if address:
         ray.init(address=address, log_to_driver=False)
         return
+    own_threads = priority.threads()
     # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
-    ray.init(address="local", include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=QUIET_PRIVATE_RAY,
              _temp_dir=tempfile.mkdtemp(prefix="sdbatch-ray-", dir="/tmp"))
-    yield_to_actors()
+    yield_to_actors(priority.threads() - own_threads)
 
 
-def yield_to_actors() -> None:
-    """Lower the private Ray's own daemons (GCS, raylet, agents: ~4% of a core in periodic wake-ups) to
-    nice 19, so they stop preempting CPU actors, whose threads wait on each other at every operator:
-    a tick of 5% of a core slowed a 2-thread render by 3% at nice 0, by 1% at nice 19 (2 cores).
-    They are this process's descendants; workers are the ones Ray already started at a positive nice.
-    Allowed without privileges (only lowering); Linux only (/proc)."""
-    for pid in _descendants(os.getpid()):
+def yield_to_actors(driver_ray_threads: set[int]) -> None:
+    """Lower the private Ray's own work to nice 19: its daemons (GCS, raylet, agents) and the threads
+    ray.init started in this process. They preempt CPU actors, whose threads wait on each other at every
+    operator: a tick of 5% of a core slowed a 2-thread render by 3% at nice 0, by 1% at nice 19 (2 cores).
+    Workers (already at Ray's positive nice) are left to the actors (fastpath.set_cpu_threads)."""
+    priority.lower(driver_ray_threads)
+    for pid in priority.descendants(os.getpid()):
         try:
             if os.getpriority(os.PRIO_PROCESS, pid) > 0:
-                continue  # a worker: a CPU actor takes nice 0 back itself (fastpath.set_cpu_threads)
-            for task in os.listdir(f"/proc/{pid}/task"):  # Linux keeps a nice value per thread
-                os.setpriority(os.PRIO_PROCESS, int(task), 19)
+                continue  # a worker
         except OSError:  # ended meanwhile
             continue
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for name in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                parent = int(f.read().rpartition(")")[2].split()[1])  # after "(comm)": state, ppid
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+        priority.lower(priority.threads(pid))
 
 
 def pool_shape(requested: int | None, device: str = "auto") -> PoolShape:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -92,9 +91,8 @@ def _check_sdpa(unet) -> None:
 
 def set_cpu_threads(threads: int | None) -> None:
     """Give torch the CPUs this process is entitled to: Ray sets OMP_NUM_THREADS to an actor's num_cpus
-    (1 for a GPU actor), and torch starts with that many threads. Ray also starts workers at nice 15, so
-    the actor's threads yield to every other process on the node (~6% of a 2-core CPU actor's speed
-    here): a CPU actor takes back nice 0 where it may (root, CAP_SYS_NICE)."""
+    (1 for a GPU actor), and torch starts with that many threads. (An actor's priority is the actor's
+    business: engine/actor.py.)"""
     if not threads:
         return
     torch.set_num_threads(threads)
@@ -102,18 +100,6 @@ def set_cpu_threads(threads: int | None) -> None:
         torch.set_num_interop_threads(threads)
     except RuntimeError:  # allowed once, before any inter-op work; the intra-op count is what matters
         pass
-    _unnice()
-
-
-def _unnice() -> None:
-    # Linux keeps a nice value per thread; threads started later inherit the starting thread's.
-    tasks = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
-    for task in tasks:
-        try:
-            if os.getpriority(os.PRIO_PROCESS, int(task)) > 0:
-                os.setpriority(os.PRIO_PROCESS, int(task), 0)
-        except OSError:  # not permitted, or the thread has ended: the process keeps Ray's priority
-            pass
 
 
 def auto_batch_size(device: torch.device, dtype: torch.dtype, width: int, height: int) -> int:
