@@ -212,3 +212,19 @@ def test_two_models_two_actors_load_each_model_once_per_actor_at_most():
         models[actor] = shard.variant.model
         actor = 1 - actor
     assert loads <= 2 + 2
+
+
+def test_next_model_is_the_model_of_what_a_cold_actor_takes_first():
+    """What a replacement actor warms: the work left, not the run's first model."""
+    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), (0,)) for m in range(3) for v in range(2) for k in range(3)]
+    random.Random(5).shuffle(shards)
+    holdings = Holdings()
+    queue = ShardQueue(shards, holdings=holdings)
+    while queue:
+        expected = queue.next_model()
+        assert queue.take(f"cold-{len(queue)}").variant.model == expected  # a new actor each time: cold
+    assert queue.next_model() is None
+    in_order = ShardQueue(shards, affinity=False)
+    assert in_order.next_model() == shards[0].variant.model
+    in_order.requeue(shards[-1])
+    assert in_order.next_model() == shards[-1].variant.model

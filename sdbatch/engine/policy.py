@@ -242,6 +242,17 @@ class ShardQueue:
             holdings.give(actor, shard.variant)
         return shard
 
+    def next_model(self) -> str | None:
+        """The model of the work a cold actor would be given first (None when nothing waits): what a
+        replacement actor should load while it starts."""
+        if not self.affinity:
+            return self.fifo[0].variant.model if self.fifo else None
+        if self.holdings is None:
+            return max(self._waiting, key=lambda v: (len(self._waiting[v]), -self._rank[v])).model \
+                if self._waiting else None
+        tops = [t for heap in self._heaps.values() if (t := self._top(heap)) is not None]
+        return min(tops, key=lambda entry: entry[:3])[-1].model if tops else None
+
     def _next_in_order(self) -> Shard | None:
         if not self.fifo:
             return None

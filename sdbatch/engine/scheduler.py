@@ -50,6 +50,7 @@ class DispatchReport:
 class _Slot:
     name: str
     handle: Any
+    warm_model: str = ""  # the model it loads before its first shard
     in_flight: int = 0
     ready: bool = False  # warm: its first model is loaded; only ready actors are given shards
 
@@ -106,28 +107,28 @@ class Dispatcher:
     def _handle(self, ready: list, queue: ShardQueue) -> None:
         for ref in ready:
             if ref in self.warming:
-                self._warmed(ref)
+                self._warmed(ref, queue)
             else:
                 self._collect(ref, queue)
 
-    def _new_slot(self) -> _Slot:
+    def _new_slot(self, model: str | None = None) -> _Slot:
         self.report.actors_started += 1
         name = f"actor-{self.report.actors_started}"
-        slot = _Slot(name, self.make_actor(name))
-        self.warming[slot.handle.warm.remote(self.first_model)] = slot
+        slot = _Slot(name, self.make_actor(name), warm_model=model or self.first_model)
+        self.warming[slot.handle.warm.remote(slot.warm_model)] = slot
         return slot
 
-    def _warmed(self, ref: Any) -> None:
+    def _warmed(self, ref: Any, queue: ShardQueue) -> None:
         slot = self.warming.pop(ref)
         try:
             info = ray.get(ref)
         except ACTOR_LOST as exc:  # died while loading (node lost, out of memory): try another
-            self._replace(slot, exc)
+            self._replace(slot, exc, queue)
             return
         except RayTaskError as exc:  # the model itself cannot be loaded: no actor will do better
             raise FatalRunError(_cause_text(exc)) from exc
         slot.ready = True
-        self.holdings.warm(slot.name, self.first_model)  # its first shard of this model needs no switch
+        self.holdings.warm(slot.name, slot.warm_model)  # its first shard of this model needs no switch
         self.report.model_loads[slot.name] = info["model_loads"]
 
     def _fill(self, queue: ShardQueue) -> None:
@@ -152,8 +153,8 @@ class Dispatcher:
         try:
             result: ShardResult = ray.get(ref)
         except ACTOR_LOST as exc:
-            self._replace(slot, exc)
             self._retry_or_give_up(shard, f"actor lost: {type(exc).__name__}", queue)
+            self._replace(slot, exc, queue)  # after the requeue: the replacement warms what is left to do
             return
         except RayTaskError as exc:
             if isinstance(exc.cause, ModelLoadError):  # e.g. a second model of the manifest
@@ -167,7 +168,7 @@ class Dispatcher:
             tally[slot.name] = tally.get(slot.name, 0) + loads
         self.events.shard_done(result)
 
-    def _replace(self, slot: _Slot, exc: Exception) -> None:
+    def _replace(self, slot: _Slot, exc: Exception, queue: ShardQueue) -> None:
         if slot not in self.slots:
             return  # already replaced when its first lost shard came back
         self.report.actors_lost += 1
@@ -175,8 +176,10 @@ class Dispatcher:
             raise FatalRunError(f"{self.report.actors_lost} actors were lost ({type(exc).__name__}: {exc}); "
                                 "check the cluster's memory and the Ray logs before rerunning")
         self.events.actor_lost(slot.name, type(exc).__name__)
+        # It warms the model of the work left, not the run's first model: that one may be long done.
+        model = queue.next_model() or self.holdings.model(slot.name)
         self.holdings.forget(slot.name)  # its replacement starts cold
-        self.slots[self.slots.index(slot)] = self._new_slot()
+        self.slots[self.slots.index(slot)] = self._new_slot(model)
         ray.kill(slot.handle, no_restart=True)  # a hung-but-alive actor must not keep its GPU
 
     def _retry_or_give_up(self, shard: Shard, error: str, queue: ShardQueue) -> None:
