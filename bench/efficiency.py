@@ -120,7 +120,8 @@ def run_side(side: str, config: Config, work: Path, timeout: float) -> dict:
 
 def configs(args, model: str, model_dir: str) -> list[Config]:
     if args.device == "cpu":
-        images = 8 if args.quick else args.images or 16
+        # 32 rows: ~22 s of rendering, so the shard's set-up and commit are small next to it.
+        images = 8 if args.quick else args.images or 32
         plain = Config("cpu", model, model_dir, images, args.batch or 4, args.steps or 4, args.size or 128,
                        args.size or 128)
         compiled = Config(**{**asdict(plain), "compile": True})  # ~40 s of compiling per side on 2 cores
@@ -199,7 +200,7 @@ def main() -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="one round, few images: checks the harness")
     parser.add_argument("--rounds", type=int, default=None, help="default 5 on CPU, 1 on CUDA (1 with --quick)")
-    parser.add_argument("--images", type=int, help="rows per run (CPU default 16; CUDA max(16, 4 x batch))")
+    parser.add_argument("--images", type=int, help="rows per run (CPU default 32; CUDA max(8, 4 x batch))")
     parser.add_argument("--batch", type=int, help="one batch size (CPU default 4; CUDA default 1, 4, 8, 16)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--size", type=int, help="width = height (CPU default 128, CUDA 512)")
