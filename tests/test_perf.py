@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdbatch.output import MARKER_PREFIX
 from sdbatch.render.fastpath import FastPath, auto_batch_size, keep_vae_in_float32, pick_dtype
 from sdbatch.render.hotswap import HotswapLoras
 from sdbatch.render.renderer import Renderer, RendererSettings
@@ -109,12 +110,12 @@ def test_cpu_threads_and_priority_take_effect_in_ray_workers(tmp_path, tiny_cach
             LocalStore(str(tmp_path)), RendererSettings(cpu_threads=2, device="cpu"))
         warm = ray.get(actor.warm.remote("tiny:sd15"), timeout=120)
         assert "2 threads" in warm["device"]
-        # Ray starts a worker's main thread at nice 15 and its RPC threads at 0. In a render actor the main
-        # thread, which renders, takes nice 0 where it is allowed to, and Ray's threads go behind it.
-        pid = warm["pid"]
+        # Ray starts a worker's main thread at nice 15 and its RPC threads at 0. In a render actor the
+        # device thread takes nice 0 where it is allowed to, and Ray's threads go behind it.
+        pid, device = warm["pid"], warm["device_thread"]
         names = {tid: open(f"/proc/{pid}/task/{tid}/comm").read().strip() for tid in threads(pid)}
         rays = [tid for tid, name in names.items() if name in ("worker.io", "client.poll0", "server.poll0")]
-        assert nice(pid) == 0 if os.geteuid() == 0 else nice(pid) > 0
+        assert nice(device) == 0 if os.geteuid() == 0 else nice(device) > 0
         assert rays and {nice(tid) for tid in rays} == {19}
     finally:
         ray.shutdown()
@@ -140,6 +141,44 @@ class TrackingRenderer(Renderer):
         images, size, scheduler = super()._call_pipeline(batch)
         self.store.images.extend(weakref.ref(image) for image in images)
         return images, size, scheduler
+
+
+class CommitGate(LocalStore):
+    """The first shard marker waits (at most `wait` s) until images of every shard in `shards` are written."""
+
+    def __init__(self, root: str, shards: set[str], wait: float):
+        super().__init__(root)
+        self.waiting, self.wait = set(shards), wait
+        self.all_written, self.overlapped = threading.Event(), None
+        self._lock = threading.Lock()
+
+    def put_once(self, key, data):
+        with self._lock:
+            self.waiting.discard(key.split("/")[1] if key.startswith("images/") else None)
+            if not self.waiting:
+                self.all_written.set()
+            first_marker = key.startswith(MARKER_PREFIX) and self.overlapped is None
+        if first_marker:
+            self.overlapped = self.all_written.wait(self.wait)
+        return super().put_once(key, data)
+
+
+def test_an_actor_renders_the_next_shard_while_the_last_one_commits(tmp_path):
+    """I/O off the device's path, shard ends included: with two calls in flight (Ray's max_concurrency),
+    the first shard's commit is held until the second shard has written images. Serial shards would
+    reach that point only after the first call returned, so the gate would time out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdbatch.engine.actor import RenderActor
+    store = CommitGate(str(tmp_path), {"s1", "s2"}, wait=60)
+    actor = RenderActor(store, RendererSettings(batch_size=2, device="cpu"))  # the class Ray runs, in-process
+    actor.warm("tiny:sd15")
+    tasks = [ShardTask(shard, "a1", tuple(_row(i + offset) for i in range(2)), "png", 95)
+             for shard, offset in (("s1", 0), ("s2", 10))]
+    with ThreadPoolExecutor(2) as calls:
+        results = list(calls.map(actor.render_shard, tasks))
+    assert store.overlapped is True
+    assert [(r.committed, r.rows_ok) for r in results] == [(True, 2), (True, 2)]
 
 
 def test_a_slow_store_slows_rendering_instead_of_holding_images(tmp_path):

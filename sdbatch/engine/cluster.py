@@ -96,7 +96,9 @@ def renderer_settings(spec: JobSpec, shape: PoolShape, s3: S3Settings, name: str
 
 def actor_factory(store: Store, spec: JobSpec, shape: PoolShape, s3: S3Settings) -> Callable[[str], object]:
     def make(name: str):
-        options = {"num_gpus": shape.gpus_per_actor, "num_cpus": shape.cpus_per_actor}
+        # One call per shard in flight runs at once: a shard's commit overlaps the next one's rendering.
+        options = {"num_gpus": shape.gpus_per_actor, "num_cpus": shape.cpus_per_actor,
+                   "max_concurrency": max(1, spec.run.shards_in_flight)}
         return RemoteRenderActor.options(**options).remote(store, renderer_settings(spec, shape, s3, name))
 
     return make

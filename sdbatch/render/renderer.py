@@ -27,7 +27,7 @@ from sdbatch.render.fetch import Fetcher, Prefetcher, decode_image, labelled
 from sdbatch.render.loading import LoadedModel, load_model, make_scheduler, pick_device
 from sdbatch.render.loras import StateDictCache
 from sdbatch.render.results import RenderedRow, failed, versions
-from sdbatch.render.shards import write_shard
+from sdbatch.render.shards import OnDevice, inline, write_shard
 from sdbatch.render.uploads import Uploads
 from sdbatch.render.variants import Variants, VariantSettings
 from sdbatch.storage import S3Settings, Store
@@ -214,9 +214,10 @@ class Renderer:
                        **control_arguments(batch))
         return to_pil(out.images), (width, height), type(pipe.scheduler).__name__
 
-    def render_shard(self, task: ShardTask) -> ShardResult:
-        """Render the rows not yet in the store, write their images, commit the shard's metadata."""
-        return write_shard(self, task)
+    def render_shard(self, task: ShardTask, on_device: OnDevice = inline) -> ShardResult:
+        """Render the rows not yet in the store, write their images, commit the shard's metadata.
+        `on_device` runs the rendering phase (see shards.OnDevice); the rest runs on the calling thread."""
+        return write_shard(self, task, on_device)
 
     def provenance(self, ok: bool) -> dict[str, Any]:
         model = self._model

@@ -10,9 +10,10 @@ the tar never disagree and each ok row is one sample, whichever attempt commits.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sdbatch.output import EXTENSIONS, commit_marker, commit_shard, existing_images, image_key, uncommitted_metadata
 from sdbatch.render.results import adopted_row, failed_row, image_parameters, result_row, sample_record
@@ -22,6 +23,12 @@ from sdbatch.webdataset import Sample, build_tar, member_ref, rows_from_tar, tar
 
 if TYPE_CHECKING:
     from sdbatch.render.renderer import Renderer
+
+T = TypeVar("T")
+# Runs a shard's rendering phase where the device is, one shard at a time, and returns its value. Inline by
+# default; an actor passes its device thread, so that one shard's writes and commit (waiting on storage)
+# overlap the next shard's rendering.
+OnDevice = Callable[[Callable[[], Any]], Any]
 
 # Why a row is missing from a tar that another attempt wrote, when that attempt's own error is lost with it.
 LOST_ERROR = ("failed in attempt {attempt}, which wrote this shard's tar without it and stopped before committing; "
@@ -37,36 +44,64 @@ class Outcome:
     pipeline_seconds: float  # this attempt's time in pipeline calls, whichever attempt's images stand
 
 
-def write_shard(renderer: Renderer, task: ShardTask) -> ShardResult:
+@dataclass
+class Rendering:
+    """What one shard's rendering phase did on the device."""
+
+    started: float = 0.0  # perf_counter when the device was this shard's: waiting for it is not the shard's time
+    loads: tuple[int, int, int] = (0, 0, 0)  # model, LoRA and ControlNet loads
+
+
+def inline(work: Callable[[], T]) -> T:
+    return work()
+
+
+def write_shard(renderer: Renderer, task: ShardTask, on_device: OnDevice = inline) -> ShardResult:
     """Render the rows not yet in the store, write their images, commit the shard's metadata."""
-    started = time.perf_counter()
-    loads_before = (renderer.model_loads, renderer.lora_loads, renderer.controlnet_loads)
+    started, phase = time.perf_counter(), Rendering()
     write = _webdataset_shard if task.layout == "webdataset" else _files_shard
-    out = write(renderer, task)
+    out = write(renderer, task, lambda work: on_device(lambda: _timed(renderer, phase, work)))
     failures = {r["id"]: r["error"] for r in out.results if r["status"] == "failed"}
+    model_loads, lora_loads, controlnet_loads = phase.loads
     return ShardResult(task.shard_id, task.attempt, out.committed, len(out.results) - len(failures), len(failures),
                        rendered=out.rendered, adopted=out.adopted,
-                       seconds=time.perf_counter() - started, failures=failures,
-                       model_loads=renderer.model_loads - loads_before[0],
-                       lora_loads=renderer.lora_loads - loads_before[1],
-                       controlnet_loads=renderer.controlnet_loads - loads_before[2], actor=renderer.settings.name,
-                       pipeline_seconds=out.pipeline_seconds)
+                       seconds=time.perf_counter() - (phase.started or started), failures=failures,
+                       model_loads=model_loads, lora_loads=lora_loads, controlnet_loads=controlnet_loads,
+                       actor=renderer.settings.name, pipeline_seconds=out.pipeline_seconds)
 
 
-def _files_shard(renderer: Renderer, task: ShardTask) -> Outcome:
-    done = existing_images(renderer.store, task.shard_id)
+def _timed(renderer: Renderer, phase: Rendering, work: Callable[[], T]) -> T:
+    """Run the rendering phase, noting when it got the device and the loads it made (counted here: another
+    shard's rendering may follow while this one commits)."""
+    def counts() -> tuple[int, int, int]:
+        return renderer.model_loads, renderer.lora_loads, renderer.controlnet_loads
+
+    phase.started, before = time.perf_counter(), counts()
+    try:
+        return work()
+    finally:
+        phase.loads = tuple(after - b for after, b in zip(counts(), before))
+
+
+def _files_shard(renderer: Renderer, task: ShardTask, on_device: OnDevice) -> Outcome:
+    done = existing_images(renderer.store, task.shard_id)  # a listing: it waits beside another shard's render
     todo = [row for row in task.rows if row["id"] not in done]
     results = [adopted_row(task, row, done[row["id"]], renderer.provenance(ok=False))
                for row in task.rows if row["id"] in done]
-    pending: list[tuple[dict, Future | None]] = []
-    for rendered in renderer.render_rows(todo):
-        key = image_key(task.shard_id, rendered.row["id"], task.image_format)
-        record = result_row(task, rendered, key, renderer.provenance(rendered.ok))
-        future = None
-        if rendered.ok:  # the uploads hold the pixels from here on
-            future = renderer.uploads.submit(rendered.image, key, task.image_format, task.quality,
-                                             image_parameters(rendered.row, record))
-        pending.append((record, future))
+
+    def render() -> list[tuple[dict, Future | None]]:
+        pending = []
+        for rendered in renderer.render_rows(todo):
+            key = image_key(task.shard_id, rendered.row["id"], task.image_format)
+            record = result_row(task, rendered, key, renderer.provenance(rendered.ok))
+            future = None
+            if rendered.ok:  # the uploads hold the pixels from here on
+                future = renderer.uploads.submit(rendered.image, key, task.image_format, task.quality,
+                                                 image_parameters(rendered.row, record))
+            pending.append((record, future))
+        return pending
+
+    pending = on_device(render)
     adopted = len(results)
     for record, future in pending:
         if future is not None:  # an upload that failed fails the attempt
@@ -78,21 +113,27 @@ def _files_shard(renderer: Renderer, task: ShardTask) -> Outcome:
     return Outcome(committed, results, len(todo), adopted, _seconds(record for record, _ in pending))
 
 
-def _webdataset_shard(renderer: Renderer, task: ShardTask) -> Outcome:
+def _webdataset_shard(renderer: Renderer, task: ShardTask, on_device: OnDevice) -> Outcome:
     store, key = renderer.store, tar_key(task.shard_id)
     if store.exists(key):  # an earlier attempt wrote the tar and stopped before its marker
         return _adopt_tar(renderer, task, store.get(key), {}, rendered=0)
     extension = EXTENSIONS[task.image_format]
-    pending: dict[str, tuple[dict, dict, Future | None]] = {}
-    for rendered in renderer.render_rows(list(task.rows)):
-        row = rendered.row
-        record = result_row(task, rendered, member_ref(task.shard_id, row["id"], extension),
-                            renderer.provenance(rendered.ok))
-        future = None
-        if rendered.ok:  # encoded on the I/O threads while the next batch renders
-            future = renderer.uploads.encode(rendered.image, task.image_format, task.quality,
-                                             image_parameters(row, record))
-        pending[row["id"]] = (row, record, future)
+
+    def render() -> dict[str, tuple[dict, dict, Future | None]]:
+        pending = {}
+        for rendered in renderer.render_rows(list(task.rows)):
+            row = rendered.row
+            record = result_row(task, rendered, member_ref(task.shard_id, row["id"], extension),
+                                renderer.provenance(rendered.ok))
+            future = None
+            if rendered.ok:  # encoded on the I/O threads while the next batch renders
+                future = renderer.uploads.encode(rendered.image, task.image_format, task.quality,
+                                                 image_parameters(row, record))
+            pending[row["id"]] = (row, record, future)
+        return pending
+
+    # The tar is built and put after the device is free for the next shard.
+    pending = on_device(render)
     # Manifest order, not render order (batches group by variant): the same rows give the same tar.
     ordered = [pending[row["id"]] for row in task.rows]
     samples = [Sample(row["id"], extension, future.result(), sample_record(row, record), row["prompt"])
