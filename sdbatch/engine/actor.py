@@ -36,9 +36,9 @@ class RenderActor:
 
     def warm(self, model: str) -> dict:
         """Load the first model before any shard is sent, so a bad model stops the run early."""
-        loaded = self._on_device(lambda: self.renderer.model(model))
+        loaded, thread = self._on_device(lambda: (self.renderer.model(model), threading.get_native_id()))
         return {"pid": os.getpid(), "device": self.renderer.device_name(), "model_hash": loaded.model_hash,
-                "model_loads": self.renderer.model_loads, "device_thread": self._on_device(threading.get_native_id)}
+                "model_loads": self.renderer.model_loads, "device_thread": thread}
 
     def render_shard(self, task: ShardTask) -> ShardResult:
         return self.renderer.render_shard(task, self._on_device)

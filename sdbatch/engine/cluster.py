@@ -60,7 +60,7 @@ def yield_to_actors(driver_ray_threads: set[int]) -> None:
     """Lower the private Ray's own work to nice 19: its daemons (GCS, raylet, agents) and the threads
     ray.init started in this process. They preempt CPU actors, whose threads wait on each other at every
     operator: a tick of 5% of a core slowed a 2-thread render by 3% at nice 0, by 1% at nice 19 (2 cores).
-    Workers (already at Ray's positive nice) are left to the actors (fastpath.set_cpu_threads)."""
+    Workers (already at Ray's positive nice) are left to the actors (engine/actor.py)."""
     priority.lower(driver_ray_threads)
     for pid in priority.descendants(os.getpid()):
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from sdbatch.spec import FastPath  # noqa: F401  (the [render] job section; re-exported for render/)
