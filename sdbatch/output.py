@@ -174,8 +174,17 @@ def commit_marker(store: Store, shard_id: str, attempt: str, meta_key: str, rows
     marker = {"shard": shard_id, "attempt": attempt, "metadata": meta_key, "rows": len(rows),
               "ok": ok, "failed": len(rows) - ok, "committed_at": _now()}
     if store.put_once(marker_key(shard_id), _json_bytes(marker)) is PutResult.CREATED:
+        _drop_uncommitted(store, shard_id, meta_key)
         return marker
     return json.loads(store.get(marker_key(shard_id)))
+
+
+def _drop_uncommitted(store: Store, shard_id: str, committed: str) -> None:
+    """Delete the metadata of attempts that died between their metadata and their marker (a killed actor,
+    a stopped run): once a marker stands, nothing can commit them any more."""
+    for key in store.list(f"metadata/{shard_id}."):
+        if key != committed:
+            store.delete(key)
 
 
 def uncommitted_metadata(store: Store, shard_id: str) -> dict[str, list[dict]]:

@@ -93,6 +93,7 @@ def test_partly_written_shard_adopts_existing_images(renderer, store):
     assert store.get(image_key("partial", "r0", "png")) == before
     marker = json.loads(store.get("_committed/partial.json"))
     assert marker["attempt"] == "a2" and marker["rows"] == 3
+    assert store.list("metadata/partial.") == ["metadata/partial.a2.parquet"]  # the dead attempt's is gone
 
 
 def test_second_commit_of_a_shard_loses_and_leaves_no_orphan_metadata(store):
