@@ -95,7 +95,7 @@ def test_cpu_threads_and_priority_take_effect_in_ray_workers(tmp_path, tiny_cach
     def nice(tid: int) -> int:
         return os.getpriority(os.PRIO_PROCESS, tid)
 
-    own_threads = threads()
+    own_threads, own_nice = threads(), nice(threading.get_native_id())
     connect(None)  # the private local Ray a run starts
     try:
         # Its own daemons yield to the actors: a raylet at nice 0 preempts a CPU render's threads.
@@ -104,7 +104,7 @@ def test_cpu_threads_and_priority_take_effect_in_ray_workers(tmp_path, tiny_cach
         assert raylets and all(nice(pid) == 19 for pid in raylets)
         # So do the threads ray.init started in this process; the caller's own threads keep their nice.
         assert {nice(tid) for tid in threads() - own_threads} == {19}
-        assert nice(threading.get_native_id()) == 0
+        assert nice(threading.get_native_id()) == own_nice
         # num_cpus=1: Ray sets OMP_NUM_THREADS=1 in the worker, so torch starts with one thread.
         actor = RemoteRenderActor.options(num_cpus=1).remote(
             LocalStore(str(tmp_path)), RendererSettings(cpu_threads=2, device="cpu"))
