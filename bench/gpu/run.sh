@@ -8,6 +8,8 @@
 # Device call: run(command="bash bench/gpu/run.sh", carry=[".gpu"], timeout_s=540)
 # Dry run here, CPU only, the local venv instead of the bundle:
 #              DRY_RUN=1 OUT=/tmp/gpu-dry bash bench/gpu/run.sh
+# Rehearsal here, CPU only, with a bundle in front of a venv that holds only the image's packages:
+#              bash bench/gpu/rehearse.sh     (it runs this script with DRY_RUN=bundle BUNDLE=... PYTHON=...)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 started=$(date +%s)
@@ -20,12 +22,16 @@ mkdir -p "$OUT" "$work"
 elapsed() { echo $(( $(date +%s) - started )); }
 note() { echo "[$(elapsed) s] $*" | tee -a "$OUT/env.txt"; }
 
-if [ ! -f .gpu/site.tar.xz ]; then
-    note "no .gpu/site.tar.xz: build it here with 'bash ../shared/gpu/make-bundle.sh' and carry .gpu"
+bundle=${BUNDLE:-.gpu/site.tar.xz}
+if [ ! -f "$bundle" ]; then
+    note "no $bundle: build it here with 'bash ../shared/gpu/make-bundle.sh' and carry .gpu"
     exit 2
 fi
-mkdir -p /tmp/sdbatch-site && tar xJf .gpu/site.tar.xz -C /tmp/sdbatch-site || exit 2
-if [ -n "${DRY_RUN:-}" ]; then
+rm -rf /tmp/sdbatch-site && mkdir -p /tmp/sdbatch-site && tar xJf "$bundle" -C /tmp/sdbatch-site || exit 2
+if [ "${DRY_RUN:-}" = bundle ]; then
+    py=${PYTHON:?the venv that stands for the image}; device=cpu; quick=--quick
+    export PYTHONPATH=/tmp/sdbatch-site:$PWD
+elif [ -n "${DRY_RUN:-}" ]; then
     py=${PYTHON:-.venv/bin/python}; device=cpu; quick=--quick
     export PYTHONPATH=$PWD
 else
