@@ -356,6 +356,9 @@ def driver_cpu_per_shard(shards: int, actors: int, sleep_s: float, in_flight: in
         def shard_gave_up(self, shard_id, error):
             pass
 
+        def model_failed(self, model, error):
+            pass
+
         def actor_lost(self, actor, error):
             pass
 

@@ -51,6 +51,10 @@ class RunProgress:
     def shard_gave_up(self, shard_id: str, error: str) -> None:
         self.console.print(f"[red]shard {shard_id} gave up after its retry budget[/]: {error}")
 
+    def model_failed(self, model: str, error: str) -> None:
+        self.console.print(f"[red]model {model} cannot be loaded; its shards are given up, the other models' "
+                           f"go on (fix it, then rerun to render them)[/]: {error}", highlight=False)
+
     def actor_lost(self, actor: str, error: str) -> None:
         self.console.print(f"[yellow]{actor} lost ({error}); replacing it and requeueing its shards[/]")
 

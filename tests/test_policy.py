@@ -228,3 +228,23 @@ def test_next_model_is_the_model_of_what_a_cold_actor_takes_first():
     assert in_order.next_model() == shards[0].variant.model
     in_order.requeue(shards[-1])
     assert in_order.next_model() == shards[-1].variant.model
+
+
+@pytest.mark.parametrize("affinity", [True, False])
+def test_drop_model_takes_out_every_waiting_shard_of_that_model_and_nothing_else(affinity):
+    """What the dispatcher gives up when a model cannot be loaded: all of its shards, none of another's."""
+    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), (0,)) for m in range(3) for v in range(2) for k in range(3)]
+    random.Random(7).shuffle(shards)
+    holdings = Holdings()
+    queue = ShardQueue(shards, affinity=affinity, holdings=holdings)
+    first = queue.take("a")  # its variant is now held, and has heap entries that go stale
+    queue.requeue(first)  # came back failed: retried first
+    bad = first.variant.model
+    dropped = queue.drop_model(bad)
+    assert sorted(s.shard_id for s in dropped) == sorted(s.shard_id for s in shards if s.variant.model == bad)
+    assert queue.next_model() != bad
+    left = []
+    while (shard := queue.take("b" if len(left) % 2 else "a")) is not None:
+        left.append(shard)
+    assert len(queue) == 0 and queue.next_model() is None
+    assert sorted(s.shard_id for s in left) == sorted(s.shard_id for s in shards if s.variant.model != bad)

@@ -155,8 +155,14 @@ def print_summary(console: Console, summary: RunSummary, gpu_hour_price: float |
     console.print(table)
     for failure in summary.failures[:20]:
         console.print(f"[red]failed[/] {failure['id']}: {failure['error']}", markup=True, highlight=False)
+    by_error: dict[str, list[str]] = {}  # a model that cannot load gives up all its shards for one reason
     for shard_id, error in summary.gave_up.items():
-        console.print(f"[red]shard {shard_id} not done[/]: {error}; rerun the same command to retry it")
+        by_error.setdefault(error, []).append(shard_id)
+    for error, shards in by_error.items():
+        named = ", ".join(shards[:5]) + (f" and {len(shards) - 5} more" if len(shards) > 5 else "")
+        what = f"shard {named}" if len(shards) == 1 else f"{len(shards)} shards ({named})"
+        console.print(f"[red]{what} not done[/]: {error.rstrip('. ')}; rerun the same command to retry",
+                      highlight=False)
     if summary.complete:
         console.print(f"images and results in {summary.output} (read them with sdbatch.read_results)")
 

@@ -193,6 +193,20 @@ class ShardQueue:
         if self.holdings is not None:
             self._push(shard.variant)
 
+    def drop_model(self, model: str) -> list[Shard]:
+        """Take out every waiting shard of `model` (it cannot be loaded, so none of them can render)."""
+        if not self.affinity:
+            dropped = [s for s in self.fifo if s.variant.model == model]
+            self.fifo = collections.deque(s for s in self.fifo if s.variant.model != model)
+        else:
+            dropped = []
+            for variant in [v for v in self._waiting if v.model == model]:
+                queue = self._waiting.pop(variant)  # its heap entries go stale and are dropped on the way
+                dropped.extend(queue)
+                queue.clear()
+        self._size -= len(dropped)
+        return dropped
+
     def next_for(self, held: Sequence[Variant], held_elsewhere: Mapping[Variant, int],
                  model: str | None = None) -> Shard | None:
         """The shard for an actor that holds `held` (most recent last, one model); None when nothing is left.

@@ -22,13 +22,14 @@ ACTOR_LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
 
 
 class FatalRunError(RuntimeError):
-    """The run cannot go on (e.g. its model cannot be loaded); retrying would not help."""
+    """The run cannot go on (e.g. its first model cannot be loaded); retrying would not help."""
 
 
 class Events(Protocol):
     def shard_done(self, result: ShardResult) -> None: ...
     def shard_retry(self, shard_id: str, error: str) -> None: ...
     def shard_gave_up(self, shard_id: str, error: str) -> None: ...
+    def model_failed(self, model: str, error: str) -> None: ...  # every shard of it is given up
     def actor_lost(self, actor: str, error: str) -> None: ...
     def waiting(self, message: str) -> None: ...
 
@@ -71,6 +72,7 @@ class Dispatcher:
         self.holdings = Holdings()  # the driver's view of what is warm on each actor, by slot name
         self.first_model = ""
         self.attempts: collections.Counter[str] = collections.Counter()
+        self.failed_models: dict[str, str] = {}  # model -> why it cannot be loaded
 
     def run(self, shards: list[Shard], first_model: str, on_ready: Callable[[], None]) -> DispatchReport:
         """Start the actors, call on_ready once the first is warm, then render every shard (or give it up).
@@ -126,7 +128,11 @@ class Dispatcher:
             self._replace(slot, exc, queue)
             return
         except RayTaskError as exc:  # the model itself cannot be loaded: no actor will do better
-            raise FatalRunError(_cause_text(exc)) from exc
+            if not self.report.render_started:  # the run's first model: stop before anything is written
+                raise FatalRunError(_cause_text(exc)) from exc
+            slot.ready = True  # a replacement: alive, holding nothing; it takes other work
+            self._model_failed(slot, slot.warm_model, _cause_text(exc), queue)
+            return
         slot.ready = True
         self.holdings.warm(slot.name, slot.warm_model)  # its first shard of this model needs no switch
         self.report.model_loads[slot.name] = info["model_loads"]
@@ -158,8 +164,9 @@ class Dispatcher:
             return
         except RayTaskError as exc:
             if isinstance(exc.cause, ModelLoadError):  # e.g. a second model of the manifest
-                raise FatalRunError(_cause_text(exc)) from exc
-            self._retry_or_give_up(shard, _cause_text(exc), queue)
+                self._model_failed(slot, shard.variant.model, _cause_text(exc), queue, shard)
+            else:
+                self._retry_or_give_up(shard, _cause_text(exc), queue)
             return
         self.report.results[shard.shard_id] = result
         for tally, loads in ((self.report.model_loads, result.model_loads),
@@ -182,8 +189,22 @@ class Dispatcher:
         self.slots[self.slots.index(slot)] = self._new_slot(model)
         ray.kill(slot.handle, no_restart=True)  # a hung-but-alive actor must not keep its GPU
 
+    def _model_failed(self, slot: _Slot, model: str, error: str, queue: ShardQueue,
+                      shard: Shard | None = None) -> None:
+        """Give up every shard of a model that cannot be loaded; the other models' work goes on, and a
+        rerun retries these shards (fix the model first). Said once per model, not once per shard."""
+        self.holdings.forget(slot.name)  # the failed load left the actor holding nothing
+        shards = ([shard] if shard else []) + queue.drop_model(model)
+        if model not in self.failed_models:
+            self.failed_models[model] = error
+            self.events.model_failed(model, error)
+        for lost in shards:
+            self.report.gave_up[lost.shard_id] = self.failed_models[model]
+
     def _retry_or_give_up(self, shard: Shard, error: str, queue: ShardQueue) -> None:
-        if self.attempts[shard.shard_id] >= self.max_attempts:
+        if shard.variant.model in self.failed_models:  # e.g. in flight on an actor that died meanwhile
+            self.report.gave_up[shard.shard_id] = self.failed_models[shard.variant.model]
+        elif self.attempts[shard.shard_id] >= self.max_attempts:
             self.report.gave_up[shard.shard_id] = error
             self.events.shard_gave_up(shard.shard_id, error)
         else:

@@ -107,7 +107,8 @@ def load_model(reference: str, device: torch.device, dtype: torch.dtype, fast: F
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"model {reference!r} at {source.path} failed to load: {exc}") from exc
+        where = "" if Path(reference).expanduser() == source.path else f" at {source.path}"  # e.g. an s3 copy
+        raise ModelLoadError(f"model {reference!r}{where} failed to load: {exc}") from exc
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     optimize(pipe, fast, device, dtype)
