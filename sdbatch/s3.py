@@ -210,13 +210,37 @@ class S3Store(Store):
             return False
 
     def list(self, prefix: str = "") -> list[str]:
+        return sorted(self._objects(prefix))
+
+    def tags(self, prefix: str = "") -> dict[str, str]:
+        objects = sorted(self._objects(prefix).items())
+        return {key: f"{obj.get('ETag', '')}:{obj.get('Size', '')}" for key, obj in objects}
+
+    def _objects(self, prefix: str) -> dict[str, dict]:
         root = f"{self.prefix}/" if self.prefix else ""
         paginator = self._client().get_paginator("list_objects_v2")
         with self._translated("list", None):
             pages = list(paginator.paginate(Bucket=self.bucket, Prefix=root + check_prefix(prefix)))
-        objects = (obj["Key"] for page in pages for obj in page.get("Contents", []))
+        objects = (obj for page in pages for obj in page.get("Contents", []))
         # Keys ending in '/' are "folder" markers made by consoles, not objects.
-        return sorted(k[len(root):] for k in objects if not k.endswith("/"))
+        return {obj["Key"][len(root):]: obj for obj in objects if not obj["Key"].endswith("/")}
+
+    def download(self, key: str, path: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        # Ranged GETs in parallel: one stream of a multi-GB checkpoint is slow, and a reset mid-way costs
+        # one part, not the whole file (s3transfer retries parts and pins them to the first ETag).
+        config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20,
+                                max_concurrency=min(8, self.settings.max_pool_connections))
+        with self._translated("read", key):
+            try:
+                self._client().download_file(self.bucket, self._full(key), path, Config=config)
+            except Exception as e:  # s3transfer's own failures (retries exhausted, ...) are not botocore's
+                from botocore import exceptions as bex
+
+                if isinstance(e, (bex.ClientError, bex.BotoCoreError)):
+                    raise
+                raise StoreError(f"S3 download of {self.url_for(key)} failed: {type(e).__name__}: {e}") from e
 
     def delete(self, key: str) -> None:
         self._call("delete", key, "delete_object")

@@ -6,6 +6,7 @@ import contextlib
 import enum
 import os
 import re
+import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -78,6 +79,8 @@ class Store(Protocol):
     def get(self, key: str) -> bytes: ...  # ObjectNotFound if absent
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> list[str]: ...  # sorted, root-relative, recursive
+    def tags(self, prefix: str = "") -> dict[str, str]: ...  # list(), each key with a tag that changes with it
+    def download(self, key: str, path: str) -> None: ...  # to a local file, streamed (not whole in memory)
     def delete(self, key: str) -> None: ...  # absent is fine: used for cleanup
     def check_writable(self) -> None: ...  # StoreError naming the fix if writes cannot work
     def url_for(self, key: str) -> str: ...
@@ -149,6 +152,22 @@ class LocalStore(Store):
                 if not name.startswith(_TMP_MARK) and key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def tags(self, prefix: str = "") -> dict[str, str]:
+        tags = {}
+        for key in self.list(prefix):
+            with contextlib.suppress(FileNotFoundError):  # deleted since the listing: not there
+                st = os.stat(self.url_for(key))
+                tags[key] = f"{st.st_size}:{st.st_mtime_ns}"
+        return tags
+
+    def download(self, key: str, path: str) -> None:
+        try:
+            shutil.copyfile(self.url_for(key), path)
+        except (FileNotFoundError, IsADirectoryError) as e:
+            raise ObjectNotFound(f"{self.url_for(key)} does not exist") from e
+        except OSError as e:
+            raise StoreError(f"cannot copy {self.url_for(key)} to {path}: {e.strerror or e}") from e
 
     def delete(self, key: str) -> None:
         path = self.url_for(key)

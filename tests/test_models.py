@@ -93,6 +93,53 @@ def test_a_missing_s3_model_fails_with_the_uri_in_the_message(s3_env, new_bucket
         fetch_s3(f"s3://{new_bucket}/nothing", S3Settings(endpoint_url=s3_env))
 
 
+def test_an_s3_model_overwritten_in_place_is_fetched_again_and_the_old_copy_dropped(s3_env, new_bucket, tmp_path,
+                                                                                   monkeypatch):
+    """The node cache follows the bucket's content (ETags), not the URI: a new upload under the same key
+    is not served stale, and the superseded copy does not stay on the node's disk."""
+    from sdbatch.render.sources import fetch_s3
+
+    monkeypatch.setenv("SDBATCH_CACHE", str(tmp_path / "node"))
+    settings = S3Settings(endpoint_url=s3_env)
+    bucket = open_store(f"s3://{new_bucket}", settings)
+    uri = f"s3://{new_bucket}/models/m.safetensors"
+    bucket.put("models/m.safetensors", b"version one")
+    bucket.put("models/m.safetensors.bak", b"a neighbour the single file's listing must not pick up")
+    first, downloaded = fetch_s3(uri, settings)
+    assert downloaded and first.read_bytes() == b"version one"
+    assert fetch_s3(uri, settings) == (first, False)  # unchanged: served from the node
+
+    bucket.put("models/m.safetensors", b"version two, overwritten in place")
+    second, downloaded = fetch_s3(uri, settings)
+    assert downloaded and second != first and second.read_bytes() == b"version two, overwritten in place"
+    assert not first.exists() and fetch_s3(uri, settings) == (second, False)
+
+
+def test_an_s3_model_file_streams_to_disk_in_parts_without_being_held_in_memory(s3_env, new_bucket, tmp_path,
+                                                                                 monkeypatch):
+    """A multi-GB checkpoint must not be read into memory whole: 80 MiB here, above the 64 MiB part size,
+    so it also comes down as ranged GETs (pinned to one ETag), which the S3 server must accept."""
+    import hashlib
+    import tracemalloc
+
+    from sdbatch.render.sources import fetch_s3
+
+    monkeypatch.setenv("SDBATCH_CACHE", str(tmp_path / "node"))
+    settings = S3Settings(endpoint_url=s3_env)
+    payload = os.urandom(80 << 20)
+    open_store(f"s3://{new_bucket}", settings).put("big.safetensors", payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    del payload
+    tracemalloc.start()
+    try:
+        path, downloaded = fetch_s3(f"s3://{new_bucket}/big.safetensors", settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert downloaded and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert peak < (32 << 20), f"{peak / 2**20:.0f} MiB held in Python while downloading 80 MiB"
+
+
 def test_vae_override_changes_the_image_and_rows_without_it_keep_the_models_own(models, tmp_path):
     r = Renderer(LocalStore(str(tmp_path)), RendererSettings(cpu_threads=2, io_threads=1))
     try:

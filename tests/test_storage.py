@@ -118,6 +118,21 @@ def test_list_sorted_relative_recursive(store):
     assert store.list("zzz/") == []
 
 
+def test_tags_follow_the_content_and_download_copies_it(store, tmp_path):
+    """What the node caches of s3:// models and LoRAs key on: a tag per key that changes when it is overwritten."""
+    store.put("m/a", b"one")
+    store.put("m/b", b"bee")
+    before = store.tags("m/")
+    assert sorted(before) == store.list("m/") == ["m/a", "m/b"]
+    store.put("m/a", b"two, longer")
+    after = store.tags("m/")
+    assert after["m/a"] != before["m/a"] and after["m/b"] == before["m/b"]
+    store.download("m/a", str(tmp_path / "a"))
+    assert (tmp_path / "a").read_bytes() == b"two, longer"
+    with pytest.raises(ObjectNotFound):
+        store.download("m/none", str(tmp_path / "none"))
+
+
 def test_list_skips_local_temp_files(tmp_path):
     store = LocalStore(str(tmp_path))
     store.put("d/k", b"v")

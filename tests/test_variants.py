@@ -290,6 +290,10 @@ def test_s3_control_image_and_lora(moto_env, moto_server, fresh, assets, tiny_ca
     assert out["r1"].loras_used[0]["sha256"] == _sha(assets["a"])
     assert renderer.lora_loads == 1  # same content under two paths: one adapter
     assert len(list((tiny_cache / "loras").rglob("a.safetensors"))) == 1
+    # Overwritten in place: the node's copy follows the object's ETag, so a new actor gets the new LoRA.
+    client.put_object(Bucket="inputs", Key="loras/a.safetensors", Body=_bytes(assets["b"]))
+    again = _render(fresh(s3=S3Settings(endpoint_url=moto_env)), remote)["r1"]
+    assert again.loras_used[0]["sha256"] == _sha(assets["b"])
 
 
 def test_prefetcher_reads_each_image_once_and_stays_a_bounded_window_ahead():

@@ -81,15 +81,30 @@ class Fetcher:
                 self._buckets[bucket] = open_store(f"s3://{bucket}", self.s3)
             return self._buckets[bucket]
 
-    def download(self, uri: str, target: pathlib.Path) -> pathlib.Path:
-        """Copy an object to a local file once; concurrent actors on a node each publish it atomically."""
-        if target.is_file():
-            return target
-        fetched = self.read(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        staging.write_bytes(fetched.data)
-        os.replace(staging, target)
+    def download_s3(self, uri: str, folder: pathlib.Path) -> pathlib.Path:
+        """A node-local copy of an s3:// object, keyed by its ETag and size: an object overwritten in place is
+        fetched again. Streamed to disk; concurrent actors on a node each publish it atomically."""
+        try:
+            bucket, _, key = uri[len("s3://"):].partition("/")
+            store = self._bucket(bucket)
+            tag = store.tags(key).get(key)
+            if tag is None:
+                raise FetchError("no such object")
+            name = hashlib.sha256(f"{self.s3.endpoint_url if self.s3 else ''}|{uri}|{tag}".encode()).hexdigest()
+            target = folder / name[:16] / key.rsplit("/", 1)[-1]
+            if target.is_file():
+                return target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                store.download(key, str(staging))
+                os.replace(staging, target)
+            finally:
+                staging.unlink(missing_ok=True)
+        except FetchError:
+            raise
+        except Exception as exc:  # StoreError, OSError: all mean "cannot read it"
+            raise FetchError(f"cannot read it ({type(exc).__name__}: {exc})") from exc
         return target
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import re
@@ -17,9 +16,7 @@ HUB_FILE = re.compile(r"^[\w.-]+/[\w.-]+/[^/]+\.safetensors$")  # org/name/file.
 def resolve_lora_file(path: str, fetcher: Fetcher) -> pathlib.Path:
     """The local .safetensors file for a LoRA reference; VariantError saying what is wrong otherwise."""
     if path.startswith("s3://"):
-        # Keyed by the URI: the content hash is known only after the download this avoids.
-        folder = cache_root() / "loras" / hashlib.sha256(path.encode()).hexdigest()[:16]
-        return fetcher.download(path, folder / path.rstrip("/").rsplit("/", 1)[-1])
+        return fetcher.download_s3(path, cache_root() / "loras")
     local = pathlib.Path(path).expanduser()
     if local.exists():
         return _weights_in(local)

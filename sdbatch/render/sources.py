@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdbatch.storage import S3Settings, check_key, open_store
+from sdbatch.storage import S3Settings, Store, check_key, open_store
 
 # Importing torch or diffusers here would make every light caller (the s3 download race, the driver's
 # checks) pay seconds: they are imported inside the functions that need them.
@@ -119,55 +119,86 @@ def hub_snapshot(reference: str, patterns: list[str] | None = None) -> Path:
 
 
 def fetch_s3(uri: str, s3: S3Settings | None) -> tuple[Path, bool]:
-    """The node-local copy of an s3:// folder or file: (path, whether this call downloaded it).
+    """The node-local copy of an s3:// folder or file as the bucket holds it now: (path, whether this call
+    downloaded it).
 
-    One process per node downloads (an flock on a lock file); the others wait and find it complete.
-    The copy is assembled in a temp folder and renamed into place, so a crash leaves no half model.
+    The copy is keyed by the objects' ETags and sizes, so a model overwritten in place is fetched again,
+    not served stale. One process per node downloads (an flock); the others wait and find it complete.
+    Files stream to disk in a temp folder that is renamed into place, so a crash leaves no half model.
     """
     bucket_prefix = uri.rstrip("/")
     name = bucket_prefix.rsplit("/", 1)[-1]
     # The endpoint is part of the identity: the same bucket/key on two S3 services is two models.
     endpoint = (s3.endpoint_url if s3 else None) or ""
-    folder = cache_root() / "s3" / hashlib.sha256(f"{endpoint}|{bucket_prefix}".encode()).hexdigest()[:16]
+    home = cache_root() / "s3"
+    uri_id = hashlib.sha256(f"{endpoint}|{bucket_prefix}".encode()).hexdigest()[:16]
+    files = _objects(bucket_prefix, s3)
+    folder = home / f"{uri_id}-{_version(files)}"
     target = folder / name if is_single_file(uri) else folder
     if (folder / DONE).is_file():
         return target, False
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _flock(folder.parent / f"{folder.name}.lock"):
+    home.mkdir(parents=True, exist_ok=True)
+    with _flock(home / f"{uri_id}.lock"):
         if (folder / DONE).is_file():  # another process finished while this one waited
             return target, False
-        for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # a downloader killed mid-way (the lock is ours)
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
+        staging = home / f".{folder.name}.{uuid.uuid4().hex}.tmp"
         try:
-            _download(bucket_prefix, staging, s3)
+            _download(bucket_prefix, files, staging)
+            if _version(_objects(bucket_prefix, s3)) != _version(files):
+                raise ModelLoadError(f"model {uri!r} changed while it was downloaded; rerun once its upload is "
+                                     "complete (or upload each version under a new prefix)")
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier copy (no DONE marker)
             os.replace(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        _drop_other_copies(home, uri_id, keep=folder)
     return target, True
 
 
-def _download(uri: str, staging: Path, s3: S3Settings | None) -> None:
+def _objects(uri: str, s3: S3Settings | None) -> dict[str, tuple[Store, str, str]]:
+    """The model's objects: {path relative to the copy: (store, key, tag)}; pickled twins left out."""
     from sdbatch.storage import StoreError
 
     parent, _, name = uri.rpartition("/")
     try:
         if is_single_file(uri):
-            files = {name: (open_store(parent, s3), name)}
+            store = open_store(parent, s3)
+            found = {key: tag for key, tag in store.tags(name).items() if key == name}
         else:
             store = open_store(uri, s3)
-            files = {check_key(key): (store, key) for key in _weights_once(store.list())}
-        if not files:
-            raise ModelLoadError(f"model {uri!r}: no objects under that prefix; upload the diffusers folder "
-                                 "(model_index.json and its subfolders) or name a .safetensors object")
-        for relative, (store, key) in files.items():
+            tags = store.tags()
+            found = {key: tags[key] for key in _weights_once(list(tags))}
+    except StoreError as exc:
+        raise ModelLoadError(f"model {uri!r} could not be listed: {exc}") from exc
+    if not found:
+        raise ModelLoadError(f"model {uri!r}: no objects under that prefix; upload the diffusers folder "
+                             "(model_index.json and its subfolders) or name a .safetensors object")
+    return {check_key(key): (store, key, tag) for key, tag in found.items()}
+
+
+def _version(files: dict[str, tuple[Store, str, str]]) -> str:
+    return hashlib.sha256(json.dumps(sorted((k, v[2]) for k, v in files.items())).encode()).hexdigest()[:12]
+
+
+def _download(uri: str, files: dict[str, tuple[Store, str, str]], staging: Path) -> None:
+    from sdbatch.storage import StoreError
+
+    try:
+        for relative, (store, key, _tag) in files.items():
             local = staging / relative
             local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(store.get(key))
+            store.download(key, str(local))
     except StoreError as exc:
         raise ModelLoadError(f"model {uri!r} could not be downloaded: {exc}") from exc
-    (staging / DONE).write_text(json.dumps({"uri": uri, "files": sorted(files)}))
+    (staging / DONE).write_text(json.dumps({"uri": uri, "files": {k: v[2] for k, v in sorted(files.items())}}))
+
+
+def _drop_other_copies(home: Path, uri_id: str, keep: Path) -> None:
+    """Earlier versions of the model, staging left by a killed downloader (the lock is ours), and copies
+    from before the cache was keyed by version: GBs each on a rented node's disk."""
+    for stale in [home / uri_id, *home.glob(f"{uri_id}-*"), *home.glob(f".{uri_id}-*.tmp")]:
+        if stale != keep and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _weights_once(keys: list[str]) -> list[str]:
