@@ -29,6 +29,7 @@ def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tm
             "--steps", "2", "--shard-size", "3", "--actors", "2"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "Token authentication" not in first.stderr  # the private Ray's auth stays on, its warning goes
     ids = [r["id"] for r in rows]
     assert_exactly_once(store, ids)
     results = sdbatch.read_results(store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -50,9 +51,17 @@ def connect(address: str | None) -> None:
         ray.init(address=address, log_to_driver=False)
         return
     own_threads = priority.threads()
-    # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=QUIET_PRIVATE_RAY,
-             _temp_dir=tempfile.mkdtemp(prefix="sdbatch-ray-", dir="/tmp"))
+    # Ray turns token auth on for a new local cluster, with a warning on every run that invites turning it
+    # off: the auth stays, the warning goes (setting RAY_AUTH_MODE ourselves would bypass Ray's set-up).
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = auth_log.level
+    auth_log.setLevel(logging.ERROR)
+    try:
+        # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=QUIET_PRIVATE_RAY,
+                 _temp_dir=tempfile.mkdtemp(prefix="sdbatch-ray-", dir="/tmp"))
+    finally:
+        auth_log.setLevel(level)
     yield_to_actors(priority.threads() - own_threads)
 
 
