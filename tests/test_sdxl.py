@@ -85,3 +85,22 @@ def test_switching_models_frees_the_old_pipeline(tmp_path, assets):
         assert (r.model_loads, r.lora_loads) == (2, 2)
     finally:
         r.close()
+
+
+def test_an_sdxl_single_file_checkpoint_renders_as_its_folder(renderer, tmp_path):
+    """SDXL .safetensors files (the A1111 / SGM layout, second text encoder in OpenCLIP's layout) are what
+    most SDXL checkpoints ship as: the same image as the diffusers folder they were written from."""
+    from safetensors import safe_open
+
+    from sdbatch.render.checkpoints import write_single_file
+    from sdbatch.render.loading import checkpoint_family
+    from sdbatch.render.tiny import write_tiny_model
+
+    folder = write_tiny_model(tmp_path / "xl-seed1", seed=1, family="sdxl")  # not tiny:sdxl's weights
+    single = write_single_file(folder, tmp_path / "xl-seed1.safetensors", config="tiny:sdxl")
+    with safe_open(str(single), framework="pt") as handle:
+        assert checkpoint_family(set(handle.keys())) == "sdxl"
+    out = _render(renderer, _row(0, model=str(single)), _row(1, model=str(folder)), _row(2))
+    assert type(renderer.model(str(single)).pipeline).__name__ == "StableDiffusionXLPipeline"
+    assert np.abs(_px(out["r0"]) - _px(out["r1"])).max() <= NOISE
+    assert np.abs(_px(out["r0"]) - _px(out["r2"])).max() > CHANGED  # its own weights, not the config's

@@ -1,4 +1,4 @@
-"""Single-file checkpoints: write a diffusers SD1.x-style folder in the original (A1111 / LDM) key layout."""
+"""Single-file checkpoints: a diffusers SD1.x- or SDXL-style folder written in the original (LDM / SGM) key layout."""
 
 from __future__ import annotations
 
@@ -17,14 +17,19 @@ UNET_TOP = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.line
             ("add_embedding.linear_1.", "label_emb.0.0."), ("add_embedding.linear_2.", "label_emb.0.2."),
             ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2.")]
 VAE_ATTENTION = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
+# OpenCLIP's names for a CLIP text tower (SDXL's second encoder), below text_model.
+OPEN_CLIP = [("embeddings.token_embedding.weight", "token_embedding.weight"),
+             ("embeddings.position_embedding.weight", "positional_embedding"), ("final_layer_norm.", "ln_final.")]
+OPEN_CLIP_LAYER = [("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("mlp.fc1.", "mlp.c_fc."),
+                   ("mlp.fc2.", "mlp.c_proj."), ("self_attn.out_proj.", "attn.out_proj.")]
 
 
 def write_single_file(folder: str | os.PathLike, path: str | os.PathLike, config: str | None = None) -> pathlib.Path:
-    """Write the SD1.x-style diffusers model in `folder` as one original-layout .safetensors file. `config`: a
-    model reference stored in the header (loading.CONFIG_METADATA) naming a model whose configs fit."""
+    """Write the SD1.x- or SDXL-style diffusers model in `folder` as one original-layout .safetensors file.
+    `config`: a model reference stored in the header (loading.CONFIG_METADATA) naming a model whose configs fit."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     root = pathlib.Path(folder)
     unet = UNet2DConditionModel.from_pretrained(root / "unet")
@@ -33,7 +38,13 @@ def write_single_file(folder: str | os.PathLike, path: str | os.PathLike, config
     state = {f"model.diffusion_model.{k}": v for k, v in unet_to_original(unet).items()}
     state.update({f"first_stage_model.{k}": v for k, v in vae_to_original(vae).items()})
     # transformers 5 names CLIP's weights from below its text_model root; the original layout includes it.
-    state.update({f"cond_stage_model.transformer.text_model.{k}": v for k, v in text.state_dict().items()})
+    text_state = {f"text_model.{k}": v for k, v in text.state_dict().items()}
+    if (root / "text_encoder_2").is_dir():  # SDXL: CLIP-L as is, then OpenCLIP's layout for the second
+        state.update({f"conditioner.embedders.0.transformer.{k}": v for k, v in text_state.items()})
+        text_2 = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2")
+        state.update({f"conditioner.embedders.1.model.{k}": v for k, v in open_clip_text(text_2).items()})
+    else:
+        state.update({f"cond_stage_model.transformer.{k}": v for k, v in text_state.items()})
     target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"sdbatch_config": config} if config else {}
@@ -61,6 +72,25 @@ def unet_to_original(unet) -> dict[str, torch.Tensor]:
             prefix, name, param = new.rsplit(".", 2)
             new = f"{prefix}.{dict(RESNET).get(name, name)}.{param}"
         out[new] = value
+    return out
+
+
+def open_clip_text(model) -> dict[str, torch.Tensor]:
+    """A CLIPTextModelWithProjection in OpenCLIP's layout: q, k and v in one in_proj, the projection as x @ P."""
+    state = {k.removeprefix("text_model."): v for k, v in model.state_dict().items()}
+    out = {"text_projection": state.pop("text_projection.weight").T.contiguous()}
+    layers = model.config.num_hidden_layers
+    for i in range(layers):
+        head = f"encoder.layers.{i}.self_attn."
+        for kind in ("weight", "bias"):
+            out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(f"{head}{proj}_proj.{kind}") for proj in "qkv"])
+    for key, value in state.items():
+        layer = re.match(r"^encoder\.layers\.(\d+)\.(.*)$", key)
+        if layer:
+            out[f"transformer.resblocks.{layer[1]}.{_replace_prefix(layer[2], OPEN_CLIP_LAYER)}"] = value
+        else:
+            out[_replace_prefix(key, OPEN_CLIP)] = value
     return out
 
 

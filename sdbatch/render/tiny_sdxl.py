@@ -7,17 +7,20 @@ import torch
 from sdbatch.render.tiny import make_tokenizer, scheduler_config, text_encoder_config, vae_config
 from sdbatch.render.tiny import unet_config as sd15_unet_config  # the base this one extends
 
-HIDDEN = 32  # each text encoder's width; the UNet attends to both, concatenated
+HIDDEN = 32  # text_encoder's width (tiny:sd15's encoder)
+# text_encoder_2's width: wider than the first, as OpenCLIP bigG (1280) is than CLIP-L (768). Equal widths
+# would also make diffusers' single-file loader take the first encoder's weights for the second.
+HIDDEN_2 = 48
 TIME_EMBED = 8  # SDXL embeds each of its 6 size/crop numbers into this many channels
 
 
 def unet_config() -> dict:
     # tiny:sd15's UNet (64 px) with SDXL's conditioning: both encoders' states concatenated, linear
     # projections, and the add-embedding of 6 time ids * TIME_EMBED plus text_encoder_2's pooled projection.
-    return {**sd15_unet_config(), "cross_attention_dim": 2 * HIDDEN, "attention_head_dim": (2, 4),
+    return {**sd15_unet_config(), "cross_attention_dim": HIDDEN + HIDDEN_2, "attention_head_dim": (2, 4),
             "use_linear_projection": True, "transformer_layers_per_block": (1, 1),
             "addition_embed_type": "text_time", "addition_time_embed_dim": TIME_EMBED,
-            "projection_class_embeddings_input_dim": 6 * TIME_EMBED + HIDDEN}
+            "projection_class_embeddings_input_dim": 6 * TIME_EMBED + HIDDEN_2}
 
 
 def sdxl_scheduler_config() -> dict:
@@ -32,7 +35,7 @@ def build_sdxl_pipeline(seed: int):
 
     tokenizer, tokenizer_2 = make_tokenizer(), make_tokenizer()
     config_2 = text_encoder_config(tokenizer_2)
-    config_2.projection_dim = HIDDEN
+    config_2.hidden_size, config_2.intermediate_size, config_2.projection_dim = HIDDEN_2, 53, HIDDEN_2
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**unet_config())
