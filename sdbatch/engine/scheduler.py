@@ -127,11 +127,14 @@ class Dispatcher:
         except ACTOR_LOST as exc:  # died while loading (node lost, out of memory): try another
             self._replace(slot, exc, queue)
             return
-        except RayTaskError as exc:  # the model itself cannot be loaded: no actor will do better
+        except RayTaskError as exc:  # warm() raised: usually the model cannot be loaded
             if not self.report.render_started:  # the run's first model: stop before anything is written
                 raise FatalRunError(_cause_text(exc)) from exc
-            slot.ready = True  # a replacement: alive, holding nothing; it takes other work
-            self._model_failed(slot, slot.warm_model, _cause_text(exc), queue)
+            if isinstance(exc.cause, ModelLoadError):  # a replacement warming another model
+                slot.ready = True  # alive, holding nothing: it takes other work
+                self._model_failed(slot, slot.warm_model, _cause_text(exc), queue)
+            else:  # this actor cannot start (a bad node): counted as lost, and replaced
+                self._replace(slot, exc, queue)
             return
         slot.ready = True
         self.holdings.warm(slot.name, slot.warm_model)  # its first shard of this model needs no switch
