@@ -73,7 +73,8 @@ def test_a_replacement_actor_warms_the_model_of_the_work_left(tmp_path):
 def test_a_model_that_cannot_load_gives_up_its_shards_and_the_other_models_render(tmp_path):
     """B cannot be loaded. Found while rendering: B's shards are given up at once (none is tried on every
     actor), A's and C's render, and the run does not stop. Found by a replacement actor warming B: the same,
-    and that actor goes on with the other models."""
+    and that actor goes on with the other models. A replacement that fails to start for another reason (a bad
+    node) is replaced in turn, and no model is blamed."""
     import ray
 
     from sdbatch.engine.cluster import connect
@@ -91,6 +92,8 @@ def test_a_model_that_cannot_load_gives_up_its_shards_and_the_other_models_rende
                 raise ModelLoadError("model 'B' failed to load: header too large")
 
         def warm(self, model: str) -> dict:
+            if self.name == "actor-2" and os.path.exists(os.path.join(self.folder, "bad-node")):
+                raise RuntimeError("CUDA error: no CUDA-capable device is detected")  # not the model's fault
             self._load(model)
             return {"pid": os.getpid(), "model_loads": 1}
 
@@ -110,11 +113,21 @@ def test_a_model_that_cannot_load_gives_up_its_shards_and_the_other_models_rende
     connect(None)
     try:
         remote = ray.remote(num_cpus=0)(Loader)
-        for case in ("rendering", "replacement"):
+        for case in ("rendering", "replacement", "bad node"):
             folder = tmp_path / case
             folder.mkdir()
-            if case == "replacement":
+            if case != "rendering":
                 (folder / "die").touch()
+            if case == "bad node":
+                (folder / "bad-node").touch()
+                events = _Events()
+                report = Dispatcher(lambda name: remote.options(max_restarts=0).remote(name, str(folder)),
+                                    actors=1, in_flight=1, max_attempts=3, make_task=lambda shard: shard,
+                                    events=events).run([s for s in shards if s.variant.model != "B"], "A",
+                                                       on_ready=lambda: None)
+                assert sorted(report.results) == ["a0", "c0", "c1"] and not report.gave_up
+                assert events.lost == ["actor-1", "actor-2"] and events.failed_models == []
+                continue
             events = _Events()
             dispatcher = Dispatcher(lambda name: remote.options(max_restarts=0).remote(name, str(folder)),
                                     actors=1, in_flight=1, max_attempts=3, make_task=lambda shard: shard,
