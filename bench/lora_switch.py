@@ -5,12 +5,13 @@ Modes (each: many switches between 4 LoRAs, p50 / p95 of the time until the pipe
   cache      one adapter resident; a switch deletes it and loads the next from the parsed CPU state-dict cache
   disk       as cache, with the cache off: read the file, hash, parse, load
   hotswap    FastPath(compile=True)'s path: weights copied into fixed slots; on CUDA into a compiled UNet
-             (a render after each switch checks that nothing recompiles), on the CPU eagerly
+             (a render after each switch checks that nothing recompiles), on the CPU eagerly unless --compile
 CPU: the tiny model and tiny rank-4 LoRAs (sdbatch.render.tiny_variants). CUDA: the SD1.5 architecture with
 random weights (bench/sdref.py) and rank-16 LoRAs on the attention projections of UNet and CLIP.
 The last line is the cache mode's p50: the cost of a variant that is not resident.
 
     .venv/bin/python bench/lora_switch.py              # CPU, ~1 min
+    .venv/bin/python bench/lora_switch.py --compile    # CPU, hotswap into an inductor-compiled UNet too
     python bench/lora_switch.py --device cuda          # SD1.5-sized, compile included (~2 min)
 """
 
@@ -97,9 +98,8 @@ def graphs() -> int:
 
 def run_mode(mode: str, reference: str, loras: list[str], args) -> dict:
     device, dtype = pick_device(args.device)
-    fast = FastPath(compile=mode == "hotswap" and device.type == "cuda", lora_rank=args.rank)
-    if mode == "hotswap" and device.type == "cpu":
-        fast = FastPath(compile=False)
+    compiled = mode == "hotswap" and (device.type == "cuda" or args.compile)
+    fast = FastPath(compile=compiled, lora_rank=args.rank)
     model = load_model(reference, device, dtype, fast)
     variants = variants_for(model, mode, device, dtype, fast)
     if mode == "hotswap" and not fast.compile:  # the compiled path's LoRA handling, eagerly
@@ -114,6 +114,7 @@ def run_mode(mode: str, reference: str, loras: list[str], args) -> dict:
               "p95_ms": 1000 * statistics.quantiles(times, n=20)[-1] if len(times) >= 2 else 1000 * times[0],
               "switches": len(times), "loads": variants.loras.loads}
     if fast.compile:
+        result["graphs"] = graphs()  # > 0: the UNet did run compiled
         result["graphs_after_warmup"] = new_graphs
         result["rebuilds"] = variants.loras.rebuilds
     return result
@@ -126,6 +127,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="8 switches per mode")
     parser.add_argument("--rank", type=int, default=16, help="hotswap padding rank (FastPath.lora_rank)")
     parser.add_argument("--size", type=int, default=None, help="render size for the compiled check")
+    parser.add_argument("--compile", action="store_true",
+                        help="CPU: hotswap into a compiled UNet too (inductor, ~1 min), checking recompiles")
     parser.add_argument("--work", default=None)
     parser.add_argument("--json-out")
     args = parser.parse_args()
@@ -141,7 +144,7 @@ def main() -> int:
     print(f"\n{args.device}: {reference}, {LORAS} LoRAs, {args.switches} switches per mode, torch {torch.__version__}")
     for r in results:
         print(f"{r['mode']:9s} p50 {r['p50_ms']:8.2f} ms   p95 {r['p95_ms']:8.2f} ms"
-              + (f"   graphs after warm-up {r['graphs_after_warmup']}" if "graphs_after_warmup" in r else ""))
+              + (f"   graphs {r['graphs']}, after warm-up {r['graphs_after_warmup']}" if "graphs" in r else ""))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
     print(f"lora_switch_p50_ms: {next(r['p50_ms'] for r in results if r['mode'] == 'cache'):.1f}")

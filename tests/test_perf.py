@@ -1,6 +1,6 @@
 """The fast render path on the CPU: OOM halving, CPU threads (also in a Ray actor), upload backpressure,
-channels_last, LoRA hotswap slots, precision choice. torch.compile itself is not run here: its first
-compile of even the tiny UNet takes ~40 s on 2 cores (bench/lora_switch.py and bench/gpu/ exercise it)."""
+channels_last, LoRA hotswap slots (eager, and once into a compiled UNet: inductor's first compile of even the
+tiny UNet takes ~30 s on 2 cores), precision choice."""
 
 import tempfile
 import threading
@@ -235,6 +235,48 @@ def test_hotswap_slots_give_the_same_images_as_resident_adapters(tmp_path):
     assert [int(np.abs(x - y).max()) for x, y in zip(expected, got)] == [0] * len(rows)
     assert slots.rebuilds == 0 and slots.loads == 8  # copies into slots; none re-created
     assert np.abs(expected[0] - expected[3]).max() > 10  # the LoRAs matter, so the comparison can fail
+
+
+def test_a_compiled_unet_takes_lora_changes_without_recompiling(tmp_path):
+    """With compile, LoRA changes go into the compiled UNet's fixed slots. The first row that needs a second
+    slot adds it: one recompile, once per actor (a recompile costs what the first compile did, a minute
+    at SD1.5 size). After that no LoRA change recompiles, and the compiled UNet computes what its eager
+    self does with the LoRAs of the moment (that the slots hold the right LoRAs: the test above)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    def graphs() -> int:
+        return dynamo_utils.counters["stats"]["unique_graphs"]
+
+    a = str(write_tiny_lora(tmp_path / "a.safetensors", 1))
+    b = str(write_tiny_lora(tmp_path / "b.safetensors", 2))
+    sets = [[(a, 0.8)], [(a, 0.8), (b, 0.5)], [(b, 1.0)], [], [(b, 0.3), (a, 1.0)], [(a, 0.8)]]
+    rows = [_row(i, seed=7, loras=[{"path": p, "weight": w} for p, w in loras]) for i, loras in enumerate(sets)]
+    torch._dynamo.reset()
+    renderer = Renderer(LocalStore(str(tmp_path)),
+                        RendererSettings(batch_size=1, fast=FastPath(compile=True, lora_rank=8, lora_slots=2)))
+    compiles, outputs = [], []
+    try:
+        for row in rows:
+            before = graphs()
+            assert [r.error for r in renderer.render_rows([row])] == [None]
+            compiles.append(graphs() - before)
+            unet = renderer.model("tiny:sd15").pipeline.unet
+            inputs = (torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 500]))
+            hidden = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+            with torch.inference_mode():
+                compiled = unet(*inputs, encoder_hidden_states=hidden).sample  # its own graph: other shapes
+                eager = unet._call_impl(*inputs, encoder_hidden_states=hidden).sample  # the module, not compiled
+            # Inductor's fused kernels round differently, and the random tiny UNet amplifies that to ~1e-3;
+            # a slot read stale would be off by ~0.3 or more.
+            torch.testing.assert_close(compiled, eager, atol=0.02, rtol=0)
+            outputs.append(compiled)
+        assert renderer._variants.loras.rebuilds == 0
+    finally:
+        renderer.close()
+        torch._dynamo.reset()
+    assert compiles == [1, 1, 0, 0, 0, 0]
+    assert (outputs[0] - outputs[3]).abs().max() > 0.3  # the LoRAs change what the compiled UNet computes
+    torch.testing.assert_close(outputs[0], outputs[5])  # the same LoRA again: the same UNet
 
 
 def test_precision_choice():
