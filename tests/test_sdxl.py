@@ -104,3 +104,24 @@ def test_an_sdxl_single_file_checkpoint_renders_as_its_folder(renderer, tmp_path
     assert type(renderer.model(str(single)).pipeline).__name__ == "StableDiffusionXLPipeline"
     assert np.abs(_px(out["r0"]) - _px(out["r1"])).max() <= NOISE
     assert np.abs(_px(out["r0"]) - _px(out["r2"])).max() > CHANGED  # its own weights, not the config's
+
+
+def test_a_single_file_without_configs_at_hand_names_the_file_and_the_download_that_fixes_it(tmp_path,
+                                                                                         monkeypatch):
+    """A real SDXL .safetensors file carries no configs; they come from the family's hub repo. On an offline
+    node without them the error must be about the user's file, not only a hub id they never wrote."""
+    import huggingface_hub.constants
+    import torch
+
+    from sdbatch.render.checkpoints import write_single_file
+    from sdbatch.render.loading import ModelLoadError, load_model
+    from sdbatch.render.tiny import write_tiny_model
+
+    single = write_single_file(write_tiny_model(tmp_path / "xl", seed=1, family="sdxl"), tmp_path / "xl.safetensors")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(single), torch.device("cpu"), torch.float32)
+    message = str(info.value)
+    assert "xl.safetensors is a single-file sdxl checkpoint" in message
+    assert "hf download stabilityai/stable-diffusion-xl-base-1.0 --include '*.json' '*.txt'" in message

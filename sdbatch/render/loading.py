@@ -167,7 +167,15 @@ def single_file_config(path: Path) -> Path:
     if family is None:
         raise ModelLoadError(f"{path.name} is not a Stable Diffusion 1.x/2.x or SDXL checkpoint (none of their "
                              "tensor names); convert it to a diffusers folder")
-    return hub_snapshot(FAMILY_CONFIGS[family], CONFIG_FILES)
+    repo = FAMILY_CONFIGS[family]
+    try:
+        return hub_snapshot(repo, CONFIG_FILES)
+    except ModelLoadError as exc:  # the message would name only the hub repo, not the user's file
+        raise ModelLoadError(
+            f"{path.name} is a single-file {family} checkpoint; its configs (json and txt files, no weights) "
+            f"come from the hub repo {repo}, which is not in this node's Hugging Face cache and could not be "
+            f"fetched. Run `hf download {repo} --include '*.json' '*.txt'` where the actors run (or share "
+            "HF_HOME), or convert the file to a diffusers folder") from exc
 
 
 def checkpoint_family(keys: set[str]) -> str | None:

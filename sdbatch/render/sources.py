@@ -115,7 +115,7 @@ def hub_snapshot(reference: str, patterns: list[str] | None = None) -> Path:
         hint = ("HF_HUB_OFFLINE is set and it is not in the local cache" if offline else
                 "it is not in the local Hugging Face cache and could not be downloaded")
         raise ModelLoadError(f"model {reference!r} is not a local path and {hint} ({type(exc).__name__}); "
-                             "download it first (huggingface-cli download) or pass a local path") from exc
+                             f"download it first (hf download {reference}) or pass a local path") from exc
 
 
 def fetch_s3(uri: str, s3: S3Settings | None) -> tuple[Path, bool]:
