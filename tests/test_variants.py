@@ -130,6 +130,41 @@ def test_kohya_file_gives_the_diffusers_image_with_both_parts(renderer, assets):
         > CHANGED
 
 
+def test_the_text_encoder_part_is_loaded_as_the_file_holds_it_without_a_load_report(renderer, assets):
+    """transformers prints a LOAD REPORT calling these weights MISSING while diffusers loads them; they are
+    loaded (compared here with the file, up and down), and the report is kept out of the actor's log."""
+    import re
+
+    from safetensors.torch import load_file
+
+    import logging
+
+    from sdbatch.render.loras import adapter_name
+
+    reports = []
+    handler = logging.Handler()
+    handler.emit = lambda record: reports.append(record.getMessage())  # transformers' loggers do not propagate
+    report_log = logging.getLogger("transformers.integrations.peft")
+    report_log.addHandler(handler)
+    try:
+        for n, lora in enumerate(("c", "text_only")):  # the report comes once another adapter is resident
+            _image(renderer, _row(n, loras=[(assets[lora], 1.0)]))
+    finally:
+        report_log.removeHandler(handler)
+    assert not [r for r in reports if "LOAD REPORT" in r]
+    loaded = renderer.model("tiny:sd15").pipeline.text_encoder.state_dict()
+    name = adapter_name(_sha(assets["text_only"]))
+    compared = 0
+    for key, tensor in load_file(assets["text_only"]).items():
+        layer, projection, side = re.search(r"layers\.(\d+)\.self_attn\.(\w+_proj)\.lora_linear_layer\.(up|down)",
+                                            key).groups()
+        part = "lora_B" if side == "up" else "lora_A"
+        [match] = [k for k in loaded if f"layers.{layer}.self_attn.{projection}.{part}.{name}." in k]
+        torch.testing.assert_close(loaded[match], tensor.to(loaded[match].dtype))
+        compared += 1
+    assert compared == 16  # 2 layers x 4 projections x up and down
+
+
 def test_two_loras_on_one_row(renderer, assets):
     a = _image(renderer, _row(0, loras=[(assets["a"], 1.0)]))
     b = _image(renderer, _row(1, loras=[(assets["b"], 1.0)]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sdbatch.render.fetch import VariantError, labelled
-from sdbatch.render.loras import LoraAdapters, LoraState
+from sdbatch.render.loras import LoraAdapters, LoraState, text_encoder_reports_off
 
 DOWN_KEYS = ("lora_A", "lora.down", "lora_down", "lora_linear_layer.down")
 
@@ -97,10 +97,11 @@ class HotswapLoras(LoraAdapters):
         loaded = []
         for prefix in _encoders(self.pipe):
             if any(k.startswith(f"{prefix}.") for k in state.state_dict):
-                self.pipe.load_lora_into_text_encoder(dict(state.state_dict), text_encoder=getattr(self.pipe, prefix),
-                                                      prefix=prefix, adapter_name=name,
-                                                      network_alphas=state.network_alphas, metadata=state.metadata,
-                                                      lora_scale=self.pipe.lora_scale, _pipeline=self.pipe)
+                with text_encoder_reports_off():
+                    self.pipe.load_lora_into_text_encoder(
+                        dict(state.state_dict), text_encoder=getattr(self.pipe, prefix), prefix=prefix,
+                        adapter_name=name, network_alphas=state.network_alphas, metadata=state.metadata,
+                        lora_scale=self.pipe.lora_scale, _pipeline=self.pipe)
                 loaded.append(prefix)
         self._text[slot] = tuple(loaded)
 
