@@ -20,6 +20,7 @@ from sdbatch.storage import (
     S3Settings,
     Store,
     StoreError,
+    StoreUnavailable,
     check_key,
     check_prefix,
     resolve_endpoint,
@@ -38,6 +39,9 @@ _AUTH_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
     "TokenRefreshRequired", "AllAccessDisabled", "InvalidClientTokenId", "403", "Forbidden",
 }
+# Codes of an overloaded or failing service: botocore retried them already; a later try may succeed.
+_SERVER_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
+                 "ThrottlingException", "RequestLimitExceeded", "500", "502", "503", "504"}
 # Codes AWS gives when requests are signed for, or sent to, the wrong region.
 _REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 
@@ -148,10 +152,10 @@ class S3Store(Store):
             return StoreError(f"no usable AWS credentials for {where}; set AWS_ACCESS_KEY_ID and "
                               "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
         if isinstance(e, (bex.ConnectionError, bex.HTTPClientError)):
-            return StoreError(f"cannot reach S3 endpoint {self.endpoint} ({_why_unreachable(e)}); "
-                              "check --s3-endpoint / AWS_ENDPOINT_URL")
-        if not isinstance(e, bex.ClientError):
-            return StoreError(f"S3 {action} of {where} failed: {type(e).__name__}: {e}")
+            return StoreUnavailable(f"cannot reach S3 endpoint {self.endpoint} ({_why_unreachable(e)}); "
+                                    "check --s3-endpoint / AWS_ENDPOINT_URL")
+        if not isinstance(e, bex.ClientError):  # read timeouts, streams cut mid-body, ...
+            return StoreUnavailable(f"S3 {action} of {where} failed: {type(e).__name__}: {e}")
         code = str(e.response.get("Error", {}).get("Code", ""))
         if code == "NoSuchBucket" or (code in ("404", "NotFound") and key is None):
             return StoreError(f"bucket '{self.bucket}' does not exist at {self.endpoint}; create it first")
@@ -168,7 +172,8 @@ class S3Store(Store):
             return _Denied(f"access denied ({code}) trying to {action} {where} at {self.endpoint}; check AWS "
                            f"credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and their rights on bucket '{self.bucket}'")
         message = e.response.get("Error", {}).get("Message", "")
-        return StoreError(f"S3 {action} of {where} failed at {self.endpoint}: {code} {message}".rstrip())
+        kind = StoreUnavailable if code in _SERVER_CODES else StoreError
+        return kind(f"S3 {action} of {where} failed at {self.endpoint}: {code} {message}".rstrip())
 
     def put(self, key: str, data: bytes) -> None:
         self._call("write", key, "put_object", Body=data)
@@ -240,7 +245,7 @@ class S3Store(Store):
 
                 if isinstance(e, (bex.ClientError, bex.BotoCoreError)):
                     raise
-                raise StoreError(f"S3 download of {self.url_for(key)} failed: {type(e).__name__}: {e}") from e
+                raise StoreUnavailable(f"S3 download of {self.url_for(key)} failed: {type(e).__name__}: {e}") from e
 
     def delete(self, key: str) -> None:
         self._call("delete", key, "delete_object")

@@ -17,6 +17,11 @@ class StoreError(Exception):
     """A storage failure, phrased for the user; never carries credentials."""
 
 
+class StoreUnavailable(StoreError):
+    """The store could not be reached, or answered with a server error or throttling, after its retries:
+    a condition that may pass, unlike a missing object or a refusal."""
+
+
 class ObjectNotFound(StoreError, KeyError):
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return Exception.__str__(self)

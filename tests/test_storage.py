@@ -22,6 +22,7 @@ from sdbatch.storage import (
     S3Settings,
     S3Store,
     StoreError,
+    StoreUnavailable,
     open_store,
     resolve_endpoint,
 )
@@ -226,6 +227,27 @@ def test_check_writable_closed_port(s3_env):
 
 
 @pytest.mark.slow
+def test_failures_that_may_pass_are_told_apart_from_refusals_and_absences(s3_env, new_bucket):
+    """StoreUnavailable (unreachable, throttled, server errors, after retries) is what makes a shard retry an
+    input instead of failing its row for good; a refusal or a missing key must not read as one."""
+    from tests.faults import FaultProxy
+
+    def rule(method: str, path: str, number: int) -> str | None:
+        return {"slow": "slowdown", "denied": "denied"}.get(path.rsplit("/", 1)[-1])
+
+    with FaultProxy(s3_env, rule) as proxy:
+        store = S3Store(f"s3://{new_bucket}", S3Settings(endpoint_url=proxy.endpoint, max_attempts=2))
+        with pytest.raises(StoreUnavailable, match="SlowDown"):
+            store.get("slow")
+        for key, kind in (("denied", StoreError), ("absent", ObjectNotFound)):
+            with pytest.raises(kind) as info:
+                store.get(key)
+            assert not isinstance(info.value, StoreUnavailable), key
+    (port,) = free_ports(1)
+    with pytest.raises(StoreUnavailable, match="cannot reach S3 endpoint"):
+        S3Store("s3://bucket", S3Settings(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)).get("k")
+
+
 def test_check_writable_unresponsive_endpoint(s3_env):
     # Accepts TCP connections (kernel backlog) but never answers: like a hung proxy.
     with socket.socket() as listener:

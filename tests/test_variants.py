@@ -331,6 +331,36 @@ def test_s3_control_image_and_lora(moto_env, moto_server, fresh, assets, tiny_ca
     assert again.loras_used[0]["sha256"] == _sha(assets["b"])
 
 
+def test_an_input_s3_cannot_serve_for_now_fails_the_shard_for_a_retry_not_its_row(s3_env, new_bucket, assets,
+                                                                                  tmp_path, tiny_cache):
+    """Throttling that outlasts the client's retries may pass: the shard fails, so the dispatcher retries it
+    (adopting what was written) instead of failing the row for good. A missing object still fails its row."""
+    from sdbatch.render.fetch import InputUnavailable
+    from sdbatch.storage import open_store
+    from tests.faults import FaultProxy
+
+    open_store(f"s3://{new_bucket}", S3Settings(endpoint_url=s3_env)).put("pose/img1.png", _bytes(assets["img1"]))
+    throttled = {"on": True}
+
+    def rule(method: str, path: str, number: int) -> str | None:
+        return "slowdown" if throttled["on"] and path.endswith("/pose/img1.png") else None
+
+    rows = (_row(0), _row(1, controlnets=[(assets["cn1"], f"s3://{new_bucket}/pose/img1.png", 1.0)]),
+            _row(2, controlnets=[(assets["cn1"], f"s3://{new_bucket}/pose/missing.png", 1.0)]))
+    with FaultProxy(s3_env, rule) as proxy:
+        renderer = _renderer(tmp_path, s3=S3Settings(endpoint_url=proxy.endpoint, max_attempts=2))
+        try:
+            with pytest.raises(InputUnavailable, match=r"control image s3://.*/pose/img1.png: .*SlowDown"):
+                renderer.render_shard(ShardTask("000000", "a1", rows, "png", 95))
+            throttled["on"] = False
+            result = renderer.render_shard(ShardTask("000000", "a2", rows, "png", 95))
+        finally:
+            renderer.close()
+    assert proxy.log.counts["slowdown"] >= 2  # the client retried before giving up
+    assert (result.committed, result.rows_ok, result.rows_failed) == (True, 2, 1)
+    assert list(result.failures) == ["r2"] and "does not exist" in result.failures["r2"]
+
+
 def test_prefetcher_reads_each_image_once_and_stays_a_bounded_window_ahead():
     from sdbatch.render.fetch import Fetched, Prefetcher
 

@@ -9,6 +9,7 @@ import io
 import os
 import pathlib
 import threading
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from sdbatch.storage import S3Settings, Store, open_store
+from sdbatch.storage import S3Settings, Store, StoreUnavailable, open_store
 
 
 class VariantError(RuntimeError):
@@ -28,15 +29,30 @@ class FetchError(VariantError):
     """An input could not be read; the message says why (callers name the input with `labelled`)."""
 
 
+class InputUnavailable(RuntimeError):
+    """An input could not be read for a reason that may pass (S3 unreachable, throttling or server errors
+    after the client's retries, an HTTP 5xx or timeout): its shard fails and is retried, its rows do not."""
+
+
 @contextlib.contextmanager
 def labelled(label: str):
-    """Re-raise any failure inside as a VariantError that starts with `label` (e.g. "LoRA s3://b/x")."""
+    """Re-raise any failure inside as a VariantError that starts with `label` (e.g. "LoRA s3://b/x");
+    InputUnavailable stays what it is, labelled too."""
     try:
         yield
+    except InputUnavailable as exc:
+        raise InputUnavailable(f"{label}: {exc}") from exc
     except VariantError as exc:
         raise VariantError(f"{label}: {exc}") from exc
     except Exception as exc:
         raise VariantError(f"{label}: {type(exc).__name__}: {exc}") from exc
+
+
+def _may_pass(exc: Exception) -> bool:
+    """Whether a read failure may pass on a later try (see InputUnavailable)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code == 429 or exc.code >= 500
+    return isinstance(exc, (StoreUnavailable, TimeoutError))
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,8 @@ class Fetcher:
         except FetchError:
             raise
         except Exception as exc:  # OSError, StoreError, URLError, ...: all mean "cannot read it"
-            raise FetchError(f"cannot read it ({type(exc).__name__}: {exc})") from exc
+            raise (InputUnavailable if _may_pass(exc) else FetchError)(
+                f"cannot read it ({type(exc).__name__}: {exc})") from exc
         return Fetched(data, hashlib.sha256(data).hexdigest())
 
     def _read(self, uri: str) -> bytes:
@@ -104,7 +121,8 @@ class Fetcher:
         except FetchError:
             raise
         except Exception as exc:  # StoreError, OSError: all mean "cannot read it"
-            raise FetchError(f"cannot read it ({type(exc).__name__}: {exc})") from exc
+            raise (InputUnavailable if _may_pass(exc) else FetchError)(
+                f"cannot read it ({type(exc).__name__}: {exc})") from exc
         return target
 
 

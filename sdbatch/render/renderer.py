@@ -23,7 +23,7 @@ from sdbatch.render.batching import (
 )
 from sdbatch.render.encode import to_pil
 from sdbatch.render.fastpath import FastPath, auto_batch_size, set_cpu_threads
-from sdbatch.render.fetch import Fetcher, Prefetcher, decode_image, labelled
+from sdbatch.render.fetch import Fetcher, InputUnavailable, Prefetcher, decode_image, labelled
 from sdbatch.render.loading import LoadedModel, load_model, make_scheduler, pick_device
 from sdbatch.render.loras import StateDictCache
 from sdbatch.render.results import RenderedRow, failed, versions
@@ -139,6 +139,8 @@ class Renderer:
         for row in rows:  # every row's images are taken, so the prefetcher's window moves on
             try:
                 decoded, digests = self._control_images(row, images, size)
+            except InputUnavailable:
+                raise  # may pass: the shard is retried rather than the row failed for good
             except Exception as exc:
                 bad.append(failed(row, exc))
                 continue
@@ -149,6 +151,8 @@ class Renderer:
             return bad
         try:
             variant = self._variants.activate(loras_of(rows[0]), controlnets_of(rows[0]), rows[0].get("vae"))
+        except InputUnavailable:
+            raise
         except Exception as exc:  # a bad LoRA, ControlNet or VAE fails only the rows that use it
             return bad + [failed(row, exc) for row in ready]
         return bad + self._render_batch(Batch(ready, variant, controls, hashes))
