@@ -361,6 +361,23 @@ def test_an_input_s3_cannot_serve_for_now_fails_the_shard_for_a_retry_not_its_ro
     assert list(result.failures) == ["r2"] and "does not exist" in result.failures["r2"]
 
 
+def test_http_failures_that_may_pass_are_told_apart_from_permanent_ones():
+    """For http(s):// inputs: 429, 5xx and timeouts retry the shard; 404, DNS errors and the like fail the row."""
+    import email.message
+    import socket
+    import urllib.error
+
+    from sdbatch.render.fetch import _may_pass
+
+    def http(code: int) -> urllib.error.HTTPError:
+        return urllib.error.HTTPError("http://x/i.png", code, "status", email.message.Message(), None)
+
+    assert [_may_pass(e) for e in (http(429), http(503), urllib.error.URLError(socket.timeout("connect")),
+                                   TimeoutError("read"))] == [True] * 4
+    assert [_may_pass(e) for e in (http(404), http(403), urllib.error.URLError(OSError("Name or service not known")),
+                                   FileNotFoundError("x"))] == [False] * 4
+
+
 def test_prefetcher_reads_each_image_once_and_stays_a_bounded_window_ahead():
     from sdbatch.render.fetch import Fetched, Prefetcher
 

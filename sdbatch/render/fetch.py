@@ -52,6 +52,8 @@ def _may_pass(exc: Exception) -> bool:
     """Whether a read failure may pass on a later try (see InputUnavailable)."""
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code == 429 or exc.code >= 500
+    if isinstance(exc, urllib.error.URLError):  # a connect timeout comes wrapped
+        return isinstance(exc.reason, TimeoutError)
     return isinstance(exc, (StoreUnavailable, TimeoutError))
 
 
