@@ -212,8 +212,10 @@ def test_gallery_of_a_real_run_shows_every_image_and_failure_in_chromium(chromiu
     gallery_hours = re.search(r"GPU-hours\s*([0-9.e+-]+) on", text).group(1)
     gallery_cost = re.search(r"cost / 1,000 images\s*([0-9.e+-]+) at 2.5", text).group(1)
     hours, cost = re.search(r"GPU-hours\W*([0-9.e+-]+) in pipeline calls this run; ([0-9.e+-]+) per 1,000", summary).groups()
-    assert float(hours) == pytest.approx(float(gallery_hours), rel=1e-3) and float(hours) > 0
-    assert float(cost) == pytest.approx(float(gallery_cost), rel=1e-3)
+    # Both print 4 significant digits (up to 0.03% off each), and the summary's seconds are rounded to the
+    # millisecond (0.09% of this run's ~0.6 s): they agree within 0.3%, not 0.1% (a CI run saw 0.12%).
+    assert float(hours) == pytest.approx(float(gallery_hours), rel=3e-3) and float(hours) > 0
+    assert float(cost) == pytest.approx(float(gallery_cost), rel=3e-3)
     assert re.search(r'src="images/\d{6}/ok0\.png"', (rendered.output / "gallery.html").read_text())
     assert f'src="{(rendered.output / "images").as_uri()}' in elsewhere.read_text()
 
