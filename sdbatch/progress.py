@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sdbatch.tasks import ShardResult
@@ -53,7 +54,7 @@ class RunProgress:
 
     def model_failed(self, model: str, error: str) -> None:
         self.console.print(f"[red]model {model} cannot be loaded; its shards are given up, the other models' "
-                           f"go on (fix it, then rerun to render them)[/]: {error}", highlight=False)
+                           f"go on (fix it, then rerun to render them)[/]: {escape(error)}", highlight=False)
 
     def actor_lost(self, actor: str, error: str) -> None:
         self.console.print(f"[yellow]{actor} lost ({error}); replacing it and requeueing its shards[/]")

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sdbatch.cli.options import (
@@ -161,7 +162,7 @@ def print_summary(console: Console, summary: RunSummary, gpu_hour_price: float |
     for error, shards in by_error.items():
         named = ", ".join(shards[:5]) + (f" and {len(shards) - 5} more" if len(shards) > 5 else "")
         what = f"shard {named}" if len(shards) == 1 else f"{len(shards)} shards ({named})"
-        console.print(f"[red]{what} not done[/]: {error.rstrip('. ')}; rerun the same command to retry",
+        console.print(f"[red]{what} not done[/]: {escape(error.rstrip('. '))}; rerun the same command to retry",
                       highlight=False)
     if summary.complete:
         console.print(f"images and results in {summary.output} (read them with sdbatch.read_results)")
