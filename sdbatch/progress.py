@@ -47,17 +47,18 @@ class RunProgress:
             self.console.print(f"shard {result.shard_id}: committed by another attempt; kept theirs")
 
     def shard_retry(self, shard_id: str, error: str) -> None:
-        self.console.print(f"[yellow]shard {shard_id} will be retried[/]: {error}")
+        self.console.print(f"[yellow]shard {shard_id} will be retried[/]: {escape(error)}", highlight=False)
 
     def shard_gave_up(self, shard_id: str, error: str) -> None:
-        self.console.print(f"[red]shard {shard_id} gave up after its retry budget[/]: {error}")
+        self.console.print(f"[red]shard {shard_id} gave up after its retry budget[/]: {escape(error)}",
+                           highlight=False)
 
     def model_failed(self, model: str, error: str) -> None:
         self.console.print(f"[red]model {model} cannot be loaded; its shards are given up, the other models' "
                            f"go on (fix it, then rerun to render them)[/]: {escape(error)}", highlight=False)
 
     def actor_lost(self, actor: str, error: str) -> None:
-        self.console.print(f"[yellow]{actor} lost ({error}); replacing it and requeueing its shards[/]")
+        self.console.print(f"[yellow]{actor} lost ({escape(error)}); replacing it and requeueing its shards[/]")
 
     def waiting(self, message: str) -> None:
         self.console.print(f"[yellow]{message}[/]")

@@ -97,3 +97,29 @@ def test_demo_renders_every_row_from_outside_the_checkout(tmp_path, tiny_cache):
     manifest = pq.read_table(tmp_path / "demo-manifest.parquet")
     assert manifest.num_rows == 32 and "32 rendered" in result.stdout
     assert_exactly_once(LocalStore(str(tmp_path / "run")), manifest.column("id").to_pylist())
+
+
+def test_the_summary_prints_errors_as_they_are_and_groups_shards_not_done_by_reason():
+    """Errors carry brackets (shapes, paths, library messages) that the console must not read as styles;
+    a model that cannot load gives up many shards for one reason, said once."""
+    import io
+
+    from rich.console import Console
+
+    from sdbatch.cli.run_cmd import print_summary
+    from sdbatch.driver import RunSummary
+
+    counts = {"rows_total": 9, "rows_ok": 2, "rows_failed": 1, "rows_pending": 6, "shards_done": 1,
+              "shards_total": 8}
+    stats = {"rows_rendered": 3, "rows_adopted": 0, "shards_skipped": 0, "model_loads": 1, "lora_loads": 0,
+             "controlnet_loads": 0, "actors": 1, "images_per_second": 1.0, "wall_seconds": 3.0}
+    broken = "ModelLoadError: model 'x' failed to load: [red]size mismatch[/red] torch.Size([4, 8])."
+    gave_up = {f"00000{n}": broken for n in range(1, 7)} | {"000007": "OSError: disk [full]"}
+    out = io.StringIO()
+    print_summary(Console(file=out, width=400), RunSummary("o", counts, [{"id": "r1", "error": "[bold]x"}],
+                                                           gave_up, stats))
+    said = out.getvalue()
+    assert "failed r1: [bold]x" in said
+    assert ("6 shards (000001, 000002, 000003, 000004, 000005 and 1 more) not done: ModelLoadError: model 'x' "
+            "failed to load: [red]size mismatch[/red] torch.Size([4, 8]); rerun the same command to retry") in said
+    assert "shard 000007 not done: OSError: disk [full]; rerun" in said

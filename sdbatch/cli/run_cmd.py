@@ -155,7 +155,7 @@ def print_summary(console: Console, summary: RunSummary, gpu_hour_price: float |
         table.add_row(label, str(value))
     console.print(table)
     for failure in summary.failures[:20]:
-        console.print(f"[red]failed[/] {failure['id']}: {failure['error']}", markup=True, highlight=False)
+        console.print(f"[red]failed[/] {failure['id']}: {escape(failure['error'])}", highlight=False)
     by_error: dict[str, list[str]] = {}  # a model that cannot load gives up all its shards for one reason
     for shard_id, error in summary.gave_up.items():
         by_error.setdefault(error, []).append(shard_id)
