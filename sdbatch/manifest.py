@@ -228,7 +228,7 @@ def _ints(table, name, default, where, problems, low=None, high=None, fix="") ->
     for n, value in enumerate(values if values is not None else [None] * table.num_rows):
         if value is None or value != value:  # NaN: pandas writes missing ints as float NaN
             out.append(default)
-        elif float(value) != int(value):
+        elif isinstance(value, float) and not value.is_integer():  # not float(v) != int(v): inexact above 2**53
             problems.append(Problem(name, where[n], f"{value!r} is not a whole number; {fix}"))
             out.append(default)
         elif (low is not None and value < low) or (high is not None and value > high):

@@ -25,6 +25,17 @@ def test_defaults_ids_and_seeds_are_filled_in():
     assert rows[0]["negative_prompt"] == ""
 
 
+def test_full_63_bit_seeds_are_kept_exactly():
+    """Derived seeds use all 63 bits, and manifests rebuilt from images carry them: above 2**53 a float
+    cannot hold them, so they must never pass through one (they once failed as "not a whole number")."""
+    seeds = [2**63 - 1, 3839760927045813647, derive_seed(7, "x"), 2**53 + 1]
+    table = _normalize([{"prompt": "a", "seed": seed} for seed in seeds])
+    assert table.column("seed").to_pylist() == seeds
+    assert _normalize([{"prompt": "a", "seed": 12.0}]).column("seed").to_pylist() == [12]
+    with pytest.raises(ManifestError, match="12.5 is not a whole number"):
+        _normalize([{"prompt": "a", "seed": 12.5}])
+
+
 def test_label_columns_pass_through():
     table = _normalize([{"prompt": "a", "animal": "cat", "score": 0.5}])
     assert table.column("animal").to_pylist() == ["cat"]
