@@ -231,6 +231,10 @@ def _ints(table, name, default, where, problems, low=None, high=None, fix="") ->
         elif isinstance(value, float) and not value.is_integer():  # not float(v) != int(v): inexact above 2**53
             problems.append(Problem(name, where[n], f"{value!r} is not a whole number; {fix}"))
             out.append(default)
+        elif isinstance(value, float) and abs(value) > 2**53:  # e.g. pandas' int column with a missing value
+            problems.append(Problem(name, where[n], f"{value!r} is a float above 2**53, so its exact value is "
+                                    "already lost; write the column as integers (pandas: dtype 'Int64')"))
+            out.append(default)
         elif (low is not None and value < low) or (high is not None and value > high):
             problems.append(Problem(name, where[n], f"{int(value)} is out of range; {fix}"))
             out.append(default)

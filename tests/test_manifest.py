@@ -34,6 +34,13 @@ def test_full_63_bit_seeds_are_kept_exactly():
     assert _normalize([{"prompt": "a", "seed": 12.0}]).column("seed").to_pylist() == [12]
     with pytest.raises(ManifestError, match="12.5 is not a whole number"):
         _normalize([{"prompt": "a", "seed": 12.5}])
+    # pandas stores an int column with a missing value as float64: such seeds arrive already rounded.
+    df = pd.DataFrame({"prompt": ["a", "b"], "seed": [3839760927045813647, None]})
+    with pytest.raises(ManifestError, match=r"row 0\): 3.839760927045814e\+18 is a float above 2\*\*53.*'Int64'"):
+        normalize(pa.Table.from_pandas(df, preserve_index=False), DEFAULTS)
+    fixed = pd.DataFrame({"prompt": ["a", "b"], "seed": pd.array([3839760927045813647, None], dtype="Int64")})
+    assert normalize(pa.Table.from_pandas(fixed, preserve_index=False), DEFAULTS).column("seed")[0].as_py() == \
+        3839760927045813647
 
 
 def test_label_columns_pass_through():
