@@ -48,6 +48,18 @@ def labelled(label: str):
         raise VariantError(f"{label}: {type(exc).__name__}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def _reading():
+    """Any failure to read an input as FetchError ("cannot read it"), or InputUnavailable when it may pass."""
+    try:
+        yield
+    except (FetchError, InputUnavailable):
+        raise
+    except Exception as exc:  # OSError, StoreError, URLError, ...
+        raise (InputUnavailable if _may_pass(exc) else FetchError)(
+            f"cannot read it ({type(exc).__name__}: {exc})") from exc
+
+
 def _may_pass(exc: Exception) -> bool:
     """Whether a read failure may pass on a later try (see InputUnavailable)."""
     if isinstance(exc, urllib.error.HTTPError):
@@ -73,13 +85,8 @@ class Fetcher:
         self._lock = threading.Lock()
 
     def read(self, uri: str) -> Fetched:
-        try:
+        with _reading():
             data = self._read(uri)
-        except FetchError:
-            raise
-        except Exception as exc:  # OSError, StoreError, URLError, ...: all mean "cannot read it"
-            raise (InputUnavailable if _may_pass(exc) else FetchError)(
-                f"cannot read it ({type(exc).__name__}: {exc})") from exc
         return Fetched(data, hashlib.sha256(data).hexdigest())
 
     def _read(self, uri: str) -> bytes:
@@ -103,7 +110,7 @@ class Fetcher:
     def download_s3(self, uri: str, folder: pathlib.Path) -> pathlib.Path:
         """A node-local copy of an s3:// object, keyed by its ETag and size: an object overwritten in place is
         fetched again. Streamed to disk; concurrent actors on a node each publish it atomically."""
-        try:
+        with _reading():
             bucket, _, key = uri[len("s3://"):].partition("/")
             store = self._bucket(bucket)
             tag = store.tags(key).get(key)
@@ -120,11 +127,6 @@ class Fetcher:
                 os.replace(staging, target)
             finally:
                 staging.unlink(missing_ok=True)
-        except FetchError:
-            raise
-        except Exception as exc:  # StoreError, OSError: all mean "cannot read it"
-            raise (InputUnavailable if _may_pass(exc) else FetchError)(
-                f"cannot read it ({type(exc).__name__}: {exc})") from exc
         return target
 
 

@@ -157,11 +157,8 @@ def fetch_s3(uri: str, s3: S3Settings | None) -> tuple[Path, bool]:
 
 def _objects(uri: str, s3: S3Settings | None) -> dict[str, tuple[Store, str, str]]:
     """The model's objects: {path relative to the copy: (store, key, tag)}; pickled twins left out."""
-    from sdbatch.render.fetch import InputUnavailable
-    from sdbatch.storage import StoreError, StoreUnavailable
-
     parent, _, name = uri.rpartition("/")
-    try:
+    with _model_store(uri, "listed"):
         if is_single_file(uri):
             store = open_store(parent, s3)
             found = {key: tag for key, tag in store.tags(name).items() if key == name}
@@ -169,14 +166,25 @@ def _objects(uri: str, s3: S3Settings | None) -> dict[str, tuple[Store, str, str
             store = open_store(uri, s3)
             tags = store.tags()
             found = {key: tags[key] for key in _weights_once(list(tags))}
-    except StoreUnavailable as exc:  # may pass: its shards are retried, not given up
-        raise InputUnavailable(f"model {uri!r} could not be listed: {exc}") from exc
-    except StoreError as exc:
-        raise ModelLoadError(f"model {uri!r} could not be listed: {exc}") from exc
     if not found:
         raise ModelLoadError(f"model {uri!r}: no objects under that prefix; upload the diffusers folder "
                              "(model_index.json and its subfolders) or name a .safetensors object")
     return {check_key(key): (store, key, tag) for key, tag in found.items()}
+
+
+@contextlib.contextmanager
+def _model_store(uri: str, doing: str):
+    """Store failures as ModelLoadError, except those that may pass (InputUnavailable: its shards are
+    retried, not given up)."""
+    from sdbatch.render.fetch import InputUnavailable
+    from sdbatch.storage import StoreError, StoreUnavailable
+
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise InputUnavailable(f"model {uri!r} could not be {doing}: {exc}") from exc
+    except StoreError as exc:
+        raise ModelLoadError(f"model {uri!r} could not be {doing}: {exc}") from exc
 
 
 def _version(files: dict[str, tuple[Store, str, str]]) -> str:
@@ -184,18 +192,11 @@ def _version(files: dict[str, tuple[Store, str, str]]) -> str:
 
 
 def _download(uri: str, files: dict[str, tuple[Store, str, str]], staging: Path) -> None:
-    from sdbatch.render.fetch import InputUnavailable
-    from sdbatch.storage import StoreError, StoreUnavailable
-
-    try:
+    with _model_store(uri, "downloaded"):
         for relative, (store, key, _tag) in files.items():
             local = staging / relative
             local.parent.mkdir(parents=True, exist_ok=True)
             store.download(key, str(local))
-    except StoreUnavailable as exc:
-        raise InputUnavailable(f"model {uri!r} could not be downloaded: {exc}") from exc
-    except StoreError as exc:
-        raise ModelLoadError(f"model {uri!r} could not be downloaded: {exc}") from exc
     (staging / DONE).write_text(json.dumps({"uri": uri, "files": {k: v[2] for k, v in sorted(files.items())}}))
 
 
