@@ -58,7 +58,6 @@ class Config:
 
 def child_a(config: Config, out: str) -> dict:
     import torch
-
     from sdref import bare_loop, bench_rows
 
     cuda = config.device == "cuda"
@@ -71,12 +70,12 @@ def child_b(config: Config, out: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from rich.console import Console
+    from sdref import bench_rows
 
     from sdbatch import read_results
+    from sdbatch.cli.progress import RunProgress
     from sdbatch.driver import SubmitRequest, execute, prepare
-    from sdbatch.progress import RunProgress
     from sdbatch.spec import load_spec
-    from sdref import bench_rows
 
     manifest = Path(out).with_suffix(".parquet")
     pq.write_table(pa.Table.from_pylist(bench_rows(config.images)), manifest)
@@ -139,7 +138,7 @@ def prepare_model(args) -> tuple[str, str]:
     if args.model:
         return args.model, args.model
     if args.device == "cpu":
-        from sdbatch.render.loading import resolve_model_path
+        from sdbatch.render.models.loading import resolve_model_path
 
         return "tiny:sd15", str(resolve_model_path("tiny:sd15"))
     from sdref import write_sd15_random

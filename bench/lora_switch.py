@@ -31,18 +31,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from sdbatch.render.fastpath import FastPath  # noqa: E402
-from sdbatch.render.fetch import Fetcher  # noqa: E402
-from sdbatch.render.loading import load_model, pick_device  # noqa: E402
-from sdbatch.render.loras import StateDictCache  # noqa: E402
-from sdbatch.render.variants import Variants, VariantSettings  # noqa: E402
+from sdbatch.render.models.loading import load_model, pick_device  # noqa: E402
+from sdbatch.render.variants.cache import VariantCache  # noqa: E402
+from sdbatch.render.variants.fetch import Fetcher  # noqa: E402
+from sdbatch.render.variants.loras import StateDictCache  # noqa: E402
+from sdbatch.settings import FastPath, VariantSettings  # noqa: E402
 
 LORAS = 4
 
 
 def make_loras(device: str, work: Path) -> tuple[str, list[str]]:
     if device == "cpu":
-        from sdbatch.render.tiny_variants import write_tiny_lora
+        from tests.support.tiny_variants import write_tiny_lora
 
         return "tiny:sd15", [str(write_tiny_lora(work / f"lora{i}.safetensors", seed=i)) for i in range(LORAS)]
     from sdref import write_random_lora, write_sd15_random
@@ -52,10 +52,10 @@ def make_loras(device: str, work: Path) -> tuple[str, list[str]]:
     return str(folder), [str(write_random_lora(pipe, work / f"lora{i}.safetensors", seed=i)) for i in range(LORAS)]
 
 
-def variants_for(model, mode: str, device, dtype, fast: FastPath) -> Variants:
+def variants_for(model, mode: str, device, dtype, fast: FastPath) -> VariantCache:
     settings = VariantSettings(max_loras_resident=LORAS if mode == "resident" else 1,
                                lora_cache_bytes=0 if mode == "disk" else 2 << 30)
-    return Variants(model.pipeline, device, dtype, settings, StateDictCache(settings.lora_cache_bytes), Fetcher(),
+    return VariantCache(model.pipeline, device, dtype, settings, StateDictCache(settings.lora_cache_bytes), Fetcher(),
                     fast)
 
 
@@ -66,7 +66,7 @@ def render_once(pipe, device, size: int) -> None:
     _sync(device)
 
 
-def switches(variants: Variants, loras: list[str], count: int, device, after=None) -> tuple[list[float], int]:
+def switches(variants: VariantCache, loras: list[str], count: int, device, after=None) -> tuple[list[float], int]:
     """Seconds per switch, cycling through the LoRAs (each used once before timing starts), and the graphs
     torch.compile made after that warm-up (0: no switch recompiled)."""
     for path in loras:
@@ -103,7 +103,7 @@ def run_mode(mode: str, reference: str, loras: list[str], args) -> dict:
     model = load_model(reference, device, dtype, fast)
     variants = variants_for(model, mode, device, dtype, fast)
     if mode == "hotswap" and not fast.compile:  # the compiled path's LoRA handling, eagerly
-        from sdbatch.render.hotswap import HotswapLoras
+        from sdbatch.render.variants.hotswap import HotswapLoras
 
         variants.loras = HotswapLoras(model.pipeline, StateDictCache(2 << 30), Fetcher(), 1, args.rank)
     after = None

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdbatch.engine.policy import HELD_VARIANTS, Holdings, ShardQueue, depth, remember
 from sdbatch.plan import Shard, Variant
-from sdbatch.spec import OutputSettings
+from sdbatch.settings import OutputSettings
 
 MODEL = "runwayml/stable-diffusion-v1-5"
 CONTROLNET_NAMES = ("canny", "depth", "openpose", "softedge", "scribble", "seg", "normal", "lineart")
@@ -323,11 +323,11 @@ def driver_cpu_per_shard(shards: int, actors: int, sleep_s: float, in_flight: in
     import pyarrow as pa
     import ray
 
-    from sdbatch.adapters import CONTROLNET_TYPE, LORA_TYPE
-    from sdbatch.engine.scheduler import Dispatcher
+    from sdbatch.engine.dispatch import Dispatcher
     from sdbatch.output import new_attempt_id
     from sdbatch.plan import plan_shards, shard_rows
     from sdbatch.tasks import ShardResult, ShardTask
+    from sdbatch.variant_columns import CONTROLNET_TYPE, LORA_TYPE
 
     class SleepActor:
         """RenderActor's interface; sleeps instead of rendering."""
@@ -444,7 +444,7 @@ def ray_wait_cpu(counts: list[int], calls: int = 200) -> dict[int, float]:
 def fill_cpu(shards: list[Shard], actors: int, in_flight: int, affinity: bool = True) -> float:
     """Driver CPU (us) per shard of the real Dispatcher._fill with `actors` ready stub actors (no Ray calls):
     one shard comes back (a random one), _fill refills, until the queue is empty."""
-    from sdbatch.engine.scheduler import Dispatcher, _Slot
+    from sdbatch.engine.dispatch import Dispatcher, _Slot
 
     class Method:
         def remote(self, *args):

@@ -31,10 +31,15 @@ MARKER = "sdbatch_bench_sd15.json"
 
 def write_sd15_random(folder: str | Path, device: str = "cpu", seed: int = 0) -> Path:
     """A diffusers folder with SD1.5's architecture and random weights (fp16 files, ~2 GB); reused when present."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdbatch.render.tiny import make_tokenizer, scheduler_config
+    from sdbatch.render.tiny.sd15 import make_tokenizer, scheduler_config
 
     target = Path(folder)
     if (target / MARKER).is_file():

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from sdbatch.storage import LocalStore  # noqa: E402
+from sdbatch.store.local import LocalStore  # noqa: E402
 
 
 class LatencyStore(LocalStore):
@@ -63,7 +63,7 @@ class LatencyStore(LocalStore):
 
 def make_actor(root: str, args):
     from sdbatch.engine.actor import RenderActor
-    from sdbatch.render.renderer import RendererSettings
+    from sdbatch.settings import RendererSettings
 
     actor = RenderActor(LatencyStore(root, args.latency_ms / 1000, args.bandwidth_mbs * 1e6),
                         RendererSettings(batch_size=args.batch, device="cpu"))

@@ -10,13 +10,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-# sdbatch scheduler names -> the sampler names A1111 writes (and back).
-SAMPLERS = {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun",
-            "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "unipc": "UniPC"}
-# The model's own scheduler (scheduler = null) by class, so the sampler is named all the same.
-SCHEDULER_CLASSES = {"PNDMScheduler": "PLMS", "DDIMScheduler": "DDIM", "EulerDiscreteScheduler": "Euler",
-                     "EulerAncestralDiscreteScheduler": "Euler a", "HeunDiscreteScheduler": "Heun",
-                     "DPMSolverMultistepScheduler": "DPM++ 2M", "UniPCMultistepScheduler": "UniPC"}
+from sdbatch.schedulers import A1111_BY_CLASS, TABLE
+
 # A1111's own pattern for "Key: value, Key: "quoted, value"" pairs.
 PAIR = re.compile(r'\s*([\w][\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
@@ -32,7 +27,8 @@ def format_parameters(row: dict[str, Any]) -> str:
     lines = [f"{row['prompt']}{tags}"]
     if row.get("negative_prompt"):
         lines.append(f"Negative prompt: {row['negative_prompt']}")
-    sampler = SAMPLERS.get(row.get("scheduler") or "") or SCHEDULER_CLASSES.get(row.get("scheduler_class") or "")
+    named = TABLE.get(row.get("scheduler") or "")
+    sampler = named.a1111 if named else A1111_BY_CLASS.get(row.get("scheduler_class") or "")
     pairs = [("Steps", row["steps"]), ("Sampler", sampler), ("CFG scale", f"{row['guidance_scale']:g}"),
              ("Seed", row["seed"]), ("Size", f"{row['width']}x{row['height']}"),
              ("Model hash", (row.get("model_hash") or "")[:10] or None), ("Model", _name(row["model"]))]
@@ -114,7 +110,7 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
         "prompt": fields["prompt"], "negative_prompt": fields.get("negative_prompt") or None,
         "seed": _int(fields.get("Seed")), "steps": _int(fields.get("Steps")),
         "guidance_scale": _float(fields.get("CFG scale")), "width": _int(width), "height": _int(height),
-        "scheduler": {v: k for k, v in SAMPLERS.items()}.get(fields.get("Sampler", "")),
+        "scheduler": next((s.name for s in TABLE.values() if s.a1111 == fields.get("Sampler")), None),
     }
     if SDBATCH_KEY in fields:  # our own image: take the exact references rather than display names
         exact = json.loads(fields[SDBATCH_KEY])

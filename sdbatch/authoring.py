@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sdbatch.manifest import ManifestError
+from sdbatch.errors import ManifestError
 from sdbatch.templates import INDEX_COLUMNS, load_template
 
 # CSV columns kept as text even when every value looks like a number (ids like 0012, prompts like 1984).

@@ -9,12 +9,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.manifest import (
-    ManifestError,
-    check_local_references,
-    normalize,
-    read_manifest,
-)
+from sdbatch.errors import ManifestError, UsageError
+from sdbatch.manifest import check_local_references, normalize, read_manifest
 from sdbatch.output import (
     RunIdentity,
     claim_output,
@@ -28,8 +24,10 @@ from sdbatch.output import (
     write_success,
 )
 from sdbatch.plan import Plan, Shard, plan_shards, shard_rows
+from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec
-from sdbatch.storage import S3Settings, Store, open_store
+from sdbatch.store import open_store
+from sdbatch.store.base import Store
 from sdbatch.tasks import ShardTask
 
 MAX_LISTED_FAILURES = 1000
@@ -45,10 +43,6 @@ class SubmitRequest:
     s3: S3Settings = field(default_factory=S3Settings)
     # For Ray Jobs: the endpoint as the cluster reaches it (None: same as s3; "": the cluster's own env).
     cluster_s3_endpoint: str | None = None
-
-
-class UsageError(ValueError):
-    """The request cannot work as given (e.g. a local output with a remote cluster)."""
 
 
 @dataclass(frozen=True)

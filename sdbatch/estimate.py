@@ -6,13 +6,9 @@ import collections
 import heapq
 from dataclasses import dataclass
 
-from sdbatch.driver import UsageError
 from sdbatch.engine.policy import Holdings, ShardQueue
+from sdbatch.errors import EstimateError
 from sdbatch.plan import Plan, Shard
-
-
-class EstimateError(UsageError):
-    """A rate or price that cannot give an estimate; the message names the flag and the fix."""
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.driver import UsageError
+from sdbatch.errors import GalleryError
 from sdbatch.output import SUCCESS_KEY, read_results, run_counts
 from sdbatch.plan import VARIANT_COLUMNS, variant_of
-from sdbatch.storage import LocalStore, Store
+from sdbatch.store.base import Store
+from sdbatch.store.local import LocalStore
 from sdbatch.webdataset import read_member, split_ref
 
 GALLERY_KEY = "gallery.html"
@@ -26,10 +27,6 @@ TARS_CACHED = 4  # tars kept in memory while copying members out (thumbnails com
 MAX_EXPIRES = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
 CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "html": "text/html; charset=utf-8"}
 Link = Callable[[str], str]  # image key (relative to the output) -> URL the page uses
-
-
-class GalleryError(UsageError):
-    """The gallery cannot be made as asked; the message names the flag and the fix."""
 
 
 @dataclass(frozen=True)

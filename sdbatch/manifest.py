@@ -12,8 +12,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sdbatch.adapters import CONSUMED_COLUMNS, Resolver, normalize_controlnets, normalize_loras
-from sdbatch.spec import SCHEDULERS, RowDefaults
+from sdbatch.errors import ManifestError
+from sdbatch.settings import RowDefaults
+from sdbatch.spec import SCHEDULERS
+from sdbatch.variant_columns import (
+    CONSUMED_COLUMNS,
+    Resolver,
+    normalize_controlnets,
+    normalize_loras,
+)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CORE_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale",
@@ -24,10 +31,6 @@ RESULT_COLUMNS = ("image", "status", "error", "shard", "attempt", "render_second
                   "loras_used", "controlnets_used")
 MAX_LISTED_PROBLEMS = 10
 MAX_SIZE = 8192
-
-
-class ManifestError(ValueError):
-    """The manifest cannot be used; the message names the column, the row and the fix."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def read_manifest(uri: str, s3_settings: Any = None) -> pa.Table:
 
 
 def _read_s3_bytes(uri: str, s3_settings: Any) -> bytes:
-    from sdbatch.storage import ObjectNotFound, open_store
+    from sdbatch.errors import ObjectNotFound
+    from sdbatch.store import open_store
 
     parent, _, name = uri.rpartition("/")
     try:
@@ -277,7 +281,7 @@ def _check_label_names(table, problems) -> None:
 def check_local_references(table: pa.Table) -> None:
     """Refuse local model and VAE paths that cannot work (missing, not a diffusers folder or .safetensors file,
     a pickled checkpoint) before any actor starts; for runs whose actors share this machine's disk."""
-    from sdbatch.render.sources import local_problem  # stdlib only: no torch
+    from sdbatch.render.models.sources import local_problem  # stdlib only: no torch
 
     problems = []
     for column in ("model", "vae"):

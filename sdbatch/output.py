@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sdbatch import __version__
+from sdbatch.errors import ObjectNotFound, RunMismatch
 from sdbatch.spec import JobSpec, fingerprint
-from sdbatch.storage import ObjectNotFound, PutResult, Store
+from sdbatch.store.base import PutResult, Store
 
 JOB_KEY = "job.json"
 MANIFEST_KEY = "manifest.parquet"
@@ -41,10 +42,6 @@ RESULT_SCHEMA = pa.schema([
                                              ("image", pa.string()), ("image_sha256", pa.string()),
                                              ("scale", pa.float64())]))),
 ])
-
-
-class RunMismatch(RuntimeError):
-    """The output already holds a different run; mixing the two would corrupt both."""
 
 
 def image_key(shard_id: str, row_id: str, image_format: str) -> str:
@@ -221,7 +218,7 @@ def write_success(store: Store, summary: dict[str, Any]) -> None:
 
 def read_results(output: str | Store, s3: Any = None) -> pa.Table:
     """Every manifest column plus image, status, error and provenance, one row per committed manifest id."""
-    from sdbatch.storage import open_store
+    from sdbatch.store import open_store
 
     store = output if isinstance(output, Store) else open_store(str(output), s3)
     try:

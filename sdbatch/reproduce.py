@@ -9,9 +9,11 @@ from typing import Any
 import pyarrow as pa
 
 from sdbatch.a1111 import parse_parameters, read_parameters, row_from_parameters
-from sdbatch.adapters import CONTROLNET_TYPE, LORA_TYPE
-from sdbatch.manifest import ID_PATTERN, ManifestError
-from sdbatch.storage import S3Settings, open_store
+from sdbatch.errors import ManifestError
+from sdbatch.manifest import ID_PATTERN
+from sdbatch.settings import S3Settings
+from sdbatch.store import open_store
+from sdbatch.variant_columns import CONTROLNET_TYPE, LORA_TYPE
 from sdbatch.webdataset import members
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

@@ -17,108 +17,9 @@ DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-# Names a manifest may use; the renderer maps each to a diffusers scheduler class and options.
-SCHEDULERS = (
-    "ddim",
-    "pndm",
-    "euler",
-    "euler_a",
-    "heun",
-    "dpmpp_2m",
-    "dpmpp_2m_karras",
-    "unipc",
-)
-
-
-class SpecError(ValueError):
-    """A job setting is invalid; the message names the setting and the fix."""
-
-
-@dataclass(frozen=True)
-class RowDefaults:
-    """Values a manifest row gets when its own column is missing or null."""
-
-    # The reference model most datasets are built on; override per job or per row.
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    # 30 steps is where SD1.5 samplers stop improving visibly at a reasonable cost.
-    steps: int = 30
-    # The value SD1.5 was tuned with; higher follows the prompt more and varies less.
-    guidance_scale: float = 7.5
-    # None keeps the model's own native size (512 for SD1.5), read from the loaded model.
-    width: int | None = None
-    height: int | None = None
-    # None keeps the scheduler shipped with the model, so results match its model card.
-    scheduler: str | None = None
-    # Empty: no negative prompt unless the row or the job asks for one.
-    negative_prompt: str = ""
-    # Job seed: rows without a seed get one derived from (seed, id), so reruns are identical.
-    seed: int = 0
-    # Where bare LoRA names (`style` in a loras entry or <lora:style:0.8>) are looked up; None: paths only.
-    lora_dir: str | None = None
-    # None keeps the model's own VAE; a diffusers AutoencoderKL folder, single file, hub id or s3:// URI
-    # replaces it (e.g. the fp16-safe SDXL VAE). A row's `vae` column overrides it.
-    vae: str | None = None
-
-
-@dataclass(frozen=True)
-class OutputSettings:
-    """How results are laid out in the store; part of the run's identity."""
-
-    # PNG is lossless, so a re-render can be compared pixel for pixel.
-    format: str = "png"
-    # Only used for jpeg/webp; 95 is visually lossless at a fraction of PNG's size.
-    quality: int = 95
-    # 32 rows is 10-20 s of GPU work: a crash loses little, per-shard overhead (a marker, a metadata
-    # file, ~1 ms of driver CPU) stays negligible, and the idle tail at the end of a run (at most about
-    # one shard per GPU) stays small: 1M rows on 1,000 GPUs simulate at 1.047x the ideal (64: 1.075x).
-    shard_size: int = 32
-    # "files": images/{shard}/{id}.{ext}, browsable. "webdataset": shards/{shard}.tar for data loaders.
-    layout: str = "files"
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How the work is executed; may change between a run and its resume."""
-
-    # None: one actor per GPU, or on a CPU-only cluster as many as its CPUs and memory hold.
-    actors: int | None = None
-    # Rows per pipeline call. None: as many as half the GPU's free memory holds at the row's size (at
-    # most 16, where the UNet is compute-bound anyway; a batch that still runs out is halved), 4 on the CPU.
-    batch_size: int | None = None
-    # Two shards per actor: one rendering, one queued, so the GPU never waits for the driver.
-    shards_in_flight: int = 2
-    # A shard whose actor died this many times is given up (and reported) rather than retried forever.
-    max_shard_attempts: int = 3
-    # Threads that encode and upload images while the next batch renders.
-    io_threads: int = 4
-    # Send shards to actors that already hold their variant (LoRAs, ControlNets, model); off only to compare.
-    affinity: bool = True
-    # "auto": one actor per GPU when the cluster has GPUs, else CPU actors. "cuda": one GPU per actor
-    # even when no GPU node is up yet, so an autoscaling cluster starts them. "cpu": never ask for GPUs.
-    device: str = "auto"
-
-
-@dataclass(frozen=True)
-class FastPath:
-    """How the renderer uses the device: precision, memory layout, compile. The job file's [render] section."""
-
-    # "auto": bfloat16 on CUDA cards that have it (Ampere and later), float16 on older ones, float32 on
-    # the CPU (CPU half precision is slower and inexact). Or "bfloat16", "float16", "float32".
-    dtype: str = "auto"
-    # NHWC convolutions for the UNet, VAE and ControlNets. None: on for CUDA (tensor cores read NHWC
-    # natively), off for the CPU, where oneDNN picks its own layout and the conversion only costs.
-    channels_last: bool | None = None
-    # torch.compile of the UNet, in place. Off by default: each new shape (batch, size) costs a compile
-    # of about a minute on the actor before its first image, which short runs never earn back.
-    compile: bool = False
-    # "max-autotune-no-cudagraphs" gains a few % more for minutes of tuning per shape; "default" is safe.
-    compile_mode: str = "default"
-    # With compile: LoRAs are hotswapped into the compiled UNet, padded to this rank. It must be at least
-    # the largest rank used (SD1.5 LoRAs: 4-128); higher costs a little compute on every step.
-    lora_rank: int = 64
-    # With compile: LoRAs a row may use at once (one hotswap slot each in the UNet). A slot, once a row
-    # has needed it, costs its LoRA compute on every step, used or not; most rows use one or two.
-    lora_slots: int = 2
+from sdbatch.errors import SpecError
+from sdbatch.schedulers import SCHEDULERS
+from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
 
 
 @dataclass(frozen=True)
@@ -233,12 +134,6 @@ def _check_type(section: str, name: str, value: Any, annotation: str) -> None:
     kind = wanted.get(base)
     if kind is not None and (not isinstance(value, kind) or (isinstance(value, bool) and base != "bool")):
         raise SpecError(f"job setting {section}.{name} = {value!r} should be of type {base}")
-
-
-def spec_from_dict(data: dict[str, Any]) -> JobSpec:
-    """Rebuild a JobSpec from to_dict() output (as stored in job.json)."""
-    # .get: job.json files written before a section existed resume with its defaults.
-    return JobSpec(**{name: cls(**data.get(name, {})) for name, cls in _SECTIONS.items()}).validate()
 
 
 def fingerprint(obj: Any) -> str:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdbatch.manifest import RESULT_COLUMNS, ManifestError
+from sdbatch.errors import ManifestError
+from sdbatch.manifest import RESULT_COLUMNS
 
 # Label columns every authored row gets, so each image knows which prompt and which seed it is.
 INDEX_COLUMNS = ("prompt_index", "seed_index")

@@ -73,9 +73,9 @@ def tiny_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("sdbatch-cache")
     saved = {k: os.environ.get(k) for k in ("SDBATCH_CACHE", "HF_HUB_OFFLINE")}
     os.environ.update(SDBATCH_CACHE=str(cache), HF_HUB_OFFLINE="1")
-    from sdbatch.render.loading import resolve_model_path
+    from sdbatch.render.models.sources import resolve_source
 
-    resolve_model_path("tiny:sd15")
+    resolve_source("tiny:sd15")
     yield cache
     for key, value in saved.items():
         if value is None:

@@ -5,7 +5,13 @@ import io
 import pytest
 from PIL import Image
 
-from sdbatch.a1111 import format_parameters, parse_parameters, read_parameters, row_from_parameters, save_options
+from sdbatch.a1111 import (
+    format_parameters,
+    parse_parameters,
+    read_parameters,
+    row_from_parameters,
+    save_options,
+)
 
 ROW = {"id": "cat-1", "prompt": "a cat, in a hat", "negative_prompt": "blurry", "steps": 20,
        "scheduler": "dpmpp_2m_karras", "scheduler_class": "DPMSolverMultistepScheduler", "guidance_scale": 7.5,

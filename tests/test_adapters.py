@@ -3,9 +3,10 @@
 import pyarrow as pa
 import pytest
 
-from sdbatch.manifest import ManifestError, normalize
+from sdbatch.errors import ManifestError
+from sdbatch.manifest import normalize
 from sdbatch.plan import plan_shards
-from sdbatch.spec import RowDefaults
+from sdbatch.settings import RowDefaults
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sdbatch.authoring import AuthoringOptions, build_manifest, prompts_table
-from sdbatch.manifest import ManifestError, normalize
-from sdbatch.spec import RowDefaults
+from sdbatch.errors import ManifestError
+from sdbatch.manifest import normalize
+from sdbatch.settings import RowDefaults
 from tests.util import run_cli
 
 REPO = Path(__file__).resolve().parents[1]

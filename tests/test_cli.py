@@ -5,7 +5,7 @@ import socket
 import pyarrow.parquet as pq
 import pytest
 
-from sdbatch.storage import LocalStore
+from sdbatch.store.local import LocalStore
 from tests.util import run_cli, tiny_rows, write_manifest
 
 

@@ -18,11 +18,12 @@ import sdbatch
 from sdbatch.a1111 import parse_parameters, read_parameters
 from sdbatch.gallery import GallerySettings, make_gallery
 from sdbatch.output import image_key
-from sdbatch.render.renderer import Renderer, RendererSettings
-from sdbatch.render.tiny_variants import write_tiny_lora
+from sdbatch.render.renderer import Renderer
 from sdbatch.reproduce import manifest_from_images
-from sdbatch.storage import LocalStore
+from sdbatch.settings import RendererSettings
+from sdbatch.store.local import LocalStore
 from sdbatch.tasks import ShardTask
+from tests.support.tiny_variants import write_tiny_lora
 from tests.util import run_cli
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")

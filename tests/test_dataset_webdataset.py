@@ -11,11 +11,12 @@ from PIL import Image
 
 from sdbatch.a1111 import parse_parameters, read_parameters
 from sdbatch.output import committed_shards, marker_key
-from sdbatch.render.renderer import Renderer, RendererSettings
-from sdbatch.render.tiny_variants import write_tiny_lora
-from sdbatch.storage import LocalStore
+from sdbatch.render.renderer import Renderer
+from sdbatch.settings import RendererSettings
+from sdbatch.store.local import LocalStore
 from sdbatch.tasks import ShardTask
 from sdbatch.webdataset import tar_key
+from tests.support.tiny_variants import write_tiny_lora
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 
@@ -148,7 +149,7 @@ def test_a_shard_where_every_row_fails_commits_an_empty_tar(renderer, assets):
 
 def test_ids_with_a_dot_are_refused_for_the_webdataset_layout_before_anything_is_written(tmp_path):
     from sdbatch.driver import SubmitRequest, prepare
-    from sdbatch.manifest import ManifestError
+    from sdbatch.errors import ManifestError
     from sdbatch.spec import load_spec
     from tests.util import write_manifest
 

@@ -34,7 +34,7 @@ def test_a_replacement_actor_warms_the_model_of_the_work_left(tmp_path):
     import ray
 
     from sdbatch.engine.cluster import connect
-    from sdbatch.engine.scheduler import Dispatcher
+    from sdbatch.engine.dispatch import Dispatcher
 
     class Recorder:  # nested: shipped to the workers by value
         def __init__(self, name: str, folder: str):
@@ -78,8 +78,8 @@ def test_a_model_that_cannot_load_gives_up_its_shards_and_the_other_models_rende
     import ray
 
     from sdbatch.engine.cluster import connect
-    from sdbatch.engine.scheduler import Dispatcher
-    from sdbatch.render.sources import ModelLoadError
+    from sdbatch.engine.dispatch import Dispatcher
+    from sdbatch.errors import ModelLoadError
 
     class Loader:  # nested: shipped to the workers by value
         def __init__(self, name: str, folder: str):

@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 import sdbatch
-from sdbatch.storage import S3Settings, open_store
+from sdbatch.settings import S3Settings
+from sdbatch.store import open_store
 from tests.util import SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from sdbatch.estimate import EstimateError, Rates, duration, estimate, simulate
+from sdbatch.errors import EstimateError
+from sdbatch.estimate import Rates, duration, estimate, simulate
 from sdbatch.plan import Plan, Shard, Variant
 from tests.util import run_cli, tiny_rows, write_manifest
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sdbatch.storage import S3Settings, open_store
+from sdbatch.settings import S3Settings
+from sdbatch.store import open_store
 from tests.faults import FaultProxy
 from tests.util import SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
 

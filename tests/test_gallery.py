@@ -19,12 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sdbatch.gallery import GalleryError, GallerySettings, make_gallery, spread
+from sdbatch.errors import GalleryError
+from sdbatch.gallery import GallerySettings, make_gallery, spread
 from sdbatch.manifest import normalize
 from sdbatch.output import commit_shard
 from sdbatch.plan import plan_shards
-from sdbatch.spec import RowDefaults
-from sdbatch.storage import LocalStore, S3Settings, open_store
+from sdbatch.settings import RowDefaults, S3Settings
+from sdbatch.store import open_store
+from sdbatch.store.local import LocalStore
 from tests.util import run_cli, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from sdbatch.render.loading import ModelLoadError, load_model, make_scheduler, model_hash, resolve_model_path
+from sdbatch.errors import ModelLoadError
+from sdbatch.render.models.loading import (
+    load_model,
+    make_scheduler,
+    model_hash,
+)
+from sdbatch.render.models.sources import resolve_source
 from sdbatch.spec import SCHEDULERS
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
@@ -15,23 +21,23 @@ def test_hub_id_offline_and_not_cached_gives_a_clear_error(monkeypatch, tmp_path
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError) as info:
-        resolve_model_path("nobody-here/no-such-model")
+        resolve_source("nobody-here/no-such-model")
     message = str(info.value)
     assert "'nobody-here/no-such-model'" in message and "download it first" in message
 
 
 def test_missing_local_folder_is_not_looked_up_on_the_hub(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist; fix the path"):
-        resolve_model_path(str(tmp_path / "absent" / "model"))
+        resolve_source(str(tmp_path / "absent" / "model"))
 
 
 def test_unknown_tiny_model_is_refused():
     with pytest.raises(ModelLoadError, match="tiny:sd15"):
-        resolve_model_path("tiny:sd99")
+        resolve_source("tiny:sd99")
 
 
 def test_model_hash_follows_content(tmp_path):
-    from sdbatch.render.tiny import write_tiny_model
+    from sdbatch.render.tiny.build import write_tiny_model
 
     a, b, c = (write_tiny_model(tmp_path / n, seed=s) for n, s in (("a", 0), ("b", 0), ("c", 1)))
     assert model_hash(a) == model_hash(b) != model_hash(c)

@@ -4,8 +4,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sdbatch.manifest import ManifestError, derive_seed, normalize, read_manifest
-from sdbatch.spec import RowDefaults
+from sdbatch.errors import ManifestError
+from sdbatch.manifest import derive_seed, normalize, read_manifest
+from sdbatch.settings import RowDefaults
 from tests.util import write_manifest
 
 DEFAULTS = RowDefaults(model="tiny:sd15", steps=5, width=64, height=64, seed=7)

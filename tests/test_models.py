@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from sdbatch.render.loading import load_model
-from sdbatch.render.renderer import Renderer, RendererSettings
-from sdbatch.storage import LocalStore, S3Settings, open_store
+from sdbatch.render.models.loading import load_model
+from sdbatch.render.renderer import Renderer
+from sdbatch.settings import RendererSettings, S3Settings
+from sdbatch.store import open_store
+from sdbatch.store.local import LocalStore
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 CPU = torch.device("cpu")
@@ -21,8 +23,9 @@ def models(tmp_path_factory):
     """A tiny SD1.5-style folder (seed 1, so not tiny:sd15's weights), the same as a single file, a tiny VAE."""
     from diffusers import AutoencoderKL
 
-    from sdbatch.render.checkpoints import write_single_file
-    from sdbatch.render.tiny import vae_config, write_tiny_model
+    from sdbatch.render.tiny.build import write_tiny_model
+    from sdbatch.render.tiny.sd15 import vae_config
+    from tests.support.checkpoints import write_single_file
 
     root = tmp_path_factory.mktemp("models")
     folder = write_tiny_model(root / "seed1", seed=1)
@@ -57,7 +60,7 @@ def test_single_file_checkpoint_renders_as_its_folder(models):
 
 def _fetch(uri: str, endpoint: str, cache: str) -> bool:
     os.environ["SDBATCH_CACHE"] = cache
-    from sdbatch.render.sources import fetch_s3
+    from sdbatch.render.models.sources import fetch_s3
 
     return fetch_s3(uri, S3Settings(endpoint_url=endpoint))[1]
 
@@ -87,7 +90,8 @@ def test_s3_model_is_downloaded_once_per_node_and_renders(models, s3_env, new_bu
 
 
 def test_a_missing_s3_model_fails_with_the_uri_in_the_message(s3_env, new_bucket):
-    from sdbatch.render.sources import ModelLoadError, fetch_s3
+    from sdbatch.errors import ModelLoadError
+    from sdbatch.render.models.sources import fetch_s3
 
     with pytest.raises(ModelLoadError, match=f"s3://{new_bucket}/nothing.*no objects under that prefix"):
         fetch_s3(f"s3://{new_bucket}/nothing", S3Settings(endpoint_url=s3_env))
@@ -97,7 +101,7 @@ def test_an_s3_model_overwritten_in_place_is_fetched_again_and_the_old_copy_drop
                                                                                    monkeypatch):
     """The node cache follows the bucket's content (ETags), not the URI: a new upload under the same key
     is not served stale, and the superseded copy does not stay on the node's disk."""
-    from sdbatch.render.sources import fetch_s3
+    from sdbatch.render.models.sources import fetch_s3
 
     monkeypatch.setenv("SDBATCH_CACHE", str(tmp_path / "node"))
     settings = S3Settings(endpoint_url=s3_env)
@@ -122,7 +126,7 @@ def test_an_s3_model_file_streams_to_disk_in_parts_without_being_held_in_memory(
     import hashlib
     import tracemalloc
 
-    from sdbatch.render.sources import fetch_s3
+    from sdbatch.render.models.sources import fetch_s3
 
     monkeypatch.setenv("SDBATCH_CACHE", str(tmp_path / "node"))
     settings = S3Settings(endpoint_url=s3_env)
@@ -158,7 +162,8 @@ def test_vae_override_changes_the_image_and_rows_without_it_keep_the_models_own(
 def test_local_references_are_checked_before_any_actor_starts(models, tmp_path):
     import pyarrow as pa
 
-    from sdbatch.manifest import ManifestError, check_local_references
+    from sdbatch.errors import ManifestError
+    from sdbatch.manifest import check_local_references
 
     (tmp_path / "old.ckpt").write_bytes(b"pickle")
     ok = pa.table({"model": [str(models["single"]), str(models["folder"]), "tiny:sdxl", "org/name"],
@@ -175,7 +180,7 @@ def test_local_references_are_checked_before_any_actor_starts(models, tmp_path):
 
 def test_submit_takes_a_single_file_model_and_refuses_a_missing_one_before_ray(models, tmp_path):
     from sdbatch.driver import SubmitRequest, prepare
-    from sdbatch.manifest import ManifestError
+    from sdbatch.errors import ManifestError
     from sdbatch.spec import load_spec
     from tests.util import write_manifest
 

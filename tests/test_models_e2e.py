@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import sdbatch
-from sdbatch.storage import open_store
+from sdbatch.store import open_store
 from tests.util import assert_exactly_once, run_cli, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
@@ -16,10 +16,10 @@ PER_VARIANT = 6
 
 
 def test_mixed_sd15_and_sdxl_manifest_renders_both_with_few_model_loads(tmp_path):
-    from sdbatch.render.loading import resolve_model_path
-    from sdbatch.render.tiny_variants import write_tiny_lora
+    from sdbatch.render.models.sources import resolve_source
+    from tests.support.tiny_variants import write_tiny_lora
 
-    resolve_model_path("tiny:sdxl")  # built once up front, as tiny_cache does for tiny:sd15
+    resolve_source("tiny:sdxl")  # built once up front, as tiny_cache does for tiny:sd15
     loras = {family: str(write_tiny_lora(tmp_path / f"{family}.safetensors", seed=2, family=family))
              for family in ("sd15", "sdxl")}
     rows = []
@@ -50,9 +50,9 @@ def test_a_second_model_that_cannot_load_gives_up_only_its_shards_and_a_rerun_re
     command renders just those."""
     import shutil
 
-    from sdbatch.render.loading import resolve_model_path
+    from sdbatch.render.models.sources import resolve_source
 
-    good = resolve_model_path("tiny:sd15")
+    good = resolve_source("tiny:sd15").path
     broken = tmp_path / "broken-model"
     shutil.copytree(good, broken)
     weights = broken / "unet" / "diffusion_pytorch_model.safetensors"

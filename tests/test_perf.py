@@ -12,12 +12,17 @@ import pytest
 import torch
 
 from sdbatch.output import MARKER_PREFIX
-from sdbatch.render.fastpath import FastPath, auto_batch_size, keep_vae_in_float32, pick_dtype
-from sdbatch.render.hotswap import HotswapLoras
-from sdbatch.render.renderer import Renderer, RendererSettings
-from sdbatch.render.tiny_variants import write_tiny_lora
-from sdbatch.storage import LocalStore
+from sdbatch.render.models.fastpath import (
+    auto_batch_size,
+    keep_vae_in_float32,
+    pick_dtype,
+)
+from sdbatch.render.renderer import Renderer
+from sdbatch.render.variants.hotswap import HotswapLoras
+from sdbatch.settings import FastPath, RendererSettings
+from sdbatch.store.local import LocalStore
 from sdbatch.tasks import ShardTask
+from tests.support.tiny_variants import write_tiny_lora
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 
@@ -88,9 +93,8 @@ def test_cpu_threads_and_priority_take_effect_in_ray_workers(tmp_path, tiny_cach
 
     ray = pytest.importorskip("ray")
     from sdbatch.engine.actor import RemoteRenderActor
-
     from sdbatch.engine.cluster import connect
-    from sdbatch.priority import descendants, threads
+    from sdbatch.engine.priority import descendants, threads
 
     def nice(tid: int) -> int:
         return os.getpriority(os.PRIO_PROCESS, tid)
@@ -289,7 +293,7 @@ def test_precision_choice():
 
 def test_a_float32_vae_decodes_half_precision_latents():
     """The fp16 SDXL arrangement: UNet in half, VAE kept in float32, inputs cast on the way in."""
-    from sdbatch.render.tiny import build_pipeline
+    from sdbatch.render.tiny.build import build_pipeline
 
     vae = build_pipeline(0).vae.to(torch.float16)
     keep_vae_in_float32(vae)

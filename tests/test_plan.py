@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from sdbatch.manifest import normalize
 from sdbatch.plan import plan_shards, shard_rows
-from sdbatch.spec import RowDefaults
+from sdbatch.settings import RowDefaults
 
 
 def _manifest(order: list[int]) -> pa.Table:

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from sdbatch.output import commit_shard, committed_shards, image_key
-from sdbatch.render.renderer import Renderer, RendererSettings
-from sdbatch.storage import LocalStore
+from sdbatch.render.renderer import Renderer
+from sdbatch.settings import RendererSettings
+from sdbatch.store.local import LocalStore
 from sdbatch.tasks import ShardTask
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")

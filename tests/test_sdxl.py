@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdbatch.render.renderer import Renderer, RendererSettings
-from sdbatch.storage import LocalStore
+from sdbatch.render.renderer import Renderer
+from sdbatch.settings import RendererSettings
+from sdbatch.store.local import LocalStore
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 CHANGED = 8  # out of 255: a LoRA or ControlNet moves pixels by far more than this
@@ -17,7 +18,7 @@ NOISE = 1
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from sdbatch.render.tiny_variants import write_tiny_controlnet, write_tiny_lora
+    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_lora
 
     root = tmp_path_factory.mktemp("sdxl-assets")
     pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -92,9 +93,9 @@ def test_an_sdxl_single_file_checkpoint_renders_as_its_folder(renderer, tmp_path
     most SDXL checkpoints ship as: the same image as the diffusers folder they were written from."""
     from safetensors import safe_open
 
-    from sdbatch.render.checkpoints import write_single_file
-    from sdbatch.render.loading import checkpoint_family
-    from sdbatch.render.tiny import write_tiny_model
+    from sdbatch.render.models.loading import checkpoint_family
+    from sdbatch.render.tiny.build import write_tiny_model
+    from tests.support.checkpoints import write_single_file
 
     folder = write_tiny_model(tmp_path / "xl-seed1", seed=1, family="sdxl")  # not tiny:sdxl's weights
     single = write_single_file(folder, tmp_path / "xl-seed1.safetensors", config="tiny:sdxl")
@@ -113,9 +114,10 @@ def test_a_single_file_without_configs_at_hand_names_the_file_and_the_download_t
     import huggingface_hub.constants
     import torch
 
-    from sdbatch.render.checkpoints import write_single_file
-    from sdbatch.render.loading import ModelLoadError, load_model
-    from sdbatch.render.tiny import write_tiny_model
+    from sdbatch.errors import ModelLoadError
+    from sdbatch.render.models.loading import load_model
+    from sdbatch.render.tiny.build import write_tiny_model
+    from tests.support.checkpoints import write_single_file
 
     single = write_single_file(write_tiny_model(tmp_path / "xl", seed=1, family="sdxl"), tmp_path / "xl.safetensors")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -1,10 +1,12 @@
 """Job specs: TOML loading, flag overrides, validation and the run identity."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from sdbatch.spec import JobSpec, SpecError, load_spec, spec_from_dict
+from sdbatch.errors import SpecError
+from sdbatch.spec import JobSpec, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,9 +50,14 @@ def test_identity_ignores_runtime_settings_but_not_render_settings():
     assert load_spec(None, {"output.shard_size": 3}).identity() != base.identity()
 
 
+def _from_job_json(data: dict) -> JobSpec:
+    """The spec as a resumed or cluster-side driver reads it: job.json's JSON through load_spec."""
+    return load_spec("job.json", text=json.dumps(data))
+
+
 def test_round_trip_through_dict():
     spec = load_spec(None, {"defaults.width": 64, "run.actors": 2})
-    assert spec_from_dict(spec.to_dict()) == spec
+    assert _from_job_json(spec.to_dict()) == spec
     assert isinstance(spec, JobSpec)
 
 
@@ -58,7 +65,7 @@ def test_round_trip_through_dict():
 
 def test_render_section_reaches_the_actor_settings_and_stays_out_of_the_identity(tmp_path):
     from sdbatch.engine.cluster import PoolShape, renderer_settings
-    from sdbatch.storage import S3Settings
+    from sdbatch.settings import S3Settings
 
     path = tmp_path / "job.toml"
     path.write_text("[render]\ncompile = true\nlora_rank = 128\n[run]\nbatch_size = 8\n")
@@ -73,4 +80,4 @@ def test_render_section_reaches_the_actor_settings_and_stays_out_of_the_identity
 def test_job_json_from_before_the_render_section_still_resumes():
     data = load_spec(None, {"defaults.steps": 7}).to_dict()
     del data["render"]
-    assert spec_from_dict(data).defaults.steps == 7
+    assert _from_job_json(data).defaults.steps == 7

@@ -14,18 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sdbatch import s3, storage
-from sdbatch.storage import (
-    LocalStore,
-    ObjectNotFound,
-    PutResult,
-    S3Settings,
-    S3Store,
-    StoreError,
-    StoreUnavailable,
-    open_store,
-    resolve_endpoint,
-)
+from sdbatch.errors import ObjectNotFound, StoreError, StoreUnavailable
+from sdbatch.settings import S3Settings
+from sdbatch.store import local, open_store, s3
+from sdbatch.store.base import PutResult, resolve_endpoint
+from sdbatch.store.local import LocalStore
+from sdbatch.store.s3 import S3Store
 
 try:
     from servers import free_ports
@@ -137,7 +131,7 @@ def test_tags_follow_the_content_and_download_copies_it(store, tmp_path):
 def test_list_skips_local_temp_files(tmp_path):
     store = LocalStore(str(tmp_path))
     store.put("d/k", b"v")
-    (tmp_path / "d" / f"{storage._TMP_MARK}abc").write_bytes(b"half")  # as left by a crash
+    (tmp_path / "d" / f"{local._TMP_MARK}abc").write_bytes(b"half")  # as left by a crash
     assert store.list() == ["d/k"]
 
 

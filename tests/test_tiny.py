@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdbatch.render.tiny import is_tiny_model_dir, write_tiny_model
+from sdbatch.render.tiny.build import is_tiny_model_dir, write_tiny_model
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -168,7 +168,7 @@ def test_report_render_time(pipe, capsys):
 def test_tiny_lora_and_controlnet_are_deterministic_per_seed(tmp_path):
     from safetensors import safe_open
 
-    from sdbatch.render.tiny_variants import write_tiny_controlnet, write_tiny_lora
+    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_lora
 
     def same(a: dict, b: dict) -> bool:
         return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -9,13 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from sdbatch.render.fetch import Fetcher
-from sdbatch.render.loras import StateDictCache, parse_lora
-from sdbatch.render.renderer import Renderer, RendererSettings
-from sdbatch.render.tiny_variants import convert_lora_to_kohya, write_tiny_controlnet, write_tiny_lora
-from sdbatch.render.variants import VariantSettings
-from sdbatch.storage import LocalStore, S3Settings
+from sdbatch.render.renderer import Renderer
+from sdbatch.render.variants.fetch import Fetcher
+from sdbatch.render.variants.loras import StateDictCache, parse_lora
+from sdbatch.settings import RendererSettings, S3Settings, VariantSettings
+from sdbatch.store.local import LocalStore
 from sdbatch.tasks import ShardTask
+from tests.support.tiny_variants import (
+    convert_lora_to_kohya,
+    write_tiny_controlnet,
+    write_tiny_lora,
+)
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 
@@ -133,13 +137,12 @@ def test_kohya_file_gives_the_diffusers_image_with_both_parts(renderer, assets):
 def test_the_text_encoder_part_is_loaded_as_the_file_holds_it_without_a_load_report(renderer, assets):
     """transformers prints a LOAD REPORT calling these weights MISSING while diffusers loads them; they are
     loaded (compared here with the file, up and down), and the report is kept out of the actor's log."""
+    import logging
     import re
 
     from safetensors.torch import load_file
 
-    import logging
-
-    from sdbatch.render.loras import adapter_name
+    from sdbatch.render.variants.loras import adapter_name
 
     reports = []
     handler = logging.Handler()
@@ -335,8 +338,8 @@ def test_an_input_s3_cannot_serve_for_now_fails_the_shard_for_a_retry_not_its_ro
                                                                                   tmp_path, tiny_cache):
     """Throttling that outlasts the client's retries may pass: the shard fails, so the dispatcher retries it
     (adopting what was written) instead of failing the row for good. A missing object still fails its row."""
-    from sdbatch.render.fetch import InputUnavailable
-    from sdbatch.storage import open_store
+    from sdbatch.errors import InputUnavailable
+    from sdbatch.store import open_store
     from tests.faults import FaultProxy
 
     open_store(f"s3://{new_bucket}", S3Settings(endpoint_url=s3_env)).put("pose/img1.png", _bytes(assets["img1"]))
@@ -367,7 +370,7 @@ def test_http_failures_that_may_pass_are_told_apart_from_permanent_ones():
     import socket
     import urllib.error
 
-    from sdbatch.render.fetch import _may_pass
+    from sdbatch.render.variants.fetch import _may_pass
 
     def http(code: int) -> urllib.error.HTTPError:
         return urllib.error.HTTPError("http://x/i.png", code, "status", email.message.Message(), None)
@@ -379,7 +382,7 @@ def test_http_failures_that_may_pass_are_told_apart_from_permanent_ones():
 
 
 def test_prefetcher_reads_each_image_once_and_stays_a_bounded_window_ahead():
-    from sdbatch.render.fetch import Fetched, Prefetcher
+    from sdbatch.render.variants.fetch import Fetched, Prefetcher
 
     started = []
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import sdbatch
-from sdbatch.storage import open_store
+from sdbatch.store import open_store
 from tests.util import run_cli, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
@@ -22,7 +22,7 @@ SHARD_SIZE = 4
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from sdbatch.render.tiny_variants import write_tiny_controlnet, write_tiny_lora
+    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_lora
 
     root = tmp_path_factory.mktemp("assets")
     (root / "loras").mkdir()

@@ -3,7 +3,15 @@
 import io
 import tarfile
 
-from sdbatch.webdataset import Sample, build_tar, member_ref, members, read_member, rows_from_tar, split_ref
+from sdbatch.webdataset import (
+    Sample,
+    build_tar,
+    member_ref,
+    members,
+    read_member,
+    rows_from_tar,
+    split_ref,
+)
 
 
 def _samples():

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Callable
 
 from rich.console import Console
 from rich.text import Text
 
-from sdbatch.driver import UsageError
-from sdbatch.manifest import ManifestError
-from sdbatch.output import RunMismatch
-from sdbatch.spec import SpecError
-from sdbatch.storage import StoreError
+from sdbatch.errors import UserFacing
 
-
-def _usage_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ManifestError, SpecError, StoreError, RunMismatch, UsageError,
-                                         FileNotFoundError]
-    # Imported lazily: they live beside torch and ray, which a quick `manifest validate` never loads.
-    if "sdbatch.render.loading" in sys.modules:
-        errors.append(sys.modules["sdbatch.render.loading"].ModelLoadError)
-    if "sdbatch.engine.scheduler" in sys.modules:
-        errors.append(sys.modules["sdbatch.engine.scheduler"].FatalRunError)
-    if "sdbatch.engine.jobs" in sys.modules:
-        errors.append(sys.modules["sdbatch.engine.jobs"].JobsError)
-    return tuple(errors)
+# A missing local file (a manifest, a job file) is the user's to fix too, and says which.
+USAGE_ERRORS = (UserFacing, FileNotFoundError)
 
 
 def run_with_errors(app: Callable[..., int | None]) -> int:
@@ -40,9 +25,7 @@ def run_with_errors(app: Callable[..., int | None]) -> int:
     except click.exceptions.ClickException as exc:
         exc.show()
         return 2
-    except Exception as exc:
-        if isinstance(exc, _usage_errors()):
-            Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(exc)))
-            return 2
-        raise
+    except USAGE_ERRORS as exc:
+        Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(exc)))
+        return 2
     return code if isinstance(code, int) else 0

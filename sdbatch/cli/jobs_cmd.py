@@ -20,15 +20,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _store(output: str, s3_endpoint: Optional[str]):
-    from sdbatch.storage import open_store
+    from sdbatch.store import open_store
 
     return open_store(output, s3_settings(s3_endpoint))
 
 
 def status(output: RunOutput, s3_endpoint: S3Endpoint = None, address: Address = None) -> None:
     """Counts of a run from its output store, finished or not, and its Ray Job's state if it has one."""
+    from sdbatch.errors import ObjectNotFound
     from sdbatch.output import run_counts
-    from sdbatch.storage import ObjectNotFound
 
     store = _store(output, s3_endpoint)
     try:

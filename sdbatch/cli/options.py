@@ -6,8 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec, load_spec
-from sdbatch.storage import S3Settings, resolve_endpoint
+from sdbatch.store.base import resolve_endpoint
 
 JobFile = Annotated[Optional[str], typer.Option("--job", "-j", help="Job settings (TOML, or JSON; a path or "
                                                 "s3://), e.g. jobs/demo.toml; flags override it.")]
@@ -49,7 +50,7 @@ def s3_settings(endpoint: Optional[str]) -> S3Settings:
 def job_spec(job: Optional[str], s3: S3Settings | None = None, **overrides) -> JobSpec:
     """Settings from the job file with flag overrides (keys are `section.name`; None means unset)."""
     if job and job.startswith("s3://"):  # a job submitted through the Jobs API reads its spec from the store
-        from sdbatch.storage import open_store
+        from sdbatch.store import open_store
 
         parent, _, name = job.rpartition("/")
         return load_spec(job, overrides, text=open_store(parent, s3).get(name).decode())

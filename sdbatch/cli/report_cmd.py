@@ -59,8 +59,9 @@ def plan(
 ) -> None:
     """Dry run: rows, variants, shards, the LoRA/ControlNet loads the scheduler would do, time and cost.
     Reads the manifest only: nothing is written, no Ray, no GPU."""
+    from sdbatch.errors import ManifestError
     from sdbatch.estimate import Rates, estimate
-    from sdbatch.manifest import ManifestError, normalize, read_manifest
+    from sdbatch.manifest import normalize, read_manifest
     from sdbatch.plan import plan_shards
 
     overrides = {**row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir),
@@ -128,7 +129,7 @@ def gallery(
 ) -> None:
     """A static HTML contact sheet: thumbnails by group with prompt, seed and id, the failures and totals."""
     from sdbatch.gallery import GALLERY_KEY, GallerySettings, make_gallery
-    from sdbatch.storage import open_store
+    from sdbatch.store import open_store
 
     store = open_store(output, s3_settings(s3_endpoint))
     settings = GallerySettings(group_by, per_group, max_groups, gpu_hour_price=gpu_hour_price, expires=expires)

@@ -18,8 +18,8 @@ from sdbatch.cli.options import (
     LoraDir,
     Manifest,
     Model,
-    Price,
     Output,
+    Price,
     S3Endpoint,
     Scheduler,
     ShardSize,
@@ -125,7 +125,7 @@ def submit_and_follow(request: SubmitRequest, console: Console, follow: bool) ->
 
 
 def run_and_report(request: SubmitRequest, console: Console, gpu_hour_price: float | None = None) -> int:
-    from sdbatch.progress import RunProgress
+    from sdbatch.cli.progress import RunProgress
 
     prepared = prepare(request)
     console.print(f"{prepared.plan.rows_total} rows in {len(prepared.plan.shards)} shards -> {prepared.store.uri}")

@@ -9,9 +9,10 @@ from typing import Any, Callable
 
 import ray
 
-from sdbatch import priority
-from sdbatch.render.renderer import Renderer, RendererSettings
-from sdbatch.storage import Store
+from sdbatch.engine import priority
+from sdbatch.render.renderer import Renderer
+from sdbatch.settings import RendererSettings
+from sdbatch.store.base import Store
 from sdbatch.tasks import ShardResult, ShardTask
 
 

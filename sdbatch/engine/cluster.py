@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -10,13 +9,14 @@ from typing import Callable
 
 import ray
 
-from sdbatch import priority
+from sdbatch.engine import priority
 from sdbatch.engine.actor import RemoteRenderActor
-from sdbatch.engine.scheduler import Dispatcher, DispatchReport, Events
+from sdbatch.engine.dispatch import Dispatcher, DispatchReport, Events
+from sdbatch.logs import quieted
 from sdbatch.plan import Shard
-from sdbatch.render.renderer import RendererSettings
+from sdbatch.settings import RendererSettings, S3Settings
 from sdbatch.spec import JobSpec
-from sdbatch.storage import S3Settings, Store
+from sdbatch.store.base import Store
 from sdbatch.tasks import ShardTask
 
 # A CPU actor holding an SD1.5-sized pipeline in float32 needs about this much memory.
@@ -53,15 +53,10 @@ def connect(address: str | None) -> None:
     own_threads = priority.threads()
     # Ray turns token auth on for a new local cluster, with a warning on every run that invites turning it
     # off: the auth stays, the warning goes (setting RAY_AUTH_MODE ourselves would bypass Ray's set-up).
-    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    level = auth_log.level
-    auth_log.setLevel(logging.ERROR)
-    try:
+    with quieted("ray._private.authentication.authentication_token_setup"):
         # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
         ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=QUIET_PRIVATE_RAY,
                  _temp_dir=tempfile.mkdtemp(prefix="sdbatch-ray-", dir="/tmp"))
-    finally:
-        auth_log.setLevel(level)
     yield_to_actors(priority.threads() - own_threads)
 
 

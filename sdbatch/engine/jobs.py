@@ -10,7 +10,8 @@ from typing import Callable
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from sdbatch.storage import ObjectNotFound, Store
+from sdbatch.errors import JobsError, ObjectNotFound
+from sdbatch.store.base import Store
 
 RECORD_KEY = "_submit/ray_job.json"
 MANIFEST_KEY = "_submit/manifest.parquet"
@@ -18,10 +19,6 @@ SPEC_KEY = "_submit/job.json"
 ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING)
 AGENT_WAIT_SECONDS = 120.0  # how long a freshly started head may take to accept jobs
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
-
-
-class JobsError(RuntimeError):
-    """The Jobs API refused or cannot be reached; the message says what to do."""
 
 
 @dataclass(frozen=True)

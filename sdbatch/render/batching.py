@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdbatch.plan import VARIANT_COLUMNS
-from sdbatch.render.variants import ActiveVariant
+from sdbatch.render.variants.cache import ActiveVariant
 
 
 @dataclass(frozen=True)

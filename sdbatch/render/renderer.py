@@ -7,11 +7,11 @@ import json
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from sdbatch.errors import InputUnavailable
 from sdbatch.render.batching import (
     Batch,
     control_arguments,
@@ -21,38 +21,23 @@ from sdbatch.render.batching import (
     micro_batches,
     variant_key,
 )
-from sdbatch.render.encode import to_pil
-from sdbatch.render.fastpath import FastPath, auto_batch_size, set_cpu_threads
-from sdbatch.render.fetch import Fetcher, InputUnavailable, Prefetcher, decode_image, labelled
-from sdbatch.render.loading import LoadedModel, load_model, make_scheduler, pick_device
-from sdbatch.render.loras import StateDictCache
-from sdbatch.render.results import RenderedRow, failed, versions
-from sdbatch.render.shards import OnDevice, inline, write_shard
-from sdbatch.render.uploads import Uploads
-from sdbatch.render.variants import Variants, VariantSettings
-from sdbatch.storage import S3Settings, Store
+from sdbatch.render.models.fastpath import auto_batch_size, set_cpu_threads
+from sdbatch.render.models.loading import (
+    LoadedModel,
+    load_model,
+    make_scheduler,
+    pick_device,
+)
+from sdbatch.render.output.encode import to_pil
+from sdbatch.render.output.results import RenderedRow, failed, versions
+from sdbatch.render.output.shards import OnDevice, inline, write_shard
+from sdbatch.render.output.uploads import Uploads
+from sdbatch.render.variants.cache import VariantCache
+from sdbatch.render.variants.fetch import Fetcher, Prefetcher, decode_image, labelled
+from sdbatch.render.variants.loras import StateDictCache
+from sdbatch.settings import RendererSettings
+from sdbatch.store.base import Store
 from sdbatch.tasks import ShardResult, ShardTask
-
-
-@dataclass(frozen=True)
-class RendererSettings:
-    # None: CUDA when present, else CPU.
-    device: str | None = None
-    # Rows per pipeline call; see RunSettings.batch_size. None: what fits the GPU's free memory at the
-    # row's size (fastpath.auto_batch_size), 4 on the CPU.
-    batch_size: int | None = 4
-    # Encoding and uploads run beside rendering; more threads than this rarely helps one GPU.
-    io_threads: int = 4
-    # None leaves torch's default; Ray actors pass the CPUs they were given (Ray sets OMP to 1).
-    cpu_threads: int | None = None
-    # Recorded in each result row, so a bad image can be traced to the process that made it.
-    name: str = platform.node()
-    # For s3:// models, VAEs, control images and LoRAs; None: the default AWS chain. Not the output store's: inputs may live elsewhere.
-    s3: S3Settings | None = None
-    # LoRA / ControlNet caches and control image prefetching; see VariantSettings.
-    variants: VariantSettings = field(default_factory=VariantSettings)
-    # Precision, memory layout and compile; see FastPath.
-    fast: FastPath = field(default_factory=FastPath)
 
 
 class Renderer:
@@ -65,7 +50,7 @@ class Renderer:
         self.device, self.dtype = pick_device(settings.device, settings.fast.dtype)
         self.model_loads = 0
         self._model: LoadedModel | None = None
-        self._variants: Variants | None = None  # LoRAs and ControlNets on the loaded model's pipeline
+        self._variants: VariantCache | None = None  # LoRAs and ControlNets on the loaded model's pipeline
         self._earlier_loads = [0, 0]  # LoRA and ControlNet loads on pipelines since replaced
         self._schedulers: dict[str | None, object] = {}  # per scheduler name, for the loaded model
         # Rows per call per variant: the setting (or what fits), lowered for good when a batch runs out of memory.
@@ -92,7 +77,7 @@ class Renderer:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._model = load_model(reference, self.device, self.dtype, self.settings.fast, self.settings.s3)
-            self._variants = Variants(self._model.pipeline, self.device, self.dtype, self.settings.variants,
+            self._variants = VariantCache(self._model.pipeline, self.device, self.dtype, self.settings.variants,
                                       self._state_dicts, self._fetcher, self.settings.fast)
             self.model_loads += 1
         return self._model

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from sdbatch.render.fetch import VariantError, labelled
-from sdbatch.render.loras import LoraAdapters, LoraState, text_encoder_reports_off
+from sdbatch.errors import VariantError
+from sdbatch.render.variants.fetch import labelled
+from sdbatch.render.variants.loras import (
+    LoraAdapters,
+    LoraState,
+    text_encoder_reports_off,
+)
 
 DOWN_KEYS = ("lora_A", "lora.down", "lora_down", "lora_linear_layer.down")
 

@@ -10,11 +10,12 @@ import uuid
 
 import torch
 
-from sdbatch.render.fastpath import is_sdxl, keep_vae_in_float32
-from sdbatch.render.fetch import VariantError, labelled
-from sdbatch.render.loading import cache_root, model_hash
-from sdbatch.render.sources import ModelLoadError, resolve_source
-from sdbatch.storage import S3Settings
+from sdbatch.errors import ModelLoadError, VariantError
+from sdbatch.render.models.fastpath import is_sdxl, keep_vae_in_float32
+from sdbatch.render.models.loading import model_hash
+from sdbatch.render.models.sources import cache_root, resolve_source
+from sdbatch.render.variants.fetch import labelled
+from sdbatch.settings import S3Settings
 
 VAE_HUB_FILES = ["*.json", "*.safetensors"]  # a VAE repo's config and weights; not its .bin twins
 # Structure a VAE must share with the model's own: the pipeline derived its scale factor and latent

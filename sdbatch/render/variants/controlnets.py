@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from sdbatch.render.fastpath import family_name, is_sdxl
-from sdbatch.render.fetch import VariantError, labelled
-from sdbatch.render.loading import model_hash
-from sdbatch.render.resolve import resolve_controlnet_dir
+from sdbatch.errors import VariantError
+from sdbatch.render.models.fastpath import family_name, is_sdxl
+from sdbatch.render.models.loading import model_hash
+from sdbatch.render.variants.fetch import labelled
+from sdbatch.render.variants.resolve import resolve_controlnet_dir
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,10 @@ class ControlNets:
         return self._pipeline, nets
 
     def _build(self, models: list[torch.nn.Module]):
-        from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+        from diffusers import (
+            StableDiffusionControlNetPipeline,
+            StableDiffusionXLControlNetPipeline,
+        )
 
         cls = StableDiffusionXLControlNetPipeline if is_sdxl(self.base) else StableDiffusionControlNetPipeline
         # dtype=: from_pipe otherwise casts every shared module to float32, the base's too. A list of

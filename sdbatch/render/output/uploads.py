@@ -7,8 +7,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from sdbatch.render.encode import encode_image
-from sdbatch.storage import Store
+from sdbatch.render.output.encode import encode_image
+from sdbatch.store.base import Store
 
 T = TypeVar("T")
 

@@ -12,7 +12,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdbatch.storage import S3Settings, Store, check_key, open_store
+from sdbatch.errors import ModelLoadError, StoreError, reading
+from sdbatch.settings import S3Settings
+from sdbatch.store import open_store
+from sdbatch.store.base import Store, check_key
 
 # Importing torch or diffusers here would make every light caller (the s3 download race, the driver's
 # checks) pay seconds: they are imported inside the functions that need them.
@@ -22,10 +25,6 @@ SINGLE_FILE_SUFFIXES = (".safetensors",)
 # Pickled checkpoints run code when loaded: refused, with the fix in the message.
 UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 DONE = "sdbatch_download.json"  # written last into a downloaded folder: its presence means complete
-
-
-class ModelLoadError(RuntimeError):
-    """A model reference cannot be turned into a pipeline; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,6 @@ def resolve_source(reference: str, s3: S3Settings | None = None, marker: str = "
     from the Hugging Face cache (or downloaded unless HF_HUB_OFFLINE). `marker`: the file a folder must hold;
     `hub_patterns`: the files of a hub repo to fetch (None: what a pipeline needs)."""
     if reference.startswith(TINY_PREFIX):
-        from sdbatch.render.loading import tiny_model_path
-
         return ModelSource(reference, tiny_model_path(reference[len(TINY_PREFIX):]))
     if reference.startswith("s3://"):
         path, downloaded = fetch_s3(reference, s3)
@@ -90,6 +87,23 @@ def resolve_source(reference: str, s3: S3Settings | None = None, marker: str = "
             raise ModelLoadError(f"model {problem}")
         return ModelSource(reference, _checked(reference, path, marker))
     return ModelSource(reference, _checked(reference, hub_snapshot(reference, hub_patterns), marker))
+
+
+def tiny_model_path(name: str) -> Path:
+    """The node's copy of a tiny model (`tiny:sd15`, `tiny:sdxl`), written once on first use."""
+    from filelock import FileLock
+
+    from sdbatch.render.tiny.build import FAMILIES, is_tiny_model_dir, write_tiny_model
+
+    if name not in FAMILIES:
+        raise ModelLoadError(f"tiny model {name!r} is not known; use one of "
+                             f"{', '.join(TINY_PREFIX + n for n in FAMILIES)}")
+    target = cache_root() / "models" / f"tiny-{name}"
+    if is_tiny_model_dir(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # several actors on one node build it once
+        return Path(write_tiny_model(target, family=name))
 
 
 def _checked(reference: str, path: Path, marker: str) -> Path:
@@ -172,19 +186,10 @@ def _objects(uri: str, s3: S3Settings | None) -> dict[str, tuple[Store, str, str
     return {check_key(key): (store, key, tag) for key, tag in found.items()}
 
 
-@contextlib.contextmanager
 def _model_store(uri: str, doing: str):
     """Store failures as ModelLoadError, except those that may pass (InputUnavailable: its shards are
     retried, not given up)."""
-    from sdbatch.render.fetch import InputUnavailable
-    from sdbatch.storage import StoreError, StoreUnavailable
-
-    try:
-        yield
-    except StoreUnavailable as exc:
-        raise InputUnavailable(f"model {uri!r} could not be {doing}: {exc}") from exc
-    except StoreError as exc:
-        raise ModelLoadError(f"model {uri!r} could not be {doing}: {exc}") from exc
+    return reading(ModelLoadError, f"model {uri!r} could not be {doing}", catch=(StoreError,))
 
 
 def _version(files: dict[str, tuple[Store, str, str]]) -> str:

@@ -15,9 +15,22 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sdbatch.output import EXTENSIONS, commit_marker, commit_shard, existing_images, image_key, uncommitted_metadata
-from sdbatch.render.results import adopted_row, failed_row, image_parameters, result_row, sample_record
-from sdbatch.storage import PutResult
+from sdbatch.output import (
+    EXTENSIONS,
+    commit_marker,
+    commit_shard,
+    existing_images,
+    image_key,
+    uncommitted_metadata,
+)
+from sdbatch.render.output.results import (
+    adopted_row,
+    failed_row,
+    image_parameters,
+    result_row,
+    sample_record,
+)
+from sdbatch.store.base import PutResult
 from sdbatch.tasks import ShardResult, ShardTask
 from sdbatch.webdataset import Sample, build_tar, member_ref, rows_from_tar, tar_key
 

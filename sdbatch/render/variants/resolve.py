@@ -6,8 +6,9 @@ import os
 import pathlib
 import re
 
-from sdbatch.render.fetch import Fetcher, VariantError
-from sdbatch.render.loading import cache_root, looks_like_path
+from sdbatch.errors import VariantError
+from sdbatch.render.models.sources import cache_root, looks_like_path
+from sdbatch.render.variants.fetch import Fetcher
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 HUB_FILE = re.compile(r"^[\w.-]+/[\w.-]+/[^/]+\.safetensors$")  # org/name/file.safetensors

@@ -11,7 +11,7 @@ import torch
 
 from sdbatch import __version__
 from sdbatch.a1111 import format_parameters
-from sdbatch.render.fetch import VariantError
+from sdbatch.errors import VariantError
 from sdbatch.tasks import ShardTask
 
 MAX_ERROR_CHARS = 1000

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import json
-import logging
 import pathlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sdbatch.render.fastpath import family_name
-from sdbatch.render.fetch import Fetcher, VariantError, labelled
-from sdbatch.render.resolve import resolve_lora_file
+from sdbatch.errors import VariantError
+from sdbatch.logs import quieted
+from sdbatch.render.models.fastpath import family_name
+from sdbatch.render.variants.fetch import Fetcher, labelled
+from sdbatch.render.variants.resolve import resolve_lora_file
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,10 @@ def parse_lora(data: bytes, sha256: str, pipeline_class) -> LoraState:
     return LoraState(sha256, state, alphas or None, json.loads(raw) if raw else None, nbytes)
 
 
-@contextlib.contextmanager
 def text_encoder_reports_off():
     """transformers logs a LOAD REPORT table calling a LoRA's text-encoder weights MISSING while diffusers
     loads them (they are loaded: test_variants compares them with the file); a table per load fills logs."""
-    report_log = logging.getLogger("transformers.integrations.peft")
-    level = report_log.level
-    report_log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        report_log.setLevel(level)
+    return quieted("transformers.integrations.peft")
 
 
 class LoraAdapters:

@@ -1,97 +1,16 @@
-"""Key/value blob stores for rendered outputs: a local directory or an S3-compatible bucket."""
+"""LocalStore: the Store protocol over a local folder, with create-once writes by hard link."""
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
-import re
 import shutil
 import uuid
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
-
-class StoreError(Exception):
-    """A storage failure, phrased for the user; never carries credentials."""
-
-
-class StoreUnavailable(StoreError):
-    """The store could not be reached, or answered with a server error or throttling, after its retries:
-    a condition that may pass, unlike a missing object or a refusal."""
-
-
-class ObjectNotFound(StoreError, KeyError):
-    def __str__(self) -> str:  # KeyError would otherwise repr() the message
-        return Exception.__str__(self)
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    # None lets botocore choose; callers pass resolve_endpoint(flag) to honour env vars.
-    endpoint_url: str | None = None
-    # None: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1, which S3 clones accept.
-    region: str | None = None
-    # Standard mode backs off exponentially: 8 rides out throttling, not an outage.
-    max_attempts: int = 8
-    # One connection per upload thread; a smaller pool makes threads queue.
-    max_pool_connections: int = 32
-    # A healthy endpoint connects in milliseconds; 5 s still tolerates a loaded one.
-    connect_timeout: float = 5.0
-    # Generous so image-sized PUTs over a slow link are not cut off.
-    read_timeout: float = 60.0
-
-
-class PutResult(enum.Enum):
-    CREATED = "created"
-    IDENTICAL = "identical"
-    CONFLICT = "conflict"
-
+from sdbatch.errors import ObjectNotFound, StoreError
+from sdbatch.store.base import PROBE_DIR, PutResult, Store, check_key, check_prefix
 
 _TMP_MARK = ".sdbatch-tmp-"
-PROBE_DIR = "_probe"
-
-
-def check_key(key: str) -> str:
-    # Keys come from job specs; refuse anything that could escape the root.
-    parts = key.split("/")
-    if key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid key {key!r}: use a relative '/'-separated path")
-    return key
-
-
-def check_prefix(prefix: str) -> str:
-    # A listing prefix may end in one '/' (a "directory") but is otherwise a key.
-    if prefix:
-        check_key(prefix[:-1] if prefix.endswith("/") else prefix)
-    return prefix
-
-
-def resolve_endpoint(flag: str | None) -> str | None:
-    """Endpoint precedence: explicit flag, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL."""
-    return flag or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-@runtime_checkable
-class Store(Protocol):
-    """'/'-separated keys under a root URI; failures raise StoreError."""
-
-    uri: str
-
-    def put(self, key: str, data: bytes) -> None: ...  # create or overwrite; readers never see a mix
-    def put_once(self, key: str, data: bytes) -> PutResult: ...  # create only if absent
-    def get(self, key: str) -> bytes: ...  # ObjectNotFound if absent
-    def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str = "") -> list[str]: ...  # sorted, root-relative, recursive
-    def tags(self, prefix: str = "") -> dict[str, str]: ...  # list(), each key with a tag that changes with it
-    def download(self, key: str, path: str) -> None: ...  # to a local file, streamed (not whole in memory)
-    def delete(self, key: str) -> None: ...  # absent is fine: used for cleanup
-    def check_writable(self) -> None: ...  # StoreError naming the fix if writes cannot work
-    def url_for(self, key: str) -> str: ...
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.uri!r})"
 
 
 class LocalStore(Store):
@@ -192,25 +111,3 @@ class LocalStore(Store):
             os.rmdir(os.path.join(self.uri, PROBE_DIR))
             if not existed:  # a run that stops before writing leaves no trace
                 os.rmdir(self.uri)
-
-
-def open_store(uri: str, s3: S3Settings | None = None) -> Store:
-    """Store for an s3:// URI, a file:// URI or a plain local path."""
-    if uri.startswith("s3://"):
-        from sdbatch.s3 import S3Store  # boto3 is imported only by runs that use S3
-
-        return S3Store(uri, s3)
-    if uri.startswith("file://"):
-        return LocalStore(urlsplit(uri).path)
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri):
-        raise ValueError(f"unsupported storage URI {uri!r}: use a local path or s3://bucket/prefix")
-    return LocalStore(uri)
-
-
-def __getattr__(name: str):
-    # S3Store lives in sdbatch.s3 (it needs boto3); keep `from sdbatch.storage import S3Store` working.
-    if name == "S3Store":
-        from sdbatch.s3 import S3Store
-
-        return S3Store
-    raise AttributeError(name)

@@ -12,19 +12,12 @@ from pathlib import Path
 
 import torch
 
-from sdbatch.render.fastpath import FastPath, compile_unet, optimize, pick_dtype
-from sdbatch.render.sources import (  # noqa: F401  (re-exported: callers import these from loading)
-    TINY_PREFIX,
-    ModelLoadError,
-    ModelSource,
-    cache_root,
-    hub_snapshot,
-    looks_like_path,
-    resolve_source,
-)
-from sdbatch.storage import S3Settings
+from sdbatch.errors import ModelLoadError
+from sdbatch.render.models.fastpath import compile_unet, optimize, pick_dtype
+from sdbatch.render.models.sources import cache_root, hub_snapshot, resolve_source
+from sdbatch.schedulers import TABLE as SCHEDULERS
+from sdbatch.settings import FastPath, S3Settings
 
-TINY_MODELS = ("sd15", "sdxl")
 # A single-file checkpoint carries weights only: its configs come from the reference model of its family
 # (config files only, from the Hugging Face cache), unless the file's metadata names a config model.
 FAMILY_CONFIGS = {
@@ -34,20 +27,6 @@ FAMILY_CONFIGS = {
 }
 CONFIG_METADATA = "sdbatch_config"  # safetensors header key: a model reference whose configs fit the file
 CONFIG_FILES = ["*.json", "*.txt"]  # configs, tokenizer vocabularies and merges; no weights
-
-# Scheduler names of the manifest -> diffusers class and the options that make the name true.
-SCHEDULER_CLASSES = {
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++",
-                                                         "use_karras_sigmas": True}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
-
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -62,27 +41,6 @@ def pick_device(requested: str | None = None, dtype: str = "auto") -> tuple[torc
     """CUDA when present, else CPU; the precision from FastPath.dtype (see fastpath.pick_dtype)."""
     device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
     return device, pick_dtype(device, dtype)
-
-
-def resolve_model_path(reference: str, s3: S3Settings | None = None) -> Path:
-    """Local files for the reference (see sources.resolve_source): a diffusers folder or a single file."""
-    return resolve_source(reference, s3).path
-
-
-def tiny_model_path(name: str) -> Path:
-    from filelock import FileLock
-
-    from sdbatch.render.tiny import is_tiny_model_dir, write_tiny_model
-
-    if name not in TINY_MODELS:
-        raise ModelLoadError(f"tiny model {name!r} is not known; use one of "
-                             f"{', '.join(TINY_PREFIX + n for n in TINY_MODELS)}")
-    target = cache_root() / "models" / f"tiny-{name}"
-    if is_tiny_model_dir(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):  # several actors on one node build it once
-        return Path(write_tiny_model(target, family=name))
 
 
 def model_hash(path: Path) -> str:
@@ -213,5 +171,6 @@ def make_scheduler(model: LoadedModel, name: str | None):
         return model.base_scheduler
     import diffusers
 
-    class_name, options = SCHEDULER_CLASSES[name]
-    return getattr(diffusers, class_name).from_config(model.base_scheduler.config, **options)
+    scheduler = SCHEDULERS[name]
+    return getattr(diffusers, scheduler.diffusers_class).from_config(model.base_scheduler.config,
+                                                                     **scheduler.options)

@@ -8,21 +8,22 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+from ray.exceptions import (
+    ObjectLostError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 
 from sdbatch.engine.policy import Holdings, ShardQueue, depth
+from sdbatch.errors import FatalRunError, ModelLoadError
 from sdbatch.plan import Shard
-from sdbatch.render.loading import ModelLoadError
 from sdbatch.tasks import ShardResult, ShardTask
 
 # How often to say so while no actor can start (e.g. an autoscaling cluster with no GPU node yet).
 WAIT_NOTICE_SECONDS = 30.0
 # Failures that mean "the process or node holding the work went away", not "the work is bad".
 ACTOR_LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
-
-
-class FatalRunError(RuntimeError):
-    """The run cannot go on (e.g. its first model cannot be loaded); retrying would not help."""
 
 
 class Events(Protocol):

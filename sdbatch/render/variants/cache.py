@@ -7,35 +7,13 @@ from typing import Any
 
 import torch
 
-from sdbatch.render.controlnets import ControlNets, LoadedControlNet
-from sdbatch.render.fastpath import FastPath, wants_channels_last
-from sdbatch.render.fetch import Fetcher
-from sdbatch.render.hotswap import HotswapLoras
-from sdbatch.render.loras import LoraAdapters, StateDictCache
-from sdbatch.render.vaes import Vaes
-
-
-@dataclass(frozen=True)
-class VariantSettings:
-    # Parsed LoRAs kept in host memory, so going back to one costs no disk read or parse. SD1.5 LoRAs
-    # are 10-200 MB: 2 GiB holds dozens and is small beside a GPU node's RAM (lower it for many CPU actors).
-    lora_cache_bytes: int = 2 << 30
-    # Adapters left loaded in the pipeline. An inactive one costs its weights' memory on the device but no
-    # compute; 8 covers rows with a few LoRAs each while the actor alternates between several sets.
-    max_loras_resident: int = 8
-    # An SD1.5 ControlNet is ~0.7 GiB in fp16: 2 on the device serve two-ControlNet rows without moves
-    # and leave a 16-24 GiB card room for the UNet's activations.
-    controlnets_on_device: int = 2
-    # Parked in host memory: moving one back takes a fraction of a second, loading it from disk seconds.
-    controlnets_on_cpu: int = 4
-    # Control images are small; 4 parallel reads hide S3/HTTP latency for the next batch or two.
-    fetch_threads: int = 4
-    # Fetched ahead of rendering at most: keeps I/O ahead of the GPU with bounded memory.
-    prefetch_images: int = 16
-    # Per-request timeout for http(s) images (S3 reads use S3Settings): a stuck server fails a row, not the run.
-    fetch_timeout: float = 30.0
-    # VAE overrides kept loaded: an SD VAE is ~0.17 GB in fp16, and a job rarely mixes more than one or two.
-    vaes_resident: int = 2
+from sdbatch.render.models.fastpath import wants_channels_last
+from sdbatch.render.variants.controlnets import ControlNets, LoadedControlNet
+from sdbatch.render.variants.fetch import Fetcher
+from sdbatch.render.variants.hotswap import HotswapLoras
+from sdbatch.render.variants.loras import LoraAdapters, StateDictCache
+from sdbatch.render.variants.vaes import Vaes
+from sdbatch.settings import FastPath, VariantSettings
 
 
 @dataclass(frozen=True)
@@ -49,7 +27,7 @@ class ActiveVariant:
     vae_hash: str | None = None  # the override VAE's content identity; None: the model's own VAE
 
 
-class Variants:
+class VariantCache:
     """LoRA adapters and ControlNets kept warm on one base pipeline (one per actor and loaded model)."""
 
     def __init__(self, base, device: torch.device, dtype: torch.dtype, settings: VariantSettings,

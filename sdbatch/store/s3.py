@@ -13,14 +13,13 @@ import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
-from sdbatch.storage import (
+from sdbatch.errors import ObjectNotFound, StoreError, StoreUnavailable
+from sdbatch.logs import hold_at_least
+from sdbatch.settings import S3Settings
+from sdbatch.store.base import (
     PROBE_DIR,
-    ObjectNotFound,
     PutResult,
-    S3Settings,
     Store,
-    StoreError,
-    StoreUnavailable,
     check_key,
     check_prefix,
     resolve_endpoint,
@@ -47,12 +46,8 @@ _REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "Il
 
 
 def _quiet_sdk_loggers() -> None:
-    # SDK DEBUG output includes access key ids and signatures, and a root logger
-    # at DEBUG (common while debugging) would otherwise let it through.
-    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logger = logging.getLogger(name)
-        if logger.level < logging.WARNING:
-            logger.setLevel(logging.WARNING)
+    # SDK DEBUG output includes access key ids and signatures.
+    hold_at_least(logging.WARNING, "botocore", "boto3", "urllib3", "s3transfer")
 
 
 def _redact_url(url: str | None) -> str:

@@ -9,7 +9,6 @@ import io
 import os
 import pathlib
 import threading
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable
@@ -18,20 +17,10 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from sdbatch.storage import S3Settings, Store, StoreUnavailable, open_store
-
-
-class VariantError(RuntimeError):
-    """A row's LoRA, ControlNet or control image is unusable: the rows that need it fail, the shard goes on."""
-
-
-class FetchError(VariantError):
-    """An input could not be read; the message says why (callers name the input with `labelled`)."""
-
-
-class InputUnavailable(RuntimeError):
-    """An input could not be read for a reason that may pass (S3 unreachable, throttling or server errors
-    after the client's retries, an HTTP 5xx or timeout): its shard fails and is retried, its rows do not."""
+from sdbatch.errors import FetchError, InputUnavailable, VariantError, reading
+from sdbatch.settings import S3Settings
+from sdbatch.store import open_store
+from sdbatch.store.base import Store
 
 
 @contextlib.contextmanager
@@ -46,27 +35,6 @@ def labelled(label: str):
         raise VariantError(f"{label}: {exc}") from exc
     except Exception as exc:
         raise VariantError(f"{label}: {type(exc).__name__}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _reading():
-    """Any failure to read an input as FetchError ("cannot read it"), or InputUnavailable when it may pass."""
-    try:
-        yield
-    except (FetchError, InputUnavailable):
-        raise
-    except Exception as exc:  # OSError, StoreError, URLError, ...
-        raise (InputUnavailable if _may_pass(exc) else FetchError)(
-            f"cannot read it ({type(exc).__name__}: {exc})") from exc
-
-
-def _may_pass(exc: Exception) -> bool:
-    """Whether a read failure may pass on a later try (see InputUnavailable)."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code == 429 or exc.code >= 500
-    if isinstance(exc, urllib.error.URLError):  # a connect timeout comes wrapped
-        return isinstance(exc.reason, TimeoutError)
-    return isinstance(exc, (StoreUnavailable, TimeoutError))
 
 
 @dataclass(frozen=True)
@@ -85,7 +53,7 @@ class Fetcher:
         self._lock = threading.Lock()
 
     def read(self, uri: str) -> Fetched:
-        with _reading():
+        with reading(FetchError, "cannot read it"):
             data = self._read(uri)
         return Fetched(data, hashlib.sha256(data).hexdigest())
 
@@ -110,7 +78,7 @@ class Fetcher:
     def download_s3(self, uri: str, folder: pathlib.Path) -> pathlib.Path:
         """A node-local copy of an s3:// object, keyed by its ETag and size: an object overwritten in place is
         fetched again. Streamed to disk; concurrent actors on a node each publish it atomically."""
-        with _reading():
+        with reading(FetchError, "cannot read it"):
             bucket, _, key = uri[len("s3://"):].partition("/")
             store = self._bucket(bucket)
             tag = store.tags(key).get(key)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from sdbatch.render.tiny import make_tokenizer, scheduler_config, text_encoder_config, vae_config
-from sdbatch.render.tiny import unet_config as sd15_unet_config  # the base this one extends
+from sdbatch.render.tiny.sd15 import (
+    make_tokenizer,
+    scheduler_config,
+    text_encoder_config,
+    vae_config,
+)
+from sdbatch.render.tiny.sd15 import (
+    unet_config as sd15_unet_config,  # the base this one extends
+)
 
 HIDDEN = 32  # text_encoder's width (tiny:sd15's encoder)
 # text_encoder_2's width: wider than the first, as OpenCLIP bigG (1280) is than CLIP-L (768). Equal widths
@@ -30,7 +37,12 @@ def sdxl_scheduler_config() -> dict:
 
 def build_sdxl_pipeline(seed: int):
     """The SDXL pipeline in memory, its weights drawn from a private RNG stream seeded with `seed`."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer, tokenizer_2 = make_tokenizer(), make_tokenizer()

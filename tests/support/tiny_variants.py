@@ -8,7 +8,7 @@ import pathlib
 
 import torch
 
-from sdbatch.render.tiny import build_pipeline
+from sdbatch.render.tiny.build import build_pipeline
 
 # The attention projections every SD1.5 LoRA trainer targets, in the UNet and in CLIP.
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

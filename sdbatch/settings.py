@@ -1,0 +1,158 @@
+"""Settings: every frozen settings dataclass, each default with the reason for it; stdlib only."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RowDefaults:
+    """Values a manifest row gets when its own column is missing or null."""
+
+    # The reference model most datasets are built on; override per job or per row.
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    # 30 steps is where SD1.5 samplers stop improving visibly at a reasonable cost.
+    steps: int = 30
+    # The value SD1.5 was tuned with; higher follows the prompt more and varies less.
+    guidance_scale: float = 7.5
+    # None keeps the model's own native size (512 for SD1.5), read from the loaded model.
+    width: int | None = None
+    height: int | None = None
+    # None keeps the scheduler shipped with the model, so results match its model card.
+    scheduler: str | None = None
+    # Empty: no negative prompt unless the row or the job asks for one.
+    negative_prompt: str = ""
+    # Job seed: rows without a seed get one derived from (seed, id), so reruns are identical.
+    seed: int = 0
+    # Where bare LoRA names (`style` in a loras entry or <lora:style:0.8>) are looked up; None: paths only.
+    lora_dir: str | None = None
+    # None keeps the model's own VAE; a diffusers AutoencoderKL folder, single file, hub id or s3:// URI
+    # replaces it (e.g. the fp16-safe SDXL VAE). A row's `vae` column overrides it.
+    vae: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """How results are laid out in the store; part of the run's identity."""
+
+    # PNG is lossless, so a re-render can be compared pixel for pixel.
+    format: str = "png"
+    # Only used for jpeg/webp; 95 is visually lossless at a fraction of PNG's size.
+    quality: int = 95
+    # 32 rows is 10-20 s of GPU work: a crash loses little, per-shard overhead (a marker, a metadata
+    # file, ~1 ms of driver CPU) stays negligible, and the idle tail at the end of a run (at most about
+    # one shard per GPU) stays small: 1M rows on 1,000 GPUs simulate at 1.047x the ideal (64: 1.075x).
+    shard_size: int = 32
+    # "files": images/{shard}/{id}.{ext}, browsable. "webdataset": shards/{shard}.tar for data loaders.
+    layout: str = "files"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the work is executed; may change between a run and its resume."""
+
+    # None: one actor per GPU, or on a CPU-only cluster as many as its CPUs and memory hold.
+    actors: int | None = None
+    # Rows per pipeline call. None: as many as half the GPU's free memory holds at the row's size (at
+    # most 16, where the UNet is compute-bound anyway; a batch that still runs out is halved), 4 on the CPU.
+    batch_size: int | None = None
+    # Two shards per actor: one rendering, one queued, so the GPU never waits for the driver.
+    shards_in_flight: int = 2
+    # A shard whose actor died this many times is given up (and reported) rather than retried forever.
+    max_shard_attempts: int = 3
+    # Threads that encode and upload images while the next batch renders.
+    io_threads: int = 4
+    # Send shards to actors that already hold their variant (LoRAs, ControlNets, model); off only to compare.
+    affinity: bool = True
+    # "auto": one actor per GPU when the cluster has GPUs, else CPU actors. "cuda": one GPU per actor
+    # even when no GPU node is up yet, so an autoscaling cluster starts them. "cpu": never ask for GPUs.
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How the renderer uses the device: precision, memory layout, compile. The job file's [render] section."""
+
+    # "auto": bfloat16 on CUDA cards that have it (Ampere and later), float16 on older ones, float32 on
+    # the CPU (CPU half precision is slower and inexact). Or "bfloat16", "float16", "float32".
+    dtype: str = "auto"
+    # NHWC convolutions for the UNet, VAE and ControlNets. None: on for CUDA (tensor cores read NHWC
+    # natively), off for the CPU, where oneDNN picks its own layout and the conversion only costs.
+    channels_last: bool | None = None
+    # torch.compile of the UNet, in place. Off by default: each new shape (batch, size) costs a compile
+    # of about a minute on the actor before its first image, which short runs never earn back.
+    compile: bool = False
+    # "max-autotune-no-cudagraphs" gains a few % more for minutes of tuning per shape; "default" is safe.
+    compile_mode: str = "default"
+    # With compile: LoRAs are hotswapped into the compiled UNet, padded to this rank. It must be at least
+    # the largest rank used (SD1.5 LoRAs: 4-128); higher costs a little compute on every step.
+    lora_rank: int = 64
+    # With compile: LoRAs a row may use at once (one hotswap slot each in the UNet). A slot, once a row
+    # has needed it, costs its LoRA compute on every step, used or not; most rows use one or two.
+    lora_slots: int = 2
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How sdbatch talks to S3-compatible storage, for the output and for inputs on s3://."""
+
+    # None lets botocore choose; callers pass store.base.resolve_endpoint(flag) to honour env vars.
+    endpoint_url: str | None = None
+    # None: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1, which S3 clones accept.
+    region: str | None = None
+    # Standard mode backs off exponentially: 8 rides out throttling, not an outage.
+    max_attempts: int = 8
+    # One connection per upload thread; a smaller pool makes threads queue.
+    max_pool_connections: int = 32
+    # A healthy endpoint connects in milliseconds; 5 s still tolerates a loaded one.
+    connect_timeout: float = 5.0
+    # Generous so image-sized PUTs over a slow link are not cut off.
+    read_timeout: float = 60.0
+
+@dataclass(frozen=True)
+class VariantSettings:
+    """What one actor keeps warm besides its model: LoRAs, ControlNets, VAEs, prefetched control images."""
+
+    # Parsed LoRAs kept in host memory, so going back to one costs no disk read or parse. SD1.5 LoRAs
+    # are 10-200 MB: 2 GiB holds dozens and is small beside a GPU node's RAM (lower it for many CPU actors).
+    lora_cache_bytes: int = 2 << 30
+    # Adapters left loaded in the pipeline. An inactive one costs its weights' memory on the device but no
+    # compute; 8 covers rows with a few LoRAs each while the actor alternates between several sets.
+    max_loras_resident: int = 8
+    # An SD1.5 ControlNet is ~0.7 GiB in fp16: 2 on the device serve two-ControlNet rows without moves
+    # and leave a 16-24 GiB card room for the UNet's activations.
+    controlnets_on_device: int = 2
+    # Parked in host memory: moving one back takes a fraction of a second, loading it from disk seconds.
+    controlnets_on_cpu: int = 4
+    # Control images are small; 4 parallel reads hide S3/HTTP latency for the next batch or two.
+    fetch_threads: int = 4
+    # Fetched ahead of rendering at most: keeps I/O ahead of the GPU with bounded memory.
+    prefetch_images: int = 16
+    # Per-request timeout for http(s) images (S3 reads use S3Settings): a stuck server fails a row, not the run.
+    fetch_timeout: float = 30.0
+    # VAE overrides kept loaded: an SD VAE is ~0.17 GB in fp16, and a job rarely mixes more than one or two.
+    vaes_resident: int = 2
+
+
+@dataclass(frozen=True)
+class RendererSettings:
+    """What one Renderer (one actor) works with, built from the job's [run] and [render] sections."""
+
+    # None: CUDA when present, else CPU.
+    device: str | None = None
+    # Rows per pipeline call; see RunSettings.batch_size. None: what fits the GPU's free memory at the
+    # row's size (fastpath.auto_batch_size), 4 on the CPU.
+    batch_size: int | None = 4
+    # Encoding and uploads run beside rendering; more threads than this rarely helps one GPU.
+    io_threads: int = 4
+    # None leaves torch's default; Ray actors pass the CPUs they were given (Ray sets OMP to 1).
+    cpu_threads: int | None = None
+    # Recorded in each result row, so a bad image can be traced to the process that made it.
+    name: str = platform.node()
+    # For s3:// models, VAEs, control images and LoRAs; None: the default AWS chain. Not the output store's: inputs may live elsewhere.
+    s3: S3Settings | None = None
+    # LoRA / ControlNet caches and control image prefetching; see VariantSettings.
+    variants: VariantSettings = field(default_factory=VariantSettings)
+    # Precision, memory layout and compile; see FastPath.
+    fast: FastPath = field(default_factory=FastPath)

@@ -1,0 +1,1 @@
+"""Test helpers: servers, clusters, fault injection and offline model fixtures (LoRAs, ControlNets, single files)."""
