@@ -1,6 +1,7 @@
 """sdbatch: render very large batches of Stable Diffusion images on Ray, resumably, into S3 or a folder."""
 
-__version__ = "0.1.0"
+from sdbatch.version import __version__
+
 __all__ = ["__version__", "read_results"]
 
 

@@ -116,7 +116,7 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
         exact = json.loads(fields[SDBATCH_KEY])
         row.update({k: exact[k] for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "loras",
                                           "controlnets")})
-        row["vae"] = exact.get("vae")  # absent in images from before VAE overrides
+        row["vae"] = exact.get("vae")  # images written by earlier sdbatch versions carry no vae key
     elif fields.get("Model"):
         row["model"] = fields["Model"]
     return row

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import collections
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sdbatch.engine.policy import Holdings, ShardQueue
+from sdbatch.engine.policy import Holdings, ShardQueue, fill, remember
 from sdbatch.errors import EstimateError
-from sdbatch.plan import Plan, Shard
+from sdbatch.plan import Plan, Shard, Variant
 
 
 @dataclass(frozen=True)
@@ -45,56 +45,54 @@ class Dispatch:
 @dataclass
 class _Actor:
     model: str
+    held: list[Variant] = field(default_factory=list)  # as the driver's Holdings see it (policy.remember)
     in_flight: int = 0
     free_at: float = 0.0  # when its last queued shard is done
 
 
 def simulate(plan: Plan, actors: int, affinity: bool = True, in_flight: int = 2,
              seconds_per_row: float = 1.0, load_seconds: float = 0.0) -> Dispatch:
-    """Replay the Dispatcher over `actors` warm actors that render their queued shards in turn."""
+    """Replay the Dispatcher over `actors` warm actors that render their queued shards in turn: the same
+    policy.fill, refilled each time a shard comes back."""
     if actors < 1:
         raise EstimateError(f"--gpus {actors}: give at least 1")
-    holdings = Holdings()
-    queue = ShardQueue(plan.shards, affinity, holdings)
+    queue = ShardQueue(plan.shards, affinity, Holdings())
     first_model = plan.shards[0].variant.model if plan.shards else ""
     pool = [_Actor(first_model) for _ in range(min(actors, len(plan.shards)))]
     for n in range(len(pool)):
-        holdings.warm(n, first_model)
+        queue.holdings.warm(n, first_model)
     loads = collections.Counter(model=len(pool))  # each actor warms the first model before any shard
     done: list[tuple[float, int, int]] = []  # (finish time, order, actor): shards in flight
-    hungry, now, order = list(range(len(pool))), 0.0, 0
+    hungry, now, order = set(range(len(pool))), 0.0, 0  # hungry: actors with room, as the Dispatcher's
     while True:
-        # As Dispatcher._fill: actors with room, those holding the fewest variants first.
-        for n in sorted(hungry, key=lambda n: len(holdings.held(n))):
+        for n, shard in fill(queue, {n: pool[n].in_flight for n in sorted(hungry)}, len(pool), in_flight):
             actor = pool[n]
-            while queue and actor.in_flight < in_flight:
-                warm = tuple(holdings.held(n))
-                shard = queue.take(n)
-                actor.free_at = max(actor.free_at, now) + _cost(actor, shard, warm, loads, seconds_per_row,
-                                                                 load_seconds)
-                actor.in_flight += 1
-                order += 1
-                heapq.heappush(done, (actor.free_at, order, n))
+            actor.free_at = max(actor.free_at, now) + _cost(actor, shard, loads, seconds_per_row, load_seconds)
+            actor.in_flight += 1
+            order += 1
+            heapq.heappush(done, (actor.free_at, order, n))
+        hungry = {n for n in hungry if pool[n].in_flight < in_flight}
         if not done:
             break
-        now, _, n = heapq.heappop(done)  # the next shard to come back frees room on its actor only
+        now, _, n = heapq.heappop(done)  # the next shard to come back frees room on its actor
         pool[n].in_flight -= 1
-        hungry = [n]
+        hungry.add(n)
     return Dispatch(affinity, len(pool), loads["model"], loads["lora"], loads["controlnet"],
                     max((actor.free_at for actor in pool), default=0.0))
 
 
-def _cost(actor: _Actor, shard: Shard, warm: tuple, loads: collections.Counter,
-          seconds_per_row: float, load_seconds: float) -> float:
-    """Seconds the shard takes on an actor that held `warm` before it; counts the loads it causes."""
+def _cost(actor: _Actor, shard: Shard, loads: collections.Counter, seconds_per_row: float,
+          load_seconds: float) -> float:
+    """Seconds the shard takes on the actor given what it holds; counts the loads it causes."""
     variant, stall = shard.variant, 0.0
     if variant.model != actor.model:
         loads["model"] += 1
         actor.model = variant.model
-    if variant not in warm:
+    if variant not in actor.held:
         loads["lora"] += len(variant.loras)
         loads["controlnet"] += len(variant.controlnets)
         stall = (len(variant.loras) + len(variant.controlnets)) * load_seconds
+    remember(actor.held, variant)
     return len(shard.rows) * seconds_per_row + stall
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sdbatch.errors import ManifestError
+from sdbatch.output import RESULT_SCHEMA
 from sdbatch.settings import RowDefaults
 from sdbatch.spec import SCHEDULERS
 from sdbatch.variant_columns import (
@@ -23,12 +24,12 @@ from sdbatch.variant_columns import (
 )
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-CORE_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale",
-                "width", "height", "scheduler", "model", "vae")
-# Columns the results table adds; a label column of the same name would be shadowed.
-RESULT_COLUMNS = ("image", "status", "error", "shard", "attempt", "render_seconds", "batch_size",
-                  "scheduler_class", "device", "dtype", "versions", "model_hash", "vae_hash", "actor", "adopted", "finished_at",
-                  "loras_used", "controlnets_used")
+# The columns `normalize` writes, in order; every other column of its output is a label.
+MANIFEST_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
+                    "scheduler", "model", "vae", "loras", "controlnets")
+# Columns only the results table has: read_results joins them onto the manifest's, so a label of the same
+# name would be shadowed.
+RESULT_COLUMNS = tuple(name for name in RESULT_SCHEMA.names if name not in MANIFEST_COLUMNS)
 MAX_LISTED_PROBLEMS = 10
 MAX_SIZE = 8192
 

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sdbatch import __version__
+from sdbatch.version import __version__
 from sdbatch.errors import ObjectNotFound, RunMismatch
 from sdbatch.spec import JobSpec, fingerprint
 from sdbatch.store.base import PutResult, Store
@@ -140,7 +140,8 @@ def committed_shards(store: Store) -> dict[str, dict]:
 
 
 def _get_many(store: Store, keys: list[str]) -> list[bytes]:
-    # A resume of a large run reads tens of thousands of small objects; in sequence that takes minutes on S3.
+    # A resume of a large run reads tens of thousands of small objects; one after another, their round trips
+    # add up to a long wait on S3.
     if len(keys) < 2:
         return [store.get(key) for key in keys]
     with ThreadPoolExecutor(READ_THREADS) as pool:

@@ -70,7 +70,7 @@ class Plan:
 def variant_groups(table: pa.Table) -> dict[Variant, list[int]]:
     """Row positions grouped by variant, groups in order of first appearance."""
     groups: dict[Variant, list[int]] = {}
-    # Manifests normalized before a column existed (an older run being resumed) lack it: row.get covers that.
+    # A table may lack a variant column (a manifest normalized by an earlier sdbatch version): row.get covers it.
     columns = [name for name in VARIANT_COLUMNS if name in table.column_names]
     for position, row in enumerate(table.select(columns).to_pylist()):
         groups.setdefault(variant_of(row), []).append(position)

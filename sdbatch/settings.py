@@ -40,9 +40,9 @@ class OutputSettings:
     format: str = "png"
     # Only used for jpeg/webp; 95 is visually lossless at a fraction of PNG's size.
     quality: int = 95
-    # 32 rows is 10-20 s of GPU work: a crash loses little, per-shard overhead (a marker, a metadata
-    # file, ~1 ms of driver CPU) stays negligible, and the idle tail at the end of a run (at most about
-    # one shard per GPU) stays small: 1M rows on 1,000 GPUs simulate at 1.047x the ideal (64: 1.075x).
+    # 32 rows: a crash loses little work, per-shard overhead (a marker, a metadata file, a little driver
+    # CPU) stays negligible beside rendering them, and the idle tail at the end of a run (at most about
+    # one shard per GPU) stays small; simulated makespans by shard size are in docs/BENCHMARKS.md.
     shard_size: int = 32
     # "files": images/{shard}/{id}.{ext}, browsable. "webdataset": shards/{shard}.tar for data loaders.
     layout: str = "files"
@@ -81,9 +81,10 @@ class FastPath:
     # natively), off for the CPU, where oneDNN picks its own layout and the conversion only costs.
     channels_last: bool | None = None
     # torch.compile of the UNet, in place. Off by default: each new shape (batch, size) costs a compile
-    # of about a minute on the actor before its first image, which short runs never earn back.
+    # on the actor before its first image, which short runs never earn back.
     compile: bool = False
-    # "max-autotune-no-cudagraphs" gains a few % more for minutes of tuning per shape; "default" is safe.
+    # "max-autotune-no-cudagraphs" may gain a little more speed for much longer tuning per shape; "default"
+    # is safe.
     compile_mode: str = "default"
     # With compile: LoRAs are hotswapped into the compiled UNet, padded to this rank. It must be at least
     # the largest rank used (SD1.5 LoRAs: 4-128); higher costs a little compute on every step.
@@ -150,7 +151,8 @@ class RendererSettings:
     cpu_threads: int | None = None
     # Recorded in each result row, so a bad image can be traced to the process that made it.
     name: str = platform.node()
-    # For s3:// models, VAEs, control images and LoRAs; None: the default AWS chain. Not the output store's: inputs may live elsewhere.
+    # For s3:// models, VAEs, control images and LoRAs; None: the default AWS chain. Not the output store's:
+    # inputs may live elsewhere.
     s3: S3Settings | None = None
     # LoRA / ControlNet caches and control image prefetching; see VariantSettings.
     variants: VariantSettings = field(default_factory=VariantSettings)

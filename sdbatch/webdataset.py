@@ -37,7 +37,7 @@ def build_tar(samples: list[Sample]) -> bytes:
     """The shard's tar, byte for byte the same for the same samples (fixed mtimes and owners)."""
     buffer = io.BytesIO()
     # PAX: a member name over 100 characters (ids may have 128) gets an extended header; shorter names
-    # are written as plain ustar headers, byte for byte as before.
+    # get plain ustar headers, which every tar reader takes.
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for sample in samples:
             # WebDataset groups members by the name before the first dot: ids may hold dots, so the

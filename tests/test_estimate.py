@@ -39,6 +39,16 @@ def test_controlnets_count_per_net_and_model_switches_are_loads():
     assert simulate(plan, actors=4).actors == 2  # no more actors than shards
 
 
+def test_the_last_shards_go_to_idle_actors_as_the_dispatcher_sends_them():
+    """Near the end an actor with a shard in flight takes no second one (policy.depth): the shard left waits
+    for the actor that frees up first, not behind a long one."""
+    variant = _variant(0)
+    sizes = [10, 50, 10, 10, 10]  # actor 0 gets 10 and 50 rows, actor 1 two of 10; one of 10 is left
+    shards = tuple(Shard(f"{n:06d}", variant, tuple(range(rows))) for n, rows in enumerate(sizes))
+    result = simulate(Plan(shards, sum(sizes)), actors=2)
+    assert result.makespan == pytest.approx(60.0)  # queued behind the 50 rows it would end at 70
+
+
 def test_wall_time_gpu_hours_and_cost():
     plan = _plan([_variant(0)], 10, rows=10)  # 100 rows in 10 shards
     result = estimate(plan, gpus=2, rates=Rates(images_per_second=2.0, gpu_hour_price=3.6))

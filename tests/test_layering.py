@@ -1,44 +1,121 @@
-"""The module boundaries the architecture promises: torch only under render/, ray only under engine/."""
+"""The module boundaries the architecture promises: torch only under render/, ray only under engine/, no cycles."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "sdbatch"
+HEAVY = {"torch", "diffusers", "transformers"}
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imported(path: Path) -> set[str]:
+    """Every module an import statement in the file names, at any depth (inside functions too)."""
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            # `from a.b import c` names the module a.b.c when there is one, else a.b.
+            names |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                      for a in node.names}
     return names
 
 
-def _modules(*exclude: str):
-    for path in PACKAGE.rglob("*.py"):
-        if not any(part in exclude for part in path.relative_to(PACKAGE).parts):
-            yield path
+def _top_levels(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in _imported(path)}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module, or a module importing itself (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in graph[node]:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles_among_the_package_modules_counting_imports_inside_functions():
+    graph = {name: {m for m in _imported(path) if m in MODULES} for name, path in MODULES.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"a"}}) == [["a"]] and _cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_ray_is_imported_only_under_engine():
-    offenders = [p.name for p in _modules("engine") if "ray" in _imports(p)]
+    offenders = [name for name, path in MODULES.items() if not name.startswith("sdbatch.engine")
+                 and "ray" in _top_levels(path)]
     assert offenders == []
 
 
-def test_torch_and_diffusers_only_under_render():
-    heavy = {"torch", "diffusers", "transformers"}
-    offenders = [p.name for p in _modules("render", "engine") if heavy & _imports(p)]
+def test_torch_and_diffusers_are_imported_only_under_render():
+    offenders = [name for name, path in MODULES.items() if not name.startswith("sdbatch.render")
+                 and HEAVY & _top_levels(path)]
     assert offenders == []
-    engine = [p.name for p in (PACKAGE / "engine").glob("*.py") if heavy & _imports(p)]
-    assert engine == []
 
 
-def test_render_never_imports_ray():
-    assert [p.name for p in (PACKAGE / "render").glob("*.py") if "ray" in _imports(p)] == []
+def _loaded_by(module: str) -> set[str]:
+    """The top-level packages importing `module` loads, in a fresh interpreter: transitive, as a user pays."""
+    code = f"import sys, {module}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent)
+    return set(out.stdout.split())
 
 
-def test_planning_imports_nothing_heavy():
-    assert _imports(PACKAGE / "plan.py") <= {"__future__", "dataclasses", "typing", "pyarrow"}
+# What each light module may never pull in, however indirectly (a module it imports importing torch counts).
+LIGHT = {
+    "sdbatch.plan": HEAVY | {"ray", "boto3"},
+    "sdbatch.engine.policy": HEAVY | {"ray", "boto3"},
+    "sdbatch.engine.dispatch": HEAVY,
+    "sdbatch.manifest": HEAVY | {"ray"},
+    "sdbatch.estimate": HEAVY | {"ray"},
+    "sdbatch.errors": HEAVY | {"ray", "pyarrow", "boto3"},
+    "sdbatch.settings": HEAVY | {"ray", "pyarrow", "boto3"},
+    "sdbatch.cli.app": HEAVY | {"ray"},
+    **{f"sdbatch.cli.{name}": HEAVY | {"ray"} for name in
+       ("run_cmd", "jobs_cmd", "report_cmd", "manifest_cmd", "models_cmd", "options", "errors", "progress")},
+}
+
+
+@pytest.mark.parametrize("module", sorted(LIGHT))
+def test_light_modules_pull_in_nothing_heavy_transitively(module):
+    assert _loaded_by(module) & LIGHT[module] == set()
+
+
+def test_the_transitive_check_sees_an_indirect_import():
+    assert "torch" in _loaded_by("sdbatch.render.renderer")  # renderer imports torch through its own imports

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 from sdbatch.errors import ManifestError
-from sdbatch.manifest import derive_seed, normalize, read_manifest
+from sdbatch.manifest import MANIFEST_COLUMNS, RESULT_COLUMNS, derive_seed, normalize, read_manifest
+from sdbatch.output import RESULT_SCHEMA
 from sdbatch.settings import RowDefaults
 from tests.util import write_manifest
 
@@ -48,6 +49,16 @@ def test_label_columns_pass_through():
     table = _normalize([{"prompt": "a", "animal": "cat", "score": 0.5}])
     assert table.column("animal").to_pylist() == ["cat"]
     assert table.column("score").to_pylist() == [0.5]
+
+
+def test_the_manifest_columns_are_what_normalize_writes_and_labels_may_not_take_result_names():
+    table = _normalize([{"prompt": "a", "animal": "cat"}])
+    assert table.column_names == [*MANIFEST_COLUMNS, "animal"]
+    assert set(RESULT_COLUMNS) == set(RESULT_SCHEMA.names) - set(MANIFEST_COLUMNS)
+    assert "image" in RESULT_COLUMNS and "seed" not in RESULT_COLUMNS
+    for name in ("status", "model_hash"):
+        with pytest.raises(ManifestError, match=f"column '{name}'.*rename this label column"):
+            _normalize([{"prompt": "a", name: "x"}])
 
 
 def test_pandas_nan_in_integer_columns_means_default():

@@ -5,8 +5,9 @@ import random
 
 import pytest
 
-from sdbatch.engine.policy import HELD_VARIANTS, Holdings, ShardQueue, remember
+from sdbatch.engine.policy import HELD_VARIANTS, Holdings, ShardQueue, fill, remember
 from sdbatch.plan import Shard, Variant
+from tests.support.policy_rule import RuleQueue
 
 
 def _variant(n: int) -> Variant:
@@ -19,15 +20,15 @@ def _shards(variants: int, per_variant: int, seed: int = 0) -> list[Shard]:
     return shards
 
 
-def _simulate(queue: ShardQueue, actors: int, durations: dict[str, float] | None = None) -> int:
+def _simulate(shards: list[Shard], affinity: bool, actors: int, durations: dict[str, float] | None = None) -> int:
     """Event-driven: each actor takes a shard when free; counts variant switches (loads)."""
+    queue = ShardQueue(shards, affinity, Holdings())
     held = [[] for _ in range(actors)]
     clock = [0.0] * actors
     loads = 0
     while queue:
         actor = min(range(actors), key=lambda a: (clock[a], len(held[a])))
-        elsewhere = collections.Counter(v for b in range(actors) if b != actor for v in held[b])
-        shard = queue.next_for(held[actor], elsewhere)
+        shard = queue.take(actor)
         loads += shard.variant not in held[actor]
         remember(held[actor], shard.variant)
         clock[actor] += (durations or {}).get(shard.shard_id, 1.0)
@@ -38,34 +39,32 @@ def test_affinity_loads_at_most_variants_plus_actors():
     for seed in range(5):
         shards = _shards(8, 5, seed)
         durations = {s.shard_id: random.Random(s.shard_id).uniform(0.5, 1.5) for s in shards}
-        assert _simulate(ShardQueue(shards, affinity=True), 2, durations) <= 8 + 2
+        assert _simulate(shards, True, 2, durations) <= 8 + 2
 
 
 def test_without_affinity_actors_swap_far_more():
     shards = _shards(8, 5)
-    with_affinity = _simulate(ShardQueue(shards, affinity=True), 2)
-    without = _simulate(ShardQueue(shards, affinity=False), 2)
+    with_affinity = _simulate(shards, True, 2)
+    without = _simulate(shards, False, 2)
     assert without > 2 * with_affinity
 
 
 def test_every_shard_is_handed_out_exactly_once():
     shards = _shards(5, 7)
-    queue = ShardQueue(shards)
+    queue = ShardQueue(shards, holdings=Holdings())
     seen = []
-    held: list[Variant] = []
-    while (shard := queue.next_for(held, collections.Counter())) is not None:
+    while (shard := queue.take("a")) is not None:
         seen.append(shard.shard_id)
-        remember(held, shard.variant)
     assert sorted(seen) == sorted(s.shard_id for s in shards)
 
 
 def test_a_requeued_shard_goes_first_and_new_variants_go_to_unclaimed_work():
     shards = _shards(3, 2)
-    queue = ShardQueue(shards)
-    first = queue.next_for([], collections.Counter())
+    queue = ShardQueue(shards, holdings=Holdings())
+    first = queue.take("a")
     queue.requeue(first)
-    assert queue.next_for([first.variant], collections.Counter()) == first
-    other = queue.next_for([], collections.Counter({first.variant: 1}))
+    assert queue.take("a") == first  # "a" holds its variant: the requeued shard is its next
+    other = queue.take("b")  # holds nothing, and first's variant is held by "a"
     assert other.variant != first.variant
 
 
@@ -81,6 +80,10 @@ def _recount(holdings: Holdings, actors) -> collections.Counter:
     return collections.Counter(v for actor in actors for v in holdings.held(actor))
 
 
+def _counts(holdings: Holdings, variants) -> dict[Variant, int]:
+    return {v: holdings.holders(v) for v in variants if holdings.holders(v)}
+
+
 def test_holder_counts_match_a_recount_after_random_gives_and_forgets():
     rng = random.Random(7)
     variants = [_variant(n) for n in range(12)]
@@ -92,13 +95,12 @@ def test_holder_counts_match_a_recount_after_random_gives_and_forgets():
             holdings.forget(actor)
         else:
             holdings.give(actor, rng.choice(variants))
-        assert holdings.counts() == _recount(holdings, actors)
+        assert _counts(holdings, variants) == _recount(holdings, actors)
         assert len(holdings.held(actor)) <= HELD_VARIANTS
-    for actor in actors:  # the view the Dispatcher hands to next_for: everyone's count but the actor's own
+    for actor in actors:  # what take() reads as "held elsewhere": everyone's count but the actor's own
         expected = _recount(holdings, [a for a in actors if a != actor])
-        view = holdings.elsewhere(actor)
-        assert {v: view[v] for v in variants} == {v: expected[v] for v in variants}
-        assert dict(view) == {v: n for v, n in expected.items() if n}
+        view = {v: holdings.holders(v) - (v in holdings.held(actor)) for v in variants}
+        assert view == {v: expected[v] for v in variants}
 
 
 def test_give_keeps_the_same_order_as_remember():
@@ -120,20 +122,20 @@ def test_holdings_report_releases():
     holdings.give("b", _variant(1))
     holdings.forget("a")
     assert sorted(released, key=str) == sorted([_variant(n) for n in range(HELD_VARIANTS + 1)], key=str)
-    assert holdings.counts() == {_variant(1): 1}
+    assert _counts(holdings, [_variant(n) for n in range(HELD_VARIANTS + 1)]) == {_variant(1): 1}
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_take_picks_what_next_for_picks_with_a_recount(seed):
-    """The Dispatcher's fast path (take: holder counts, a heap) against the rule as next_for states it
-    (a recount of every other actor's holdings), through requeues and lost actors."""
+def test_take_picks_what_the_rule_picks_with_a_recount(seed):
+    """The Dispatcher's fast path (take: holder counts, a heap) against the rule stated as a plain scan
+    (tests/support/policy_rule.py, a recount of every other actor's holdings), through requeues and lost actors."""
     rng = random.Random(seed)
     shards = [Shard(f"{v:02d}-{k}", _variant(v), (0,)) for v in range(rng.randrange(1, 30))
               for k in range(rng.randrange(1, 12))]
     rng.shuffle(shards)
     holdings = Holdings()
-    fast, reference = ShardQueue(shards, holdings=holdings), ShardQueue(shards)
-    held = collections.defaultdict(list)  # the reference's own bookkeeping, as the old Dispatcher kept it
+    fast, reference = ShardQueue(shards, holdings=holdings), RuleQueue(shards)
+    held = collections.defaultdict(list)  # the reference's own bookkeeping: a list per actor
     actors = list(range(rng.randrange(1, 10)))
     while fast:
         actor = rng.choice(actors)
@@ -159,7 +161,7 @@ def test_take_without_affinity_is_plan_order_and_still_records_holdings():
     queue = ShardQueue(shards, affinity=False, holdings=holdings)
     taken = [queue.take(k % 2) for k in range(len(shards))]
     assert taken == shards and queue.take(0) is None and len(queue) == 0
-    assert holdings.counts() == _recount(holdings, [0, 1])
+    assert _counts(holdings, {s.variant for s in shards}) == _recount(holdings, [0, 1])
 
 
 def test_take_needs_holdings():
@@ -174,13 +176,13 @@ def _model_variant(model: int, n: int) -> Variant:
 @pytest.mark.parametrize("seed", range(4))
 def test_model_is_the_first_level_of_affinity(seed):
     """LoRA variants over three models: an actor leaves a model only once it has no work left, so it never
-    comes back to it (model loads, warm-up included, at most actors x models); take agrees with next_for."""
+    comes back to it (model loads, warm-up included, at most actors x models); take agrees with the rule."""
     rng = random.Random(seed)
     shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), (0,)) for m in range(3) for v in range(4) for k in range(3)]
     rng.shuffle(shards)
     actors = list(range(rng.randrange(2, 4)))
     holdings = Holdings()
-    fast, reference = ShardQueue(shards, holdings=holdings), ShardQueue(shards)
+    fast, reference = ShardQueue(shards, holdings=holdings), RuleQueue(shards)
     held = {a: [] for a in actors}
     visited = {a: [shards[0].variant.model] for a in actors}  # every actor warms up with the first shard's model
     for a in actors:
@@ -248,3 +250,22 @@ def test_drop_model_takes_out_every_waiting_shard_of_that_model_and_nothing_else
         left.append(shard)
     assert len(queue) == 0 and queue.next_model() is None
     assert sorted(s.shard_id for s in left) == sorted(s.shard_id for s in shards if s.variant.model != bad)
+
+
+def test_fill_lets_the_actor_holding_least_choose_first_and_tops_each_up_to_in_flight():
+    shards = [Shard(f"{v}-{k}", _variant(v), (0,)) for v in range(3) for k in range(4)]
+    queue = ShardQueue(shards, holdings=Holdings())
+    for v in (1, 2):
+        queue.holdings.give("busy", _variant(v))
+    sent = fill(queue, {"busy": 0, "idle": 0}, ready=2, in_flight=2)
+    assert [actor for actor, _ in sent] == ["idle", "idle", "busy", "busy"]
+    assert {s.variant for _, s in sent if _ == "idle"} == {_variant(0)}  # the variant nobody holds
+    assert {s.variant for _, s in sent if _ == "busy"} == {_variant(2)}  # its most recent, still with work
+
+
+def test_fill_near_the_end_sends_the_last_shards_to_idle_actors_only():
+    """Fewer shards left than actors: one each (depth 1), so none waits behind a busy actor's shard."""
+    queue = ShardQueue([Shard("last", _variant(0), (0,))], holdings=Holdings())
+    assert fill(queue, {"a": 1}, ready=2, in_flight=2) == []  # "a" renders one: the shard waits for "b"
+    assert [actor for actor, _ in fill(queue, {"a": 1, "b": 0}, ready=2, in_flight=2)] == ["b"]
+    assert len(queue) == 0

@@ -26,7 +26,7 @@ class RenderActor:
 
     def __init__(self, store: Store, settings: RendererSettings):
         # Ray starts a worker's main thread at nice 15, and its own threads at 0: on a busy node the render
-        # waited for every other process (~6% of a 2-core CPU actor's speed) and for Ray's RPC wake-ups.
+        # would wait for every other process and for Ray's RPC wake-ups (measured: docs/BENCHMARKS.md).
         # The device thread comes first, and the threads it starts (torch's pool, the image pools) with it.
         self._device = ThreadPoolExecutor(1, thread_name_prefix="sdbatch-device",
                                           initializer=priority.favour_calling_thread)

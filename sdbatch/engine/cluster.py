@@ -30,7 +30,7 @@ class PoolShape:
     cpus_per_actor: float
 
 
-# Timers of a private one-node Ray that wake its daemons tens of times a second for work such a cluster
+# Timers of a private one-node Ray that wake its daemons many times a second for work such a cluster
 # does not have (remote object pulls, autoscaler load reports, metrics for a dashboard that is off). On
 # a CPU render those wake-ups preempt the render's threads; a cluster's own settings are left alone.
 QUIET_PRIVATE_RAY = {
@@ -63,7 +63,7 @@ def connect(address: str | None) -> None:
 def yield_to_actors(driver_ray_threads: set[int]) -> None:
     """Lower the private Ray's own work to nice 19: its daemons (GCS, raylet, agents) and the threads
     ray.init started in this process. They preempt CPU actors, whose threads wait on each other at every
-    operator: a tick of 5% of a core slowed a 2-thread render by 3% at nice 0, by 1% at nice 19 (2 cores).
+    operator, so even a short tick stalls the whole render; at nice 19 it costs less (docs/BENCHMARKS.md).
     Workers (already at Ray's positive nice) are left to the actors (engine/actor.py)."""
     priority.lower(driver_ray_threads)
     for pid in priority.descendants(os.getpid()):

@@ -15,7 +15,7 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
-from sdbatch.engine.policy import Holdings, ShardQueue, depth
+from sdbatch.engine.policy import Holdings, ShardQueue, fill
 from sdbatch.errors import FatalRunError, ModelLoadError
 from sdbatch.plan import Shard
 from sdbatch.tasks import ShardResult, ShardTask
@@ -144,18 +144,17 @@ class Dispatcher:
     def _fill(self, queue: ShardQueue) -> None:
         if not queue:
             return
-        # Actors holding the fewest variants choose first, so new variants go where little is warm.
         # Usually one actor has room (its shard just came back). The policy's cost per shard does not
         # grow with the number of actors: Holdings keeps the holder counts (see policy.py).
-        ready = sum(1 for s in self.slots if s.ready)
-        hungry = [s for s in self.slots if s.ready and s.in_flight < self.in_flight]
-        for slot in sorted(hungry, key=lambda s: len(self.holdings.held(s.name))):
-            while queue and slot.in_flight < depth(len(queue), ready, self.in_flight):
-                shard = queue.take(slot.name)
-                self.attempts[shard.shard_id] += 1
-                ref = slot.handle.render_shard.remote(self.make_task(shard))
-                self.running[ref] = (slot, shard)
-                slot.in_flight += 1
+        ready = [s for s in self.slots if s.ready]
+        room = {s.name: s.in_flight for s in ready if s.in_flight < self.in_flight}
+        by_name = {s.name: s for s in ready}
+        for name, shard in fill(queue, room, len(ready), self.in_flight):
+            slot = by_name[name]
+            self.attempts[shard.shard_id] += 1
+            ref = slot.handle.render_shard.remote(self.make_task(shard))
+            self.running[ref] = (slot, shard)
+            slot.in_flight += 1
 
     def _collect(self, ref: Any, queue: ShardQueue) -> None:
         slot, shard = self.running.pop(ref)

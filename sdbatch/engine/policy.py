@@ -3,7 +3,7 @@
 Cost per dispatch does not grow with the number of actors: `Holdings` keeps each variant's holder count
 up to date as `remember` adds and evicts (no recount of every actor's list), and `ShardQueue.take` costs
 O(HELD_VARIANTS) while an actor keeps to what it holds, O(log variants) amortized when it moves on.
-bench/scheduler.py drives this module in a 1,000-GPU simulation.
+`fill` is the dispatch rule the Dispatcher, the estimate and bench/scheduler.py share.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 from sdbatch.plan import Shard, Variant
 
@@ -72,14 +72,6 @@ class Holdings:
         """How many actors hold the variant."""
         return self._holders.get(variant, 0)
 
-    def counts(self) -> dict[Variant, int]:
-        """Holder count per held variant (a copy)."""
-        return dict(self._holders)
-
-    def elsewhere(self, actor: Hashable) -> Mapping[Variant, int]:
-        """How many actors other than this one hold each variant: a live view, computed per lookup."""
-        return _Elsewhere(self._holders, self._held.get(actor, ()))
-
     def give(self, actor: Hashable, variant: Variant) -> None:
         """The actor was given a shard of `variant`: `remember` it and update the counts it changes."""
         held = self._held.setdefault(actor, [])
@@ -111,27 +103,6 @@ class Holdings:
             callback(variant)
 
 
-class _Elsewhere(Mapping):
-    """holders[v] minus the asking actor's own hold: `held_elsewhere` for ShardQueue.next_for."""
-
-    __slots__ = ("_holders", "_own")
-
-    def __init__(self, holders: dict[Variant, int], own: Sequence[Variant]):
-        self._holders, self._own = holders, own
-
-    def __getitem__(self, variant: Variant) -> int:
-        return self._holders.get(variant, 0) - (variant in self._own)
-
-    def get(self, variant: Variant, default: int = 0) -> int:  # type: ignore[override]
-        return self._holders.get(variant, 0) - (variant in self._own)
-
-    def __iter__(self) -> Iterator[Variant]:
-        return (v for v in self._holders if self[v])
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
 class ShardQueue:
     """Pending shards. With affinity, an actor keeps to the variants it holds, and moves to the
     variant nobody else holds with the most work left; only when every remaining variant is held
@@ -139,10 +110,9 @@ class ShardQueue:
     made among the variants of the actor's current model while it has any left, since a model switch
     costs far more than a LoRA or ControlNet. Without affinity: plan order.
 
-    `next_for` states the rule for any `held_elsewhere` and scans every variant with work left when the
-    actor's own run dry. `take`, with the `holdings` given here, picks the same shard in O(log variants):
-    a heap of per-variant priorities, each entry an upper bound of its variant's current priority
-    (work only shrinks, holders only grow, except where a requeue or a release pushes a fresh entry).
+    `take` picks in O(log variants): a heap of per-variant priorities, each entry an upper bound of its
+    variant's current priority (work only shrinks, holders only grow, except where a requeue or a release
+    pushes a fresh entry). tests/support/policy_rule.py states the same rule as a plain scan, to check it.
     """
 
     def __init__(self, shards: Iterable[Shard], affinity: bool = True, holdings: Holdings | None = None):
@@ -207,35 +177,8 @@ class ShardQueue:
         self._size -= len(dropped)
         return dropped
 
-    def next_for(self, held: Sequence[Variant], held_elsewhere: Mapping[Variant, int],
-                 model: str | None = None) -> Shard | None:
-        """The shard for an actor that holds `held` (most recent last, one model); None when nothing is left.
-
-        `held_elsewhere[v]`: how many other actors hold v (missing: none), e.g. `Holdings.elsewhere`.
-        `model`: the actor's loaded model when it holds no variant yet (its warm-up model).
-        """
-        if not self.affinity:
-            return self._next_in_order()
-        for variant in reversed(held):
-            if variant in self._waiting:
-                return self._pop(variant)
-        if not self._waiting:
-            return None
-        rank = self._rank
-        current = held[-1].model if held else model
-        same_model = [item for item in self._waiting.items() if item[0].model == current]
-
-        # Unclaimed variants first, by most work; else the most work per holder. Ties: plan order.
-        def key(item: tuple[Variant, collections.deque[Shard]]) -> tuple[bool, float, int]:
-            variant, queue = item
-            others = held_elsewhere.get(variant, 0)
-            return not others, len(queue) / (1 + others), -rank[variant]
-
-        chosen, _ = max(same_model or self._waiting.items(), key=key)
-        return self._pop(chosen)
-
     def take(self, actor: Hashable) -> Shard | None:
-        """next_for the actor as this queue's `holdings` see it, recorded there; O(HELD_VARIANTS) while
+        """The shard for this actor as the queue's `holdings` see it, recorded there; O(HELD_VARIANTS) while
         the actor keeps to what it holds, O(log variants) amortized when it moves to another variant."""
         holdings = self.holdings
         if holdings is None:
@@ -303,3 +246,18 @@ class ShardQueue:
                 return entry
             heapq.heapreplace(heap, (*current, next(self._sequence), variant))
         return None
+
+
+def fill(queue: ShardQueue, queued: Mapping[Hashable, int], ready: int, in_flight: int) -> list[tuple[Hashable, Shard]]:
+    """The one dispatch rule: which shards go to which actors now. `queued`: the shards each actor with room
+    has queued, in slot order; `ready`: how many actors are warm in all. Actors holding the fewest variants
+    choose first, so new variants go where little is warm; each is topped up to `depth`. The Dispatcher,
+    `sdbatch plan` and bench/scheduler.py all hand out shards through this function."""
+    holdings = queue.holdings
+    sent: list[tuple[Hashable, Shard]] = []
+    for actor in sorted(queued, key=lambda a: len(holdings.held(a))):
+        count = queued[actor]
+        while queue and count < depth(len(queue), ready, in_flight):
+            sent.append((actor, queue.take(actor)))
+            count += 1
+    return sent

@@ -55,7 +55,7 @@ def variant_key(row: dict[str, Any]) -> tuple:
 
 
 def loras_of(row: dict[str, Any]) -> list[dict]:
-    return list(row.get("loras") or ())  # rows from before per-row variants have no such key
+    return list(row.get("loras") or ())  # a row may lack the key: it then has no LoRAs
 
 
 def controlnets_of(row: dict[str, Any]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Renderer: loads a pipeline once, renders shards in micro-batches, writes images and commits each shard."""
+"""Renderer: loads a pipeline once, renders shards in micro-batches; their output and commit in output/shards.py."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import gc
 import json
 import platform
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
@@ -30,7 +31,7 @@ from sdbatch.render.models.loading import (
 )
 from sdbatch.render.output.encode import to_pil
 from sdbatch.render.output.results import RenderedRow, failed, versions
-from sdbatch.render.output.shards import OnDevice, inline, write_shard
+from sdbatch.render.output.shards import shard_output
 from sdbatch.render.output.uploads import Uploads
 from sdbatch.render.variants.cache import VariantCache
 from sdbatch.render.variants.fetch import Fetcher, Prefetcher, decode_image, labelled
@@ -38,6 +39,24 @@ from sdbatch.render.variants.loras import StateDictCache
 from sdbatch.settings import RendererSettings
 from sdbatch.store.base import Store
 from sdbatch.tasks import ShardResult, ShardTask
+
+T = TypeVar("T")
+# Runs a shard's rendering phase where the device is, one shard at a time, and returns its value. Inline by
+# default; an actor passes its device thread, so that one shard's writes and commit (waiting on storage)
+# overlap the next shard's rendering.
+OnDevice = Callable[[Callable[[], Any]], Any]
+
+
+def inline(work: Callable[[], T]) -> T:
+    return work()
+
+
+@dataclass
+class Rendering:
+    """What one shard's rendering phase did on the device."""
+
+    started: float = 0.0  # perf_counter when the device was this shard's: waiting for it is not the shard's time
+    loads: tuple[int, int, int] = (0, 0, 0)  # model, LoRA and ControlNet loads
 
 
 class Renderer:
@@ -205,8 +224,34 @@ class Renderer:
 
     def render_shard(self, task: ShardTask, on_device: OnDevice = inline) -> ShardResult:
         """Render the rows not yet in the store, write their images, commit the shard's metadata.
-        `on_device` runs the rendering phase (see shards.OnDevice); the rest runs on the calling thread."""
-        return write_shard(self, task, on_device)
+        `on_device` runs the rendering phase; the listing before it and the writes and commit after it run
+        on the calling thread."""
+        started = time.perf_counter()
+        output = shard_output(task, self.store, self.uploads, self.provenance(ok=False))
+        rows, phase = output.to_render(), Rendering()
+        if rows is not None:
+            on_device(lambda: self._rendering(rows, output, phase))
+        out = output.finish()
+        failures = {r["id"]: r["error"] for r in out.results if r["status"] == "failed"}
+        model_loads, lora_loads, controlnet_loads = phase.loads
+        return ShardResult(task.shard_id, task.attempt, out.committed, len(out.results) - len(failures),
+                           len(failures), rendered=out.rendered, adopted=out.adopted,
+                           seconds=time.perf_counter() - (phase.started or started), failures=failures,
+                           model_loads=model_loads, lora_loads=lora_loads, controlnet_loads=controlnet_loads,
+                           actor=self.settings.name, pipeline_seconds=out.pipeline_seconds)
+
+    def _rendering(self, rows: list[dict[str, Any]], output, phase: Rendering) -> None:
+        """A shard's rendering phase, noting when it got the device and the loads it made (counted here:
+        another shard's rendering may follow while this one commits)."""
+        def counts() -> tuple[int, int, int]:
+            return self.model_loads, self.lora_loads, self.controlnet_loads
+
+        phase.started, before = time.perf_counter(), counts()
+        try:
+            for rendered in self.render_rows(rows):
+                output.add(rendered, self.provenance(rendered.ok))
+        finally:
+            phase.loads = tuple(after - b for after, b in zip(counts(), before))
 
     def provenance(self, ok: bool) -> dict[str, Any]:
         model = self._model

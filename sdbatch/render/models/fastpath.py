@@ -1,4 +1,4 @@
-"""The fast render path: precision per device and model, memory layout, SDPA, in-place compile, CPU threads, batch size."""
+"""The fast render path: precision per device and model, memory layout, SDPA, in-place compile, threads, batch size."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from sdbatch.spec import FastPath  # noqa: F401  (the [render] job section; re-e
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Peak memory of one SD image in half precision, per output pixel: the VAE decoder's full-size
 # activations (256 and 128 channels at 512x512) dominate; the UNet's with SDPA are a fraction of it.
-# An estimate from the architecture (~0.6 GiB per 512x512 image), not yet a measurement: bench/efficiency.py
-# --device cuda prints the bare loop's peak memory per batch size to check it against.
+# An estimate from the architecture: bench/efficiency.py --device cuda prints the bare loop's measured peak
+# memory per batch size to check it against (docs/BENCHMARKS.md).
 HALF_BYTES_PER_PIXEL = 2560
 # Share of the free device memory a batch may plan to use: fragmentation, ControlNets loaded later,
 # and the estimate's error need the rest. An overshoot costs one halving (see Renderer), not a failure.

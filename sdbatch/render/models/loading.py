@@ -1,4 +1,4 @@
-"""Model loading: a model reference to a pipeline of the class the model names (folder or single file); device, dtype."""
+"""Model loading: a reference to a pipeline of the class the model names (folder or single file); device, dtype."""
 
 from __future__ import annotations
 

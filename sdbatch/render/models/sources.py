@@ -1,4 +1,4 @@
-"""Model sources: a model reference (tiny:, local folder or file, hub id, s3://) turned into local files on this node."""
+"""Model sources: a model reference (tiny:, local folder or file, hub id, s3://) made local files on this node."""
 
 from __future__ import annotations
 
@@ -206,8 +206,8 @@ def _download(uri: str, files: dict[str, tuple[Store, str, str]], staging: Path)
 
 
 def _drop_other_copies(home: Path, uri_id: str, keep: Path) -> None:
-    """Earlier versions of the model, staging left by a killed downloader (the lock is ours), and copies
-    from before the cache was keyed by version: GBs each on a rented node's disk."""
+    """Other versions of the model, staging left by a killed downloader (the lock is ours), and the
+    unversioned copy (home/uri_id) that earlier sdbatch versions kept: GBs each on a rented node's disk."""
     for stale in [home / uri_id, *home.glob(f"{uri_id}-*"), *home.glob(f".{uri_id}-*.tmp")]:
         if stale != keep and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sdbatch import __version__
+from sdbatch.version import __version__
 from sdbatch.a1111 import format_parameters
 from sdbatch.errors import VariantError
 from sdbatch.tasks import ShardTask

@@ -1,4 +1,4 @@
-"""One shard's output: renders the rows not yet stored, writes their images beside rendering, commits the shard.
+"""One shard's output per layout: which rows are left to render, their images written beside rendering, the commit.
 
 Files layout: each image is created once under images/{shard}/; images an earlier attempt wrote are adopted.
 Webdataset layout: the shard's samples are one tar, created once after every row has rendered. The tar
@@ -9,11 +9,9 @@ the tar never disagree and each ok row is one sample, whichever attempt commits.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from sdbatch.output import (
     EXTENSIONS,
@@ -24,24 +22,17 @@ from sdbatch.output import (
     uncommitted_metadata,
 )
 from sdbatch.render.output.results import (
+    RenderedRow,
     adopted_row,
     failed_row,
     image_parameters,
     result_row,
     sample_record,
 )
-from sdbatch.store.base import PutResult
-from sdbatch.tasks import ShardResult, ShardTask
+from sdbatch.render.output.uploads import Uploads
+from sdbatch.store.base import PutResult, Store
+from sdbatch.tasks import ShardTask
 from sdbatch.webdataset import Sample, build_tar, member_ref, rows_from_tar, tar_key
-
-if TYPE_CHECKING:
-    from sdbatch.render.renderer import Renderer
-
-T = TypeVar("T")
-# Runs a shard's rendering phase where the device is, one shard at a time, and returns its value. Inline by
-# default; an actor passes its device thread, so that one shard's writes and commit (waiting on storage)
-# overlap the next shard's rendering.
-OnDevice = Callable[[Callable[[], Any]], Any]
 
 # Why a row is missing from a tar that another attempt wrote, when that attempt's own error is lost with it.
 LOST_ERROR = ("failed in attempt {attempt}, which wrote this shard's tar without it and stopped before committing; "
@@ -57,133 +48,117 @@ class Outcome:
     pipeline_seconds: float  # this attempt's time in pipeline calls, whichever attempt's images stand
 
 
-@dataclass
-class Rendering:
-    """What one shard's rendering phase did on the device."""
-
-    started: float = 0.0  # perf_counter when the device was this shard's: waiting for it is not the shard's time
-    loads: tuple[int, int, int] = (0, 0, 0)  # model, LoRA and ControlNet loads
-
-
-def inline(work: Callable[[], T]) -> T:
-    return work()
+def shard_output(task: ShardTask, store: Store, uploads: Uploads, unrendered: dict[str, Any]):
+    """The output of one attempt at a shard, for its layout. `unrendered`: the provenance of rows this
+    attempt records without rendering them (adopted, or lost with another attempt)."""
+    kind = WebdatasetShard if task.layout == "webdataset" else FilesShard
+    return kind(task, store, uploads, unrendered)
 
 
-def write_shard(renderer: Renderer, task: ShardTask, on_device: OnDevice = inline) -> ShardResult:
-    """Render the rows not yet in the store, write their images, commit the shard's metadata."""
-    started, phase = time.perf_counter(), Rendering()
-    write = _webdataset_shard if task.layout == "webdataset" else _files_shard
-    out = write(renderer, task, lambda work: on_device(lambda: _timed(renderer, phase, work)))
-    failures = {r["id"]: r["error"] for r in out.results if r["status"] == "failed"}
-    model_loads, lora_loads, controlnet_loads = phase.loads
-    return ShardResult(task.shard_id, task.attempt, out.committed, len(out.results) - len(failures), len(failures),
-                       rendered=out.rendered, adopted=out.adopted,
-                       seconds=time.perf_counter() - (phase.started or started), failures=failures,
-                       model_loads=model_loads, lora_loads=lora_loads, controlnet_loads=controlnet_loads,
-                       actor=renderer.settings.name, pipeline_seconds=out.pipeline_seconds)
+class FilesShard:
+    """images/{shard}/{id}.{ext}, each created once; rows an earlier attempt wrote are adopted, not rendered."""
+
+    def __init__(self, task: ShardTask, store: Store, uploads: Uploads, unrendered: dict[str, Any]):
+        self.task, self.store, self.uploads = task, store, uploads
+        self.done = existing_images(store, task.shard_id)  # a listing: it waits beside another shard's render
+        self.todo = [row for row in task.rows if row["id"] not in self.done]
+        self.results = [adopted_row(task, row, self.done[row["id"]], unrendered)
+                        for row in task.rows if row["id"] in self.done]
+        self.pending: list[tuple[dict, Future | None]] = []
+
+    def to_render(self) -> list[dict] | None:
+        """The rows this attempt renders (None: none, and no rendering phase at all)."""
+        return self.todo
+
+    def add(self, rendered: RenderedRow, provenance: dict[str, Any]) -> None:
+        """A rendered (or failed) row, on the device's thread: its image goes to the uploads, which hold the
+        pixels from here on."""
+        task = self.task
+        key = image_key(task.shard_id, rendered.row["id"], task.image_format)
+        record = result_row(task, rendered, key, provenance)
+        future = None
+        if rendered.ok:
+            future = self.uploads.submit(rendered.image, key, task.image_format, task.quality,
+                                         image_parameters(rendered.row, record))
+        self.pending.append((record, future))
+
+    def finish(self) -> Outcome:
+        """Wait for the writes (one that failed fails the attempt), then commit."""
+        adopted = len(self.results)
+        for record, future in self.pending:
+            if future is not None:
+                # CONFLICT: a racing attempt wrote this key first; its image is the one the key holds.
+                record["adopted"] = future.result() is PutResult.CONFLICT
+                adopted += record["adopted"]
+            self.results.append(record)
+        committed = commit_shard(self.store, self.task.shard_id, self.task.attempt, self.results)
+        return Outcome(committed, self.results, len(self.todo), adopted, _seconds(r for r, _ in self.pending))
 
 
-def _timed(renderer: Renderer, phase: Rendering, work: Callable[[], T]) -> T:
-    """Run the rendering phase, noting when it got the device and the loads it made (counted here: another
-    shard's rendering may follow while this one commits)."""
-    def counts() -> tuple[int, int, int]:
-        return renderer.model_loads, renderer.lora_loads, renderer.controlnet_loads
+class WebdatasetShard:
+    """shards/{shard}.tar, created once after every row has rendered; a tar already there is adopted."""
 
-    phase.started, before = time.perf_counter(), counts()
-    try:
-        return work()
-    finally:
-        phase.loads = tuple(after - b for after, b in zip(counts(), before))
+    def __init__(self, task: ShardTask, store: Store, uploads: Uploads, unrendered: dict[str, Any]):
+        self.task, self.store, self.uploads, self.unrendered = task, store, uploads, unrendered
+        self.key, self.extension = tar_key(task.shard_id), EXTENSIONS[task.image_format]
+        # An earlier attempt wrote the tar and stopped before its marker: nothing is rendered again.
+        self.found = store.get(self.key) if store.exists(self.key) else None
+        self.pending: dict[str, tuple[dict, dict, Future | None]] = {}
 
+    def to_render(self) -> list[dict] | None:
+        return None if self.found is not None else list(self.task.rows)
 
-def _files_shard(renderer: Renderer, task: ShardTask, on_device: OnDevice) -> Outcome:
-    done = existing_images(renderer.store, task.shard_id)  # a listing: it waits beside another shard's render
-    todo = [row for row in task.rows if row["id"] not in done]
-    results = [adopted_row(task, row, done[row["id"]], renderer.provenance(ok=False))
-               for row in task.rows if row["id"] in done]
+    def add(self, rendered: RenderedRow, provenance: dict[str, Any]) -> None:
+        row = rendered.row
+        record = result_row(self.task, rendered, member_ref(self.task.shard_id, row["id"], self.extension),
+                            provenance)
+        future = None
+        if rendered.ok:  # encoded on the I/O threads while the next batch renders
+            future = self.uploads.encode(rendered.image, self.task.image_format, self.task.quality,
+                                         image_parameters(row, record))
+        self.pending[row["id"]] = (row, record, future)
 
-    def render() -> list[tuple[dict, Future | None]]:
-        pending = []
-        for rendered in renderer.render_rows(todo):
-            key = image_key(task.shard_id, rendered.row["id"], task.image_format)
-            record = result_row(task, rendered, key, renderer.provenance(rendered.ok))
-            future = None
-            if rendered.ok:  # the uploads hold the pixels from here on
-                future = renderer.uploads.submit(rendered.image, key, task.image_format, task.quality,
-                                                 image_parameters(rendered.row, record))
-            pending.append((record, future))
-        return pending
+    def finish(self) -> Outcome:
+        """Build and put the tar (after the device is free for the next shard), then commit."""
+        task = self.task
+        if self.found is not None:
+            return self._adopt(self.found, {}, rendered=0)
+        # Manifest order, not render order (batches group by variant): the same rows give the same tar.
+        ordered = [self.pending[row["id"]] for row in task.rows]
+        samples = [Sample(row["id"], self.extension, future.result(), sample_record(row, record), row["prompt"])
+                   for row, record, future in ordered if future is not None]
+        results = [record for _, record, _ in ordered]
+        if self.store.put_once(self.key, build_tar(samples)) is PutResult.CONFLICT:  # a racing attempt's tar stands
+            return self._adopt(self.store.get(self.key), {r["id"]: r for r in results}, rendered=len(results))
+        return Outcome(commit_shard(self.store, task.shard_id, task.attempt, results), results, len(results), 0,
+                       _seconds(results))
 
-    pending = on_device(render)
-    adopted = len(results)
-    for record, future in pending:
-        if future is not None:  # an upload that failed fails the attempt
-            # CONFLICT: a racing attempt wrote this key first; its image is the one the key holds.
-            record["adopted"] = future.result() is PutResult.CONFLICT
-            adopted += record["adopted"]
-        results.append(record)
-    committed = commit_shard(renderer.store, task.shard_id, task.attempt, results)
-    return Outcome(committed, results, len(todo), adopted, _seconds(record for record, _ in pending))
+    def _adopt(self, data: bytes, own: dict[str, dict], rendered: int) -> Outcome:
+        """Commit the rows of a tar another attempt wrote: its samples are the shard's ok rows, and every other
+        row failed there. If that attempt's metadata is in the store, commit it as it is (errors included)."""
+        task, store = self.task, self.store
+        kept = {row["id"]: row for row in rows_from_tar(data)}
+        for meta_key, rows in uncommitted_metadata(store, task.shard_id).items():
+            if _agrees(rows, kept, task):
+                marker = commit_marker(store, task.shard_id, task.attempt, meta_key, rows)
+                return Outcome(marker["attempt"] == task.attempt, rows, rendered, len(kept), _seconds(own.values()))
+        writer = next(iter(kept.values()), {}).get("attempt", "unknown")
+        # A sample's own record (device, timings, the attempt that rendered it) is what the tar holds.
+        results = [{**kept[row["id"]], "adopted": True} if row["id"] in kept else
+                   self._missing(row, own.get(row["id"]), writer) for row in task.rows]
+        committed = commit_shard(store, task.shard_id, task.attempt, results)
+        return Outcome(committed, results, rendered, len(kept), _seconds(own.values()))
 
-
-def _webdataset_shard(renderer: Renderer, task: ShardTask, on_device: OnDevice) -> Outcome:
-    store, key = renderer.store, tar_key(task.shard_id)
-    if store.exists(key):  # an earlier attempt wrote the tar and stopped before its marker
-        return _adopt_tar(renderer, task, store.get(key), {}, rendered=0)
-    extension = EXTENSIONS[task.image_format]
-
-    def render() -> dict[str, tuple[dict, dict, Future | None]]:
-        pending = {}
-        for rendered in renderer.render_rows(list(task.rows)):
-            row = rendered.row
-            record = result_row(task, rendered, member_ref(task.shard_id, row["id"], extension),
-                                renderer.provenance(rendered.ok))
-            future = None
-            if rendered.ok:  # encoded on the I/O threads while the next batch renders
-                future = renderer.uploads.encode(rendered.image, task.image_format, task.quality,
-                                                 image_parameters(row, record))
-            pending[row["id"]] = (row, record, future)
-        return pending
-
-    # The tar is built and put after the device is free for the next shard.
-    pending = on_device(render)
-    # Manifest order, not render order (batches group by variant): the same rows give the same tar.
-    ordered = [pending[row["id"]] for row in task.rows]
-    samples = [Sample(row["id"], extension, future.result(), sample_record(row, record), row["prompt"])
-               for row, record, future in ordered if future is not None]
-    results = [record for _, record, _ in ordered]
-    if store.put_once(key, build_tar(samples)) is PutResult.CONFLICT:  # a racing attempt's tar stands
-        return _adopt_tar(renderer, task, store.get(key), {r["id"]: r for r in results}, rendered=len(results))
-    return Outcome(commit_shard(store, task.shard_id, task.attempt, results), results, len(results), 0,
-                   _seconds(results))
-
-
-def _adopt_tar(renderer: Renderer, task: ShardTask, data: bytes, own: dict[str, dict], rendered: int) -> Outcome:
-    """Commit the rows of a tar another attempt wrote: its samples are the shard's ok rows, and every other
-    row failed there. If that attempt's metadata is in the store, commit it as it is (errors included)."""
-    kept = {row["id"]: row for row in rows_from_tar(data)}
-    for meta_key, rows in uncommitted_metadata(renderer.store, task.shard_id).items():
-        if _agrees(rows, kept, task):
-            marker = commit_marker(renderer.store, task.shard_id, task.attempt, meta_key, rows)
-            return Outcome(marker["attempt"] == task.attempt, rows, rendered, len(kept), _seconds(own.values()))
-    writer = next(iter(kept.values()), {}).get("attempt", "unknown")
-    # A sample's own record (device, timings, the attempt that rendered it) is what the tar holds.
-    results = [{**kept[row["id"]], "adopted": True} if row["id"] in kept else
-               _missing(renderer, task, row, own.get(row["id"]), writer) for row in task.rows]
-    committed = commit_shard(renderer.store, task.shard_id, task.attempt, results)
-    return Outcome(committed, results, rendered, len(kept), _seconds(own.values()))
+    def _missing(self, row: dict, own: dict | None, writer: str) -> dict:
+        if own is not None and own["status"] == "failed":
+            return own  # it failed here too: our error is as good as theirs
+        return failed_row(self.task, row, LOST_ERROR.format(attempt=writer), self.unrendered)
 
 
 def _agrees(rows: list[dict], kept: dict[str, dict], task: ShardTask) -> bool:
     """Metadata that covers the shard and whose ok rows are exactly the tar's samples."""
     ok = {r["id"] for r in rows if r["status"] == "ok"}
     return ok == set(kept) and {r["id"] for r in rows} == {row["id"] for row in task.rows}
-
-
-def _missing(renderer: Renderer, task: ShardTask, row: dict, own: dict | None, writer: str) -> dict:
-    if own is not None and own["status"] == "failed":
-        return own  # it failed here too: our error is as good as theirs
-    return failed_row(task, row, LOST_ERROR.format(attempt=writer), renderer.provenance(ok=False))
 
 
 def _seconds(records) -> float:

@@ -1,4 +1,4 @@
-"""Tiny random-weight models by family (SD1.5- or SDXL-style), built in memory or written as a diffusers folder, offline."""
+"""Tiny random-weight models by family (SD1.5- or SDXL-style), offline: built in memory or as a diffusers folder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tiny random-weight SD1.5-style pipeline: CLIP tokenizer from a byte vocabulary, UNet, VAE; offline and CPU-fast."""
+"""The tiny random-weight SD1.5-style pipeline: CLIP tokenizer from a byte vocabulary, UNet, VAE; offline, CPU-fast."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-row variants on one warm base pipeline: the row's LoRAs made active, the pipeline (base or ControlNet) to call, its VAE."""
+"""Per-row variants on a warm pipeline: the row's LoRAs active, the pipeline (base or ControlNet) to call, its VAE."""
 
 from __future__ import annotations
 

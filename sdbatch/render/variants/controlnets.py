@@ -1,4 +1,4 @@
-"""ControlNets for one base pipeline: N on the device, M more parked in host memory, LRU; a from_pipe pipeline per set."""
+"""ControlNets for one base pipeline: N on the device, M more parked on the host, LRU; a from_pipe pipeline per set."""
 
 from __future__ import annotations
 

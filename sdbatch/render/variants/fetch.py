@@ -44,7 +44,7 @@ class Fetched:
 
 
 class Fetcher:
-    """Reads whole objects by URI; keeps one S3 client per bucket (building one costs ~0.1 s)."""
+    """Reads whole objects by URI; keeps one S3 client per bucket (building one costs more than a small read)."""
 
     def __init__(self, s3: S3Settings | None = None, timeout: float = 30.0):
         self.s3 = s3

@@ -1,4 +1,4 @@
-"""LoRAs on a warm pipeline: files hashed once, parsed state dicts in a CPU LRU bounded by bytes, K adapters resident."""
+"""LoRAs on a warm pipeline: files hashed once, parsed state dicts in a byte-bounded CPU LRU, K adapters resident."""
 
 from __future__ import annotations
 
