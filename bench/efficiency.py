@@ -183,7 +183,8 @@ def report(args, rows: list[dict]) -> float:
         def med(side: str, key: str, group=group) -> float:
             return statistics.median(r[side][key] for r in group)
 
-        line = (f"{label:16s} {len(group):6d} {med('A', 'images_per_second'):9.3f} {med('B', 'images_per_second'):9.3f} "
+        line = (f"{label:16s} {len(group):6d} {med('A', 'images_per_second'):9.3f} "
+                f"{med('B', 'images_per_second'):9.3f} "
                 f"{statistics.median(r['ratio'] for r in group):6.3f} {med('A', 'wall_seconds'):7.1f} "
                 f"{med('B', 'wall_seconds'):7.1f} {med('A', 'first_image_seconds'):8.1f} "
                 f"{med('B', 'first_image_seconds'):8.1f} {med('A', 'steady_images_per_second'):9.3f} "

@@ -1,4 +1,4 @@
-"""Reference pieces shared by the benchmarks: an SD1.5-architecture model with random weights, and a bare diffusers loop."""
+"""Shared by the benchmarks: an SD1.5-architecture model with random weights, and a bare diffusers loop."""
 
 from __future__ import annotations
 

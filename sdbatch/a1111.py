@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from sdbatch.schedulers import A1111_BY_CLASS, TABLE
+from sdbatch.schedulers import A1111_BY_CLASS, BY_NAME
 
 # A1111's own pattern for "Key: value, Key: "quoted, value"" pairs.
 PAIR = re.compile(r'\s*([\w][\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -27,7 +27,7 @@ def format_parameters(row: dict[str, Any]) -> str:
     lines = [f"{row['prompt']}{tags}"]
     if row.get("negative_prompt"):
         lines.append(f"Negative prompt: {row['negative_prompt']}")
-    named = TABLE.get(row.get("scheduler") or "")
+    named = BY_NAME.get(row.get("scheduler") or "")
     sampler = named.a1111 if named else A1111_BY_CLASS.get(row.get("scheduler_class") or "")
     pairs = [("Steps", row["steps"]), ("Sampler", sampler), ("CFG scale", f"{row['guidance_scale']:g}"),
              ("Seed", row["seed"]), ("Size", f"{row['width']}x{row['height']}"),
@@ -110,7 +110,7 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
         "prompt": fields["prompt"], "negative_prompt": fields.get("negative_prompt") or None,
         "seed": _int(fields.get("Seed")), "steps": _int(fields.get("Steps")),
         "guidance_scale": _float(fields.get("CFG scale")), "width": _int(width), "height": _int(height),
-        "scheduler": next((s.name for s in TABLE.values() if s.a1111 == fields.get("Sampler")), None),
+        "scheduler": next((s.name for s in BY_NAME.values() if s.a1111 == fields.get("Sampler")), None),
     }
     if SDBATCH_KEY in fields:  # our own image: take the exact references rather than display names
         exact = json.loads(fields[SDBATCH_KEY])

@@ -124,7 +124,10 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     done = committed_shards(store) if existing_run(store, prepared.job_doc) else {}
     pending = [s for s in prepared.plan.shards if s.shard_id not in done]
     rows_done = sum(m["rows"] for m in done.values())
-    claim = lambda: claim_output(store, prepared.job_doc, prepared.manifest)  # noqa: E731
+
+    def claim() -> None:
+        claim_output(store, prepared.job_doc, prepared.manifest)
+
     if not pending:
         claim()
         stats, gave_up = _run_stats(None, 0), {}

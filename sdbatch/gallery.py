@@ -141,7 +141,8 @@ def _totals(results: pa.Table, counts: dict, success: dict, settings: GallerySet
     last = success.get("last_run") or {}
     rows = [("rows", f"{counts['rows_total']:,}"), ("ok", f"{counts['rows_ok']:,}"),
             ("failed", f"{counts['rows_failed']:,}"), ("pending", f"{counts['rows_pending']:,}"),
-            ("images/s", f"{last['images_per_second']:g} (last invocation, {last.get('actors', '?')} actor(s) together, "
+            ("images/s", f"{last['images_per_second']:g} (last invocation, {last.get('actors', '?')} actor(s) "
+                         "together, "
                          "while rendering)" if "images_per_second" in last else "unknown (no _SUCCESS.json yet)"),
             ("GPU-hours", f"{seconds / 3600:.4g} on {', '.join(devices) or 'no device'}")]
     if settings.gpu_hour_price is not None and counts["rows_ok"]:

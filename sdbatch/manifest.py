@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 
 from sdbatch.errors import ManifestError
 from sdbatch.output import RESULT_SCHEMA
+from sdbatch.schedulers import SCHEDULERS
 from sdbatch.settings import RowDefaults
-from sdbatch.spec import SCHEDULERS
 from sdbatch.variant_columns import (
     CONSUMED_COLUMNS,
     Resolver,

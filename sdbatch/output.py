@@ -14,10 +14,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sdbatch.version import __version__
 from sdbatch.errors import ObjectNotFound, RunMismatch
 from sdbatch.spec import JobSpec, fingerprint
 from sdbatch.store.base import PutResult, Store
+from sdbatch.version import __version__
 
 JOB_KEY = "job.json"
 MANIFEST_KEY = "manifest.parquet"

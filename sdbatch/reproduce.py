@@ -20,7 +20,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
                     ("seed", pa.int64()), ("steps", pa.int64()), ("guidance_scale", pa.float64()),
                     ("width", pa.int64()), ("height", pa.int64()), ("scheduler", pa.string()),
-                    ("model", pa.string()), ("vae", pa.string()), ("loras", LORA_TYPE), ("controlnets", CONTROLNET_TYPE),
+                    ("model", pa.string()), ("vae", pa.string()), ("loras", LORA_TYPE),
+                    ("controlnets", CONTROLNET_TYPE),
                     ("source_image", pa.string())])
 
 

@@ -1,5 +1,4 @@
-"""The schedulers a manifest may name: each one's diffusers class, the options that make its name true, and
-the sampler name A1111 writes for it; stdlib only."""
+"""The schedulers a manifest may name: diffusers class, the options that make the name true, A1111's name."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ class Scheduler:
     a1111: str = ""  # the sampler name in A1111 `parameters`
 
 
-TABLE = {s.name: s for s in (
+BY_NAME = {s.name: s for s in (
     Scheduler("ddim", "DDIMScheduler", a1111="DDIM"),
     Scheduler("pndm", "PNDMScheduler", a1111="PLMS"),
     Scheduler("euler", "EulerDiscreteScheduler", a1111="Euler"),
@@ -26,7 +25,7 @@ TABLE = {s.name: s for s in (
               {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}, "DPM++ 2M Karras"),
     Scheduler("unipc", "UniPCMultistepScheduler", a1111="UniPC"),
 )}
-SCHEDULERS = tuple(TABLE)
+SCHEDULERS = tuple(BY_NAME)
 # A model's own scheduler (scheduler = null) by class, so its sampler is named all the same: the first
 # entry of a class names it (DPMSolverMultistepScheduler without Karras sigmas is "DPM++ 2M").
-A1111_BY_CLASS = {s.diffusers_class: s.a1111 for s in reversed(TABLE.values())}
+A1111_BY_CLASS = {s.diffusers_class: s.a1111 for s in reversed(BY_NAME.values())}

@@ -1,4 +1,4 @@
-"""Job settings: frozen dataclasses, loading from jobs/*.toml, CLI overrides and the run fingerprint."""
+"""Job specs: a JobSpec from a job file (TOML, or JSON as in job.json) and flags, validated; the run identity."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from typing import Any
 
 import tomllib
 
+from sdbatch.errors import SpecError
+from sdbatch.schedulers import SCHEDULERS
+from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
+
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 LAYOUTS = ("files", "webdataset")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-from sdbatch.errors import SpecError
-from sdbatch.schedulers import SCHEDULERS
-from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class JobSpec:
     # Not part of the run's identity: precision is recorded per image (dtype), like the device.
     render: FastPath = field(default_factory=FastPath)
 
-    def validate(self) -> "JobSpec":
+    def validate(self) -> JobSpec:
         d, o, r = self.defaults, self.output, self.run
         _check(d.steps > 0, "defaults.steps", d.steps, "use a positive number of steps, e.g. 30")
         _check(d.guidance_scale >= 0, "defaults.guidance_scale", d.guidance_scale, "use a value >= 0")

@@ -38,9 +38,9 @@ Affinity = Annotated[Optional[bool], typer.Option("--affinity/--no-affinity", he
 
 def row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir) -> dict:
     """The `defaults.*` overrides of the shared row-default flags (None: not given)."""
-    return {"defaults.model": model, "defaults.vae": vae, "defaults.steps": steps, "defaults.guidance_scale": guidance_scale,
-            "defaults.width": width, "defaults.height": height, "defaults.scheduler": scheduler,
-            "defaults.lora_dir": lora_dir}
+    return {"defaults.model": model, "defaults.vae": vae, "defaults.steps": steps,
+            "defaults.guidance_scale": guidance_scale, "defaults.width": width, "defaults.height": height,
+            "defaults.scheduler": scheduler, "defaults.lora_dir": lora_dir}
 
 
 def s3_settings(endpoint: Optional[str]) -> S3Settings:

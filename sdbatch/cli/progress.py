@@ -34,7 +34,7 @@ class RunProgress:
         )
         self.task = self.progress.add_task("rows", total=rows_total, completed=rows_done, rate=0.0, failed=0)
 
-    def __enter__(self) -> "RunProgress":
+    def __enter__(self) -> RunProgress:
         self.started = time.monotonic()
         self.progress.start()
         return self

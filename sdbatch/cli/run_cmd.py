@@ -1,4 +1,4 @@
-"""`sdbatch submit`, `status` and `demo`: run a manifest and report on runs."""
+"""`sdbatch submit` and `sdbatch demo`: run a manifest, here or as a Ray Job, and print its summary."""
 
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ def submit(
     layout: Annotated[Optional[str], Opt(help="files (images/{shard}/{id}.ext) or webdataset "
                                               "(shards/{shard}.tar for data loaders).")] = None,
     shard_size: ShardSize = None,
-    batch_size: Annotated[Optional[int], Opt(help="Rows per pipeline call; default what fits the GPU (4 on CPU).")] = None,
+    batch_size: Annotated[Optional[int], Opt(
+        help="Rows per pipeline call; default what fits the GPU (4 on CPU).")] = None,
     dtype: Annotated[Optional[str], Opt(help="auto (bfloat16 where the GPU has it, else float16; float32 on "
                                              "CPU), bfloat16, float16 or float32.")] = None,
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help=(

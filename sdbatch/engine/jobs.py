@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 

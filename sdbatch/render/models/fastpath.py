@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sdbatch.spec import FastPath  # noqa: F401  (the [render] job section; re-exported for render/)
+from sdbatch.settings import FastPath
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Peak memory of one SD image in half precision, per output pixel: the VAE decoder's full-size

@@ -15,7 +15,7 @@ import torch
 from sdbatch.errors import ModelLoadError
 from sdbatch.render.models.fastpath import compile_unet, optimize, pick_dtype
 from sdbatch.render.models.sources import cache_root, hub_snapshot, resolve_source
-from sdbatch.schedulers import TABLE as SCHEDULERS
+from sdbatch.schedulers import BY_NAME as SCHEDULERS_BY_NAME
 from sdbatch.settings import FastPath, S3Settings
 
 # A single-file checkpoint carries weights only: its configs come from the reference model of its family
@@ -171,6 +171,6 @@ def make_scheduler(model: LoadedModel, name: str | None):
         return model.base_scheduler
     import diffusers
 
-    scheduler = SCHEDULERS[name]
+    scheduler = SCHEDULERS_BY_NAME[name]
     return getattr(diffusers, scheduler.diffusers_class).from_config(model.base_scheduler.config,
                                                                      **scheduler.options)

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from sdbatch.version import __version__
 from sdbatch.a1111 import format_parameters
 from sdbatch.errors import VariantError
 from sdbatch.tasks import ShardTask
+from sdbatch.version import __version__
 
 MAX_ERROR_CHARS = 1000
 

@@ -10,47 +10,47 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 def unet_config() -> dict:
     # sample_size 32 latents * vae_scale_factor 2 = 64 px, the pipeline's default render size.
-    return dict(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    return {
+        "sample_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    }
 
 
 def vae_config() -> dict:
     # Two blocks give the pipeline a vae_scale_factor of 2**(2-1) = 2.
-    return dict(
-        sample_size=64,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=32,
-    )
+    return {
+        "sample_size": 64,
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": (32, 64),
+        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 32,
+    }
 
 
 def scheduler_config() -> dict:
     # The scheduler config Stable Diffusion 1.5 ships with.
-    return dict(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        clip_sample=False,
-    )
+    return {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "skip_prk_steps": True,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "clip_sample": False,
+    }
 
 
 def byte_vocab() -> dict[str, int]:

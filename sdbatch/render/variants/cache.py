@@ -1,4 +1,4 @@
-"""Per-row variants on a warm pipeline: the row's LoRAs active, the pipeline (base or ControlNet) to call, its VAE."""
+"""VariantCache: a row's LoRAs made active, the pipeline (base or ControlNet) to call and its VAE, on one model."""
 
 from __future__ import annotations
 

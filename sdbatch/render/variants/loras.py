@@ -117,7 +117,7 @@ class LoraAdapters:
         if len(names) > self.max_resident:
             raise VariantError(f"the row uses {len(names)} LoRAs but at most {self.max_resident} can be resident; "
                                "raise max_loras_resident")
-        for lora, name, (sha, state) in zip(loras, names, found):
+        for lora, name, (_sha, state) in zip(loras, names, found):
             if name in self._resident:
                 self._resident.move_to_end(name)
                 continue
