@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup setup-test clean
+.PHONY: demo test lint setup setup-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,10 @@ setup-test: $(VENV)/.installed-test
 demo: setup
 	$(BIN)/sdbatch demo
 
-test: setup-test
+lint: setup-test
+	$(BIN)/ruff check sdbatch tests bench
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -138,9 +138,9 @@ def prepare_model(args) -> tuple[str, str]:
     if args.model:
         return args.model, args.model
     if args.device == "cpu":
-        from sdbatch.render.models.loading import resolve_model_path
+        from sdbatch.render.models.sources import resolve_source
 
-        return "tiny:sd15", str(resolve_model_path("tiny:sd15"))
+        return "tiny:sd15", str(resolve_source("tiny:sd15").path)
     from sdref import write_sd15_random
 
     folder = write_sd15_random(Path(args.work) / "sd15-random", device="cuda")

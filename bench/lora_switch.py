@@ -6,7 +6,7 @@ Modes (each: many switches between 4 LoRAs, p50 / p95 of the time until the pipe
   disk       as cache, with the cache off: read the file, hash, parse, load
   hotswap    FastPath(compile=True)'s path: weights copied into fixed slots; on CUDA into a compiled UNet
              (a render after each switch checks that nothing recompiles), on the CPU eagerly unless --compile
-CPU: the tiny model and tiny rank-4 LoRAs (sdbatch.render.tiny_variants). CUDA: the SD1.5 architecture with
+CPU: the tiny model and tiny rank-4 LoRAs (tests/support/tiny_variants.py). CUDA: the SD1.5 architecture with
 random weights (bench/sdref.py) and rank-16 LoRAs on the attention projections of UNet and CLIP.
 The last line is the cache mode's p50: the cost of a variant that is not resident.
 
