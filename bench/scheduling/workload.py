@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 from sdbatch.plan import Shard, Variant
+from sdbatch.settings import VariantSettings
 
 MODEL = "runwayml/stable-diffusion-v1-5"
 CONTROLNET_NAMES = ("canny", "depth", "openpose", "softedge", "scribble", "seg", "normal", "lineart")
@@ -51,11 +52,11 @@ class Costs:
     lora_from_disk_s: tuple[float, float] = (0.5, 2.0)  # read + parse + load; by size
     controlnet_from_cpu_s: tuple[float, float] = (0.1, 0.3)  # parked ControlNet moved back; uniform
     controlnet_from_disk_s: tuple[float, float] = (1.0, 3.0)  # from_pretrained + to(device); uniform
-    # The render side's cache sizes (sdbatch.render.variants.VariantSettings defaults).
-    lora_cache_bytes: int = 2 << 30
-    loras_resident: int = 8
-    controlnets_on_device: int = 2
-    controlnets_on_cpu: int = 4
+    # The render side's cache sizes: what an actor keeps by default.
+    lora_cache_bytes: int = VariantSettings.lora_cache_bytes
+    loras_resident: int = VariantSettings.max_loras_resident
+    controlnets_on_device: int = VariantSettings.controlnets_on_device
+    controlnets_on_cpu: int = VariantSettings.controlnets_on_cpu
 
     def describe(self) -> list[str]:
         return [
