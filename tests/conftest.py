@@ -1,18 +1,8 @@
-"""Shared pytest fixtures and markers; server logic lives in tests/servers.py."""
+"""Fixtures for every kind of test (tiny_cache) and the skip of `gpu` tests; markers are declared in pyproject.toml."""
 
 from __future__ import annotations
 
 import pytest
-
-try:
-    from servers import MotoServer, SeaweedServer, apply_aws_env
-except ImportError:  # tests/ imported as a package (e.g. --import-mode=importlib)
-    from tests.servers import MotoServer, SeaweedServer, apply_aws_env
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped when torch.cuda is unavailable")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,40 +18,6 @@ def pytest_collection_modifyitems(config, items):
     if reason:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=reason))
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    """A running SeaweedFS with S3 at .endpoint; credentials in .env."""
-    with SeaweedServer(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(seaweed, monkeypatch) -> str:
-    """Default AWS chain pointed at seaweed's credentials; returns its endpoint."""
-    apply_aws_env(monkeypatch, seaweed.env)
-    return seaweed.endpoint
-
-
-@pytest.fixture
-def new_bucket(seaweed) -> str:
-    """A fresh, empty bucket in seaweed."""
-    return seaweed.create_bucket()
-
-
-@pytest.fixture(scope="session")
-def moto_server():
-    """moto's S3 server (accepts any credentials) at .endpoint; .env as for seaweed."""
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def moto_env(moto_server, monkeypatch) -> str:
-    """Default AWS chain pointed at moto; returns its endpoint."""
-    apply_aws_env(monkeypatch, moto_server.env)
-    return moto_server.endpoint
 
 
 @pytest.fixture(scope="session")

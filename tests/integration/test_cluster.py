@@ -4,17 +4,16 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
-from tests.clusters import LocalCluster
-from tests.util import SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
+from tests.support.clusters import LocalCluster
+from tests.support.util import REPO, SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
-JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.toml")
+JOB = str(REPO / "jobs" / "demo.toml")
 
 
 @pytest.fixture(scope="module")

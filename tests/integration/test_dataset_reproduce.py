@@ -24,10 +24,9 @@ from sdbatch.settings import RendererSettings
 from sdbatch.store.local import LocalStore
 from sdbatch.tasks import ShardTask
 from tests.support.tiny_variants import write_tiny_lora
-from tests.util import run_cli
+from tests.support.util import REPO, run_cli
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
-REPO = Path(__file__).resolve().parents[1]
 JOB = str(REPO / "jobs" / "demo.toml")
 NOISE = 1  # 1/255: float noise between batch shapes and thread counts on CPU
 

@@ -13,10 +13,9 @@ import pytest
 import sdbatch
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
-from tests.util import SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
+from tests.support.util import REPO, SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
-REPO = Path(__file__).resolve().parents[1]
 JOB = str(REPO / "jobs" / "demo.toml")
 
 

@@ -8,11 +8,11 @@ import pytest
 
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
-from tests.faults import FaultProxy
-from tests.util import SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
+from tests.support.faults import FaultProxy
+from tests.support.util import REPO, SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
-JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.toml")
+JOB = str(REPO / "jobs" / "demo.toml")
 
 
 def _flaky(method: str, path: str, n: int) -> str | None:

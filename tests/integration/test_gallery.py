@@ -1,8 +1,7 @@
-"""The gallery: a real run's page checked in headless Chromium, presigned S3 links, escaping and caps."""
+"""The gallery of a real run: its page checked in headless Chromium, and presigned S3 links that fetch the images."""
 
 import fcntl
 import html
-import io
 import json
 import os
 import re
@@ -15,21 +14,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sdbatch.errors import GalleryError
-from sdbatch.gallery import GallerySettings, make_gallery, spread
-from sdbatch.manifest import normalize
-from sdbatch.output import commit_shard
-from sdbatch.plan import plan_shards
-from sdbatch.settings import RowDefaults, S3Settings
+from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
-from sdbatch.store.local import LocalStore
-from tests.util import run_cli, write_manifest
+from tests.support.util import REPO, run_cli, write_manifest
 
-REPO = Path(__file__).resolve().parents[1]
 JOB = str(REPO / "jobs" / "demo.toml")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # The flags that work in containers without a display, a sandbox or network.
@@ -243,57 +234,3 @@ def test_s3_gallery_links_are_presigned_and_fetch_the_images(rendered, s3_env, n
     viewer = re.search(r"open it .*?: (\S+)", " ".join(made.stdout.split())).group(1)
     with urllib.request.urlopen(viewer, timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/html") and response.read().decode() == page
-
-
-# --- fast: a synthetic run (committed through the output protocol, no Ray) for escaping and caps
-
-
-def _synthetic_run(root: Path, rows: int, failed_every: int = 0, groups: int = 3) -> LocalStore:
-    store = LocalStore(str(root))
-    table = pa.table({"id": [f"r{n:06d}" for n in range(rows)],
-                      "prompt": [f"prompt {n} {INJECTED}" for n in range(rows)],
-                      "group": [f"g{n % groups}" for n in range(rows)]})
-    manifest = normalize(table, RowDefaults(model="tiny:sd15", width=64, height=64, steps=2))
-    plan = plan_shards(manifest, 5000)
-    sink = io.BytesIO()
-    pq.write_table(manifest.append_column("shard", pa.array(plan.shard_of_rows())), sink)
-    store.put("manifest.parquet", sink.getvalue())
-    store.put("job.json", json.dumps({"manifest": {"rows": rows, "shards": len(plan.shards)}}).encode())
-    ids = manifest.column("id").to_pylist()
-    for shard in plan.shards:
-        failed = [failed_every and n % failed_every == 0 for n in shard.rows]
-        commit_shard(store, shard.shard_id, "a1", [
-            {"id": ids[n], "shard": shard.shard_id, "attempt": "a1", "image": f"images/{shard.shard_id}/{ids[n]}.png",
-             "status": "failed" if bad else "ok", "error": "boom <i>x</i>" if bad else None, "seed": n,
-             "width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "model": "tiny:sd15",
-             "render_seconds": 0.5, "device": "cpu"} for n, bad in zip(shard.rows, failed)])
-    return store
-
-
-def test_text_is_escaped_and_groups_follow_the_chosen_column(tmp_path):
-    store = _synthetic_run(tmp_path / "run", 12, failed_every=5)
-    page = Path(make_gallery(store, GallerySettings(group_by="group", gpu_hour_price=3))).read_text()
-    assert INJECTED not in page and html.escape(INJECTED) in page and "<i>x</i>" not in page
-    assert page.count("<section class=group") == 3 and 'data-id="r000005"' in page
-    assert "3 group(s) by group" in page
-    with pytest.raises(GalleryError, match="'nope' is not a column"):
-        make_gallery(store, GallerySettings(group_by="nope"))
-    with pytest.raises(GalleryError, match="7 days"):
-        make_gallery(store, GallerySettings(expires=8 * 24 * 3600))
-
-
-def test_a_large_run_makes_a_small_page_that_says_what_it_left_out(tmp_path):
-    store = _synthetic_run(tmp_path / "run", 50_000, failed_every=10, groups=999)
-    started = time.monotonic()
-    by_variant = Path(make_gallery(store, GallerySettings(), tmp_path / "variant.html")).read_text()
-    by_group = Path(make_gallery(store, GallerySettings(group_by="group"), tmp_path / "group.html")).read_text()
-    assert time.monotonic() - started < 30
-    assert by_variant.count("<figure") == 48 and "showing 48 of 45,000, evenly spaced" in by_variant
-    assert "The first 500 of 5,000" in by_variant and by_variant.count("<li class=failure") == 500
-    assert by_group.count("<section class=group") == 100 and "899 more groups are not shown" in by_group
-    assert len(by_variant) < 200_000 and len(by_group) < 3_000_000  # at most 100 groups x 48 thumbnails
-
-
-def test_spread_samples_evenly_and_keeps_short_groups_whole():
-    assert spread(list(range(10)), 20) == list(range(10))
-    assert spread(list(range(100)), 4) == [0, 25, 50, 75]

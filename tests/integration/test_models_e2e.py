@@ -2,16 +2,15 @@
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 
 import sdbatch
 from sdbatch.store import open_store
-from tests.util import assert_exactly_once, run_cli, write_manifest
+from tests.support.util import REPO, assert_exactly_once, run_cli, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
-JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.toml")
+JOB = str(REPO / "jobs" / "demo.toml")
 PER_VARIANT = 6
 
 

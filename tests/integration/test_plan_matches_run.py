@@ -2,16 +2,15 @@
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.util import run_cli, write_manifest
+from tests.support.util import REPO, run_cli, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
-JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.toml")
+JOB = str(REPO / "jobs" / "demo.toml")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import socket
 import threading
@@ -16,15 +15,11 @@ import pytest
 
 from sdbatch.errors import ObjectNotFound, StoreError, StoreUnavailable
 from sdbatch.settings import S3Settings
-from sdbatch.store import local, open_store, s3
-from sdbatch.store.base import PutResult, resolve_endpoint
+from sdbatch.store import s3
+from sdbatch.store.base import PutResult
 from sdbatch.store.local import LocalStore
 from sdbatch.store.s3 import S3Store
-
-try:
-    from servers import free_ports
-except ImportError:
-    from tests.servers import free_ports
+from tests.support.servers import free_ports
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +123,6 @@ def test_tags_follow_the_content_and_download_copies_it(store, tmp_path):
         store.download("m/none", str(tmp_path / "none"))
 
 
-def test_list_skips_local_temp_files(tmp_path):
-    store = LocalStore(str(tmp_path))
-    store.put("d/k", b"v")
-    (tmp_path / "d" / f"{local._TMP_MARK}abc").write_bytes(b"half")  # as left by a crash
-    assert store.list() == ["d/k"]
-
-
 def test_s3_list_stays_inside_root_prefix(s3_env, new_bucket):
     inner = S3Store(f"s3://{new_bucket}/run", S3Settings(endpoint_url=s3_env))
     sibling = S3Store(f"s3://{new_bucket}/runner", S3Settings(endpoint_url=s3_env))
@@ -198,12 +186,6 @@ def test_check_writable_ok_and_leaves_nothing(store):
     assert store.list() == []
 
 
-def test_local_check_writable_fails_clearly(tmp_path):
-    (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(StoreError, match="cannot write"):
-        LocalStore(str(tmp_path / "file" / "sub")).check_writable()
-
-
 def _check_fails(store) -> tuple[StoreError, float]:
     start = time.monotonic()
     with pytest.raises(StoreError) as info:
@@ -224,7 +206,7 @@ def test_check_writable_closed_port(s3_env):
 def test_failures_that_may_pass_are_told_apart_from_refusals_and_absences(s3_env, new_bucket):
     """StoreUnavailable (unreachable, throttled, server errors, after retries) is what makes a shard retry an
     input instead of failing its row for good; a refusal or a missing key must not read as one."""
-    from tests.faults import FaultProxy
+    from tests.support.faults import FaultProxy
 
     def rule(method: str, path: str, number: int) -> str | None:
         return {"slow": "slowdown", "denied": "denied"}.get(path.rsplit("/", 1)[-1])
@@ -304,27 +286,3 @@ def test_debug_logging_does_not_leak_credentials(sw_store, seaweed, caplog):
     assert seaweed.env["AWS_SECRET_ACCESS_KEY"] not in caplog.text
     assert seaweed.env["AWS_ACCESS_KEY_ID"] not in caplog.text
     assert seaweed.env["AWS_SECRET_ACCESS_KEY"] not in repr(sw_store)
-
-
-def test_resolve_endpoint_precedence(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    assert resolve_endpoint(None) is None
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1")
-    assert resolve_endpoint(None) == "http://generic:1"
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3only:2")
-    assert resolve_endpoint(None) == "http://s3only:2"
-    assert resolve_endpoint("http://flag:3") == "http://flag:3"
-    assert resolve_endpoint("") == "http://s3only:2"
-
-
-def test_open_store_dispatch(tmp_path):
-    assert isinstance(open_store(str(tmp_path)), LocalStore)
-    assert open_store(f"file://{tmp_path}").uri == str(tmp_path)
-    assert open_store("rel/dir").uri == os.path.abspath("rel/dir")
-    s3 = open_store("s3://bkt/a/b/", S3Settings(endpoint_url="http://u:p@h:1"))
-    assert isinstance(s3, S3Store) and s3.uri == "s3://bkt/a/b" and s3.url_for("k") == "s3://bkt/a/b/k"
-    assert "u:p" not in repr(s3)
-    for bad in ("gs://bkt/x", "s3://", "s3://bkt/a/../b"):
-        with pytest.raises(ValueError):
-            open_store(bad)

@@ -2,7 +2,6 @@
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +9,10 @@ from PIL import Image
 
 import sdbatch
 from sdbatch.store import open_store
-from tests.util import run_cli, write_manifest
+from tests.support.util import REPO, run_cli, write_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
-JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.toml")
+JOB = str(REPO / "jobs" / "demo.toml")
 # 5 shards per variant (as 50 rows in 10-row shards were): enough that, without affinity, both actors meet
 # every variant; with 4-row shards (one pipeline call each) at 40% of the rows.
 VARIANT_ROWS = 20

@@ -1,1 +1,1 @@
-"""Test helpers: servers, clusters, fault injection and offline model fixtures (LoRAs, ControlNets, single files)."""
+"""Test helpers, no tests: S3 servers, Ray clusters, fault injection, CLI runs, deploy paths, offline model files."""

@@ -164,7 +164,7 @@ class SeaweedServer(_S3Server):
             cmd += [f"-filer.localSocket={self.workdir / 'filer.sock'}", f"-s3.localSocket={self.workdir / 's3.sock'}"]
         return cmd
 
-    def start(self) -> "SeaweedServer":
+    def start(self) -> SeaweedServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         last_error = None
         for _ in range(3):  # a port grabbed by someone else between probe and bind: retry
@@ -236,7 +236,7 @@ class MotoServer(_S3Server):
         self._server = None
         self.endpoint = ""
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         import logging
 
         from moto.server import ThreadedMotoServer

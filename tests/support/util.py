@@ -11,6 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# The repository root (tests/support/util.py is two levels below it).
+REPO = Path(__file__).resolve().parents[2]
 SDBATCH = [sys.executable, "-m", "sdbatch"]
 
 

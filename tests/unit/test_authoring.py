@@ -10,9 +10,7 @@ from sdbatch.authoring import AuthoringOptions, build_manifest, prompts_table
 from sdbatch.errors import ManifestError
 from sdbatch.manifest import normalize
 from sdbatch.settings import RowDefaults
-from tests.util import run_cli
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.util import REPO, run_cli
 
 
 def _template(tmp_path: Path, text: str, wildcards: dict[str, str] | None = None) -> Path:

@@ -7,7 +7,7 @@ import pytest
 from sdbatch.errors import EstimateError
 from sdbatch.estimate import Rates, duration, estimate, simulate
 from sdbatch.plan import Plan, Shard, Variant
-from tests.util import run_cli, tiny_rows, write_manifest
+from tests.support.util import run_cli, tiny_rows, write_manifest
 
 
 def _variant(n: int, model: str = "m", controlnets: int = 0) -> Variant:

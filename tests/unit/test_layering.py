@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "sdbatch"
+from tests.support.util import REPO
+
+PACKAGE = REPO / "sdbatch"
 HEAVY = {"torch", "diffusers", "transformers"}
 
 

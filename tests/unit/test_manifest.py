@@ -8,7 +8,7 @@ from sdbatch.errors import ManifestError
 from sdbatch.manifest import MANIFEST_COLUMNS, RESULT_COLUMNS, derive_seed, normalize, read_manifest
 from sdbatch.output import RESULT_SCHEMA
 from sdbatch.settings import RowDefaults
-from tests.util import write_manifest
+from tests.support.util import write_manifest
 
 DEFAULTS = RowDefaults(model="tiny:sd15", steps=5, width=64, height=64, seed=7)
 

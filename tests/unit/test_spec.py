@@ -1,14 +1,12 @@
 """Job specs: TOML loading, flag overrides, validation and the run identity."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from sdbatch.errors import SpecError
 from sdbatch.spec import JobSpec, load_spec
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.util import REPO
 
 
 def test_demo_job_loads_and_flags_override_it():

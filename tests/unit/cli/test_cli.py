@@ -5,8 +5,7 @@ import socket
 import pyarrow.parquet as pq
 import pytest
 
-from sdbatch.store.local import LocalStore
-from tests.util import run_cli, tiny_rows, write_manifest
+from tests.support.util import run_cli, tiny_rows, write_manifest
 
 
 def _closed_port() -> int:
@@ -85,18 +84,6 @@ def test_models_tiny_writes_a_loadable_model(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "tiny" / "model_index.json").is_file()
     assert (tmp_path / "tiny" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-
-
-@pytest.mark.slow
-def test_demo_renders_every_row_from_outside_the_checkout(tmp_path, tiny_cache):
-    # What `make demo` runs; from another directory, so the job file is found through the package.
-    from tests.util import assert_exactly_once
-
-    result = run_cli("demo", "--output", str(tmp_path / "run"), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    manifest = pq.read_table(tmp_path / "demo-manifest.parquet")
-    assert manifest.num_rows == 32 and "32 rendered" in result.stdout
-    assert_exactly_once(LocalStore(str(tmp_path / "run")), manifest.column("id").to_pylist())
 
 
 def test_the_summary_prints_errors_as_they_are_and_groups_shards_not_done_by_reason():

@@ -205,7 +205,7 @@ def test_two_models_two_actors_load_each_model_once_per_actor_at_most():
     random.Random(3).shuffle(shards)
     holdings = Holdings()
     queue = ShardQueue(shards, holdings=holdings)
-    models = {a: shards[0].variant.model for a in (0, 1)}
+    models = dict.fromkeys((0, 1), shards[0].variant.model)
     for a, model in models.items():
         holdings.warm(a, model)
     loads, actor = 2, 0

@@ -151,7 +151,7 @@ def test_ids_with_a_dot_are_refused_for_the_webdataset_layout_before_anything_is
     from sdbatch.driver import SubmitRequest, prepare
     from sdbatch.errors import ManifestError
     from sdbatch.spec import load_spec
-    from tests.util import write_manifest
+    from tests.support.util import write_manifest
 
     manifest = write_manifest(tmp_path / "m.parquet", [{"id": "cat.v2", "prompt": "a cat"}])
     out = tmp_path / "out"

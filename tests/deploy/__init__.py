@@ -1,0 +1,1 @@
+"""Deployment files (cluster/, infra/) checked offline against what their tools would accept."""
