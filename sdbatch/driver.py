@@ -9,12 +9,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sdbatch.commits import MARKER_SCHEMA, MarkerIndex, read_markers
 from sdbatch.errors import ManifestError, UsageError
 from sdbatch.manifest import check_local_references, normalize, read_manifest
 from sdbatch.output import (
     RunIdentity,
     claim_output,
-    committed_shards,
     existing_run,
     job_document,
     new_attempt_id,
@@ -121,9 +121,12 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     """
     started = time.monotonic()
     store = prepared.store
-    done = committed_shards(store) if existing_run(store, prepared.job_doc) else {}
-    pending = [s for s in prepared.plan.shards if s.shard_id not in done]
-    rows_done = sum(m["rows"] for m in done.values())
+    shards_total = len(prepared.plan.shards)
+    done = (read_markers(store, shards_total, refresh=True) if existing_run(store, prepared.job_doc)
+            else MARKER_SCHEMA.empty_table())
+    done_ids = set(done.column("shard").to_pylist())
+    pending = [s for s in prepared.plan.shards if s.shard_id not in done_ids]
+    rows_done = pc.sum(done.column("rows")).as_py() or 0
 
     def claim() -> None:
         claim_output(store, prepared.job_doc, prepared.manifest)
@@ -135,7 +138,7 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
         events = events_factory(prepared.plan.rows_total, rows_done)
         report, shape = _render(prepared, pending, events, claim)
         stats, gave_up = _run_stats(report, shape.actors), report.gave_up
-    stats["shards_skipped"] = len(done)
+    stats["shards_skipped"] = done.num_rows
     stats["wall_seconds"] = round(time.monotonic() - started, 3)
     # Speed over the rendering phase: Ray start-up and model loading are reported in wall_seconds.
     stats["images_per_second"] = round(stats["rows_rendered"] / max(stats.get("render_seconds", 0), 1e-9), 3)
@@ -170,14 +173,30 @@ def _render(prepared: PreparedRun, pending: list[Shard], events, on_ready):
         return ShardTask(shard.shard_id, new_attempt_id(), rows, spec.output.format, spec.output.quality,
                          spec.output.layout)
 
+    index = MarkerIndex(prepared.store, spec.run.index_seconds)
     cluster.connect(prepared.request.address)
     try:
         with events:
-            return cluster.run_shards(pending, make_task, prepared.store, spec, events,
+            return cluster.run_shards(pending, make_task, prepared.store, spec, _Indexing(events, index),
                                       first_model=pending[0].variant.model, on_ready=on_ready,
                                       s3=prepared.request.s3)
     finally:
+        index.write()  # also when the run stops early: what did commit is indexed for the resume
         cluster.shutdown()
+
+
+class _Indexing:
+    """The run's events, with each committed shard's marker passed to the index on the way."""
+
+    def __init__(self, events, index: MarkerIndex) -> None:
+        self.events, self.index = events, index
+
+    def shard_done(self, result) -> None:
+        self.index.add(result.marker)
+        self.events.shard_done(result)
+
+    def __getattr__(self, name: str):
+        return getattr(self.events, name)
 
 
 def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str]) -> RunSummary:

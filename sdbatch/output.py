@@ -7,13 +7,14 @@ import io
 import json
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sdbatch.commits import RESULT_SCHEMA, get_many, json_bytes, parquet_bytes, read_markers
 from sdbatch.errors import ObjectNotFound, RunMismatch
 from sdbatch.spec import JobSpec, fingerprint
 from sdbatch.store.base import PutResult, Store
@@ -22,38 +23,14 @@ from sdbatch.version import __version__
 JOB_KEY = "job.json"
 MANIFEST_KEY = "manifest.parquet"
 SUCCESS_KEY = "_SUCCESS.json"
-MARKER_PREFIX = "_committed/"
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-READ_THREADS = 16  # parallel GETs when reading many markers or metadata files
-
-RESULT_SCHEMA = pa.schema([
-    ("id", pa.string()), ("shard", pa.string()), ("attempt", pa.string()),
-    ("image", pa.string()), ("status", pa.string()), ("error", pa.string()),
-    ("seed", pa.int64()), ("width", pa.int64()), ("height", pa.int64()),
-    ("steps", pa.int64()), ("guidance_scale", pa.float64()), ("scheduler", pa.string()),
-    ("scheduler_class", pa.string()),
-    ("model", pa.string()), ("model_hash", pa.string()), ("vae_hash", pa.string()), ("device", pa.string()),
-    ("dtype", pa.string()), ("versions", pa.string()), ("render_seconds", pa.float64()),
-    ("batch_size", pa.int64()), ("actor", pa.string()), ("adopted", pa.bool_()),
-    ("finished_at", pa.string()),
-    # Provenance of per-row variants: what the file/image actually was, not just where it was.
-    ("loras_used", pa.list_(pa.struct([("path", pa.string()), ("sha256", pa.string()), ("weight", pa.float64())]))),
-    ("controlnets_used", pa.list_(pa.struct([("model", pa.string()), ("model_hash", pa.string()),
-                                             ("image", pa.string()), ("image_sha256", pa.string()),
-                                             ("scale", pa.float64())]))),
-])
+# Rows per record batch the fingerprint hashes: fixed, so the fingerprint does not depend on how the
+# table happens to be chunked in memory.
+FINGERPRINT_BATCH_ROWS = 1 << 20
 
 
 def image_key(shard_id: str, row_id: str, image_format: str) -> str:
     return f"images/{shard_id}/{row_id}.{EXTENSIONS[image_format]}"
-
-
-def metadata_key(shard_id: str, attempt: str) -> str:
-    return f"metadata/{shard_id}.{attempt}.parquet"
-
-
-def marker_key(shard_id: str) -> str:
-    return f"{MARKER_PREFIX}{shard_id}.json"
 
 
 def new_attempt_id() -> str:
@@ -62,10 +39,24 @@ def new_attempt_id() -> str:
 
 
 def table_fingerprint(table: pa.Table) -> str:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table.combine_chunks())
-    return hashlib.sha256(sink.getvalue()).hexdigest()
+    """SHA-256 of the table as an Arrow IPC stream, hashed as it is written rather than held in memory."""
+    digest = _HashSink()
+    with pa.ipc.new_stream(pa.PythonFile(digest, mode="w"), table.schema) as writer:
+        for start in range(0, table.num_rows, FINGERPRINT_BATCH_ROWS):
+            writer.write_table(table.slice(start, FINGERPRINT_BATCH_ROWS).combine_chunks())
+    return digest.sha.hexdigest()
+
+
+class _HashSink(io.RawIOBase):
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return len(data)
 
 
 @dataclass(frozen=True)
@@ -105,10 +96,10 @@ def existing_run(store: Store, job_doc: dict) -> bool:
 
 def claim_output(store: Store, job_doc: dict, manifest_with_shards: pa.Table) -> None:
     """Create job.json and the manifest copy, or check that a racing driver created the same run."""
-    if store.put_once(JOB_KEY, _json_bytes(job_doc)) is not PutResult.CREATED:
+    if store.put_once(JOB_KEY, json_bytes(job_doc)) is not PutResult.CREATED:
         existing_run(store, job_doc)
     # The manifest's bytes depend on the pyarrow version; its content is pinned by job.json.
-    store.put_once(MANIFEST_KEY, _parquet_bytes(manifest_with_shards))
+    store.put_once(MANIFEST_KEY, parquet_bytes(manifest_with_shards))
 
 
 def _mismatch_message(store: Store, existing: dict, job_doc: dict) -> str:
@@ -132,81 +123,22 @@ def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def committed_shards(store: Store) -> dict[str, dict]:
-    """Markers of the shards that are done, by shard id."""
-    keys = store.list(MARKER_PREFIX)
-    return {key[len(MARKER_PREFIX):].removesuffix(".json"): json.loads(data)
-            for key, data in zip(keys, _get_many(store, keys))}
-
-
-def _get_many(store: Store, keys: list[str]) -> list[bytes]:
-    # A resume of a large run reads tens of thousands of small objects; one after another, their round trips
-    # add up to a long wait on S3.
-    if len(keys) < 2:
-        return [store.get(key) for key in keys]
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        return list(pool.map(store.get, keys))
-
-
 def existing_images(store: Store, shard_id: str) -> dict[str, str]:
     """Images already written for a shard (by an attempt that did not commit), by row id."""
     prefix = f"images/{shard_id}/"
     return {key[len(prefix):].rsplit(".", 1)[0]: key for key in store.list(prefix)}
 
 
-def commit_shard(store: Store, shard_id: str, attempt: str, rows: list[dict]) -> bool:
-    """Write the shard's metadata, then its create-once marker; False if another attempt won."""
-    table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
-    meta_key = metadata_key(shard_id, attempt)
-    store.put(meta_key, _parquet_bytes(table))
-    named = commit_marker(store, shard_id, attempt, meta_key, rows)["metadata"]
-    if named != meta_key:
-        store.delete(meta_key)  # the other attempt's metadata is the shard's; leave no orphan
-    return named == meta_key
-
-
-def commit_marker(store: Store, shard_id: str, attempt: str, meta_key: str, rows: list[dict]) -> dict:
-    """Create the shard's marker naming meta_key (ours, or one an earlier attempt left uncommitted);
-    returns the marker that stands: ours, or another attempt's that committed first."""
-    ok = sum(1 for r in rows if r["status"] == "ok")
-    marker = {"shard": shard_id, "attempt": attempt, "metadata": meta_key, "rows": len(rows),
-              "ok": ok, "failed": len(rows) - ok, "committed_at": _now()}
-    if store.put_once(marker_key(shard_id), _json_bytes(marker)) is PutResult.CREATED:
-        _drop_uncommitted(store, shard_id, meta_key)
-        return marker
-    return json.loads(store.get(marker_key(shard_id)))
-
-
-def _drop_uncommitted(store: Store, shard_id: str, committed: str) -> None:
-    """Delete the metadata of attempts that died between their metadata and their marker (a killed actor,
-    a stopped run): once a marker stands, nothing can commit them any more."""
-    for key in store.list(f"metadata/{shard_id}."):
-        if key != committed:
-            store.delete(key)
-
-
-def uncommitted_metadata(store: Store, shard_id: str) -> dict[str, list[dict]]:
-    """Metadata files of a shard that attempts wrote (committed or not), by key: their rows. An attempt
-    that dies between its metadata and its marker leaves one; a later attempt can commit it as it is."""
-    found = {}
-    for key in store.list(f"metadata/{shard_id}."):
-        try:
-            found[key] = pq.read_table(pa.BufferReader(store.get(key)), schema=RESULT_SCHEMA).to_pylist()
-        except ObjectNotFound:  # deleted since the listing: its attempt lost the commit
-            continue
-    return found
-
-
 def run_counts(store: Store) -> dict[str, Any]:
     """Rows and shards done so far, read from the store alone (any run, finished or not)."""
     job = json.loads(store.get(JOB_KEY))
-    markers = committed_shards(store)
+    markers = read_markers(store, job["manifest"]["shards"])
     counts = {
         "rows_total": job["manifest"]["rows"],
         "shards_total": job["manifest"]["shards"],
-        "shards_done": len(markers),
-        "rows_ok": sum(m["ok"] for m in markers.values()),
-        "rows_failed": sum(m["failed"] for m in markers.values()),
+        "shards_done": markers.num_rows,
+        "rows_ok": pc.sum(markers.column("ok")).as_py() or 0,
+        "rows_failed": pc.sum(markers.column("failed")).as_py() or 0,
     }
     counts["rows_pending"] = counts["rows_total"] - counts["rows_ok"] - counts["rows_failed"]
     counts["finished"] = store.exists(SUCCESS_KEY)
@@ -214,7 +146,7 @@ def run_counts(store: Store) -> dict[str, Any]:
 
 
 def write_success(store: Store, summary: dict[str, Any]) -> None:
-    store.put(SUCCESS_KEY, _json_bytes(summary))
+    store.put(SUCCESS_KEY, json_bytes(summary))
 
 
 def read_results(output: str | Store, s3: Any = None) -> pa.Table:
@@ -226,7 +158,7 @@ def read_results(output: str | Store, s3: Any = None) -> pa.Table:
         manifest = pq.read_table(pa.BufferReader(store.get(MANIFEST_KEY)))
     except ObjectNotFound as exc:
         raise FileNotFoundError(f"{store.uri} holds no sdbatch run (no {MANIFEST_KEY})") from exc
-    blobs = _get_many(store, [m["metadata"] for m in committed_shards(store).values()])
+    blobs = get_many(store, read_markers(store).column("metadata").to_pylist())
     parts = [pq.read_table(pa.BufferReader(blob), schema=RESULT_SCHEMA) for blob in blobs]
     results = pa.concat_tables(parts) if parts else RESULT_SCHEMA.empty_table()
     return _join(manifest, results)
@@ -243,16 +175,6 @@ def _join(manifest: pa.Table, results: pa.Table) -> pa.Table:
     columns.update({name: picked_results.column(name) for name in results.column_names})
     order = list(manifest.column_names) + [n for n in results.column_names if n not in manifest.column_names]
     return pa.table({name: columns[name] for name in order})
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
-def _json_bytes(doc: dict) -> bytes:
-    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _now() -> str:

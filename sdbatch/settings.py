@@ -68,6 +68,9 @@ class RunSettings:
     # "auto": one actor per GPU when the cluster has GPUs, else CPU actors. "cuda": one GPU per actor
     # even when no GPU node is up yet, so an autoscaling cluster starts them. "cpu": never ask for GPUs.
     device: str = "auto"
+    # Seconds between the driver's writes of newly committed markers to the marker index: a resume or
+    # `status` after the driver was killed reads only the markers of the last interval one by one.
+    index_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

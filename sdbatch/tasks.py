@@ -38,3 +38,5 @@ class ShardResult:
     # The rendered rows' time inside pipeline calls (each row its share of its batch), as the gallery's
     # GPU-hours count it: what the summary at the end of submit reports.
     pipeline_seconds: float = 0.0
+    # The shard's marker as it stands in the store, so the driver can index it without reading it back.
+    marker: dict[str, Any] | None = None

@@ -238,7 +238,7 @@ class Renderer:
                            len(failures), rendered=out.rendered, adopted=out.adopted,
                            seconds=time.perf_counter() - (phase.started or started), failures=failures,
                            model_loads=model_loads, lora_loads=lora_loads, controlnet_loads=controlnet_loads,
-                           actor=self.settings.name, pipeline_seconds=out.pipeline_seconds)
+                           actor=self.settings.name, pipeline_seconds=out.pipeline_seconds, marker=out.marker)
 
     def _rendering(self, rows: list[dict[str, Any]], output, phase: Rendering) -> None:
         """A shard's rendering phase, noting when it got the device and the loads it made (counted here:

@@ -65,17 +65,28 @@ class LocalStore(Store):
         return os.path.isfile(self.url_for(key))
 
     def list(self, prefix: str = "") -> list[str]:
-        # Walk only the deepest directory the prefix pins down, then filter.
+        # Read only the folder the prefix ends in, and below it only the entries the prefix matches: a
+        # shard's listing must not cost more as the run's other shards pile up beside it.
         check_prefix(prefix)
-        start = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        keys = []
-        for folder, _dirs, files in os.walk(os.path.join(self.uri, *start.split("/"))):
-            rel = os.path.relpath(folder, self.uri).replace(os.sep, "/")
-            for name in files:
-                key = name if rel == "." else f"{rel}/{name}"
-                if not name.startswith(_TMP_MARK) and key.startswith(prefix):
-                    keys.append(key)
+        folder, _, start = prefix.rpartition("/")
+        keys: list[str] = []
+        self._collect(folder, start, keys)
         return sorted(keys)
+
+    def _collect(self, folder: str, start: str, keys: list[str]) -> None:
+        try:
+            entries = list(os.scandir(os.path.join(self.uri, *folder.split("/")) if folder else self.uri))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if not entry.name.startswith(start) or entry.name.startswith(_TMP_MARK):
+                continue
+            key = f"{folder}/{entry.name}" if folder else entry.name
+            if entry.is_dir():
+                if not entry.is_symlink():  # as os.walk: a linked folder is neither a key nor walked
+                    self._collect(key, "", keys)
+            else:
+                keys.append(key)
 
     def tags(self, prefix: str = "") -> dict[str, str]:
         tags = {}

@@ -49,3 +49,20 @@ def test_open_store_dispatch(tmp_path):
     for bad in ("gs://bkt/x", "s3://", "s3://bkt/a/../b"):
         with pytest.raises(ValueError):
             open_store(bad)
+
+
+def test_local_list_reads_only_the_folder_the_prefix_names(tmp_path, monkeypatch):
+    """A shard's commit lists its own metadata folder: that must not cost more as other shards pile up."""
+    store = LocalStore(str(tmp_path))
+    for shard in range(200):
+        store.put(f"metadata/{shard:06d}/a.parquet", b"x")
+    read = []
+    scandir = os.scandir
+    monkeypatch.setattr(local.os, "scandir", lambda path: read.append(os.path.relpath(path, tmp_path))
+                        or scandir(path))
+    assert store.list("metadata/000123/") == ["metadata/000123/a.parquet"]
+    assert read == [os.path.join("metadata", "000123")]
+    read.clear()
+    # A partial name: its parent folder is read once, and only the matching subfolders below it.
+    assert store.list("metadata/00012") == [f"metadata/{n:06d}/a.parquet" for n in range(120, 130)]
+    assert sorted(read) == ["metadata"] + [os.path.join("metadata", f"{n:06d}") for n in range(120, 130)]

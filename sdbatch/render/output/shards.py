@@ -13,14 +13,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from sdbatch.output import (
-    EXTENSIONS,
-    commit_marker,
-    commit_shard,
-    existing_images,
-    image_key,
-    uncommitted_metadata,
-)
+from sdbatch.commits import commit_marker, commit_shard, uncommitted_metadata
+from sdbatch.output import EXTENSIONS, existing_images, image_key
 from sdbatch.render.output.results import (
     RenderedRow,
     adopted_row,
@@ -41,11 +35,16 @@ LOST_ERROR = ("failed in attempt {attempt}, which wrote this shard's tar without
 
 @dataclass(frozen=True)
 class Outcome:
-    committed: bool
+    attempt: str
+    marker: dict  # the shard's marker that stands: this attempt's, or another's that committed first
     results: list[dict]
     rendered: int  # rows rendered by this attempt
     adopted: int  # rows whose image an earlier or racing attempt wrote
     pipeline_seconds: float  # this attempt's time in pipeline calls, whichever attempt's images stand
+
+    @property
+    def committed(self) -> bool:
+        return self.marker["attempt"] == self.attempt
 
 
 def shard_output(task: ShardTask, store: Store, uploads: Uploads, unrendered: dict[str, Any]):
@@ -91,8 +90,10 @@ class FilesShard:
                 record["adopted"] = future.result() is PutResult.CONFLICT
                 adopted += record["adopted"]
             self.results.append(record)
-        committed = commit_shard(self.store, self.task.shard_id, self.task.attempt, self.results)
-        return Outcome(committed, self.results, len(self.todo), adopted, _seconds(r for r, _ in self.pending))
+        task = self.task
+        marker = commit_shard(self.store, task.shard_id, task.attempt, self.results)
+        return Outcome(task.attempt, marker, self.results, len(self.todo), adopted,
+                       _seconds(r for r, _ in self.pending))
 
 
 class WebdatasetShard:
@@ -130,8 +131,8 @@ class WebdatasetShard:
         results = [record for _, record, _ in ordered]
         if self.store.put_once(self.key, build_tar(samples)) is PutResult.CONFLICT:  # a racing attempt's tar stands
             return self._adopt(self.store.get(self.key), {r["id"]: r for r in results}, rendered=len(results))
-        return Outcome(commit_shard(self.store, task.shard_id, task.attempt, results), results, len(results), 0,
-                       _seconds(results))
+        return Outcome(task.attempt, commit_shard(self.store, task.shard_id, task.attempt, results), results,
+                       len(results), 0, _seconds(results))
 
     def _adopt(self, data: bytes, own: dict[str, dict], rendered: int) -> Outcome:
         """Commit the rows of a tar another attempt wrote: its samples are the shard's ok rows, and every other
@@ -141,13 +142,13 @@ class WebdatasetShard:
         for meta_key, rows in uncommitted_metadata(store, task.shard_id).items():
             if _agrees(rows, kept, task):
                 marker = commit_marker(store, task.shard_id, task.attempt, meta_key, rows)
-                return Outcome(marker["attempt"] == task.attempt, rows, rendered, len(kept), _seconds(own.values()))
+                return Outcome(task.attempt, marker, rows, rendered, len(kept), _seconds(own.values()))
         writer = next(iter(kept.values()), {}).get("attempt", "unknown")
         # A sample's own record (device, timings, the attempt that rendered it) is what the tar holds.
         results = [{**kept[row["id"]], "adopted": True} if row["id"] in kept else
                    self._missing(row, own.get(row["id"]), writer) for row in task.rows]
-        committed = commit_shard(store, task.shard_id, task.attempt, results)
-        return Outcome(committed, results, rendered, len(kept), _seconds(own.values()))
+        marker = commit_shard(store, task.shard_id, task.attempt, results)
+        return Outcome(task.attempt, marker, results, rendered, len(kept), _seconds(own.values()))
 
     def _missing(self, row: dict, own: dict | None, writer: str) -> dict:
         if own is not None and own["status"] == "failed":

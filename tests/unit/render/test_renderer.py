@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdbatch.output import commit_shard, committed_shards, image_key
+from sdbatch.commits import commit_shard, marker_key
+from sdbatch.output import image_key
 from sdbatch.render.renderer import Renderer
 from sdbatch.settings import RendererSettings
 from sdbatch.store.local import LocalStore
@@ -80,7 +81,7 @@ def test_a_failing_row_is_recorded_and_its_batch_mates_still_render(store):
     assert "simulated render failure" in result.failures["r1"]
     assert not store.exists(image_key("faulty", "r1", "png"))
     assert store.exists(image_key("faulty", "r0", "png"))
-    assert committed_shards(store)["faulty"]["failed"] == 1
+    assert json.loads(store.get(marker_key("faulty")))["failed"] == 1
 
 
 def test_partly_written_shard_adopts_existing_images(renderer, store):
@@ -94,14 +95,14 @@ def test_partly_written_shard_adopts_existing_images(renderer, store):
     assert store.get(image_key("partial", "r0", "png")) == before
     marker = json.loads(store.get("_committed/partial.json"))
     assert marker["attempt"] == "a2" and marker["rows"] == 3
-    assert store.list("metadata/partial.") == ["metadata/partial.a2.parquet"]  # the dead attempt's is gone
+    assert store.list("metadata/partial/") == ["metadata/partial/a2.parquet"]  # the dead attempt's is gone
 
 
 def test_second_commit_of_a_shard_loses_and_leaves_no_orphan_metadata(store):
     rows = [{"id": "x", "shard": "race", "attempt": a, "status": "ok"} for a in ("w1", "w2")]
-    assert commit_shard(store, "race", "w1", [rows[0]]) is True
-    assert commit_shard(store, "race", "w2", [rows[1]]) is False
-    assert store.list("metadata/race.") == ["metadata/race.w1.parquet"]
+    assert commit_shard(store, "race", "w1", [rows[0]])["attempt"] == "w1"
+    assert commit_shard(store, "race", "w2", [rows[1]])["attempt"] == "w1"  # w1's marker stands
+    assert store.list("metadata/race/") == ["metadata/race/w1.parquet"]
 
 
 @pytest.mark.parametrize("fmt, magic", [("jpeg", b"\xff\xd8"), ("webp", b"RIFF")])

@@ -197,7 +197,7 @@ def test_bad_inputs_fail_only_their_rows(renderer, assets, tmp_path, monkeypatch
     assert f"control image {missing}" in result.failures["r3"] and "no such file" in result.failures["r3"]
     assert "no-such-controlnet" in result.failures["r5"]
     assert "nobody/no-such-lora" in result.failures["r6"] and "not a local path" in result.failures["r6"]
-    table = pq.read_table(io.BytesIO(renderer.store.get("metadata/bad-inputs.a1.parquet")))
+    table = pq.read_table(io.BytesIO(renderer.store.get("metadata/bad-inputs/a1.parquet")))
     by_id = {r["id"]: r for r in table.to_pylist()}
     assert by_id["r1"]["status"] == "failed" and "LoRA" in by_id["r1"]["error"]
     assert by_id["r2"]["loras_used"] == [{"path": assets["a"], "sha256": sha256_of(assets["a"]), "weight": 1.0}]

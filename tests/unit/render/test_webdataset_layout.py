@@ -10,7 +10,7 @@ import webdataset as wds
 from PIL import Image
 
 from sdbatch.a1111 import parse_parameters, read_parameters
-from sdbatch.output import committed_shards, marker_key
+from sdbatch.commits import marker_key
 from sdbatch.render.renderer import Renderer
 from sdbatch.settings import RendererSettings
 from sdbatch.store.local import LocalStore
@@ -71,7 +71,7 @@ def _samples(store, shard: str) -> list[dict]:
 
 
 def _metadata(store, shard: str) -> dict[str, dict]:
-    marker = committed_shards(store)[shard]
+    marker = json.loads(store.get(marker_key(shard)))
     return {r["id"]: r for r in pq.read_table(store.url_for(marker["metadata"])).to_pylist()}
 
 
@@ -109,10 +109,10 @@ def test_a_rerun_after_the_tar_adopts_it_and_never_renders_or_duplicates(rendere
     again = renderer.render_shard(_task("000001", "a2", assets))
     assert (again.rendered, again.adopted, again.committed, again.rows_ok) == (0, 2, True, 2)
     assert _metadata(store, "000001") == first and "safetensors" in again.failures["r2"]
-    assert store.list("metadata/000001.") == ["metadata/000001.a1.parquet"]
+    assert store.list("metadata/000001/") == ["metadata/000001/a1.parquet"]
     # Died after its tar, before its metadata: the rerun records the tar's rows and says why r2 is missing.
     store.delete(marker_key("000001"))
-    store.delete("metadata/000001.a1.parquet")
+    store.delete("metadata/000001/a1.parquet")
     third = renderer.render_shard(_task("000001", "a3", assets))
     assert (third.rendered, third.adopted, third.committed, third.rows_ok) == (0, 2, True, 2)
     assert "attempt a1" in third.failures["r2"] and "stopped before committing" in third.failures["r2"]
@@ -120,7 +120,7 @@ def test_a_rerun_after_the_tar_adopts_it_and_never_renders_or_duplicates(rendere
     assert {k: (v["status"], v["adopted"]) for k, v in meta.items()} == {
         "r0": ("ok", True), "r1": ("ok", True), "r2": ("failed", False)}
     assert meta["r0"]["seed"] == first["r0"]["seed"] and meta["r0"]["device"] == first["r0"]["device"]
-    assert store.list("metadata/000001.") == ["metadata/000001.a3.parquet"]
+    assert store.list("metadata/000001/") == ["metadata/000001/a3.parquet"]
     assert store.get(tar_key("000001")) == tar and [s["__key__"] for s in _samples(store, "000001")] == ["r0", "r1"]
 
 
@@ -129,8 +129,8 @@ def test_a_racing_attempt_that_writes_the_tar_first_is_the_one_recorded(renderer
     renderer.race = _task("000002", "a1", assets)
     late = renderer.render_shard(_task("000002", "a2", assets))
     assert not late.committed and (late.rows_ok, late.rows_failed) == (2, 1)
-    assert committed_shards(store)["000002"]["attempt"] == "a1"
-    assert store.list("metadata/000002.") == ["metadata/000002.a1.parquet"]  # no orphan from a2
+    assert json.loads(store.get(marker_key("000002")))["attempt"] == "a1"
+    assert store.list("metadata/000002/") == ["metadata/000002/a1.parquet"]  # no orphan from a2
     samples = _samples(store, "000002")
     assert [s["__key__"] for s in samples] == ["r0", "r1"]
     assert {json.loads(s["json"])["attempt"] for s in samples} == {"a1"}
