@@ -2,13 +2,13 @@
 
 from sdbatch.version import __version__
 
-__all__ = ["__version__", "read_results"]
+__all__ = ["__version__", "open_results", "read_results"]
 
 
 def __getattr__(name: str):
     # Lazy, so `import sdbatch` stays cheap and free of pyarrow/boto3 for the CLI's start-up.
-    if name == "read_results":
-        from sdbatch.output import read_results
+    if name in ("read_results", "open_results"):
+        from sdbatch import results
 
-        return read_results
+        return getattr(results, name)
     raise AttributeError(name)

@@ -18,12 +18,12 @@ from sdbatch.output import (
     existing_run,
     job_document,
     new_attempt_id,
-    read_results,
     run_counts,
     table_fingerprint,
     write_success,
 )
 from sdbatch.plan import Plan, Shard, plan_shards, shard_rows
+from sdbatch.results import COMPACTED_KEY, compact, open_results
 from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec
 from sdbatch.store import open_store
@@ -202,10 +202,12 @@ class _Indexing:
 def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str]) -> RunSummary:
     store = prepared.store
     counts = run_counts(store)
+    if counts["shards_done"] == counts["shards_total"] and not store.exists(COMPACTED_KEY):
+        compact(store)  # a finished run's results as a few files, which its readers prefer
     failures: list[dict[str, str]] = []
     if counts["rows_failed"]:
-        results = read_results(store).filter(pc.field("status") == "failed")
-        failures = results.select(["id", "error"]).slice(0, MAX_LISTED_FAILURES).to_pylist()
+        failed = open_results(store).scanner(columns=["id", "error"], filter=pc.field("status") == "failed")
+        failures = failed.head(MAX_LISTED_FAILURES).to_pylist()
     summary = RunSummary(store.uri, counts, failures, gave_up, stats)
     if summary.complete:
         # Load totals are those of the invocation that finished the run (see last_run for the rest).

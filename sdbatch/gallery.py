@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sdbatch.errors import GalleryError
-from sdbatch.output import SUCCESS_KEY, read_results, run_counts
+from sdbatch.output import SUCCESS_KEY, run_counts
 from sdbatch.plan import VARIANT_COLUMNS, variant_of
+from sdbatch.results import read_results
 from sdbatch.store.base import Store
 from sdbatch.store.local import LocalStore
 from sdbatch.webdataset import read_member, split_ref

@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdbatch.commits import RESULT_SCHEMA
 from sdbatch.errors import ManifestError
-from sdbatch.output import RESULT_SCHEMA
 from sdbatch.schedulers import SCHEDULERS
 from sdbatch.settings import RowDefaults
 from sdbatch.variant_columns import (

@@ -12,9 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from sdbatch.commits import RESULT_SCHEMA, get_many, json_bytes, parquet_bytes, read_markers
+from sdbatch.commits import json_bytes, parquet_bytes, read_markers
 from sdbatch.errors import ObjectNotFound, RunMismatch
 from sdbatch.spec import JobSpec, fingerprint
 from sdbatch.store.base import PutResult, Store
@@ -147,34 +146,6 @@ def run_counts(store: Store) -> dict[str, Any]:
 
 def write_success(store: Store, summary: dict[str, Any]) -> None:
     store.put(SUCCESS_KEY, json_bytes(summary))
-
-
-def read_results(output: str | Store, s3: Any = None) -> pa.Table:
-    """Every manifest column plus image, status, error and provenance, one row per committed manifest id."""
-    from sdbatch.store import open_store
-
-    store = output if isinstance(output, Store) else open_store(str(output), s3)
-    try:
-        manifest = pq.read_table(pa.BufferReader(store.get(MANIFEST_KEY)))
-    except ObjectNotFound as exc:
-        raise FileNotFoundError(f"{store.uri} holds no sdbatch run (no {MANIFEST_KEY})") from exc
-    blobs = get_many(store, read_markers(store).column("metadata").to_pylist())
-    parts = [pq.read_table(pa.BufferReader(blob), schema=RESULT_SCHEMA) for blob in blobs]
-    results = pa.concat_tables(parts) if parts else RESULT_SCHEMA.empty_table()
-    return _join(manifest, results)
-
-
-def _join(manifest: pa.Table, results: pa.Table) -> pa.Table:
-    position = {row_id: n for n, row_id in enumerate(results.column("id").to_pylist())}
-    manifest_ids = manifest.column("id").to_pylist()
-    keep = [n for n, row_id in enumerate(manifest_ids) if row_id in position]
-    picked_manifest = manifest.take(pa.array(keep, pa.int64()))
-    picked_results = results.take(pa.array([position[manifest_ids[n]] for n in keep], pa.int64()))
-    # The result's values are the ones used (e.g. the model's native size where the manifest had none).
-    columns = {name: picked_manifest.column(name) for name in manifest.column_names}
-    columns.update({name: picked_results.column(name) for name in results.column_names})
-    order = list(manifest.column_names) + [n for n in results.column_names if n not in manifest.column_names]
-    return pa.table({name: columns[name] for name in order})
 
 
 def _now() -> str:

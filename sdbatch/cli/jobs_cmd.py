@@ -1,4 +1,4 @@
-"""`sdbatch status`, `logs` and `cancel`: watch and stop a run by its output, wherever it runs."""
+"""`sdbatch status`, `logs`, `cancel` and `compact`: watch, stop and tidy a run by its output, wherever it runs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("logs")(logs)
     app.command("cancel")(cancel)
+    app.command("compact")(compact)
 
 
 def _store(output: str, s3_endpoint: Optional[str]):
@@ -61,6 +62,15 @@ def cancel(output: RunOutput, s3_endpoint: S3Endpoint = None, address: Address =
 
     submission_id = jobs.cancel(_store(output, s3_endpoint), _http(address))
     typer.echo(f"stopping Ray Job {submission_id}; rerun the same submit to resume")
+
+
+def compact(output: RunOutput, s3_endpoint: S3Endpoint = None) -> None:
+    """Join a finished run's results with its manifest into a few Parquet files (results/), which
+    sdbatch.open_results and read_results then read; a complete submit does this itself."""
+    from sdbatch.results import compact as compact_results
+
+    doc = compact_results(_store(output, s3_endpoint))
+    typer.echo(f"{doc['rows']} rows in {len(doc['parts'])} file(s) under {output.rstrip('/')}/results/")
 
 
 def _http(address: Optional[str]) -> Optional[str]:

@@ -52,6 +52,7 @@ class Store(Protocol):
     def delete(self, key: str) -> None: ...  # absent is fine: used for cleanup
     def check_writable(self) -> None: ...  # StoreError naming the fix if writes cannot work
     def url_for(self, key: str) -> str: ...
+    def arrow_filesystem(self) -> tuple: ...  # (pyarrow filesystem, root path in it) for lazy datasets
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"

@@ -88,6 +88,11 @@ class LocalStore(Store):
             else:
                 keys.append(key)
 
+    def arrow_filesystem(self):
+        import pyarrow.fs
+
+        return pyarrow.fs.LocalFileSystem(), self.uri
+
     def tags(self, prefix: str = "") -> dict[str, str]:
         tags = {}
         for key in self.list(prefix):

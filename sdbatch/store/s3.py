@@ -92,6 +92,19 @@ class S3Store(Store):
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
 
+    def arrow_filesystem(self):
+        """pyarrow's own S3 client on the same endpoint and region, for lazy datasets. Credentials: its
+        default chain (environment, profile, instance role), never held on the filesystem object."""
+        import pyarrow.fs
+
+        options: dict = {"region": self._region()}
+        endpoint = resolve_endpoint(self.settings.endpoint_url)
+        if endpoint:
+            parts = urlsplit(endpoint)
+            options.update(endpoint_override=parts.netloc.rsplit("@", 1)[-1], scheme=parts.scheme or "https")
+        root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+        return pyarrow.fs.S3FileSystem(**options), root
+
     def _make_client(self, connect_timeout: float, read_timeout: float, attempts: int):
         import boto3
         from botocore.config import Config

@@ -1,50 +1,18 @@
 """The gallery without Ray: a synthetic run (committed through the output protocol) for escaping, groups and caps."""
 
 import html
-import io
-import json
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from sdbatch.errors import GalleryError
 from sdbatch.gallery import GallerySettings, make_gallery, spread
-from sdbatch.manifest import normalize
-from sdbatch.output import commit_shard
-from sdbatch.plan import plan_shards
-from sdbatch.settings import RowDefaults
-from sdbatch.store.local import LocalStore
-
-INJECTED = '<b class="injected">bold</b> & "quoted"'
-
-
-def _synthetic_run(root: Path, rows: int, failed_every: int = 0, groups: int = 3) -> LocalStore:
-    store = LocalStore(str(root))
-    table = pa.table({"id": [f"r{n:06d}" for n in range(rows)],
-                      "prompt": [f"prompt {n} {INJECTED}" for n in range(rows)],
-                      "group": [f"g{n % groups}" for n in range(rows)]})
-    manifest = normalize(table, RowDefaults(model="tiny:sd15", width=64, height=64, steps=2))
-    plan = plan_shards(manifest, 5000)
-    sink = io.BytesIO()
-    pq.write_table(manifest.append_column("shard", pa.array(plan.shard_of_rows())), sink)
-    store.put("manifest.parquet", sink.getvalue())
-    store.put("job.json", json.dumps({"manifest": {"rows": rows, "shards": len(plan.shards)}}).encode())
-    ids = manifest.column("id").to_pylist()
-    for shard in plan.shards:
-        failed = [failed_every and n % failed_every == 0 for n in shard.rows]
-        commit_shard(store, shard.shard_id, "a1", [
-            {"id": ids[n], "shard": shard.shard_id, "attempt": "a1", "image": f"images/{shard.shard_id}/{ids[n]}.png",
-             "status": "failed" if bad else "ok", "error": "boom <i>x</i>" if bad else None, "seed": n,
-             "width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "model": "tiny:sd15",
-             "render_seconds": 0.5, "device": "cpu"} for n, bad in zip(shard.rows, failed)])
-    return store
+from tests.support.runs import INJECTED, synthetic_run
 
 
 def test_text_is_escaped_and_groups_follow_the_chosen_column(tmp_path):
-    store = _synthetic_run(tmp_path / "run", 12, failed_every=5)
+    store = synthetic_run(tmp_path / "run", 12, failed_every=5)
     page = Path(make_gallery(store, GallerySettings(group_by="group", gpu_hour_price=3))).read_text()
     assert INJECTED not in page and html.escape(INJECTED) in page and "<i>x</i>" not in page
     assert page.count("<section class=group") == 3 and 'data-id="r000005"' in page
@@ -56,7 +24,7 @@ def test_text_is_escaped_and_groups_follow_the_chosen_column(tmp_path):
 
 
 def test_a_large_run_makes_a_small_page_that_says_what_it_left_out(tmp_path):
-    store = _synthetic_run(tmp_path / "run", 50_000, failed_every=10, groups=999)
+    store = synthetic_run(tmp_path / "run", 50_000, failed_every=10, groups=999)
     started = time.monotonic()
     by_variant = Path(make_gallery(store, GallerySettings(), tmp_path / "variant.html")).read_text()
     by_group = Path(make_gallery(store, GallerySettings(group_by="group"), tmp_path / "group.html")).read_text()

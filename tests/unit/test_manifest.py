@@ -4,9 +4,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from sdbatch.commits import RESULT_SCHEMA
 from sdbatch.errors import ManifestError
 from sdbatch.manifest import MANIFEST_COLUMNS, RESULT_COLUMNS, derive_seed, normalize, read_manifest
-from sdbatch.output import RESULT_SCHEMA
 from sdbatch.settings import RowDefaults
 from tests.support.util import write_manifest
 

@@ -1,0 +1,45 @@
+"""A synthetic run committed through the output protocol, without Ray or torch: for readers of big outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sdbatch.commits import commit_shard
+from sdbatch.manifest import normalize
+from sdbatch.plan import plan_shards
+from sdbatch.settings import RowDefaults
+from sdbatch.store.local import LocalStore
+
+INJECTED = '<b class="injected">bold</b> & "quoted"'
+
+
+def synthetic_run(root: Path, rows: int, failed_every: int = 0, groups: int = 3, variants: int = 1,
+                  shard_size: int = 5000, commit_every: int = 1) -> LocalStore:
+    """A run whose every `commit_every`-th shard is committed; `variants` interleaves rows of as many
+    step counts, so each shard's rows are spread over the manifest."""
+    store = LocalStore(str(root))
+    table = pa.table({"id": [f"r{n:06d}" for n in range(rows)],
+                      "prompt": [f"prompt {n} {INJECTED}" for n in range(rows)],
+                      "steps": [2 + n % variants for n in range(rows)],
+                      "group": [f"g{n % groups}" for n in range(rows)]})
+    manifest = normalize(table, RowDefaults(model="tiny:sd15", width=64, height=64, steps=2))
+    plan = plan_shards(manifest, shard_size)
+    sink = io.BytesIO()
+    pq.write_table(manifest.append_column("shard", pa.array(plan.shard_of_rows())), sink)
+    store.put("manifest.parquet", sink.getvalue())
+    store.put("job.json", json.dumps({"run_fingerprint": "synthetic",
+                                      "manifest": {"rows": rows, "shards": len(plan.shards)}}).encode())
+    ids = manifest.column("id").to_pylist()
+    for shard in plan.shards[::commit_every]:
+        failed = [failed_every and n % failed_every == 0 for n in shard.rows]
+        commit_shard(store, shard.shard_id, "a1", [
+            {"id": ids[n], "shard": shard.shard_id, "attempt": "a1", "image": f"images/{shard.shard_id}/{ids[n]}.png",
+             "status": "failed" if bad else "ok", "error": "boom <i>x</i>" if bad else None, "seed": n,
+             "width": 64, "height": 64, "steps": 2 + n % variants, "guidance_scale": 7.5, "model": "tiny:sd15",
+             "render_seconds": 0.5, "device": "cpu"} for n, bad in zip(shard.rows, failed)])
+    return store
