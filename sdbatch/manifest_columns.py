@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
+from concurrent.futures import Executor
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,6 +16,11 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INT64_MAX = 2**63 - 1
 EXACT_FLOAT = 2**53  # above this a float64 no longer holds every integer
 MAX_SIZE = 8192
+SEED_BLOCK = 1 << 20
+# Ids per task when other processes hash: enough tasks for every worker, each worth its pickling.
+WORKER_SEED_BLOCK = 1 << 15
+# derive_seed reads the digest's first 8 bytes big-endian; Arrow reads buffers in native byte order.
+DIGEST_WORD = slice(7, None, -1) if sys.byteorder == "little" else slice(0, 8)
 
 Column = pa.Array | pa.ChunkedArray
 
@@ -24,11 +31,27 @@ def derive_seed(job_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def derive_seeds(job_seed: int, ids: Column) -> pa.Array:
-    """derive_seed for every id: the one per-row Python loop left, so it stays tight."""
-    keys = pc.binary_join_element_wise(f"{job_seed}/", ids, "").cast(pa.binary()).to_pylist()
-    sha256, from_bytes = hashlib.sha256, int.from_bytes
-    return pa.array([from_bytes(sha256(key).digest()[:8], "big") >> 1 for key in keys], pa.int64())
+def derive_seeds(job_seed: int, ids: Column, workers: Executor | None = None) -> pa.Array:
+    """derive_seed for every id: the one per-row Python loop left, so it stays tight (and goes a block at a
+    time, so the Python objects it makes never pile up); with `workers`, the blocks are hashed in parallel."""
+    size = SEED_BLOCK if workers is None else WORKER_SEED_BLOCK
+    # The keys are built here, vectorized, and copied compact, so a block pickles only its own bytes.
+    keys = [pa.concat_arrays([one_chunk(pc.binary_join_element_wise(f"{job_seed}/", ids.slice(start, size), "")
+                                        .cast(pa.binary()))]) for start in range(0, len(ids), size)]
+    words = list(workers.map(_seed_words, keys) if workers is not None else map(_seed_words, keys))
+    blocks = [_seeds_from_words(w, len(k)) for w, k in zip(words, keys)]
+    return pa.concat_arrays(blocks) if blocks else pa.array([], pa.int64())
+
+
+def _seed_words(keys: pa.Array) -> bytes:
+    sha256 = hashlib.sha256
+    # Each digest's first 8 bytes as a native uint64 word; then one vectorized shift, not an int per row.
+    return b"".join([sha256(key).digest()[DIGEST_WORD] for key in keys.to_pylist()])
+
+
+def _seeds_from_words(words: bytes, count: int) -> pa.Array:
+    values = pa.Array.from_buffers(pa.uint64(), count, [None, pa.py_buffer(words)])
+    return pc.shift_right(values, pa.scalar(1, pa.uint64())).cast(pa.int64())
 
 
 def arange(start: int, count: int) -> pa.Array:
@@ -36,6 +59,10 @@ def arange(start: int, count: int) -> pa.Array:
     if count == 0:
         return pa.array([], pa.int64())
     return pc.add(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count)), start - 1)
+
+
+def one_chunk(values: Column) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def rows_where(mask: Column) -> pa.Array:
@@ -67,6 +94,8 @@ def normalize_ids(table: pa.Table, problems: Problems, first_row: int = 0,
 
 def duplicate_ids(ids: Column) -> pa.Array:
     """The ids that occur more than once (nulls aside)."""
+    if len(ids) < 2 or pc.all(pc.fill_null(pc.greater(ids.slice(1), ids.slice(0, len(ids) - 1)), False)).as_py():
+        return pa.array([], ids.type)  # strictly increasing, as generated ids usually are: no hash table needed
     counts = pa.table({"id": ids}).group_by("id").aggregate([("id", "count")])
     return counts.filter(pc.greater(counts["id_count"], 1))["id"].combine_chunks()
 
@@ -104,6 +133,11 @@ def _filled(values: Column, default) -> Column:
     return values if default is None else pc.fill_null(values, default)
 
 
+def constant(value, kind: pa.DataType, count: int) -> pa.Array:
+    """The value of a column the manifest does not have, for every row."""
+    return pa.nulls(count, kind) if value is None else pa.repeat(pa.scalar(value, kind), count)
+
+
 def prompts(table: pa.Table, problems: Problems) -> Column:
     if "prompt" not in table.column_names:
         problems.add("prompt", None, "is missing; add a string column 'prompt' with one prompt per row")
@@ -120,8 +154,10 @@ def prompts(table: pa.Table, problems: Problems) -> Column:
 def strings(table: pa.Table, name: str, default: str | None, problems: Problems, allowed=None,
             nonempty=False, nonempty_if_set=False) -> Column:
     column = typed_column(table, name, "string", problems)
-    values = pa.nulls(table.num_rows, pa.string()) if column is None else column.cast(pa.string())
-    values = _filled(values, default)
+    if column is None:
+        values = constant(default, pa.string(), table.num_rows)
+    else:
+        values = _filled(column.cast(pa.string()), default)
     masks = []
     if allowed is not None:
         masks.append(pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=pa.array(allowed)))))
@@ -149,17 +185,30 @@ def ints(table: pa.Table, name: str, default: int | None, problems: Problems, lo
     """int64 values; null, NaN (pandas' missing int) and refused values become the default."""
     column = typed_column(table, name, "int", problems)
     if column is None or pa.types.is_null(column.type):
-        return _filled(pa.nulls(table.num_rows, pa.int64()), default)
+        return constant(default, pa.int64(), table.num_rows)
     high = INT64_MAX if high is None else min(high, INT64_MAX)  # the output is int64
+    present = pc.is_valid(column)
     if pa.types.is_floating(column.type):
         x = column.cast(pa.float64())
         values, usable = _whole_floats(x, low, high)
-        bad = pc.and_not(pc.invert(pc.is_nan(x)), usable)
+        present = pc.and_not(present, pc.is_nan(x))
     else:
         values, usable = _whole_ints(column, low, high)
-        bad = pc.invert(usable)
+    usable = pc.fill_null(usable, False)
+    bad = pc.and_not(present, usable)
     problems.add_rows(name, rows_where(bad), lambda n: int_problem(column[n].as_py(), low, high, fix))
-    return _filled(pc.if_else(usable, values, pa.scalar(None, pa.int64())), default)
+    kept = pc.if_else(usable, values, pa.scalar(None, pa.int64()))
+    return _zeros_under_nulls(kept) if default is None else pc.fill_null(kept, default)
+
+
+def _zeros_under_nulls(values: Column) -> pa.Array:
+    """The run fingerprint hashes the bytes under null slots too: make them zeros, as pa.array writes."""
+    values = one_chunk(values)
+    if not values.null_count:
+        return values
+    valid, filled = pc.is_valid(values), pc.fill_null(values, 0)
+    return pa.Array.from_buffers(pa.int64(), len(values), [valid.buffers()[1], filled.buffers()[1]],
+                                 values.null_count)
 
 
 def _whole_ints(column: pa.ChunkedArray, low: int | None, high: int) -> tuple[Column, Column]:
@@ -201,27 +250,24 @@ def int_problem(value, low: int | None, high: int | None, fix: str) -> str | Non
     return None
 
 
-def seeds(table: pa.Table, ids: Column, job_seed: int, problems: Problems) -> Column:
+def seeds(table: pa.Table, ids: Column, job_seed: int, problems: Problems,
+          workers: Executor | None = None) -> Column:
     values = ints(table, "seed", None, problems, low=0, high=INT64_MAX,
                   fix="use an integer in [0, 2**63) or null to derive one")
     missing = pc.is_null(values)
     rows = pc.indices_nonzero(missing)
     if len(rows) == table.num_rows:
-        return derive_seeds(job_seed, ids)
+        return derive_seeds(job_seed, ids, workers)
     if not len(rows):
         return values
-    derived = derive_seeds(job_seed, pc.take(ids, rows))
-    return pc.replace_with_mask(_one_chunk(values), _one_chunk(missing), derived)
-
-
-def _one_chunk(values: Column) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    derived = derive_seeds(job_seed, pc.take(ids, rows), workers)
+    return pc.replace_with_mask(one_chunk(values), one_chunk(missing), derived)
 
 
 def floats(table: pa.Table, name: str, default: float, problems: Problems) -> Column:
     column = typed_column(table, name, "float", problems)
     if column is None or pa.types.is_null(column.type):
-        return pc.fill_null(pa.nulls(table.num_rows, pa.float64()), float(default))
+        return constant(float(default), pa.float64(), table.num_rows)
     x = column.cast(pa.float64(), safe=False)
     negative = pc.less(x, 0.0)
     problems.add_rows(name, rows_where(negative),
@@ -238,5 +284,6 @@ def sizes(table: pa.Table, name: str, default: int | None, problems: Problems) -
         value = values[n].as_py()
         return f"{value} is not a multiple of 8; use {value - value % 8} or {value - value % 8 + 8}"
 
-    problems.add_rows(name, rows_where(pc.not_equal(pc.bit_wise_and(values, 7), 0)), message)
+    if values.null_count < len(values):
+        problems.add_rows(name, rows_where(pc.not_equal(pc.bit_wise_and(values, 7), 0)), message)
     return values

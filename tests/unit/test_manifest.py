@@ -1,13 +1,25 @@
 """Manifest validation and normalization: every error names the column, the row and the fix."""
 
+import random
+
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from sdbatch.commits import RESULT_SCHEMA
 from sdbatch.errors import ManifestError
-from sdbatch.manifest import MANIFEST_COLUMNS, RESULT_COLUMNS, derive_seed, normalize, read_manifest
+from sdbatch.manifest import (
+    MANIFEST_COLUMNS,
+    MAX_LISTED_PROBLEMS,
+    RESULT_COLUMNS,
+    derive_seed,
+    duplicate_ids,
+    normalize,
+    read_manifest,
+)
+from sdbatch.schedulers import SCHEDULERS
 from sdbatch.settings import RowDefaults
+from sdbatch.variant_columns import LORA_TAG
 from tests.support.util import write_manifest
 
 DEFAULTS = RowDefaults(model="tiny:sd15", steps=5, width=64, height=64, seed=7)
@@ -118,3 +130,165 @@ def test_read_refuses_missing_and_non_parquet_files(tmp_path):
 def test_read_round_trips_a_written_manifest(tmp_path):
     path = write_manifest(tmp_path / "m.parquet", [{"prompt": "a"}, {"prompt": "b"}])
     assert read_manifest(str(path)).num_rows == 2
+
+
+def _table(rows):
+    """Every row with every key, so no column is lost to from_pylist reading the first row's keys only."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.Table.from_pylist([{key: row.get(key) for key in keys} for row in rows])
+
+
+MIXED = [
+    {"id": "r0", "prompt": "a", "vae": ""},
+    {"id": "r1", "prompt": "b", "steps": 0},
+    {"id": "r2", "prompt": None},
+    {"id": "r3", "prompt": "c", "steps": 12.5},
+    {"id": "r4", "prompt": "d", "width": 500},
+    {"id": "r5", "prompt": "e", "width": 9000, "seed": -1},
+    {"id": "r6", "prompt": "f <lora:nope:0.5>", "loras": [{"path": "/no/such.safetensors", "weight": 1.0}]},
+    {"id": "r7", "prompt": "fine  spacing", "guidance_scale": -1.0, "scheduler": "magic"},
+    {"id": "r8", "prompt": "g", "model": "https://u:p@h/m", "controlnet": "s3://b/cn",
+     "control_image": "https://h/i.png?sig=1"},
+    {"id": "r9", "prompt": "all good"},
+]
+SECRET = ("is a URL with a password, signature or token, which would be recorded in the output and in every image; "
+          "use an s3:// URI (credentials from the environment) or a URL that needs none")
+MIXED_PROBLEMS = [
+    "column 'prompt', row id 'r2' (row 2): is null; use '' for an unconditional image",
+    "column 'seed', row id 'r5' (row 5): -1 is out of range; use an integer in [0, 2**63) or null to derive one",
+    "column 'steps', row id 'r1' (row 1): 0 is out of range; use steps >= 1",
+    "column 'steps', row id 'r3' (row 3): 12.5 is not a whole number; use steps >= 1",
+    "column 'guidance_scale', row id 'r7' (row 7): -1.0 is negative; use a value >= 0 (e.g. 7.5)",
+    "column 'width', row id 'r5' (row 5): 9000 is out of range; use a multiple of 8 between 8 and 8192",
+    "column 'width', row id 'r4' (row 4): 500 is not a multiple of 8; use 496 or 504",
+    f"column 'scheduler', row id 'r7' (row 7): 'magic' is not known; use one of {', '.join(SCHEDULERS)}",
+    "column 'vae', row id 'r0' (row 0): is empty; name a vae or leave it null for the job's",
+    "column 'loras', row id 'r6' (row 6): LoRA file or folder /no/such.safetensors does not exist; fix the path",
+    "column 'prompt', row id 'r6' (row 6): LoRA 'nope' is a bare name; pass --lora-dir DIR (looked up as "
+    "DIR/nope.safetensors) or give a path",
+    f"column 'model', row id 'r8' (row 8): {SECRET}",
+    f"column 'controlnets', row id 'r8' (row 8): {SECRET}",
+]
+
+
+def _problems(info) -> list[str]:
+    return [line[len("  - "):] for line in str(info.value).splitlines()[1:] if line.startswith("  - ")]
+
+
+def test_good_and_bad_rows_mixed_give_every_problem_in_column_then_row_order(monkeypatch):
+    """Columns in the order normalize checks them, rows ascending within a column (sizes: range, then
+    multiples of 8), a row's LoRA list entries before its tags: what the row-by-row code reported."""
+    monkeypatch.setattr("sdbatch.manifest_problems.MAX_LISTED_PROBLEMS", 50)
+    with pytest.raises(ManifestError) as info:
+        normalize(_table(MIXED), RowDefaults(model="m"))
+    assert str(info.value).startswith("manifest has 13 problem(s) in 10 rows:\n")
+    assert _problems(info) == MIXED_PROBLEMS
+
+
+def test_the_listing_is_capped_but_the_count_is_exact():
+    with pytest.raises(ManifestError) as info:
+        normalize(_table(MIXED), RowDefaults(model="m"))
+    assert _problems(info) == MIXED_PROBLEMS[:MAX_LISTED_PROBLEMS]
+    assert str(info.value).endswith(f"... and {13 - MAX_LISTED_PROBLEMS} more problem(s)")
+    many = pa.table({"prompt": ["x"] * 50_000, "width": [500] * 25_000 + [64] * 24_999 + [7]})
+    with pytest.raises(ManifestError) as info:
+        normalize(many, DEFAULTS)
+    assert "manifest has 25001 problem(s) in 50000 rows" in str(info.value)
+    assert "row id '049999' (row 49999): 7 is out of range" in str(info.value)  # range first, then multiples of 8
+    assert "and 24991 more problem(s)" in str(info.value)
+
+
+def test_id_problems_name_the_first_valid_occurrence_of_a_duplicate():
+    table = pa.table({"id": ["b", "a/x", "a", "b", None, "a", "abc\n"], "prompt": ["p"] * 7})
+    with pytest.raises(ManifestError) as info:
+        normalize(table, DEFAULTS, first_row=10)
+    assert _problems(info) == [
+        "column 'id', row id 'a/x' (row 11): must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ (no '/', '..', "
+        "spaces); rename it",
+        "column 'id', row id 'b' (row 13): duplicates row 10; ids must be unique",
+        "column 'id', row 14: is null; give every row an id or drop the column",
+        "column 'id', row id 'a' (row 15): duplicates row 12; ids must be unique",
+    ]  # 'abc\n' passes, as Python's $ lets it
+    assert duplicate_ids(pa.array(["c", "a", None, "c", None])).to_pylist() == ["c"]
+    assert duplicate_ids(pa.chunked_array([["a", "b"], ["c", "d"]])).to_pylist() == []
+
+
+def test_integer_ids_become_their_decimal_text():
+    table = pa.table({"id": pa.array([3, 10, -0], pa.int64()), "prompt": ["a", "b", "c"]})
+    assert normalize(table, DEFAULTS).column("id").to_pylist() == ["3", "10", "0"]
+
+
+def test_a_chunk_normalized_alone_names_global_rows_and_gets_the_global_ids():
+    table = pa.table({"prompt": ["p"] * 10, "steps": [5] * 9 + [0]})
+    full = normalize(table.slice(0, 9), DEFAULTS, total_rows=2_000_000)
+    assert full.column("id")[0].as_py() == "0000000"  # seven digits: 1999999 needs them
+    chunk = normalize(table.slice(5, 4), DEFAULTS, first_row=5, total_rows=2_000_000)
+    assert chunk.equals(full.slice(5, 4))
+    assert chunk.column("seed")[0].as_py() == derive_seed(DEFAULTS.seed, "0000005")
+    with pytest.raises(ManifestError, match=r"row id '1000009' \(row 1000009\): 0 is out of range"):
+        normalize(table.slice(9), DEFAULTS, first_row=1_000_009, total_rows=2_000_000)
+    parts = [normalize(table.slice(start, 3), DEFAULTS, first_row=start, total_rows=9) for start in (0, 3, 6)]
+    assert pa.concat_tables(parts).equals(normalize(table.slice(0, 9), DEFAULTS))
+
+
+def test_derived_seeds_keep_their_exact_values():
+    """Reproducibility: a rerun or a resumed run must derive the very same seeds."""
+    assert derive_seed(7, "000000") == 2625611981871856392
+    assert derive_seed(0, "a") == 7606779636460171844
+    table = pa.table({"id": ["a", "r0000001"], "prompt": ["x", "y"]})
+    assert normalize(table, RowDefaults(seed=0)).column("seed")[0].as_py() == 7606779636460171844
+    assert normalize(table, RowDefaults(seed=123)).column("seed")[1].as_py() == 2017904775953190890
+
+
+def test_unsigned_seeds_and_sizes_beyond_int64_are_refused_not_crashed():
+    table = pa.table({"prompt": ["a", "b"], "steps": pa.array([2**64 - 1, 4], pa.uint64())})
+    with pytest.raises(ManifestError, match=r"18446744073709551615 is out of range; use steps >= 1"):
+        normalize(table, DEFAULTS)
+
+
+def _reference(rows: list[dict], defaults: RowDefaults, lora_dir) -> list[dict]:
+    """The row-by-row normalization, for manifests without problems."""
+    resolved = {}
+
+    def lora(name):
+        if name not in resolved:
+            resolved[name] = name if "/" in name else str((lora_dir / f"{name}.safetensors").resolve())
+        return resolved[name]
+
+    out = []
+    for row in rows:
+        tags = [(m.group(1).strip(), m.group(2)) for m in LORA_TAG.finditer(row["prompt"])]
+        loras = [{"path": lora(e["path"]), "weight": 1.0 if e["weight"] is None else e["weight"]}
+                 for e in row["loras"] or []]
+        loras += [{"path": lora(name), "weight": float(w) if w else 1.0} for name, w in tags]
+        guidance = row["guidance_scale"]
+        out.append({
+            "id": row["id"], "prompt": " ".join(LORA_TAG.sub(" ", row["prompt"]).split()),
+            "negative_prompt": defaults.negative_prompt,
+            "seed": derive_seed(defaults.seed, row["id"]) if row["seed"] is None else row["seed"],
+            "steps": defaults.steps if row["steps"] is None else row["steps"],
+            "guidance_scale": defaults.guidance_scale if guidance is None or guidance != guidance else guidance,
+            "width": defaults.width if row["width"] is None else row["width"], "height": defaults.height,
+            "scheduler": row["scheduler"] or defaults.scheduler, "model": row["model"] or defaults.model,
+            "vae": defaults.vae, "loras": loras, "controlnets": [], "animal": row["animal"]})
+    return out
+
+
+def test_a_large_manifest_normalizes_as_row_by_row_code_would(tmp_path):
+    (tmp_path / "style.safetensors").write_bytes(b"x")
+    rng = random.Random(0)
+    n = 200_000
+    order = list(range(n))
+    rng.shuffle(order)  # unordered ids: the uniqueness check cannot take its shortcut
+    prompts = ["a cat", " a  cat ", "\tleading tab", "no\xa0break", "x <lora:style:0.5> y", "<lora:style>", "",
+               "plain words here", "two\u3000words", "a <lora:someone/lora:0.3>"]
+    rows = [{"id": f"r{p:06d}", "prompt": rng.choice(prompts),
+             "seed": rng.choice([None, rng.randrange(2**63)]), "steps": rng.choice([None, 1, 20, 50]),
+             "guidance_scale": rng.choice([None, float("nan"), 0.0, 7.5]), "width": rng.choice([None, 8, 512, 8192]),
+             "scheduler": rng.choice([None, "euler", "ddim"]), "model": rng.choice([None, "m1", "m2"]),
+             "loras": rng.choice([None, [], [{"path": "style", "weight": None}], [{"path": "o/l", "weight": 0.5}]]),
+             "animal": rng.choice([None, "cat", "dog"])} for p in order]
+    table = pa.Table.from_pylist(rows)
+    table = pa.concat_tables([table.slice(0, 70_000), table.slice(70_000, 1), table.slice(70_001)])  # chunked
+    defaults = RowDefaults(model="m0", steps=9, width=64, seed=3, lora_dir=str(tmp_path))
+    assert normalize(table, defaults).to_pylist() == _reference(rows, defaults, tmp_path)

@@ -1,5 +1,8 @@
 """Per-row LoRAs and ControlNets in the manifest: tags, list columns, lookups and early refusals."""
 
+from collections import Counter
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
@@ -7,6 +10,7 @@ from sdbatch.errors import ManifestError
 from sdbatch.manifest import normalize
 from sdbatch.plan import plan_shards
 from sdbatch.settings import RowDefaults
+from sdbatch.variant_columns import OTHER_WHITESPACE, Resolver
 
 
 @pytest.fixture
@@ -94,5 +98,72 @@ def test_variants_split_on_lora_weight_and_controlnet_model_but_not_on_the_image
     rows = [{"id": f"r{i}", "prompt": f"p{i}", "loras": [{"path": "style", "weight": w}],
              "controlnets": [{"model": cn, "image": str(img), "scale": 1.0}]}
             for i, (w, img) in enumerate([(0.5, assets["image"]), (0.5, image2), (0.8, assets["image"])])]
-    plan = plan_shards(_norm(rows, assets), 10)
-    assert sorted(len(s.rows) for s in plan.shards) == [1, 2]
+    plan, _ = plan_shards(_norm(rows, assets), 10)
+    assert sorted(s.size for s in plan.shards) == [1, 2]
+
+
+def test_the_whitespace_the_prompt_check_knows_is_what_str_split_splits_on():
+    every = {chr(c) for c in range(0x110000) if chr(c).isspace()}
+    assert set(OTHER_WHITESPACE) | {" "} == every
+
+
+def test_a_rows_list_entries_are_reported_before_its_tags_and_rows_in_order(assets):
+    rows = [{"id": "a", "prompt": "ok <lora:style>", "loras": [{"path": "ink", "weight": 0.5}]},
+            {"id": "b", "prompt": "x <lora:gone:1> <lora:style:lots>", "loras": [{"path": "", "weight": 1.0},
+                                                                                 {"path": "ink", "weight": None}]},
+            {"id": "c", "prompt": "fine", "loras": [{"path": "missing", "weight": 1.0}]},
+            {"id": "d", "prompt": "fine", "loras": None}]
+    with pytest.raises(ManifestError) as info:
+        _norm(rows, assets)
+    lines = str(info.value).splitlines()[1:]
+    root = assets["loras"]
+    assert lines == [
+        "  - column 'loras', row id 'b' (row 1): each entry needs a 'path' (and optionally a 'weight')",
+        f"  - column 'prompt', row id 'b' (row 1): LoRA 'gone' is not in --lora-dir {root} (looked for "
+        f"{root / 'gone'}.safetensors); fix the name",
+        "  - column 'prompt', row id 'b' (row 1): <lora:style:lots> has a weight that is not a number; write e.g. "
+        "<lora:style:0.8>",
+        f"  - column 'loras', row id 'c' (row 2): LoRA 'missing' is not in --lora-dir {root} (looked for "
+        f"{root / 'missing'}.safetensors); fix the name",
+    ]
+
+
+def test_many_rows_sharing_references_resolve_each_once_and_keep_their_lists(assets, monkeypatch):
+    calls = Counter()
+    for method in ("_resolve_lora", "controlnet", "image"):
+        original = getattr(Resolver, method)
+
+        def counted(self, reference, _original=original, _method=method):
+            calls[_method, reference] += 1
+            return _original(self, reference)
+
+        monkeypatch.setattr(Resolver, method, counted)
+    image2 = assets["root"] / "edge2.png"
+    image2.write_bytes(b"png2")
+    cn, images = str(assets["cn"]), [str(assets["image"]), str(image2)]
+    rows = [{"id": f"r{i}", "prompt": "p  q" if i % 3 else "p <lora:ink:0.2>",
+             "loras": [{"path": "style", "weight": i % 2}] * (i % 3),
+             "controlnets": [{"model": cn, "image": images[i % 2], "scale": None}] if i % 4 else None}
+            for i in range(3000)]
+    table = pa.Table.from_pylist(rows)
+    out = normalize(pa.concat_tables([table.slice(0, 1000), table.slice(1000)]),
+                    RowDefaults(model="m", lora_dir=str(assets["loras"])))
+    assert max(calls.values()) == 1
+    style, ink = (str((assets["loras"] / f"{n}.safetensors").resolve()) for n in ("style", "ink"))
+    loras, nets = out.column("loras").to_pylist(), out.column("controlnets").to_pylist()
+    for i in (0, 1, 2, 3, 2998, 2999):
+        listed = [{"path": style, "weight": float(i % 2)}] * (i % 3)
+        assert loras[i] == (listed if i % 3 else [{"path": ink, "weight": 0.2}])
+        assert out.column("prompt")[i].as_py() == ("p q" if i % 3 else "p")
+        image = str(Path(images[i % 2]).resolve())
+        assert nets[i] == ([{"model": str(assets["cn"].resolve()), "image": image, "scale": 1.0}] if i % 4 else [])
+
+
+def test_simple_controlnet_columns_of_any_shape_keep_row_by_row_results(assets):
+    rows = [{"id": f"r{i}", "prompt": "x", "controlnet": [None, "", str(assets["cn"])][i % 3],
+             "control_image": str(assets["image"])} for i in range(7)]
+    nets = _norm(rows, assets).column("controlnets").to_pylist()
+    assert [len(n) for n in nets] == [0, 0, 1, 0, 0, 1, 0]
+    rows[5]["control_image"] = None
+    with pytest.raises(ManifestError, match=r"row id 'r5' \(row 5\): each ControlNet needs a 'model' and an 'image'"):
+        _norm(rows, assets)
