@@ -43,9 +43,11 @@ def write_manifest(path: str, rows: int) -> None:
 
 
 def child(code: str, *args: str) -> dict:
-    """Run a measurement in a fresh interpreter; it prints one JSON line, to which its peak RSS is added."""
-    program = (f"import json, resource, sys, time\nsys.path.insert(0, {ROOT!r})\n{code}\n"
-               "out['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)\n"
+    """Run a measurement in a fresh interpreter; it prints one JSON line, to which its peak RSS is added
+    (VmHWM: ru_maxrss would carry over this process's own peak through fork and exec)."""
+    program = (f"import json, sys, time\nsys.path.insert(0, {ROOT!r})\n{code}\n"
+               "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+               "out['peak_rss_mb'] = round(int(hwm) / 1024, 1)\n"
                "print(json.dumps(out))")
     done = subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
@@ -60,13 +62,27 @@ t0 = time.perf_counter(); table = pq.read_table(sys.argv[1]); out = {'seconds': 
 
 PREPARE = """
 from sdbatch.driver import SubmitRequest, prepare
-from sdbatch.plan import shard_rows
+from sdbatch.planning import PlannedRows
 from sdbatch.spec import load_spec
 t0 = time.perf_counter()
 spec = load_spec(None, {'defaults.model': 'tiny:sd15'})
 prepared = prepare(SubmitRequest(sys.argv[1], sys.argv[2], spec))
-first = shard_rows(prepared.manifest, prepared.plan.shards[0])  # what the first dispatch cuts
+first = PlannedRows(prepared.planned.planned).rows(prepared.plan.shards[0])  # what the first dispatch reads
+prepared.close()
 out = {'seconds': time.perf_counter() - t0, 'shards': len(prepared.plan.shards), 'first_rows': len(first)}
+"""
+
+
+PLAN = """
+import tempfile
+from sdbatch.estimate import Rates, estimate
+from sdbatch.planning import plan_manifest
+from sdbatch.settings import RowDefaults
+t0 = time.perf_counter()
+with tempfile.TemporaryDirectory() as workdir:
+    plan = plan_manifest(sys.argv[1], RowDefaults(model='tiny:sd15'), 32, workdir, write=False).plan
+result = estimate(plan, 8, Rates(3.0, 2.5, 0.0), True, 2)
+out = {'seconds': time.perf_counter() - t0, 'shards': result.shards}
 """
 
 
@@ -77,9 +93,11 @@ def bench_prepare(rows: int, tmp: str) -> dict:
     print(f"  wrote {rows:,} rows in {time.perf_counter() - started:.1f} s ({os.path.getsize(path) >> 20} MiB)")
     read = child(READ, path)
     prep = child(PREPARE, path, os.path.join(tmp, f"out-{rows}"))
+    plan = child(PLAN, path)
     return {"rows": rows, "read_s": read["seconds"], "read_rss_mb": read["peak_rss_mb"],
             "prepare_s": prep["seconds"], "prepare_rss_mb": prep["peak_rss_mb"], "shards": prep["shards"],
-            "ratio": prep["seconds"] / read["seconds"]}
+            "ratio": prep["seconds"] / read["seconds"], "plan_s": plan["seconds"], "plan_rss_mb": plan["peak_rss_mb"],
+            "plan_ratio": plan["seconds"] / read["seconds"]}
 
 
 COMMIT = """
@@ -166,9 +184,11 @@ def main() -> None:
         if "prepare" not in args.skip:
             for rows in args.rows or [1_000_000]:
                 r = bench_prepare(rows, tmp)
-                print(f"prepare {rows:,} rows: {r['prepare_s']:.1f} s, peak {r['prepare_rss_mb']:.0f} MB, "
-                      f"{r['shards']:,} shards; bare read_table {r['read_s']:.2f} s, peak {r['read_rss_mb']:.0f} MB; "
-                      f"ratio {r['ratio']:.1f}x")
+                print(f"{rows:,} rows: bare read_table {r['read_s']:.2f} s, peak {r['read_rss_mb']:.0f} MB; "
+                      f"submit's prepare {r['prepare_s']:.1f} s ({r['ratio']:.1f}x), "
+                      f"peak {r['prepare_rss_mb']:.0f} MB, "
+                      f"{r['shards']:,} shards; sdbatch plan {r['plan_s']:.1f} s ({r['plan_ratio']:.1f}x), "
+                      f"peak {r['plan_rss_mb']:.0f} MB")
         if "commits" not in args.skip:
             r = bench_commits(os.path.join(tmp, "commits"), args.local_shards, 32)
             print(f"commits to a folder, {r['shards']:,} shards: first 1,000 {r['first_ms']:.2f} ms/shard, "

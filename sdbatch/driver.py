@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +13,7 @@ import pyarrow.compute as pc
 
 from sdbatch.commits import MARKER_SCHEMA, MarkerIndex, read_markers
 from sdbatch.errors import ManifestError, UsageError
-from sdbatch.manifest import check_local_references, normalize, read_manifest
+from sdbatch.manifest import check_local_references
 from sdbatch.output import (
     RunIdentity,
     claim_output,
@@ -19,10 +21,10 @@ from sdbatch.output import (
     job_document,
     new_attempt_id,
     run_counts,
-    table_fingerprint,
     write_success,
 )
-from sdbatch.plan import Plan, Shard, plan_shards, shard_rows
+from sdbatch.plan import Plan, Shard
+from sdbatch.planning import PlannedManifest, PlannedRows, plan_manifest
 from sdbatch.results import COMPACTED_KEY, compact, open_results
 from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec
@@ -47,12 +49,26 @@ class SubmitRequest:
 
 @dataclass(frozen=True)
 class PreparedRun:
+    """A checked and planned run; its working folder (the planned manifest) goes with close()."""
+
     request: SubmitRequest
-    source: pa.Table  # the manifest as read, for a driver that will normalize it again on the cluster
-    manifest: pa.Table  # normalized, with the shard of each row
-    plan: Plan
+    planned: PlannedManifest
     store: Store
     job_doc: dict
+    workdir: str
+
+    @property
+    def plan(self) -> Plan:
+        return self.planned.plan
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> PreparedRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @dataclass
@@ -73,23 +89,29 @@ class RunSummary:
 
 
 def prepare(request: SubmitRequest) -> PreparedRun:
-    """Validate the manifest and the store and plan the run; writes nothing."""
+    """Validate the manifest and the store and plan the run, a chunk of the manifest at a time; writes
+    nothing to the output (the planned manifest goes to a local working folder)."""
     _check_remote_output(request)
-    table = read_manifest(request.manifest, request.s3)
-    if table.num_rows == 0:
-        raise ManifestError(f"manifest {request.manifest} has no rows; add at least one prompt")
-    normalized = normalize(table, request.spec.defaults)
+    spec = request.spec
+    workdir = tempfile.mkdtemp(prefix="sdbatch-run-")
+    try:
+        planned = plan_manifest(request.manifest, spec.defaults, spec.output.shard_size, workdir, request.s3,
+                                check=lambda chunk, first_row: _check_chunk(request, chunk, first_row))
+        identity = RunIdentity(planned.fingerprint, spec.identity())
+        job_doc = job_document(spec, identity, request.manifest, planned.plan.rows_total, len(planned.plan.shards))
+        store = open_store(request.output, request.s3)
+        store.check_writable()
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return PreparedRun(request, planned, store, job_doc, workdir)
+
+
+def _check_chunk(request: SubmitRequest, chunk: pa.Table, first_row: int) -> None:
     if request.address is None:
-        check_local_references(normalized)  # the actors share this machine's disk
+        check_local_references(chunk)  # the actors share this machine's disk
     if request.spec.output.layout == "webdataset":
-        _check_webdataset_ids(normalized)
-    plan = plan_shards(normalized, request.spec.output.shard_size)
-    with_shards = normalized.append_column("shard", pa.array(plan.shard_of_rows(), pa.string()))
-    identity = RunIdentity(table_fingerprint(normalized), request.spec.identity())
-    job_doc = job_document(request.spec, identity, request.manifest, normalized.num_rows, len(plan.shards))
-    store = open_store(request.output, request.s3)
-    store.check_writable()
-    return PreparedRun(request, table, with_shards, plan, store, job_doc)
+        _check_webdataset_ids(chunk, first_row)
 
 
 def is_jobs_address(address: str | None) -> bool:
@@ -104,13 +126,14 @@ def _check_remote_output(request: SubmitRequest) -> None:
                          "use --output s3://bucket/prefix")
 
 
-def _check_webdataset_ids(table: pa.Table) -> None:
+def _check_webdataset_ids(table: pa.Table, first_row: int) -> None:
     # WebDataset loaders group a tar's members into samples by the name before the first dot.
-    for n, row_id in enumerate(table.column("id").to_pylist()):
-        if "." in row_id:
-            raise ManifestError(f"column 'id', row id {row_id!r} (row {n}): contains '.', which data loaders "
-                                "read as the start of a file extension in the webdataset layout; use ids "
-                                "without '.' (e.g. replace it with '_') or --layout files")
+    dotted = pc.indices_nonzero(pc.match_substring(table.column("id"), ".")).to_pylist()
+    if dotted:
+        row_id = table.column("id")[dotted[0]].as_py()
+        raise ManifestError(f"column 'id', row id {row_id!r} (row {first_row + dotted[0]}): contains '.', which data "
+                            "loaders read as the start of a file extension in the webdataset layout; use ids "
+                            "without '.' (e.g. replace it with '_') or --layout files")
 
 
 def execute(prepared: PreparedRun, events_factory) -> RunSummary:
@@ -129,7 +152,7 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     rows_done = pc.sum(done.column("rows")).as_py() or 0
 
     def claim() -> None:
-        claim_output(store, prepared.job_doc, prepared.manifest)
+        claim_output(store, prepared.job_doc, prepared.planned.planned)
 
     if not pending:
         claim()
@@ -147,17 +170,17 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
 
 def _run_stats(report, actors: int) -> dict[str, Any]:
     """What this invocation did; report is the engine's DispatchReport, or None if nothing was pending."""
-    results = list(report.results.values()) if report else []
     per_actor = {
         "model": dict(report.model_loads) if report else {},
         "lora": dict(report.lora_loads) if report else {},
         "controlnet": dict(report.controlnet_loads) if report else {},
     }
     return {
-        "shards_rendered": len(results), "actors": actors, "actors_lost": report.actors_lost if report else 0,
-        "rows_rendered": sum(r.rendered for r in results), "rows_adopted": sum(r.adopted for r in results),
+        "shards_rendered": len(report.done) if report else 0, "actors": actors,
+        "actors_lost": report.actors_lost if report else 0,
+        "rows_rendered": report.rows_rendered if report else 0, "rows_adopted": report.rows_adopted if report else 0,
         "render_seconds": round(report.render_finished - report.render_started, 3) if report else 0.0,
-        "pipeline_seconds": round(sum(r.pipeline_seconds for r in results), 3),
+        "pipeline_seconds": round(report.pipeline_seconds, 3) if report else 0.0,
         "lora_loads": sum(per_actor["lora"].values()), "controlnet_loads": sum(per_actor["controlnet"].values()),
         "model_loads": sum(per_actor["model"].values()), "loads_per_actor": per_actor,
     }
@@ -167,9 +190,10 @@ def _render(prepared: PreparedRun, pending: list[Shard], events, on_ready):
     from sdbatch.engine import cluster  # Ray is imported only once there is work for it
 
     spec = prepared.request.spec
+    planned = PlannedRows(prepared.planned.planned)
 
     def make_task(shard: Shard) -> ShardTask:
-        rows = tuple(shard_rows(prepared.manifest, shard))
+        rows = tuple(planned.rows(shard))
         return ShardTask(shard.shard_id, new_attempt_id(), rows, spec.output.format, spec.output.quality,
                          spec.output.layout)
 
@@ -222,18 +246,13 @@ def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str
 
 def submit_to_cluster(prepared: PreparedRun):
     """Hand the run to the cluster's Jobs API (its driver runs there); returns the RemoteJob."""
-    import io
     import json
-
-    import pyarrow.parquet as pq
 
     from sdbatch.engine import jobs
 
     existing_run(prepared.store, prepared.job_doc)  # a different run in this output: refuse before submitting
-    sink = io.BytesIO()
-    pq.write_table(prepared.source, sink)
     spec_json = json.dumps(prepared.request.spec.to_dict(), sort_keys=True)
     request = prepared.request
     endpoint = request.s3.endpoint_url if request.cluster_s3_endpoint is None else request.cluster_s3_endpoint
     return jobs.submit(prepared.store, request.address, prepared.job_doc["run_fingerprint"],
-                       sink.getvalue(), spec_json, endpoint or None)
+                       prepared.planned.source, spec_json, endpoint or None)

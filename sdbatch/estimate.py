@@ -93,7 +93,7 @@ def _cost(actor: _Actor, shard: Shard, loads: collections.Counter, seconds_per_r
         loads["controlnet"] += len(variant.controlnets)
         stall = (len(variant.loras) + len(variant.controlnets)) * load_seconds
     remember(actor.held, variant)
-    return len(shard.rows) * seconds_per_row + stall
+    return shard.size * seconds_per_row + stall
 
 
 @dataclass(frozen=True)

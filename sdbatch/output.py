@@ -10,11 +10,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.commits import json_bytes, parquet_bytes, read_markers
+from sdbatch.commits import json_bytes, read_markers
 from sdbatch.errors import ObjectNotFound, RunMismatch
+from sdbatch.plan import PLAN_CHUNK_ROWS
 from sdbatch.spec import JobSpec, fingerprint
 from sdbatch.store.base import PutResult, Store
 from sdbatch.version import __version__
@@ -23,9 +25,6 @@ JOB_KEY = "job.json"
 MANIFEST_KEY = "manifest.parquet"
 SUCCESS_KEY = "_SUCCESS.json"
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-# Rows per record batch the fingerprint hashes: fixed, so the fingerprint does not depend on how the
-# table happens to be chunked in memory.
-FINGERPRINT_BATCH_ROWS = 1 << 20
 
 
 def image_key(shard_id: str, row_id: str, image_format: str) -> str:
@@ -37,13 +36,36 @@ def new_attempt_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def table_fingerprint(table: pa.Table) -> str:
-    """SHA-256 of the table as an Arrow IPC stream, hashed as it is written rather than held in memory."""
-    digest = _HashSink()
-    with pa.ipc.new_stream(pa.PythonFile(digest, mode="w"), table.schema) as writer:
-        for start in range(0, table.num_rows, FINGERPRINT_BATCH_ROWS):
-            writer.write_table(table.slice(start, FINGERPRINT_BATCH_ROWS).combine_chunks())
-    return digest.sha.hexdigest()
+def table_fingerprint(table: pa.Table, chunk_rows: int = PLAN_CHUNK_ROWS) -> str:
+    """The fingerprint of a normalized manifest held in memory (ManifestDigest's, chunk by chunk)."""
+    digest = ManifestDigest()
+    for start in range(0, table.num_rows, chunk_rows):
+        digest.add(table.slice(start, chunk_rows))
+    return digest.hexdigest()
+
+
+class ManifestDigest:
+    """SHA-256 of the normalized manifest as an Arrow IPC stream of one record batch per plan chunk,
+    hashed as it is written: the fingerprint never needs the manifest whole."""
+
+    def __init__(self) -> None:
+        self.sink = _HashSink()
+        self.writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def add(self, chunk: pa.Table) -> None:
+        if self.writer is None:
+            self.schema = chunk.schema
+            self.writer = pa.ipc.new_stream(pa.PythonFile(self.sink, mode="w"), chunk.schema)
+        # A take copies every column into fresh buffers: the same rows hash the same however they were read
+        # (sliced buffers, validity bitmaps without nulls).
+        fresh = chunk.cast(self.schema).take(pa.array(np.arange(chunk.num_rows)))
+        self.writer.write_table(fresh.combine_chunks())
+
+    def hexdigest(self) -> str:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        return self.sink.sha.hexdigest()
 
 
 class _HashSink(io.RawIOBase):
@@ -93,12 +115,14 @@ def existing_run(store: Store, job_doc: dict) -> bool:
     return True
 
 
-def claim_output(store: Store, job_doc: dict, manifest_with_shards: pa.Table) -> None:
-    """Create job.json and the manifest copy, or check that a racing driver created the same run."""
+def claim_output(store: Store, job_doc: dict, planned_path: str) -> None:
+    """Create job.json, or check that a racing driver created the same run; then copy the planned manifest
+    (streamed) unless a copy is there. Its bytes depend on the pyarrow version; its content is pinned by
+    job.json, so any copy of this run's is as good as ours."""
     if store.put_once(JOB_KEY, json_bytes(job_doc)) is not PutResult.CREATED:
         existing_run(store, job_doc)
-    # The manifest's bytes depend on the pyarrow version; its content is pinned by job.json.
-    store.put_once(MANIFEST_KEY, parquet_bytes(manifest_with_shards))
+    if not store.exists(MANIFEST_KEY):
+        store.upload(planned_path, MANIFEST_KEY)
 
 
 def _mismatch_message(store: Store, existing: dict, job_doc: dict) -> str:

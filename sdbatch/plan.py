@@ -1,15 +1,25 @@
-"""Planning, pure and deterministic: normalized manifest -> variant groups -> shards."""
+"""Planning, pure and deterministic: normalized manifest chunks -> variant groups -> shards, rows in shard order."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Rows that agree on these can share one pipeline call (prompts, negatives, seeds and control images
 # may differ); for ControlNets only the model and scale count, each row brings its own image.
 VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale", "loras", "controlnets", "vae")
+# Rows planned together: variant groups and their shards are cut inside each chunk of this many manifest
+# rows, so planning holds one chunk at a time. The run fingerprint hashes the manifest chunk by chunk too:
+# a change here changes it, and a resume across the change is refused rather than planned differently.
+PLAN_CHUNK_ROWS = 1 << 18
+_SEPARATOR = "\x1f"
+# What of a row's list entries makes its variant (a ControlNet's image does not: each row brings its own).
+_LIST_FIELDS = {"loras": ("path", "weight"), "controlnets": ("model", "scale")}
 
 
 @dataclass(frozen=True)
@@ -41,11 +51,12 @@ def variant_of(row: dict[str, Any]) -> Variant:
                    tuple((x["model"], x["scale"]) for x in row.get("controlnets") or ()), row.get("vae"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Shard:
     shard_id: str
     variant: Variant
-    rows: tuple[int, ...]  # positions in the normalized manifest, in manifest order
+    start: int  # its first row in the planned manifest, whose rows are in shard order
+    size: int  # rows
 
 
 @dataclass(frozen=True)
@@ -56,41 +67,85 @@ class Plan:
     def variants(self) -> dict[Variant, int]:
         counts: dict[Variant, int] = {}
         for shard in self.shards:
-            counts[shard.variant] = counts.get(shard.variant, 0) + len(shard.rows)
+            counts[shard.variant] = counts.get(shard.variant, 0) + shard.size
         return counts
 
-    def shard_of_rows(self) -> list[str]:
-        out = [""] * self.rows_total
-        for shard in self.shards:
-            for row in shard.rows:
-                out[row] = shard.shard_id
-        return out
+
+class Planner:
+    """Chunks of a normalized manifest in, in order; each comes back as its rows in shard order with a
+    `shard` column, and `plan()` holds one small record per shard. Shards are cut inside each chunk's
+    variant groups (groups in order of first appearance); ids count up across chunks."""
+
+    def __init__(self, shard_size: int) -> None:
+        if shard_size < 1:
+            raise ValueError("shard_size must be at least 1")
+        self.shard_size = shard_size
+        self.shards: list[Shard] = []
+        self.rows = 0
+        self._variants: dict[str, Variant] = {}  # one object per variant, shared by its shards
+
+    def add(self, chunk: pa.Table) -> pa.Table:
+        encoded = pc.dictionary_encode(variant_keys(chunk)).combine_chunks()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        order = np.argsort(codes, kind="stable")  # by group, manifest order inside each
+        sizes = np.bincount(codes, minlength=len(encoded.dictionary))
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        first_rows = chunk.select(_variant_columns(chunk)).take(pa.array(order[starts])).to_pylist()
+        ids, shard_sizes = [], []
+        for key, first, start, size in zip(encoded.dictionary.to_pylist(), first_rows, starts, sizes):
+            variant = self._variants.setdefault(key, variant_of(first))
+            for offset in range(0, int(size), self.shard_size):
+                shard = Shard(f"{len(self.shards):06d}", variant, self.rows + int(start) + offset,
+                              min(self.shard_size, int(size) - offset))
+                self.shards.append(shard)
+                ids.append(shard.shard_id)
+                shard_sizes.append(shard.size)
+        self.rows += chunk.num_rows
+        column = pa.array(np.repeat(np.array(ids, dtype=object), shard_sizes), pa.string())
+        return chunk.take(pa.array(order)).append_column("shard", column)
+
+    def plan(self) -> Plan:
+        return Plan(tuple(self.shards), self.rows)
 
 
-def variant_groups(table: pa.Table) -> dict[Variant, list[int]]:
-    """Row positions grouped by variant, groups in order of first appearance."""
-    groups: dict[Variant, list[int]] = {}
-    # A table may lack a variant column (a manifest normalized by an earlier sdbatch version): row.get covers it.
-    columns = [name for name in VARIANT_COLUMNS if name in table.column_names]
-    for position, row in enumerate(table.select(columns).to_pylist()):
-        groups.setdefault(variant_of(row), []).append(position)
-    return groups
+def variant_keys(table: pa.Table) -> pa.Array:
+    """One string per row, equal for rows of the same variant: Arrow does the scalar columns; only rows
+    that have LoRAs or ControlNets are written out one by one."""
+    parts = []
+    for name in _variant_columns(table):
+        column = table.column(name)
+        if name in _LIST_FIELDS:
+            parts.append(_list_keys(column, _LIST_FIELDS[name]))
+        else:
+            parts.append(pc.cast(column, pa.string()))
+    return pc.binary_join_element_wise(*parts, _SEPARATOR, null_handling="replace", null_replacement="\x00")
 
 
-def plan_shards(table: pa.Table, shard_size: int) -> Plan:
-    """Cut shards of at most shard_size rows inside each variant group; ids are global and stable."""
-    if shard_size < 1:
-        raise ValueError("shard_size must be at least 1")
-    shards: list[Shard] = []
-    for variant, positions in variant_groups(table).items():
-        for start in range(0, len(positions), shard_size):
-            chunk = tuple(positions[start:start + shard_size])
-            shards.append(Shard(f"{len(shards):06d}", variant, chunk))
-    return Plan(tuple(shards), table.num_rows)
+def _list_keys(column: pa.ChunkedArray, fields: tuple[str, str]) -> pa.Array:
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+    keys = np.full(len(column), "", dtype=object)
+    listed = np.flatnonzero(lengths)
+    if len(listed):
+        values = column.take(pa.array(listed)).to_pylist()
+        keys[listed] = [json.dumps([[entry[f] for f in fields] for entry in value]) for value in values]
+    return pa.array(keys, pa.string())
 
 
-def shard_rows(table: pa.Table, shard: Shard) -> list[dict[str, Any]]:
-    """A shard's rows as small dicts to send to an actor: what it renders, plus the labels, which
-    go into per-image records (the webdataset layout's {id}.json)."""
-    columns = [name for name in table.column_names if name != "shard"]
-    return table.select(columns).take(pa.array(shard.rows, pa.int64())).to_pylist()
+def _variant_columns(table: pa.Table) -> list[str]:
+    # A table may lack a variant column (a manifest normalized by an earlier sdbatch version).
+    return [name for name in VARIANT_COLUMNS if name in table.column_names]
+
+
+def plan_shards(table: pa.Table, shard_size: int, chunk_rows: int = PLAN_CHUNK_ROWS) -> tuple[Plan, pa.Table]:
+    """The plan of a normalized manifest held in memory, and its rows in shard order (with `shard`)."""
+    planner = Planner(shard_size)
+    planned = [planner.add(table.slice(start, chunk_rows)) for start in range(0, table.num_rows, chunk_rows)]
+    schema = table.schema.append(pa.field("shard", pa.string()))
+    return planner.plan(), pa.concat_tables(planned) if planned else schema.empty_table()
+
+
+def shard_rows(planned: pa.Table, shard: Shard) -> list[dict[str, Any]]:
+    """A shard's rows of the planned manifest as small dicts to send to an actor: what it renders, plus
+    the labels, which go into per-image records (the webdataset layout's {id}.json)."""
+    rows = planned.slice(shard.start, shard.size)
+    return rows.drop_columns(["shard"]).to_pylist() if "shard" in rows.column_names else rows.to_pylist()

@@ -18,11 +18,13 @@ def driver_cpu_per_shard(shards: int, actors: int, sleep_s: float, in_flight: in
                          shard_size: int, seed: int, wait_refs: int) -> dict:
     """The real Dispatcher feeding sleep-actors on a private local Ray; driver CPU per dispatched shard."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
     import ray
 
     from sdbatch.engine.dispatch import Dispatcher
     from sdbatch.output import new_attempt_id
-    from sdbatch.plan import plan_shards, shard_rows
+    from sdbatch.plan import plan_shards
+    from sdbatch.planning import ROW_GROUP_ROWS, PlannedRows
     from sdbatch.tasks import ShardResult, ShardTask
     from sdbatch.variant_columns import CONTROLNET_TYPE, LORA_TYPE
 
@@ -82,10 +84,13 @@ def driver_cpu_per_shard(shards: int, actors: int, sleep_s: float, in_flight: in
                            for v in pick], LORA_TYPE),
         "controlnets": pa.array([[] for _ in pick], CONTROLNET_TYPE),
     })
-    plan = plan_shards(table, shard_size)
+    plan, planned = plan_shards(table, shard_size)
+    planned_path = os.path.join(tempfile.mkdtemp(prefix="sdb-bench-plan-"), "planned.parquet")
+    pq.write_table(planned, planned_path, row_group_size=ROW_GROUP_ROWS)
+    reader = PlannedRows(planned_path)
 
-    def make_task(shard: Shard) -> ShardTask:  # as driver.execute builds them
-        return ShardTask(shard.shard_id, new_attempt_id(), tuple(shard_rows(table, shard)), "png", 95)
+    def make_task(shard: Shard) -> ShardTask:  # as driver.execute builds them: a row range of the planned file
+        return ShardTask(shard.shard_id, new_attempt_id(), tuple(reader.rows(shard)), "png", 95)
 
     remote = ray.remote(max_restarts=0, max_task_retries=0)(SleepActor)
     ray.init(address="local", num_cpus=max(2, actors), include_dashboard=False, log_to_driver=False,
@@ -104,7 +109,7 @@ def driver_cpu_per_shard(shards: int, actors: int, sleep_s: float, in_flight: in
         waits = ray_wait_cpu([actors * in_flight, wait_refs])
     finally:
         ray.shutdown()
-    done = len(report.results)
+    done = len(report.done)
     assert done == len(plan.shards) == events.done, (done, len(plan.shards), events.done)
     return {"shards": done, "actors": actors, "in_flight": in_flight, "sleep_ms": sleep_s * 1000,
             "variants": len(plan.variants()), "cpu_s": cpu, "wall_s": wall,

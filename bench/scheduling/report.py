@@ -153,7 +153,7 @@ def print_policy_cost(on: SimResult, args: argparse.Namespace, costs: Costs) -> 
 def print_driver(args: argparse.Namespace, workload: Workload, rate: float) -> dict:
     print(f"driver CPU on local Ray: real Dispatcher, {args.driver_actors} sleep-actors "
           f"({args.driver_sleep_ms:g} ms per shard), {args.driver_in_flight} in flight, tasks built by "
-          "plan.shard_rows on a manifest-shaped table, ~"
+          "planning.PlannedRows from a planned manifest file, ~"
           f"{args.driver_shards:,} shards of {args.shard_size} rows ...", flush=True)
     driver = driver_cpu_per_shard(args.driver_shards, args.driver_actors, args.driver_sleep_ms / 1000,
                                   args.driver_in_flight, variants=8, shard_size=args.shard_size,

@@ -89,8 +89,8 @@ class Workload:
 
 
 def make_workload(rows: int, mix: Mix, costs: Costs, shard_size: int, seed: int) -> Workload:
-    """Rows drawn from the mix in random manifest order, planned like plan.plan_shards: variant groups in
-    order of first appearance, cut into shards of shard_size (built directly: the rows' other columns
+    """Rows drawn from the mix in random manifest order, planned like plan.Planner (for one chunk): variant
+    groups in order of first appearance, cut into shards of shard_size (built directly: the rows' other columns
     do not matter here, and normalizing a million-row table would dominate the run)."""
     rng = random.Random(seed)
     lora_paths = [f"/loras/style-{k:02d}.safetensors" for k in range(1, mix.loras + 1)]
@@ -100,7 +100,7 @@ def make_workload(rows: int, mix: Mix, costs: Costs, shard_size: int, seed: int)
     cn_pick = rng.choices(range(mix.controlnets + 1), weights=mix.controlnet_weights(), k=rows)
     counts: dict[tuple[int, int], int] = {}
     for key in zip(lora_pick, cn_pick, strict=True):
-        counts[key] = counts.get(key, 0) + 1  # dict order: first appearance, as in plan.variant_groups
+        counts[key] = counts.get(key, 0) + 1  # dict order: first appearance, as in plan.Planner
     shards: list[Shard] = []
     work: dict[str, float] = {}
     position = 0
@@ -110,7 +110,7 @@ def make_workload(rows: int, mix: Mix, costs: Costs, shard_size: int, seed: int)
                           ((controlnets[cn - 1], 1.0),) if cn else ())
         for start in range(0, n, shard_size):
             size = min(shard_size, n - start)
-            shard = Shard(f"{len(shards):06d}", variant, tuple(range(position, position + size)))
+            shard = Shard(f"{len(shards):06d}", variant, position, size)
             position += size
             shards.append(shard)
             factor = costs.controlnet_factor if cn else 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,10 +24,13 @@ SHOWN_ROWS = 5
 @app.command("validate")
 def validate(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None, lora_dir: LoraDir = None) -> None:
     """Check a manifest against the schema; exit 2 with the column, row and fix if it is invalid."""
+    from sdbatch.planning import plan_manifest
+
     spec = job_spec(job, **{"defaults.lora_dir": lora_dir})
-    table = normalize(read_manifest(manifest, s3_settings(s3_endpoint)), spec.defaults)
-    plan = plan_shards(table, spec.output.shard_size)
-    typer.echo(f"ok: {table.num_rows} rows, {len(plan.variants())} variant(s), {len(plan.shards)} shard(s)")
+    with tempfile.TemporaryDirectory(prefix="sdbatch-validate-") as workdir:
+        plan = plan_manifest(manifest, spec.defaults, spec.output.shard_size, workdir, s3_settings(s3_endpoint),
+                             write=False).plan
+    typer.echo(f"ok: {plan.rows_total} rows, {len(plan.variants())} variant(s), {len(plan.shards)} shard(s)")
 
 
 @app.command("show")
@@ -41,7 +45,7 @@ def show(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None, lor
     console.print("columns: " + ", ".join(f"{f.name} ({f.type})" for f in raw.schema))
     console.print(_rows_table(table.slice(0, rows)))
     variants = Table("rows", "variant", title="variants (rows that share a pipeline call)")
-    for variant, count in sorted(plan_shards(table, spec.output.shard_size).variants().items(),
+    for variant, count in sorted(plan_shards(table, spec.output.shard_size)[0].variants().items(),
                                  key=lambda item: -item[1]):
         variants.add_row(str(count), variant.describe())
     console.print(variants)

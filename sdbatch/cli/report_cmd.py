@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,19 +60,15 @@ def plan(
 ) -> None:
     """Dry run: rows, variants, shards, the LoRA/ControlNet loads the scheduler would do, time and cost.
     Reads the manifest only: nothing is written, no Ray, no GPU."""
-    from sdbatch.errors import ManifestError
     from sdbatch.estimate import Rates, estimate
-    from sdbatch.manifest import normalize, read_manifest
-    from sdbatch.plan import plan_shards
+    from sdbatch.planning import plan_manifest
 
     overrides = {**row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir),
                  "output.shard_size": shard_size, "run.affinity": affinity}
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)
-    table = read_manifest(manifest, s3)
-    if table.num_rows == 0:
-        raise ManifestError(f"manifest {manifest} has no rows; add at least one prompt")
-    shards = plan_shards(normalize(table, spec.defaults), spec.output.shard_size)
+    with tempfile.TemporaryDirectory(prefix="sdbatch-plan-") as workdir:
+        shards = plan_manifest(manifest, spec.defaults, spec.output.shard_size, workdir, s3, write=False).plan
     result = estimate(shards, gpus or spec.run.actors or 1, Rates(images_per_second, gpu_hour_price, load_seconds),
                       spec.run.affinity, spec.run.shards_in_flight)
     Console().print(_estimate_table(result, spec.output.shard_size))

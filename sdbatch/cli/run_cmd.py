@@ -109,8 +109,8 @@ def submit_and_follow(request: SubmitRequest, console: Console, follow: bool) ->
     from sdbatch.engine import jobs
     from sdbatch.output import run_counts
 
-    prepared = prepare(request)
-    remote = submit_to_cluster(prepared)
+    with prepare(request) as prepared:
+        remote = submit_to_cluster(prepared)
     verb = "submitted" if remote.new else f"is already there ({remote.status}); not submitted again"
     console.print(f"Ray Job {remote.submission_id} {verb} at {remote.address}; output {prepared.store.uri}")
     if not follow:
@@ -128,9 +128,9 @@ def submit_and_follow(request: SubmitRequest, console: Console, follow: bool) ->
 def run_and_report(request: SubmitRequest, console: Console, gpu_hour_price: float | None = None) -> int:
     from sdbatch.cli.progress import RunProgress
 
-    prepared = prepare(request)
-    console.print(f"{prepared.plan.rows_total} rows in {len(prepared.plan.shards)} shards -> {prepared.store.uri}")
-    summary = execute(prepared, lambda total, done: RunProgress(console, total, done))
+    with prepare(request) as prepared:
+        console.print(f"{prepared.plan.rows_total} rows in {len(prepared.plan.shards)} shards -> {prepared.store.uri}")
+        summary = execute(prepared, lambda total, done: RunProgress(console, total, done))
     print_summary(console, summary, gpu_hour_price)
     return summary.exit_code
 

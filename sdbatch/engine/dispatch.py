@@ -38,7 +38,12 @@ class Events(Protocol):
 
 @dataclass
 class DispatchReport:
-    results: dict[str, ShardResult] = field(default_factory=dict)
+    # Totals, not one record per shard: a run may have millions of shards. `done` holds the plan's own
+    # id strings, in the order the shards finished.
+    done: list[str] = field(default_factory=list)
+    rows_rendered: int = 0
+    rows_adopted: int = 0
+    pipeline_seconds: float = 0.0
     gave_up: dict[str, str] = field(default_factory=dict)  # shard id -> last error
     actors_started: int = 0
     actors_lost: int = 0
@@ -172,7 +177,11 @@ class Dispatcher:
             else:
                 self._retry_or_give_up(shard, _cause_text(exc), queue)
             return
-        self.report.results[shard.shard_id] = result
+        report = self.report
+        report.done.append(shard.shard_id)
+        report.rows_rendered += result.rendered
+        report.rows_adopted += result.adopted
+        report.pipeline_seconds += result.pipeline_seconds
         for tally, loads in ((self.report.model_loads, result.model_loads),
                              (self.report.lora_loads, result.lora_loads),
                              (self.report.controlnet_loads, result.controlnet_loads)):

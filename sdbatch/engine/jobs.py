@@ -37,7 +37,7 @@ def _client(address: str) -> JobSubmissionClient:
                         "check --address (the dashboard URL, port 8265) and that the cluster is up") from exc
 
 
-def submit(store: Store, address: str, run_fingerprint: str, manifest_bytes: bytes, spec_json: str,
+def submit(store: Store, address: str, run_fingerprint: str, manifest_path: str, spec_json: str,
            s3_endpoint: str | None) -> RemoteJob:
     """Upload the run's inputs next to its output and submit its driver, unless that run is already active."""
     client = _client(address)
@@ -47,7 +47,7 @@ def submit(store: Store, address: str, run_fingerprint: str, manifest_bytes: byt
     for job in earlier:
         if job.status in ACTIVE or job.status == JobStatus.SUCCEEDED:
             return RemoteJob(address, job.submission_id, str(job.status.value), new=False)
-    store.put(MANIFEST_KEY, manifest_bytes)
+    store.upload(manifest_path, MANIFEST_KEY)  # the user's file as it is, streamed
     store.put(SPEC_KEY, spec_json.encode())
     submission_id = base if not earlier else f"{base}-{len(earlier)}"
     entrypoint = _entrypoint(store, s3_endpoint)

@@ -49,6 +49,7 @@ class Store(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...  # sorted, root-relative, recursive
     def tags(self, prefix: str = "") -> dict[str, str]: ...  # list(), each key with a tag that changes with it
     def download(self, key: str, path: str) -> None: ...  # to a local file, streamed (not whole in memory)
+    def upload(self, path: str, key: str) -> None: ...  # put from a local file, streamed
     def delete(self, key: str) -> None: ...  # absent is fine: used for cleanup
     def check_writable(self) -> None: ...  # StoreError naming the fix if writes cannot work
     def url_for(self, key: str) -> str: ...

@@ -109,6 +109,11 @@ class LocalStore(Store):
         except OSError as e:
             raise StoreError(f"cannot copy {self.url_for(key)} to {path}: {e.strerror or e}") from e
 
+    def upload(self, path: str, key: str) -> None:
+        with self._staged("write", key, b"") as (tmp, final):
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, final)
+
     def delete(self, key: str) -> None:
         path = self.url_for(key)
         try:

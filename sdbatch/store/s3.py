@@ -239,21 +239,26 @@ class S3Store(Store):
         return {obj["Key"][len(root):]: obj for obj in objects if not obj["Key"].endswith("/")}
 
     def download(self, key: str, path: str) -> None:
-        from boto3.s3.transfer import TransferConfig
+        self._transfer("read", key, "download_file", self.bucket, self._full(key), path)
 
-        # Ranged GETs in parallel: one stream of a multi-GB checkpoint is slow, and a reset mid-way costs
-        # one part, not the whole file (s3transfer retries parts and pins them to the first ETag).
+    def upload(self, path: str, key: str) -> None:
+        self._transfer("write", key, "upload_file", path, self.bucket, self._full(key))
+
+    def _transfer(self, action: str, key: str, method: str, *args) -> None:
+        from boto3.s3.transfer import TransferConfig
+        from botocore import exceptions as bex
+
+        # Parts in parallel: one stream of a multi-GB file is slow, and a reset mid-way costs one part, not
+        # the whole file (s3transfer retries parts and pins downloads to the first ETag).
         config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20,
                                 max_concurrency=min(8, self.settings.max_pool_connections))
-        with self._translated("read", key):
+        with self._translated(action, key):
             try:
-                self._client().download_file(self.bucket, self._full(key), path, Config=config)
+                getattr(self._client(), method)(*args, Config=config)
+            except (bex.ClientError, bex.BotoCoreError):
+                raise
             except Exception as e:  # s3transfer's own failures (retries exhausted, ...) are not botocore's
-                from botocore import exceptions as bex
-
-                if isinstance(e, (bex.ClientError, bex.BotoCoreError)):
-                    raise
-                raise StoreUnavailable(f"S3 download of {self.url_for(key)} failed: {type(e).__name__}: {e}") from e
+                raise StoreUnavailable(f"S3 transfer of {self.url_for(key)} failed: {type(e).__name__}: {e}") from e
 
     def delete(self, key: str) -> None:
         self._call("delete", key, "delete_object")

@@ -54,7 +54,7 @@ def test_a_replacement_actor_warms_the_model_of_the_work_left(tmp_path):
     def variant(model: str) -> Variant:
         return Variant(model, 64, 64, 2, None, 7.5, (), ())
 
-    shards = [Shard(f"a{i}", variant("A"), (i,)) for i in range(2)] + [Shard(f"b{i}", variant("B"), (i,)) for i in range(4)]
+    shards = [Shard(f"a{i}", variant("A"), i, 1) for i in range(2)] + [Shard(f"b{i}", variant("B"), i, 1) for i in range(4)]
     connect(None)
     try:
         remote = ray.remote(num_cpus=0)(Recorder)
@@ -64,7 +64,7 @@ def test_a_replacement_actor_warms_the_model_of_the_work_left(tmp_path):
         report = dispatcher.run(shards, "A", on_ready=lambda: None)
     finally:
         ray.shutdown()
-    assert events.lost == ["actor-1"] and sorted(report.results) == sorted(s.shard_id for s in shards)
+    assert events.lost == ["actor-1"] and sorted(report.done) == sorted(s.shard_id for s in shards)
     assert (tmp_path / "actor-1.warm").read_text() == "A"
     assert (tmp_path / "actor-2.warm").read_text() == "B"
 
@@ -109,7 +109,7 @@ def test_a_model_that_cannot_load_gives_up_its_shards_and_the_other_models_rende
         return Variant(model, 64, 64, 2, None, 7.5, (), ())
 
     counts = {"A": 1, "B": 4, "C": 2}  # B has the most work: what a cold actor takes first
-    shards = [Shard(f"{m.lower()}{i}", variant(m), (i,)) for m, n in counts.items() for i in range(n)]
+    shards = [Shard(f"{m.lower()}{i}", variant(m), i, 1) for m, n in counts.items() for i in range(n)]
     connect(None)
     try:
         remote = ray.remote(num_cpus=0)(Loader)
@@ -125,7 +125,7 @@ def test_a_model_that_cannot_load_gives_up_its_shards_and_the_other_models_rende
                                     actors=1, in_flight=1, max_attempts=3, make_task=lambda shard: shard,
                                     events=events).run([s for s in shards if s.variant.model != "B"], "A",
                                                        on_ready=lambda: None)
-                assert sorted(report.results) == ["a0", "c0", "c1"] and not report.gave_up
+                assert sorted(report.done) == ["a0", "c0", "c1"] and not report.gave_up
                 assert events.lost == ["actor-1", "actor-2"] and events.failed_models == []
                 continue
             events = _Events()
@@ -134,7 +134,7 @@ def test_a_model_that_cannot_load_gives_up_its_shards_and_the_other_models_rende
                                     events=events)
             report = dispatcher.run(shards, "A", on_ready=lambda: None)
             loads = (folder / "loads").read_text().split("\n")
-            assert sorted(report.results) == ["a0", "c0", "c1"], case
+            assert sorted(report.done) == ["a0", "c0", "c1"], case
             assert sorted(report.gave_up) == ["b0", "b1", "b2", "b3"], case
             assert all("header too large" in error for error in report.gave_up.values())
             assert events.failed_models == ["B"], case

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 import sdbatch
+from sdbatch.commits import read_markers
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
 from tests.support.util import REPO, SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
@@ -37,6 +38,13 @@ def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tm
     assert all(results.column("seed").to_pylist()) and set(results.column("width").to_pylist()) == {64}
     assert "torch" in json.loads(results.column("versions")[0].as_py())
     markers = {k: store.get(k) for k in store.list("_committed/")}
+    # The driver indexed every marker and compacted the finished run: readers need no GET per marker.
+    gets: list[str] = []
+    store.get = lambda key, get=store.get: gets.append(key) or get(key)
+    assert read_markers(store, len(markers)).num_rows == len(markers) == 4
+    assert not [key for key in gets if key.startswith("_committed/")]
+    del store.get
+    assert store.exists("_compacted.json")
     status = run_cli("status", output, "--s3-endpoint", s3_env)
     assert status.returncode == 0 and "rows_ok: 10" in status.stdout and "finished: True" in status.stdout
 

@@ -28,18 +28,20 @@ def synthetic_run(root: Path, rows: int, failed_every: int = 0, groups: int = 3,
                       "steps": [2 + n % variants for n in range(rows)],
                       "group": [f"g{n % groups}" for n in range(rows)]})
     manifest = normalize(table, RowDefaults(model="tiny:sd15", width=64, height=64, steps=2))
-    plan = plan_shards(manifest, shard_size)
+    plan, planned = plan_shards(manifest, shard_size)
     sink = io.BytesIO()
-    pq.write_table(manifest.append_column("shard", pa.array(plan.shard_of_rows())), sink)
+    pq.write_table(planned, sink)
     store.put("manifest.parquet", sink.getvalue())
     store.put("job.json", json.dumps({"run_fingerprint": "synthetic",
                                       "manifest": {"rows": rows, "shards": len(plan.shards)}}).encode())
-    ids = manifest.column("id").to_pylist()
     for shard in plan.shards[::commit_every]:
-        failed = [failed_every and n % failed_every == 0 for n in shard.rows]
+        rows = planned.slice(shard.start, shard.size).select(["id", "steps"]).to_pylist()
+        numbers = [int(row["id"][1:]) for row in rows]  # the row's position in the manifest as written
+        failed = [failed_every and n % failed_every == 0 for n in numbers]
         commit_shard(store, shard.shard_id, "a1", [
-            {"id": ids[n], "shard": shard.shard_id, "attempt": "a1", "image": f"images/{shard.shard_id}/{ids[n]}.png",
-             "status": "failed" if bad else "ok", "error": "boom <i>x</i>" if bad else None, "seed": n,
-             "width": 64, "height": 64, "steps": 2 + n % variants, "guidance_scale": 7.5, "model": "tiny:sd15",
-             "render_seconds": 0.5, "device": "cpu"} for n, bad in zip(shard.rows, failed)])
+            {"id": row["id"], "shard": shard.shard_id, "attempt": "a1",
+             "image": f"images/{shard.shard_id}/{row['id']}.png", "status": "failed" if bad else "ok",
+             "error": "boom <i>x</i>" if bad else None, "seed": n, "width": 64, "height": 64, "steps": row["steps"],
+             "guidance_scale": 7.5, "model": "tiny:sd15", "render_seconds": 0.5, "device": "cpu"}
+            for row, n, bad in zip(rows, numbers, failed)])
     return store

@@ -19,7 +19,7 @@ def _plan(variants: list[Variant], shards_each: int, rows: int = 10, shuffle: in
     shards = [(v, k) for v in variants for k in range(shards_each)]
     if shuffle is not None:
         random.Random(shuffle).shuffle(shards)
-    built = tuple(Shard(f"{n:06d}", v, tuple(range(rows))) for n, (v, _) in enumerate(shards))
+    built = tuple(Shard(f"{n:06d}", v, 0, rows) for n, (v, _) in enumerate(shards))
     return Plan(built, rows * len(built))
 
 
@@ -44,7 +44,7 @@ def test_the_last_shards_go_to_idle_actors_as_the_dispatcher_sends_them():
     for the actor that frees up first, not behind a long one."""
     variant = _variant(0)
     sizes = [10, 50, 10, 10, 10]  # actor 0 gets 10 and 50 rows, actor 1 two of 10; one of 10 is left
-    shards = tuple(Shard(f"{n:06d}", variant, tuple(range(rows))) for n, rows in enumerate(sizes))
+    shards = tuple(Shard(f"{n:06d}", variant, 0, rows) for n, rows in enumerate(sizes))
     result = simulate(Plan(shards, sum(sizes)), actors=2)
     assert result.makespan == pytest.approx(60.0)  # queued behind the 50 rows it would end at 70
 

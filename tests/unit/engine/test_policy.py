@@ -15,7 +15,7 @@ def _variant(n: int) -> Variant:
 
 
 def _shards(variants: int, per_variant: int, seed: int = 0) -> list[Shard]:
-    shards = [Shard(f"{v:02d}-{k}", _variant(v), (0,)) for v in range(variants) for k in range(per_variant)]
+    shards = [Shard(f"{v:02d}-{k}", _variant(v), 0, 1) for v in range(variants) for k in range(per_variant)]
     random.Random(seed).shuffle(shards)
     return shards
 
@@ -130,7 +130,7 @@ def test_take_picks_what_the_rule_picks_with_a_recount(seed):
     """The Dispatcher's fast path (take: holder counts, a heap) against the rule stated as a plain scan
     (tests/support/policy_rule.py, a recount of every other actor's holdings), through requeues and lost actors."""
     rng = random.Random(seed)
-    shards = [Shard(f"{v:02d}-{k}", _variant(v), (0,)) for v in range(rng.randrange(1, 30))
+    shards = [Shard(f"{v:02d}-{k}", _variant(v), 0, 1) for v in range(rng.randrange(1, 30))
               for k in range(rng.randrange(1, 12))]
     rng.shuffle(shards)
     holdings = Holdings()
@@ -178,7 +178,7 @@ def test_model_is_the_first_level_of_affinity(seed):
     """LoRA variants over three models: an actor leaves a model only once it has no work left, so it never
     comes back to it (model loads, warm-up included, at most actors x models); take agrees with the rule."""
     rng = random.Random(seed)
-    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), (0,)) for m in range(3) for v in range(4) for k in range(3)]
+    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), 0, 1) for m in range(3) for v in range(4) for k in range(3)]
     rng.shuffle(shards)
     actors = list(range(rng.randrange(2, 4)))
     holdings = Holdings()
@@ -201,7 +201,7 @@ def test_model_is_the_first_level_of_affinity(seed):
 
 
 def test_two_models_two_actors_load_each_model_once_per_actor_at_most():
-    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), (0,)) for m in range(2) for v in range(3) for k in range(4)]
+    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), 0, 1) for m in range(2) for v in range(3) for k in range(4)]
     random.Random(3).shuffle(shards)
     holdings = Holdings()
     queue = ShardQueue(shards, holdings=holdings)
@@ -218,7 +218,7 @@ def test_two_models_two_actors_load_each_model_once_per_actor_at_most():
 
 def test_next_model_is_the_model_of_what_a_cold_actor_takes_first():
     """What a replacement actor warms: the work left, not the run's first model."""
-    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), (0,)) for m in range(3) for v in range(2) for k in range(3)]
+    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), 0, 1) for m in range(3) for v in range(2) for k in range(3)]
     random.Random(5).shuffle(shards)
     holdings = Holdings()
     queue = ShardQueue(shards, holdings=holdings)
@@ -235,7 +235,7 @@ def test_next_model_is_the_model_of_what_a_cold_actor_takes_first():
 @pytest.mark.parametrize("affinity", [True, False])
 def test_drop_model_takes_out_every_waiting_shard_of_that_model_and_nothing_else(affinity):
     """What the dispatcher gives up when a model cannot be loaded: all of its shards, none of another's."""
-    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), (0,)) for m in range(3) for v in range(2) for k in range(3)]
+    shards = [Shard(f"{m}-{v}-{k}", _model_variant(m, v), 0, 1) for m in range(3) for v in range(2) for k in range(3)]
     random.Random(7).shuffle(shards)
     holdings = Holdings()
     queue = ShardQueue(shards, affinity=affinity, holdings=holdings)
@@ -253,7 +253,7 @@ def test_drop_model_takes_out_every_waiting_shard_of_that_model_and_nothing_else
 
 
 def test_fill_lets_the_actor_holding_least_choose_first_and_tops_each_up_to_in_flight():
-    shards = [Shard(f"{v}-{k}", _variant(v), (0,)) for v in range(3) for k in range(4)]
+    shards = [Shard(f"{v}-{k}", _variant(v), 0, 1) for v in range(3) for k in range(4)]
     queue = ShardQueue(shards, holdings=Holdings())
     for v in (1, 2):
         queue.holdings.give("busy", _variant(v))
@@ -265,7 +265,7 @@ def test_fill_lets_the_actor_holding_least_choose_first_and_tops_each_up_to_in_f
 
 def test_fill_near_the_end_sends_the_last_shards_to_idle_actors_only():
     """Fewer shards left than actors: one each (depth 1), so none waits behind a busy actor's shard."""
-    queue = ShardQueue([Shard("last", _variant(0), (0,))], holdings=Holdings())
+    queue = ShardQueue([Shard("last", _variant(0), 0, 1)], holdings=Holdings())
     assert fill(queue, {"a": 1}, ready=2, in_flight=2) == []  # "a" renders one: the shard waits for "b"
     assert [actor for actor, _ in fill(queue, {"a": 1, "b": 0}, ready=2, in_flight=2)] == ["b"]
     assert len(queue) == 0
