@@ -6,18 +6,19 @@ import html
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sdbatch.errors import GalleryError
 from sdbatch.output import SUCCESS_KEY, run_counts
-from sdbatch.plan import VARIANT_COLUMNS, variant_of
-from sdbatch.results import read_results
+from sdbatch.plan import VARIANT_COLUMNS, variant_keys, variant_of
+from sdbatch.results import scan_results
 from sdbatch.store.base import Store
 from sdbatch.store.local import LocalStore
 from sdbatch.webdataset import read_member, split_ref
@@ -28,6 +29,9 @@ TARS_CACHED = 4  # tars kept in memory while copying members out (thumbnails com
 MAX_EXPIRES = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
 CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "html": "text/html; charset=utf-8"}
 Link = Callable[[str], str]  # image key (relative to the output) -> URL the page uses
+THUMB_COLUMNS = ["id", "prompt", "seed", "image", "width", "height"]
+# Distinct groups counted beyond those shown: a near-unique column must not hold every value in memory.
+MAX_COUNTED_GROUPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -80,32 +84,89 @@ def links(store: Store, at_root: bool, expires: int) -> Link:
 
 
 def render(store: Store, settings: GallerySettings, link: Link) -> str:
-    results = read_results(store)
+    """The page from two streaming passes over the results: what there is, then the rows shown."""
     counts = run_counts(store)
     success = json.loads(store.get(SUCCESS_KEY)) if store.exists(SUCCESS_KEY) else {}
-    groups = group_rows(results, settings.group_by)
+    seen = _survey(store, settings)
     members = _TarMembers(store)
-    parts = [_head(store.uri), _totals(results, counts, success, settings, store), _toc(groups, settings),
-             _groups(results, groups, settings, lambda ref: link(members.key(ref))), _failures(results, settings),
-             "</body></html>\n"]
+    parts = [_head(store.uri), _totals(seen, counts, success, settings, store), _toc(seen, settings),
+             _groups(_shown(store, settings, seen), seen, settings, lambda ref: link(members.key(ref))),
+             _failures(seen, settings), "</body></html>\n"]
     return "\n".join(parts)
 
 
-def group_rows(results: pa.Table, group_by: str | None) -> dict[str, list[int]]:
-    """Positions of the ok rows by group, groups in manifest order."""
-    ok = pc.indices_nonzero(pc.equal(results.column("status"), "ok")).to_pylist()
-    if group_by is None:
-        rows = results.select(list(VARIANT_COLUMNS)).take(ok).to_pylist()
-        keys = [variant_of(row).describe() for row in rows]
-    elif group_by not in results.column_names:
-        raise GalleryError(f"--group-by {group_by!r} is not a column of this run; use one of "
-                           f"{', '.join(results.column_names)}")
-    else:
-        keys = ["(none)" if v is None else str(v) for v in results.column(group_by).take(ok).to_pylist()]
-    groups: dict[str, list[int]] = {}
-    for position, key in zip(ok, keys):
-        groups.setdefault(key, []).append(position)
-    return groups
+@dataclass
+class _Survey:
+    """What the first pass learns: totals, the groups in order of first appearance, the first failures."""
+
+    seconds: float = 0.0
+    devices: set = field(default_factory=set)
+    groups: dict[str, int] = field(default_factory=dict)  # the first max_groups groups: ok rows each
+    others: set = field(default_factory=set)  # keys of further groups, up to MAX_COUNTED_GROUPS
+    failed: int = 0
+    failures: list[dict] = field(default_factory=list)
+
+
+def _survey(store: Store, settings: GallerySettings) -> _Survey:
+    seen, keys = _Survey(), _GroupKeys(settings.group_by)
+    for batch in scan_results(store):
+        seen.seconds += pc.sum(batch.column("render_seconds")).as_py() or 0.0
+        seen.devices.update(d for d in pc.unique(batch.column("device")).to_pylist() if d)
+        failed = batch.filter(pc.equal(batch.column("status"), "failed"))
+        seen.failed += failed.num_rows
+        room = settings.max_failures - len(seen.failures)
+        seen.failures += failed.select(["id", "prompt", "error"]).slice(0, max(room, 0)).to_pylist()
+        ok = batch.filter(pc.equal(batch.column("status"), "ok"))
+        for count in pc.value_counts(keys.of(ok)).to_pylist():
+            key, n = count["values"], count["counts"]
+            if key in seen.groups or len(seen.groups) < settings.max_groups:
+                seen.groups[key] = seen.groups.get(key, 0) + n
+            elif len(seen.others) < MAX_COUNTED_GROUPS:
+                seen.others.add(key)
+    return seen
+
+
+def _shown(store: Store, settings: GallerySettings, seen: _Survey) -> dict[str, list[dict]]:
+    """The rows shown per group: evenly spaced through it (`spread` of its ordinals)."""
+    names = pa.array(list(seen.groups), pa.string())
+    wanted = [np.array(spread(list(range(count)), settings.per_group)) for count in seen.groups.values()]
+    passed = np.zeros(len(names), dtype=np.int64)  # ok rows of each group before this batch
+    shown: dict[str, list[dict]] = {key: [] for key in seen.groups}
+    keys = _GroupKeys(settings.group_by)
+    for batch in scan_results(store):
+        ok = batch.filter(pc.equal(batch.column("status"), "ok"))
+        group = pc.fill_null(pc.index_in(keys.of(ok), value_set=names), -1).to_numpy(zero_copy_only=False)
+        for n, key in enumerate(seen.groups):
+            rows = np.flatnonzero(group == n)
+            picked = rows[np.isin(passed[n] + np.arange(len(rows)), wanted[n])]
+            passed[n] += len(rows)
+            if len(picked):
+                shown[key] += ok.select(THUMB_COLUMNS).take(pa.array(picked)).to_pylist()
+    return shown
+
+
+class _GroupKeys:
+    """Each row's group: a column's value, or its variant's description (worked out once per variant)."""
+
+    def __init__(self, group_by: str | None) -> None:
+        self.group_by = group_by
+        self.described: dict[str, str] = {}
+
+    def of(self, rows: pa.Table) -> pa.Array:
+        if self.group_by is not None:
+            if self.group_by not in rows.column_names:
+                raise GalleryError(f"--group-by {self.group_by!r} is not a column of this run; use one of "
+                                   f"{', '.join(rows.column_names)}")
+            return pc.fill_null(pc.cast(rows.column(self.group_by), pa.string()), "(none)")
+        raw = variant_keys(rows)
+        encoded = pc.dictionary_encode(raw).combine_chunks()
+        firsts = pc.index_in(encoded.dictionary, value_set=raw).to_pylist()
+        columns = rows.select([name for name in VARIANT_COLUMNS if name in rows.column_names])
+        for key, first in zip(encoded.dictionary.to_pylist(), firsts):
+            if key not in self.described:
+                self.described[key] = variant_of(columns.slice(first, 1).to_pylist()[0]).describe()
+        names = pa.array([self.described[key] for key in encoded.dictionary.to_pylist()], pa.string())
+        return pc.take(names, encoded.indices)
 
 
 def spread(positions: list[int], k: int) -> list[int]:
@@ -136,9 +197,9 @@ def _head(uri: str) -> str:
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>")
 
 
-def _totals(results: pa.Table, counts: dict, success: dict, settings: GallerySettings, store: Store) -> str:
-    seconds = pc.sum(results.column("render_seconds")).as_py() or 0.0
-    devices = sorted({d for d in results.column("device").to_pylist() if d})
+def _totals(seen: _Survey, counts: dict, success: dict, settings: GallerySettings, store: Store) -> str:
+    seconds = seen.seconds
+    devices = sorted(seen.devices)
     last = success.get("last_run") or {}
     rows = [("rows", f"{counts['rows_total']:,}"), ("ok", f"{counts['rows_ok']:,}"),
             ("failed", f"{counts['rows_failed']:,}"), ("pending", f"{counts['rows_pending']:,}"),
@@ -160,23 +221,26 @@ def _totals(results: pa.Table, counts: dict, success: dict, settings: GallerySet
             f"earlier attempt), so the bill is higher; the cost per 1,000 images is a floor.{expiry}</p></section>")
 
 
-def _toc(groups: dict[str, list[int]], settings: GallerySettings) -> str:
+def _toc(seen: _Survey, settings: GallerySettings) -> str:
     by = _esc(settings.group_by or "variant")
-    shown = list(groups.items())[:settings.max_groups]
-    items = "".join(f'<li><a href="#g{n}">{_esc(key)}</a> ({len(rows):,})</li>' for n, (key, rows) in enumerate(shown))
-    more = (f"<p class=note>{len(groups) - len(shown):,} more groups are not shown (--max-groups "
-            f"{settings.max_groups}).</p>" if len(groups) > len(shown) else "")
-    return f"<nav><h2>{len(groups):,} group(s) by {by}</h2><ul>{items}</ul>{more}</nav>"
+    items = "".join(f'<li><a href="#g{n}">{_esc(key)}</a> ({rows:,})</li>'
+                    for n, (key, rows) in enumerate(seen.groups.items()))
+    others = len(seen.others)
+    more = ""
+    if others:
+        counted = f"{others:,}" if others < MAX_COUNTED_GROUPS else f"over {MAX_COUNTED_GROUPS:,}"
+        more = f"<p class=note>{counted} more groups are not shown (--max-groups {settings.max_groups}).</p>"
+    total = f"{len(seen.groups) + others:,}" if others < MAX_COUNTED_GROUPS else f"over {MAX_COUNTED_GROUPS:,}"
+    return f"<nav><h2>{total} group(s) by {by}</h2><ul>{items}</ul>{more}</nav>"
 
 
-def _groups(results: pa.Table, groups: dict[str, list[int]], settings: GallerySettings, link: Link) -> str:
-    columns = results.select(["id", "prompt", "seed", "image", "width", "height"])
+def _groups(shown: dict[str, list[dict]], seen: _Survey, settings: GallerySettings, link: Link) -> str:
     sections = []
-    for n, (key, positions) in enumerate(list(groups.items())[:settings.max_groups]):
-        picked = spread(positions, settings.per_group)
-        figures = "".join(_figure(row, link) for row in columns.take(picked).to_pylist())
-        note = (f"showing {len(picked)} of {len(positions):,}, evenly spaced (--per-group {settings.per_group})"
-                if len(picked) < len(positions) else f"all {len(positions):,}")
+    for n, (key, rows) in enumerate(shown.items()):
+        total = seen.groups[key]
+        figures = "".join(_figure(row, link) for row in rows)
+        note = (f"showing {len(rows)} of {total:,}, evenly spaced (--per-group {settings.per_group})"
+                if len(rows) < total else f"all {total:,}")
         sections.append(f'<section class=group id="g{n}"><h2>{_esc(key)}</h2><p class=note>{note}</p>'
                         f"<div class=grid>{figures}</div></section>")
     return "\n".join(sections)
@@ -190,16 +254,15 @@ def _figure(row: dict, link: Link) -> str:
             "</figcaption></figure>")
 
 
-def _failures(results: pa.Table, settings: GallerySettings) -> str:
-    failed = results.filter(pc.equal(results.column("status"), "failed"))
-    if failed.num_rows == 0:
+def _failures(seen: _Survey, settings: GallerySettings) -> str:
+    if seen.failed == 0:
         return "<section id=failures><h2>Failures</h2><p>none</p></section>"
-    shown = failed.select(["id", "prompt", "error"]).slice(0, settings.max_failures).to_pylist()
+    shown = seen.failures
     items = "".join(f'<li class=failure data-id="{_esc(r["id"])}"><b>{_esc(r["id"])}</b> {_esc(r["prompt"])}'
                     f'<pre>{_esc(r["error"])}</pre></li>' for r in shown)
-    more = (f"<p class=note>The first {len(shown):,} of {failed.num_rows:,}; all are in sdbatch.read_results(OUTPUT)."
-            "</p>" if failed.num_rows > len(shown) else "")
-    return f"<section id=failures><h2>Failures ({failed.num_rows:,})</h2>{more}<ul>{items}</ul></section>"
+    more = (f"<p class=note>The first {len(shown):,} of {seen.failed:,}; all are in sdbatch.read_results(OUTPUT)."
+            "</p>" if seen.failed > len(shown) else "")
+    return f"<section id=failures><h2>Failures ({seen.failed:,})</h2>{more}<ul>{items}</ul></section>"
 
 
 class _TarMembers:

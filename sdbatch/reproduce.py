@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sdbatch.a1111 import parse_parameters, read_parameters, row_from_parameters
 from sdbatch.errors import ManifestError
@@ -17,6 +21,8 @@ from sdbatch.variant_columns import CONTROLNET_TYPE, LORA_TYPE
 from sdbatch.webdataset import members
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# Rows held before they are written out: a run's images may be far more than memory holds as rows.
+BATCH_ROWS = 10_000
 SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
                     ("seed", pa.int64()), ("steps", pa.int64()), ("guidance_scale", pa.float64()),
                     ("width", pa.int64()), ("height", pa.int64()), ("scheduler", pa.string()),
@@ -28,21 +34,54 @@ SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("negative_pro
 def manifest_from_images(location: str, s3: S3Settings | None = None) -> tuple[pa.Table, int]:
     """(manifest, images skipped for carrying no parameters) for every image under a folder or s3:// prefix,
     loose or inside webdataset shard tars."""
+    tally = _Tally()
+    table = pa.Table.from_batches(list(_batches(location, s3, tally)), schema=SCHEMA)
+    return table, tally.skipped
+
+
+def write_manifest_from_images(location: str, output: str, s3: S3Settings | None = None) -> tuple[int, int]:
+    """The same manifest written to `output` a batch of rows at a time: (rows, images skipped). Nothing is
+    left at `output` unless all went well."""
+    tally, partial = _Tally(), f"{output}.partial"
+    try:
+        with pq.ParquetWriter(partial, SCHEMA) as writer:
+            for batch in _batches(location, s3, tally):
+                writer.write_batch(batch)
+        os.replace(partial, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+    return tally.rows, tally.skipped
+
+
+@dataclass
+class _Tally:
+    seen: int = 0
+    rows: int = 0
+    skipped: int = 0
+
+
+def _batches(location: str, s3: S3Settings | None, tally: _Tally) -> Iterator[pa.RecordBatch]:
     store = open_store(location, s3)
     keys = [k for k in store.list() if Path(k).suffix.lower() in (*IMAGE_SUFFIXES, ".tar")]
-    rows, skipped, seen = [], 0, 0
+    rows: list[dict[str, Any]] = []
     for name, data in _images(store, keys):
-        seen += 1
+        tally.seen += 1
         text = read_parameters(data)
         if not text:
-            skipped += 1
+            tally.skipped += 1
             continue
-        rows.append(_row(name, text, len(rows)))
-    if not seen:
+        rows.append(_row(name, text, tally.rows))
+        tally.rows += 1
+        if len(rows) == BATCH_ROWS:
+            yield pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
+            rows = []
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
+    if not tally.seen:
         raise ManifestError(f"no .png/.jpg/.webp images (or .tar shards of them) under {location}")
-    if not rows:
-        raise ManifestError(f"none of the {seen} images under {location} carries A1111 parameters")
-    return pa.Table.from_pylist(rows, schema=SCHEMA), skipped
+    if not tally.rows:
+        raise ManifestError(f"none of the {tally.seen} images under {location} carries A1111 parameters")
 
 
 def _images(store, keys: list[str]) -> Iterator[tuple[str, bytes]]:

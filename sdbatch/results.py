@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -26,34 +27,57 @@ PART_ROWS = 1 << 18
 
 
 def compact(store: Store) -> dict[str, Any]:
-    """Write results/part-*.parquet (every manifest column joined with its result row, in manifest order)
-    and then _compacted.json naming them; a finished run only. One pass over the manifest, holding only
-    the metadata of shards whose rows are still to come."""
+    """Write results/part-*.parquet (every manifest column joined with its result row, in the planned order)
+    and then _compacted.json naming them; a finished run only."""
     job = json.loads(store.get(JOB_KEY))
     shards_total = job["manifest"]["shards"]
     markers = read_markers(store, shards_total)
     if markers.num_rows < shards_total:
         raise UsageError(f"{store.uri} is not finished ({markers.num_rows} of {shards_total} shards committed); "
                          "rerun the same submit to finish it, then compact")
-    metadata = dict(zip(markers.column("shard").to_pylist(), markers.column("metadata").to_pylist()))
-    left = dict(zip(markers.column("shard").to_pylist(), markers.column("rows").to_pylist()))
     parts: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sdbatch-compact-") as tmp:
-        manifest_path = os.path.join(tmp, MANIFEST_KEY)
-        store.download(MANIFEST_KEY, manifest_path)
         writer = _PartWriter(store, tmp, parts)
-        held: dict[str, pa.Table] = {}
-        for batch in pq.ParquetFile(manifest_path).iter_batches(batch_size=BATCH_ROWS):
-            writer.add(_joined(store, pa.Table.from_batches([batch]), metadata, left, held))
+        for batch in _joined_batches(store, markers):
+            writer.add(batch)
         writer.close()
     doc = {"run_fingerprint": job["run_fingerprint"], "rows": job["manifest"]["rows"], "parts": parts}
     store.put(COMPACTED_KEY, json_bytes(doc))
     return doc
 
 
+def scan_results(output: str | Store, columns: list[str] | None = None, s3: Any = None) -> Iterator[pa.Table]:
+    """read_results' rows a batch at a time, in the same order, with bounded memory: from the compacted
+    files, or (a run not compacted yet) the manifest copy joined with the committed shards' metadata."""
+    store = _open(output, s3)
+    if store.exists(COMPACTED_KEY):
+        for batch in open_results(store).to_batches(columns=columns):
+            yield pa.Table.from_batches([batch])
+        return
+    if not store.exists(MANIFEST_KEY):
+        raise FileNotFoundError(f"{store.uri} holds no sdbatch run (no {MANIFEST_KEY})")
+    for batch in _joined_batches(store, read_markers(store)):
+        yield batch if columns is None else batch.select(columns)
+
+
+def _joined_batches(store: Store, markers: pa.Table) -> Iterator[pa.Table]:
+    """One pass over the manifest copy in batches, each joined with its committed shards' results; a
+    shard's metadata is read when its first row comes and dropped after its last."""
+    metadata = dict(zip(markers.column("shard").to_pylist(), markers.column("metadata").to_pylist()))
+    left = dict(zip(markers.column("shard").to_pylist(), markers.column("rows").to_pylist()))
+    held: dict[str, pa.Table] = {}
+    with tempfile.TemporaryDirectory(prefix="sdbatch-results-") as tmp:
+        path = os.path.join(tmp, MANIFEST_KEY)
+        store.download(MANIFEST_KEY, path)  # streamed: the manifest may be larger than memory
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+            manifest = pa.Table.from_batches([batch])
+            committed = manifest.filter(pc.is_in(manifest.column("shard"), value_set=markers.column("shard")))
+            if committed.num_rows:
+                yield _joined(store, committed, metadata, left, held)
+
+
 def _joined(store: Store, manifest: pa.Table, metadata: dict[str, str], left: dict[str, int],
             held: dict[str, pa.Table]) -> pa.Table:
-    """These manifest rows with their results; a shard's metadata is read once and dropped after its last row."""
     shards = pc.unique(manifest.column("shard")).to_pylist()
     wanted = [shard for shard in shards if shard not in held]
     for shard, blob in zip(wanted, get_many(store, [metadata[shard] for shard in wanted])):
@@ -112,17 +136,14 @@ class _PartWriter:
 
 
 def read_results(output: str | Store, s3: Any = None) -> pa.Table:
-    """Every manifest column plus image, status, error and provenance, one row per committed manifest id."""
+    """Every manifest column plus image, status, error and provenance, one row per committed manifest id,
+    in the planned order (by shard). For runs too big for memory: open_results or scan_results."""
+    batches = list(scan_results(output, s3=s3))
+    if batches:
+        return pa.concat_tables(batches)
     store = _open(output, s3)
-    if store.exists(COMPACTED_KEY):
-        return open_results(store).to_table()
-    try:
-        manifest = pq.read_table(pa.BufferReader(store.get(MANIFEST_KEY)))
-    except ObjectNotFound as exc:
-        raise FileNotFoundError(f"{store.uri} holds no sdbatch run (no {MANIFEST_KEY})") from exc
-    blobs = get_many(store, read_markers(store).column("metadata").to_pylist())
-    parts = [pq.read_table(pa.BufferReader(blob), schema=RESULT_SCHEMA) for blob in blobs]
-    return join_results(manifest, pa.concat_tables(parts) if parts else RESULT_SCHEMA.empty_table())
+    manifest = pq.ParquetFile(pa.BufferReader(store.get(MANIFEST_KEY))).schema_arrow
+    return join_results(manifest.empty_table(), RESULT_SCHEMA.empty_table())
 
 
 def open_results(output: str | Store, s3: Any = None) -> ds.Dataset:

@@ -92,11 +92,10 @@ def from_images(location: Annotated[str, typer.Argument(help="A folder or s3://b
                 output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.parquet).")],
                 s3_endpoint: S3Endpoint = None) -> None:
     """A manifest that renders the images again, from the A1111 parameters embedded in each file."""
-    from sdbatch.reproduce import manifest_from_images
+    from sdbatch.reproduce import write_manifest_from_images
 
-    table, skipped = manifest_from_images(location, s3_settings(s3_endpoint))
     output.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, output)
+    rows, skipped = write_manifest_from_images(location, str(output), s3_settings(s3_endpoint))
     note = f"; {skipped} image(s) without parameters skipped" if skipped else ""
-    typer.echo(f"wrote {output}: {table.num_rows} rows{note}")
+    typer.echo(f"wrote {output}: {rows} rows{note}")
 

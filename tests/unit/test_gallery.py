@@ -1,11 +1,14 @@
 """The gallery without Ray: a synthetic run (committed through the output protocol) for escaping, groups and caps."""
 
 import html
+import re
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 
+from sdbatch import results
 from sdbatch.errors import GalleryError
 from sdbatch.gallery import GallerySettings, make_gallery, spread
 from tests.support.runs import INJECTED, synthetic_run
@@ -38,3 +41,29 @@ def test_a_large_run_makes_a_small_page_that_says_what_it_left_out(tmp_path):
 def test_spread_samples_evenly_and_keeps_short_groups_whole():
     assert spread(list(range(10)), 20) == list(range(10))
     assert spread(list(range(100)), 4) == [0, 25, 50, 75]
+
+
+def test_the_page_is_the_same_from_the_metadata_and_from_the_compacted_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "BATCH_ROWS", 700)  # groups and failures span batches
+    store = synthetic_run(tmp_path / "run", 3000, failed_every=7, variants=4, shard_size=64)
+    settings = GallerySettings(per_group=5, max_failures=20)
+    before = Path(make_gallery(store, settings, tmp_path / "before.html")).read_text()
+    results.compact(store)
+    after = Path(make_gallery(store, settings, tmp_path / "after.html")).read_text()
+    made = re.compile(r"made by sdbatch gallery at [^<]*")
+    assert made.sub("", before) == made.sub("", after)
+    assert before.count("<section class=group") == 4 and before.count("<figure") == 20
+    assert "The first 20 of 429" in before
+
+
+def test_thumbnails_are_spread_through_each_group_across_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "BATCH_ROWS", 300)
+    store = synthetic_run(tmp_path / "run", 2000, failed_every=5, groups=3, variants=2, shard_size=40)
+    page = Path(make_gallery(store, GallerySettings(group_by="group", per_group=7), tmp_path / "g.html")).read_text()
+    table = results.read_results(store)
+    ok = table.filter(pc.equal(table.column("status"), "ok"))
+    sections = re.findall(r'<section class=group id="g\d+"><h2>([^<]*)</h2>(.*?)</section>', page)
+    assert [key for key, _ in sections] == list(dict.fromkeys(ok.column("group").to_pylist()))  # first appearance
+    for key, body in sections:
+        ids = ok.filter(pc.equal(ok.column("group"), key)).column("id").to_pylist()
+        assert re.findall(r'alt="([^"]+)"', body) == spread(ids, 7)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from sdbatch import results
-from sdbatch.commits import RESULT_SCHEMA
+from sdbatch.commits import RESULT_SCHEMA, read_markers
 from sdbatch.errors import UsageError
-from sdbatch.results import COMPACTED_KEY, compact, open_results, read_results
+from sdbatch.results import COMPACTED_KEY, compact, open_results, read_results, scan_results
 from tests.support.runs import synthetic_run
 
 
@@ -44,3 +45,14 @@ def test_an_unfinished_run_is_not_compacted_and_opens_as_its_metadata(tmp_path):
 def test_open_results_names_an_output_without_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no sdbatch run"):
         open_results(str(tmp_path / "nothing"))
+
+
+def test_scan_streams_what_read_results_returns_finished_or_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "BATCH_ROWS", 50)
+    store = synthetic_run(tmp_path / "run", 400, failed_every=9, variants=3, shard_size=30, commit_every=3)
+    batches = list(scan_results(store, columns=["id", "status", "group"]))
+    assert len(batches) > 3 and all(b.column_names == ["id", "status", "group"] for b in batches)
+    table = read_results(store)
+    committed = {m["shard"] for m in read_markers(store).to_pylist()}
+    assert set(table.column("shard").to_pylist()) == committed  # rows of shards not committed are left out
+    assert pa.concat_tables(batches).equals(table.select(["id", "status", "group"]))
