@@ -170,13 +170,30 @@ out = {}
     return out
 
 
+DISPATCH = """
+sys.path.insert(0, sys.argv[3])
+from scheduling.driver import driver_cpu_per_shard
+shards, actors = int(sys.argv[1]), int(sys.argv[2])
+out = driver_cpu_per_shard(shards, actors, 0.0, 2, variants=6, shard_size=32, seed=0, wait_refs=actors * 2)
+out.pop('wait_ms', None)
+"""
+
+
+def bench_dispatch(shards: int, actors: int) -> dict:
+    """The real Dispatcher handing every shard (tasks read back from a planned file) to sleep-actors."""
+    return child(DISPATCH, str(shards), str(actors), os.path.join(ROOT, "bench"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, action="append", help="manifest sizes for preparation (repeatable)")
     parser.add_argument("--output-rows", type=int, default=1_000_000, help="rows of the output read back")
     parser.add_argument("--local-shards", type=int, default=31_250, help="shards committed to a folder")
     parser.add_argument("--s3-shards", type=int, default=0, help="shards committed to SeaweedFS (0: skip)")
-    parser.add_argument("--skip", action="append", default=[], choices=["prepare", "commits", "reads"])
+    parser.add_argument("--dispatch-shards", type=int, default=31_250, help="shards dispatched to sleep-actors")
+    parser.add_argument("--actors", type=int, default=8, help="sleep-actors on the private local Ray")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["prepare", "dispatch", "commits", "reads"])
     args = parser.parse_args()
     print(f"conditions: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}; each figure from a fresh process")
@@ -189,6 +206,11 @@ def main() -> None:
                       f"peak {r['prepare_rss_mb']:.0f} MB, "
                       f"{r['shards']:,} shards; sdbatch plan {r['plan_s']:.1f} s ({r['plan_ratio']:.1f}x), "
                       f"peak {r['plan_rss_mb']:.0f} MB")
+        if "dispatch" not in args.skip:
+            r = bench_dispatch(args.dispatch_shards, args.actors)
+            print(f"dispatch of {r['shards']:,} shards of 32 rows to {r['actors']} sleep-actors on local Ray: "
+                  f"{r['wall_s']:.1f} s ({r['shards_per_s']:.0f} shards/s), driver CPU {r['ms_per_shard']:.2f} ms "
+                  f"per shard, driver peak {r['peak_rss_mb']:.0f} MB")
         if "commits" not in args.skip:
             r = bench_commits(os.path.join(tmp, "commits"), args.local_shards, 32)
             print(f"commits to a folder, {r['shards']:,} shards: first 1,000 {r['first_ms']:.2f} ms/shard, "

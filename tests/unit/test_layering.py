@@ -106,6 +106,11 @@ LIGHT = {
     "sdbatch.engine.dispatch": HEAVY,
     "sdbatch.manifest": HEAVY | {"ray"},
     "sdbatch.estimate": HEAVY | {"ray"},
+    # The driver's planning and the readers of big runs: no torch, no Ray, boto3 only for s3:// (lazily).
+    "sdbatch.planning": HEAVY | {"ray", "boto3"},
+    "sdbatch.commits": HEAVY | {"ray", "boto3"},
+    "sdbatch.results": HEAVY | {"ray", "boto3"},
+    "sdbatch.gallery": HEAVY | {"ray", "boto3"},
     "sdbatch.errors": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.settings": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.cli.app": HEAVY | {"ray"},
