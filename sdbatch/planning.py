@@ -8,6 +8,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,37 +54,50 @@ def plan_manifest(uri: str, defaults: RowDefaults, shard_size: int, workdir: str
     total = file.metadata.num_rows
     if total == 0:
         raise ManifestError(f"manifest {uri} has no rows; add at least one prompt")
-    planner, digest = Planner(shard_size), ManifestDigest()
     ids = _IdCheck(workdir) if "id" in file.schema_arrow.names and total > chunk_rows else None
-    planned_path = os.path.join(workdir, "planned.parquet") if write else None
-    writer = None
-    with _seed_workers(total > chunk_rows) as workers:
-        for first_row, chunk in _chunks(file, chunk_rows):
-            normalized = normalize(chunk, defaults, first_row=first_row, total_rows=total, seed_workers=workers)
-            writer = _plan_chunk(normalized, first_row, planner, digest, ids, check, planned_path, writer)
-    if writer is not None:
-        writer.close()
+    sink = _ChunkSink(shard_size, check, ids, os.path.join(workdir, "planned.parquet") if write else None)
+    try:
+        with _seed_workers(total > chunk_rows) as workers:
+            for first_row, chunk in _chunks(file, chunk_rows):
+                sink.add(normalize(chunk, defaults, first_row=first_row, total_rows=total, seed_workers=workers),
+                         first_row)
+    finally:
+        sink.close()
     if ids is not None:
         ids.check(file)
-    return PlannedManifest(planner.plan(), digest.hexdigest(), source, planned_path)
+    return PlannedManifest(sink.planner.plan(), sink.digest.hexdigest(), source, sink.path)
 
 
-def _plan_chunk(normalized: pa.Table, first_row: int, planner: Planner, digest: ManifestDigest,
-                ids: _IdCheck | None, check, planned_path: str | None, writer: pq.ParquetWriter | None):
-    if check is not None:
-        check(normalized, first_row)
-    if ids is not None:
-        ids.add(normalized.column("id"))
-    digest.add(normalized)
-    planned = planner.add(normalized)
-    if planned_path is None:
-        return None
-    if writer is None:
-        # Dictionaries only where values repeat: on prompts, ids and seeds they cost time and save nothing.
-        repeating = [name for name in planned.column_names if name in DICTIONARY_COLUMNS]
-        writer = pq.ParquetWriter(planned_path, planned.schema, use_dictionary=repeating)
-    writer.write_table(planned.cast(writer.schema), row_group_size=ROW_GROUP_ROWS)
-    return writer
+class _ChunkSink:
+    """Where each normalized chunk goes: the caller's check, the id check, the fingerprint, the planner and
+    the planned file."""
+
+    def __init__(self, shard_size: int, check: Callable[[pa.Table, int], None] | None, ids: _IdCheck | None,
+                 path: str | None) -> None:
+        self.planner, self.digest = Planner(shard_size), ManifestDigest()
+        self.check, self.ids, self.path = check, ids, path
+        self.writer: pq.ParquetWriter | None = None
+
+    def add(self, normalized: pa.Table, first_row: int) -> None:
+        if self.check is not None:
+            self.check(normalized, first_row)
+        if self.ids is not None:
+            self.ids.add(normalized.column("id"))
+        self.digest.add(normalized)
+        planned = self.planner.add(normalized)
+        if self.path is None:
+            return
+        if self.writer is None:
+            # Dictionaries only where values repeat: on prompts, ids and seeds they cost time and save nothing.
+            repeating = [name for name in planned.column_names if name in DICTIONARY_COLUMNS]
+            self.writer = pq.ParquetWriter(self.path, planned.schema, use_dictionary=repeating)
+        self.writer.write_table(planned.cast(self.writer.schema), row_group_size=ROW_GROUP_ROWS)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.ids is not None:
+            self.ids.close()
 
 
 @contextlib.contextmanager
@@ -95,7 +109,17 @@ def _seed_workers(large: bool) -> Iterator[Executor | None]:
         yield None
         return
     with ProcessPoolExecutor(min(cpus, MAX_SEED_WORKERS), mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield pool
+        yield pool if _starts(pool) else None
+
+
+def _starts(pool: ProcessPoolExecutor) -> bool:
+    # A spawned process imports this one's __main__ again, which fails for a script read from stdin: the
+    # seeds are then derived here, one block after another.
+    try:
+        pool.submit(os.getpid).result()
+        return True
+    except BrokenProcessPool:
+        return False
 
 
 def _local_copy(uri: str, workdir: str, s3: Any) -> str:
@@ -130,7 +154,7 @@ def _chunks(file: pq.ParquetFile, chunk_rows: int) -> Iterator[tuple[int, pa.Tab
     groups: the plan must not depend on how the manifest was written."""
     pending: list[pa.RecordBatch] = []
     held = first_row = 0
-    for batch in file.iter_batches(batch_size=min(chunk_rows, 1 << 16)):
+    for batch in read_batches(file, min(chunk_rows, 1 << 16)):
         while batch.num_rows:
             take = min(batch.num_rows, chunk_rows - held)
             pending.append(batch.slice(0, take))
@@ -140,6 +164,13 @@ def _chunks(file: pq.ParquetFile, chunk_rows: int) -> Iterator[tuple[int, pa.Tab
                 pending, held, first_row = [], 0, first_row + chunk_rows
     if held:
         yield first_row, pa.Table.from_batches(pending)
+
+
+def read_batches(file: pq.ParquetFile, size: int) -> Iterator[pa.RecordBatch]:
+    """The file's rows in batches, a reader per row group: one reader over the whole file keeps memory it
+    has decoded, which grows with the rows read."""
+    for group in range(file.metadata.num_row_groups):
+        yield from file.iter_batches(batch_size=size, row_groups=[group])
 
 
 class _IdCheck:
@@ -156,9 +187,11 @@ class _IdCheck:
         for bucket, f in enumerate(self.files):
             hashes[buckets == bucket].tofile(f)
 
-    def check(self, file: pq.ParquetFile) -> None:
+    def close(self) -> None:
         for f in self.files:
             f.close()
+
+    def check(self, file: pq.ParquetFile) -> None:
         seen_twice: set[int] = set()
         for path in self.paths:
             hashes = np.sort(np.fromfile(path, dtype=np.int64))
@@ -175,15 +208,16 @@ def _hashes(ids: pa.ChunkedArray) -> np.ndarray:
 def _raise_duplicates(file: pq.ParquetFile, suspects: set[int]) -> None:
     first: dict[str, int] = {}
     row = 0
-    for batch in file.iter_batches(batch_size=1 << 16, columns=["id"]):
-        values = batch.column(0).to_pylist()
-        for offset in np.flatnonzero(np.isin(_hashes(pa.chunked_array([batch.column(0)])), list(suspects))):
-            value = str(values[offset])
+    for group in range(file.metadata.num_row_groups):
+        ids = file.read_row_group(group, columns=["id"]).column(0).cast(pa.string())  # as normalize makes them
+        values = ids.to_pylist()
+        for offset in np.flatnonzero(np.isin(_hashes(ids), list(suspects))):
+            value = values[offset]
             if value in first:
                 raise ManifestError(f"manifest has a problem: column 'id', row id {value!r} (row {row + offset}): "
                                     f"duplicates row {first[value]}; ids must be unique")
             first[value] = row + int(offset)
-        row += batch.num_rows
+        row += len(ids)
 
 
 class PlannedRows:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from sdbatch.commits import RESULT_SCHEMA, get_many, json_bytes, read_markers
 from sdbatch.errors import ObjectNotFound, UsageError
 from sdbatch.output import JOB_KEY, MANIFEST_KEY
+from sdbatch.planning import read_batches
 from sdbatch.store.base import Store
 
 COMPACTED_KEY = "_compacted.json"
@@ -69,7 +70,7 @@ def _joined_batches(store: Store, markers: pa.Table) -> Iterator[pa.Table]:
     with tempfile.TemporaryDirectory(prefix="sdbatch-results-") as tmp:
         path = os.path.join(tmp, MANIFEST_KEY)
         store.download(MANIFEST_KEY, path)  # streamed: the manifest may be larger than memory
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+        for batch in read_batches(pq.ParquetFile(path), BATCH_ROWS):
             manifest = pa.Table.from_batches([batch])
             committed = manifest.filter(pc.is_in(manifest.column("shard"), value_set=markers.column("shard")))
             if committed.num_rows:

@@ -102,3 +102,11 @@ def test_missing_or_empty_manifests_are_refused_clearly(tmp_path):
     (tmp_path / "text.parquet").write_text("not parquet")
     with pytest.raises(ManifestError, match="is not a Parquet file"):
         plan_manifest(str(tmp_path / "text.parquet"), DEFAULTS, 8, str(tmp_path))
+
+
+def test_integer_ids_repeated_in_another_chunk_are_refused_too(tmp_path):
+    ids = list(range(180))
+    ids[175] = 12
+    table = _table(180).set_column(0, "id", pa.array(ids, pa.int64()))
+    with pytest.raises(ManifestError, match=r"row id '12' \(row 175\): duplicates row 12"):
+        plan_manifest(_write(tmp_path, table, 64), DEFAULTS, 8, str(tmp_path), chunk_rows=CHUNK)
