@@ -147,8 +147,10 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     shards_total = len(prepared.plan.shards)
     done = (read_markers(store, shards_total, refresh=True) if existing_run(store, prepared.job_doc)
             else MARKER_SCHEMA.empty_table())
-    done_ids = set(done.column("shard").to_pylist())
-    pending = [s for s in prepared.plan.shards if s.shard_id not in done_ids]
+    shards = prepared.plan.shards
+    # Arrow, not a set of ids: a resume of millions of shards must not hold each id twice in Python.
+    is_done = pc.is_in(pa.array([s.shard_id for s in shards], pa.string()), value_set=done.column("shard"))
+    pending = [shard for shard, skip in zip(shards, is_done.to_pylist()) if not skip]
     rows_done = pc.sum(done.column("rows")).as_py() or 0
 
     def claim() -> None:
