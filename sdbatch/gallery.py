@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from sdbatch.errors import GalleryError
 from sdbatch.output import SUCCESS_KEY, run_counts
-from sdbatch.plan import VARIANT_COLUMNS, variant_keys, variant_of
+from sdbatch.plan import Variant, group_by_variant
 from sdbatch.results import scan_results
 from sdbatch.store.base import Store
 from sdbatch.store.local import LocalStore
@@ -150,7 +150,7 @@ class _GroupKeys:
 
     def __init__(self, group_by: str | None) -> None:
         self.group_by = group_by
-        self.described: dict[str, str] = {}
+        self.described: dict[Variant, str] = {}
 
     def of(self, rows: pa.Table) -> pa.Array:
         if self.group_by is not None:
@@ -158,15 +158,9 @@ class _GroupKeys:
                 raise GalleryError(f"--group-by {self.group_by!r} is not a column of this run; use one of "
                                    f"{', '.join(rows.column_names)}")
             return pc.fill_null(pc.cast(rows.column(self.group_by), pa.string()), "(none)")
-        raw = variant_keys(rows)
-        encoded = pc.dictionary_encode(raw).combine_chunks()
-        firsts = pc.index_in(encoded.dictionary, value_set=raw).to_pylist()
-        columns = rows.select([name for name in VARIANT_COLUMNS if name in rows.column_names])
-        for key, first in zip(encoded.dictionary.to_pylist(), firsts):
-            if key not in self.described:
-                self.described[key] = variant_of(columns.slice(first, 1).to_pylist()[0]).describe()
-        names = pa.array([self.described[key] for key in encoded.dictionary.to_pylist()], pa.string())
-        return pc.take(names, encoded.indices)
+        codes, variants = group_by_variant(rows)
+        names = [self.described.setdefault(variant, variant.describe()) for variant in variants]
+        return pc.take(pa.array(names, pa.string()), pa.array(codes))
 
 
 def spread(positions: list[int], k: int) -> list[int]:

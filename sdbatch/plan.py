@@ -82,18 +82,16 @@ class Planner:
         self.shard_size = shard_size
         self.shards: list[Shard] = []
         self.rows = 0
-        self._variants: dict[str, Variant] = {}  # one object per variant, shared by its shards
+        self._variants: dict[Variant, Variant] = {}  # one object per variant, shared by its shards
 
     def add(self, chunk: pa.Table) -> pa.Table:
-        encoded = pc.dictionary_encode(variant_keys(chunk)).combine_chunks()
-        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        codes, variants = group_by_variant(chunk)
         order = np.argsort(codes, kind="stable")  # by group, manifest order inside each
-        sizes = np.bincount(codes, minlength=len(encoded.dictionary))
+        sizes = np.bincount(codes, minlength=len(variants))
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        first_rows = chunk.select(_variant_columns(chunk)).take(pa.array(order[starts])).to_pylist()
         ids, shard_sizes = [], []
-        for key, first, start, size in zip(encoded.dictionary.to_pylist(), first_rows, starts, sizes):
-            variant = self._variants.setdefault(key, variant_of(first))
+        for variant, start, size in zip(variants, starts, sizes):
+            variant = self._variants.setdefault(variant, variant)
             for offset in range(0, int(size), self.shard_size):
                 shard = Shard(f"{len(self.shards):06d}", variant, self.rows + int(start) + offset,
                               min(self.shard_size, int(size) - offset))
@@ -108,17 +106,38 @@ class Planner:
         return Plan(tuple(self.shards), self.rows)
 
 
-def variant_keys(table: pa.Table) -> pa.Array:
-    """One string per row, equal for rows of the same variant: Arrow does the scalar columns; only rows
-    that have LoRAs or ControlNets are written out one by one."""
+def group_by_variant(table: pa.Table) -> tuple[np.ndarray, list[Variant]]:
+    """Each row's group (0, 1, ... in order of first appearance) and each group's variant. Arrow compares
+    the columns that vary in this table; only rows that have LoRAs or ControlNets are written out one by one."""
     parts = []
     for name in _variant_columns(table):
         column = table.column(name)
         if name in _LIST_FIELDS:
-            parts.append(_list_keys(column, _LIST_FIELDS[name]))
-        else:
+            if pc.max(pc.list_value_length(column)).as_py():
+                parts.append(_list_keys(column, _LIST_FIELDS[name]))
+        elif _varies(column):
             parts.append(pc.cast(column, pa.string()))
-    return pc.binary_join_element_wise(*parts, _SEPARATOR, null_handling="replace", null_replacement="\x00")
+    if not parts:
+        codes = np.zeros(table.num_rows, dtype=np.int64)
+    else:
+        keys = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, _SEPARATOR, null_handling="replace",
+                                                                           null_replacement="\x00")
+        encoded = pc.dictionary_encode(keys, null_encoding="encode")
+        encoded = encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    firsts = np.unique(codes, return_index=True)[1]
+    rows = table.select(_variant_columns(table)).take(pa.array(firsts)).to_pylist()
+    return codes, [variant_of(row) for row in rows]
+
+
+def _varies(column: pa.ChunkedArray) -> bool:
+    nulls = column.null_count
+    if nulls == len(column):
+        return False
+    if nulls:
+        return True
+    low_high = pc.min_max(column)
+    return low_high["min"] != low_high["max"]
 
 
 def _list_keys(column: pa.ChunkedArray, fields: tuple[str, str]) -> pa.Array:

@@ -49,3 +49,16 @@ def test_shard_ids_are_unique_and_sortable():
     plan, _ = plan_shards(_manifest(list(range(50))), 3)
     ids = [s.shard_id for s in plan.shards]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_a_column_constant_in_one_chunk_and_varied_in_another_keeps_each_shard_to_its_variant():
+    # Chunks of 20: the model is m1 throughout the first, varies in the second, is m3 throughout the third.
+    models = ["m1"] * 20 + ["m1" if i % 3 else "m2" for i in range(20)] + ["m3"] * 20
+    rows = [{"id": f"r{i}", "prompt": "p", "steps": 10 + i % 2, "model": models[i], "vae": None if i < 30 else "v"}
+            for i in range(60)]
+    table = normalize(pa.Table.from_pylist(rows), RowDefaults(model="m"))
+    plan, planned = plan_shards(table, 4, chunk_rows=20)
+    for shard in plan.shards:
+        got = {(r["model"], r["steps"], r["vae"]) for r in shard_rows(planned, shard)}
+        assert got == {(shard.variant.model, shard.variant.steps, shard.variant.vae)}
+    assert {(v.model, v.steps, v.vae) for v in plan.variants()} == {(r["model"], r["steps"], r["vae"]) for r in rows}
