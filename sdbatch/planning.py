@@ -7,7 +7,7 @@ import contextlib
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -69,22 +69,29 @@ def plan_manifest(uri: str, defaults: RowDefaults, shard_size: int, workdir: str
 
 
 class _ChunkSink:
-    """Where each normalized chunk goes: the caller's check, the id check, the fingerprint, the planner and
-    the planned file."""
+    """Where each normalized chunk goes: the caller's check, the id check, the planner, then the fingerprint
+    and the planned file on a thread of their own (Arrow and hashlib let go of the GIL there), so they
+    overlap the next chunk's normalizing; one chunk at most waits for them."""
 
     def __init__(self, shard_size: int, check: Callable[[pa.Table, int], None] | None, ids: _IdCheck | None,
                  path: str | None) -> None:
         self.planner, self.digest = Planner(shard_size), ManifestDigest()
         self.check, self.ids, self.path = check, ids, path
         self.writer: pq.ParquetWriter | None = None
+        self.output = ThreadPoolExecutor(1, thread_name_prefix="sdbatch-plan-output")
+        self.pending: Future | None = None
 
     def add(self, normalized: pa.Table, first_row: int) -> None:
         if self.check is not None:
             self.check(normalized, first_row)
         if self.ids is not None:
             self.ids.add(normalized.column("id"))
-        self.digest.add(normalized)
         planned = self.planner.add(normalized)
+        self.wait()
+        self.pending = self.output.submit(self._write, normalized, planned)
+
+    def _write(self, normalized: pa.Table, planned: pa.Table) -> None:
+        self.digest.add(normalized)
         if self.path is None:
             return
         if self.writer is None:
@@ -93,11 +100,20 @@ class _ChunkSink:
             self.writer = pq.ParquetWriter(self.path, planned.schema, use_dictionary=repeating)
         self.writer.write_table(planned.cast(self.writer.schema), row_group_size=ROW_GROUP_ROWS)
 
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()  # a failure to write surfaces here
+            self.pending = None
+
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.ids is not None:
-            self.ids.close()
+        try:
+            self.wait()
+        finally:
+            self.output.shutdown()
+            if self.writer is not None:
+                self.writer.close()
+            if self.ids is not None:
+                self.ids.close()
 
 
 @contextlib.contextmanager
