@@ -1,4 +1,4 @@
-"""A run's results: read_results() for a table in memory, open_results() for a lazy dataset, compact() for big runs."""
+"""A run's results: read_results (a table), scan_results (batches), open_results (a lazy dataset), compact."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sdbatch.commits import RESULT_SCHEMA, get_many, json_bytes, read_markers
+from sdbatch.commits import RESULT_SCHEMA, get_many, json_bytes, read_markers, read_metadata
 from sdbatch.errors import ObjectNotFound, UsageError
 from sdbatch.output import JOB_KEY, MANIFEST_KEY
 from sdbatch.planning import read_batches
@@ -82,7 +82,7 @@ def _joined(store: Store, manifest: pa.Table, metadata: dict[str, str], left: di
     shards = pc.unique(manifest.column("shard")).to_pylist()
     wanted = [shard for shard in shards if shard not in held]
     for shard, blob in zip(wanted, get_many(store, [metadata[shard] for shard in wanted])):
-        held[shard] = pq.read_table(pa.BufferReader(blob), schema=RESULT_SCHEMA)
+        held[shard] = read_metadata(blob)
     results = pa.concat_tables([held[shard] for shard in shards])
     counts = manifest.group_by("shard").aggregate([("id", "count")]).to_pylist()
     for count in counts:
@@ -128,8 +128,7 @@ class _PartWriter:
         self.writer.close()
         self.writer = None
         key = f"{RESULTS_PREFIX}part-{len(self.keys):05d}.parquet"
-        with open(self._path(), "rb") as f:
-            self.store.put(key, f.read())
+        self.store.upload(self._path(), key)
         self.keys.append(key)
 
     def _path(self) -> str:
@@ -149,7 +148,7 @@ def read_results(output: str | Store, s3: Any = None) -> pa.Table:
 
 def open_results(output: str | Store, s3: Any = None) -> ds.Dataset:
     """The results of a run as a pyarrow Dataset, read lazily (filters, projections, batches). A compacted
-    run: every manifest column with its result, in manifest order. Otherwise: the committed shards'
+    run: every manifest column with its result, in the planned order. Otherwise: the committed shards'
     metadata (the results columns alone); `sdbatch compact` adds the manifest's."""
     store = _open(output, s3)
     filesystem, root = store.arrow_filesystem()

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from sdbatch import commits
 from sdbatch.commits import (
     INDEX_PREFIX,
     MARKER_PREFIX,
+    RESULT_SCHEMA,
     MarkerIndex,
     commit_shard,
     marker_key,
+    parquet_bytes,
     read_markers,
+    read_metadata,
 )
 from sdbatch.errors import StoreError
 from sdbatch.store.local import LocalStore
@@ -120,3 +124,11 @@ def test_an_index_that_cannot_be_written_fails_nothing_and_is_written_later(stor
     store.gets.clear()
     assert read_markers(store, shards_total=2).num_rows == 2
     assert not any(k.startswith(MARKER_PREFIX) for k in store.gets)
+
+
+def test_metadata_of_an_older_schema_reads_with_the_current_columns():
+    current = pa.Table.from_pylist([{"id": "a", "status": "ok", "seed": 3}], schema=RESULT_SCHEMA)
+    assert read_metadata(parquet_bytes(current)).equals(current)
+    older = pa.table({"id": ["a"], "status": ["ok"], "seed": [3]})  # e.g. before vae_hash existed
+    read = read_metadata(parquet_bytes(older))
+    assert read.schema.equals(RESULT_SCHEMA) and read.to_pylist() == current.to_pylist()
