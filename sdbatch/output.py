@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 
 from sdbatch.commits import json_bytes, read_markers
 from sdbatch.errors import ObjectNotFound, RunMismatch
-from sdbatch.plan import PLAN_CHUNK_ROWS
 from sdbatch.spec import JobSpec, fingerprint
 from sdbatch.store.base import PutResult, Store
 from sdbatch.version import __version__
@@ -34,14 +33,6 @@ def image_key(shard_id: str, row_id: str, image_format: str) -> str:
 def new_attempt_id() -> str:
     """Unique per render attempt, so two drivers racing on one shard never overwrite each other."""
     return uuid.uuid4().hex[:12]
-
-
-def table_fingerprint(table: pa.Table, chunk_rows: int = PLAN_CHUNK_ROWS) -> str:
-    """The fingerprint of a normalized manifest held in memory (ManifestDigest's, chunk by chunk)."""
-    digest = ManifestDigest()
-    for start in range(0, table.num_rows, chunk_rows):
-        digest.add(table.slice(start, chunk_rows))
-    return digest.hexdigest()
 
 
 class ManifestDigest:
