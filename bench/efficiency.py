@@ -83,8 +83,8 @@ def child_b(config: Config, out: str) -> dict:
         "defaults.model": config.model, "defaults.steps": config.steps, "defaults.width": config.width,
         "defaults.height": config.height, "defaults.guidance_scale": 7.5, "run.batch_size": config.batch,
         "run.actors": 1, "run.device": config.device, "render.compile": config.compile})
-    prepared = prepare(SubmitRequest(str(manifest), out, spec))
-    summary = execute(prepared, lambda total, done: RunProgress(Console(stderr=True, quiet=True), total, done))
+    with prepare(SubmitRequest(str(manifest), out, spec)) as prepared:  # its working folder goes afterwards
+        summary = execute(prepared, lambda total, done: RunProgress(Console(stderr=True, quiet=True), total, done))
     success = json.loads((Path(out) / "_SUCCESS.json").read_text())
     results = read_results(out).sort_by("id")  # bench ids sort in manifest order, the order rows render in
     shares = results.column("render_seconds").to_pylist()  # each row's share of its pipeline call

@@ -48,9 +48,13 @@ MARKER_SCHEMA = pa.schema([
 ])
 
 
-def metadata_key(shard_id: str, attempt: str) -> str:
+def metadata_folder(shard_id: str) -> str:
     # A folder per shard: finding a shard's attempts lists that folder alone, whatever the run's size.
-    return f"metadata/{shard_id}/{attempt}.parquet"
+    return f"metadata/{shard_id}/"
+
+
+def metadata_key(shard_id: str, attempt: str) -> str:
+    return f"{metadata_folder(shard_id)}{attempt}.parquet"
 
 
 def marker_key(shard_id: str) -> str:
@@ -83,7 +87,7 @@ def commit_marker(store: Store, shard_id: str, attempt: str, meta_key: str, rows
 def _drop_uncommitted(store: Store, shard_id: str, committed: str) -> None:
     """Delete the metadata of attempts that died between their metadata and their marker (a killed actor,
     a stopped run): once a marker stands, nothing can commit them any more."""
-    for key in store.list(f"metadata/{shard_id}/"):
+    for key in store.list(metadata_folder(shard_id)):
         if key != committed:
             store.delete(key)
 
@@ -92,7 +96,7 @@ def uncommitted_metadata(store: Store, shard_id: str) -> dict[str, list[dict]]:
     """Metadata files of a shard that attempts wrote (committed or not), by key: their rows. An attempt
     that dies between its metadata and its marker leaves one; a later attempt can commit it as it is."""
     found = {}
-    for key in store.list(f"metadata/{shard_id}/"):
+    for key in store.list(metadata_folder(shard_id)):
         try:
             found[key] = read_metadata(store.get(key)).to_pylist()
         except ObjectNotFound:  # deleted since the listing: its attempt lost the commit
@@ -142,8 +146,7 @@ def _read_index(store: Store) -> pa.Table:
             continue
     if not parts:
         return MARKER_SCHEMA.empty_table()
-    table = pa.concat_tables(parts)
-    return _unique_shards(table) if len(parts) > 1 else table
+    return _unique_shards(pa.concat_tables(parts))
 
 
 def _unique_shards(table: pa.Table) -> pa.Table:

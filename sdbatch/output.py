@@ -41,6 +41,7 @@ class ManifestDigest:
 
     def __init__(self) -> None:
         self.sink = _HashSink()
+        self.schema: pa.Schema | None = None  # the first chunk's; later chunks are cast to it
         self.writer: pa.ipc.RecordBatchStreamWriter | None = None
 
     def add(self, chunk: pa.Table) -> None:

@@ -72,7 +72,9 @@ def _joined_batches(store: Store, markers: pa.Table) -> Iterator[pa.Table]:
         store.download(MANIFEST_KEY, path)  # streamed: the manifest may be larger than memory
         for batch in read_batches(pq.ParquetFile(path), BATCH_ROWS):
             manifest = pa.Table.from_batches([batch])
-            committed = manifest.filter(pc.is_in(manifest.column("shard"), value_set=markers.column("shard")))
+            # Against this batch's own committed shards: a set of every marker would be hashed anew per batch.
+            here = [shard for shard in pc.unique(manifest.column("shard")).to_pylist() if shard in metadata]
+            committed = manifest.filter(pc.is_in(manifest.column("shard"), value_set=pa.array(here, pa.string())))
             if committed.num_rows:
                 yield _joined(store, committed, metadata, left, held)
 

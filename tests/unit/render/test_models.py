@@ -79,7 +79,8 @@ def test_submit_takes_a_single_file_model_and_refuses_a_missing_one_before_ray(m
 
     manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a cube"}])
     single = load_spec(None, {"defaults.model": str(models["single"]), "defaults.vae": str(models["vae"])})
-    assert prepare(SubmitRequest(str(manifest), str(tmp_path / "out"), single)).plan.rows_total == 1
+    with prepare(SubmitRequest(str(manifest), str(tmp_path / "out"), single)) as prepared:
+        assert prepared.plan.rows_total == 1
     missing = load_spec(None, {"defaults.model": str(tmp_path / "gone.safetensors")})
     with pytest.raises(ManifestError, match="does not exist"):
         prepare(SubmitRequest(str(manifest), str(tmp_path / "out2"), missing))

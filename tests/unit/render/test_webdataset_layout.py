@@ -158,4 +158,4 @@ def test_ids_with_a_dot_are_refused_for_the_webdataset_layout_before_anything_is
     with pytest.raises(ManifestError, match=r"column 'id', row id 'cat.v2' \(row 0\).*--layout files"):
         prepare(SubmitRequest(str(manifest), str(out), load_spec(None, {"output.layout": "webdataset"})))
     assert not out.exists()
-    prepare(SubmitRequest(str(manifest), str(out), load_spec(None)))  # the files layout takes such ids
+    prepare(SubmitRequest(str(manifest), str(out), load_spec(None))).close()  # the files layout takes such ids
