@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sdbatch.commits import MARKER_SCHEMA, MarkerIndex, read_markers
-from sdbatch.errors import ManifestError, UsageError
+from sdbatch.errors import ManifestError, UsageError, UserFacing
+from sdbatch.heartbeat import Heartbeat
 from sdbatch.manifest import check_local_references
 from sdbatch.output import (
     RunIdentity,
@@ -153,21 +154,38 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     pending = [shard for shard, skip in zip(shards, is_done.to_pylist()) if not skip]
     rows_done = pc.sum(done.column("rows")).as_py() or 0
 
+    heartbeat = Heartbeat(store, prepared.request.spec.run.heartbeat_seconds, shards_total, done.num_rows)
+
     def claim() -> None:
         claim_output(store, prepared.job_doc, prepared.planned.planned)
+        heartbeat.start()  # from here on the output tells whether its driver lives
 
-    if not pending:
-        claim()
-        stats, gave_up = _run_stats(None, 0), {}
-    else:
-        events = events_factory(prepared.plan.rows_total, rows_done)
-        report, shape = _render(prepared, pending, events, claim)
-        stats, gave_up = _run_stats(report, shape.actors), report.gave_up
-    stats["shards_skipped"] = done.num_rows
-    stats["wall_seconds"] = round(time.monotonic() - started, 3)
-    # Speed over the rendering phase: Ray start-up and model loading are reported in wall_seconds.
-    stats["images_per_second"] = round(stats["rows_rendered"] / max(stats.get("render_seconds", 0), 1e-9), 3)
-    return _finish(prepared, stats, gave_up)
+    try:
+        if not pending:
+            claim()
+            stats, gave_up = _run_stats(None, 0), {}
+        else:
+            events = _RunEvents(events_factory(prepared.plan.rows_total, rows_done), heartbeat)
+            report, shape = _render(prepared, pending, events, claim)
+            stats, gave_up = _run_stats(report, shape.actors), report.gave_up
+        stats["shards_skipped"] = done.num_rows
+        stats["wall_seconds"] = round(time.monotonic() - started, 3)
+        # Speed over the rendering phase: Ray start-up and model loading are reported in wall_seconds.
+        stats["images_per_second"] = round(stats["rows_rendered"] / max(stats.get("render_seconds", 0), 1e-9), 3)
+        with heartbeat.beating():  # compacting a big run takes a while: its driver is not gone meanwhile
+            summary = _finish(prepared, stats, gave_up)
+    except BaseException as exc:
+        heartbeat.end("stopped", _stop_reason(exc))
+        raise
+    heartbeat.end("ended", f"{summary.counts['shards_done']} of {shards_total} shards done" + (
+        "" if summary.complete else "; rerun the same command to render the rest"))
+    return summary
+
+
+def _stop_reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return (str(exc) if isinstance(exc, UserFacing) else f"{type(exc).__name__}: {exc}")[:2000]
 
 
 def _run_stats(report, actors: int) -> dict[str, Any]:
@@ -179,7 +197,9 @@ def _run_stats(report, actors: int) -> dict[str, Any]:
     }
     return {
         "shards_rendered": len(report.done) if report else 0, "actors": actors,
-        "actors_lost": report.actors_lost if report else 0,
+        "actors_lost": report.actors_lost if report else 0, "actors_hung": report.actors_hung if report else 0,
+        "actors_preempted": report.actors_preempted if report else 0,
+        "ray_restarts": report.ray_restarts if report else 0,
         "rows_rendered": report.rows_rendered if report else 0, "rows_adopted": report.rows_adopted if report else 0,
         "render_seconds": round(report.render_finished - report.render_started, 3) if report else 0.0,
         "pipeline_seconds": round(report.pipeline_seconds, 3) if report else 0.0,
@@ -199,27 +219,37 @@ def _render(prepared: PreparedRun, pending: list[Shard], events, on_ready):
         return ShardTask(shard.shard_id, new_attempt_id(), rows, spec.output.format, spec.output.quality,
                          spec.output.layout)
 
-    index = MarkerIndex(prepared.store, spec.run.index_seconds)
-    cluster.connect(prepared.request.address)
+    events.index = MarkerIndex(prepared.store, spec.run.index_seconds)
     try:
         with events:
-            return cluster.run_shards(pending, make_task, prepared.store, spec, _Indexing(events, index),
+            return cluster.run_shards(pending, make_task, prepared.store, spec, events,
                                       first_model=pending[0].variant.model, on_ready=on_ready,
-                                      s3=prepared.request.s3)
+                                      s3=prepared.request.s3, address=prepared.request.address)
     finally:
-        index.write()  # also when the run stops early: what did commit is indexed for the resume
-        cluster.shutdown()
+        events.index.write()  # also when the run stops early: what did commit is indexed for the resume
 
 
-class _Indexing:
-    """The run's events, with each committed shard's marker passed to the index on the way."""
+class _RunEvents:
+    """The run's events on their way to the progress display: each committed shard's marker goes to the
+    index, and the dispatch loop's ticks feed the heartbeat."""
 
-    def __init__(self, events, index: MarkerIndex) -> None:
-        self.events, self.index = events, index
+    def __init__(self, events, heartbeat: Heartbeat) -> None:
+        self.events, self.heartbeat = events, heartbeat
+        self.index: MarkerIndex | None = None
 
     def shard_done(self, result) -> None:
         self.index.add(result.marker)
         self.events.shard_done(result)
+
+    def tick(self, pool: dict[str, int]) -> None:
+        self.heartbeat.beat(pool)
+
+    def __enter__(self) -> _RunEvents:
+        self.events.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.events.__exit__(*exc)
 
     def __getattr__(self, name: str):
         return getattr(self.events, name)

@@ -7,7 +7,10 @@ import urllib.error
 
 
 class UserFacing(Exception):
-    """An error whose message is the whole story (what is wrong, where, the fix): the CLI prints it and exits 2."""
+    """An error whose message is the whole story (what is wrong, where, the fix): the CLI prints it and exits
+    with `exit_code`."""
+
+    exit_code = 2  # the input or the request must change before a rerun can work
 
 
 class SpecError(UserFacing, ValueError):
@@ -54,6 +57,17 @@ class JobsError(UserFacing, RuntimeError):
 
 class FatalRunError(UserFacing, RuntimeError):
     """The run cannot go on (e.g. its first model cannot be loaded); retrying would not help."""
+
+
+class RunStopped(UserFacing, RuntimeError):
+    """The run could not go on for a reason outside its input (its Ray lost, no actor could start in time):
+    what is committed stays, and rerunning the same command resumes."""
+
+    exit_code = 1  # the same command may work later: not a usage error
+
+
+class RayLost(RunStopped):
+    """The private Ray's node died: nothing it held can go on, but a new private Ray can."""
 
 
 class ModelLoadError(UserFacing, RuntimeError):

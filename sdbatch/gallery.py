@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sdbatch.errors import GalleryError
+from sdbatch.heartbeat import describe, read_progress
 from sdbatch.output import SUCCESS_KEY, run_counts
 from sdbatch.plan import Variant, group_by_variant
 from sdbatch.results import scan_results
@@ -200,7 +201,8 @@ def _totals(seen: _Survey, counts: dict, success: dict, settings: GallerySetting
             ("images/s", f"{last['images_per_second']:g} (last invocation, {last.get('actors', '?')} actor(s) "
                          "together, "
                          "while rendering)" if "images_per_second" in last else "unknown (no _SUCCESS.json yet)"),
-            ("GPU-hours", f"{seconds / 3600:.4g} on {', '.join(devices) or 'no device'}")]
+            ("GPU-hours", f"{seconds / 3600:.4g} on {', '.join(devices) or 'no device'}"),
+            ("driver", describe(read_progress(store)))]
     if settings.gpu_hour_price is not None and counts["rows_ok"]:
         per_1000 = seconds / 3600 * settings.gpu_hour_price / counts["rows_ok"] * 1000
         rows.append(("cost / 1,000 images", f"{per_1000:.4g} at {settings.gpu_hour_price:g} per GPU-hour"))

@@ -48,6 +48,12 @@ class OutputSettings:
     layout: str = "files"
 
 
+# run.start_timeout when unset: a private Ray has all the room it will ever have once it starts, so a pool
+# that has not warmed in minutes never will; a cluster's autoscaler may need half an hour for a GPU node.
+PRIVATE_RAY_START_TIMEOUT = 300.0
+CLUSTER_START_TIMEOUT = 1800.0
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """How the work is executed; may change between a run and its resume."""
@@ -71,6 +77,27 @@ class RunSettings:
     # Seconds between the driver's writes of newly committed markers to the marker index: a resume or
     # `status` after the driver was killed reads only the markers of the last interval one by one.
     index_seconds: float = 60.0
+    # Seconds the pool may go without a live (warm) actor before the run stops (exit 1; a rerun resumes).
+    # None: 300 on a private Ray, which nothing will give more room later; 1800 on a cluster, where an
+    # autoscaler may take many minutes to start a GPU node and the actor to load its model there.
+    start_timeout: float | None = None
+    # A shard running this many times longer than the slowest of the run's recent shards is hung (a deadlock,
+    # a stuck device, a stopped process): its actor is killed and replaced, and its shards requeued.
+    hung_shard_factor: float = 10.0
+    # ...and never before this many seconds: a shard that first compiles a shape or fetches a model, LoRAs or
+    # ControlNets from S3 may take minutes, and the run's first shards have no peers to compare with.
+    hung_shard_seconds: float = 600.0
+    # Times a private Ray whose node died (its raylet killed, e.g. by the OOM killer) is started again for the
+    # shards not committed; after that the run stops (exit 1). A cluster's nodes are its operator's to restart.
+    ray_restarts: int = 2
+    # Seconds between the driver's heartbeats in the output (_progress.json): what tells `sdbatch status` a
+    # live run from one whose driver is gone.
+    heartbeat_seconds: float = 30.0
+
+    def start_timeout_for(self, private_ray: bool) -> float:
+        if self.start_timeout is not None:
+            return self.start_timeout
+        return PRIVATE_RAY_START_TIMEOUT if private_ray else CLUSTER_START_TIMEOUT
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,12 @@ class JobSpec:
                "use at least 1, or leave it unset for what fits the GPU")
         for name in ("shards_in_flight", "max_shard_attempts", "io_threads"):
             _check(getattr(r, name) >= 1, f"run.{name}", getattr(r, name), "use at least 1")
+        for name in ("index_seconds", "hung_shard_seconds", "heartbeat_seconds"):
+            _check(getattr(r, name) > 0, f"run.{name}", getattr(r, name), "use a positive number of seconds")
+        _check(r.start_timeout is None or r.start_timeout > 0, "run.start_timeout", r.start_timeout,
+               "use a positive number of seconds, or leave it unset (300 on a private Ray, 1800 on a cluster)")
+        _check(r.hung_shard_factor >= 1, "run.hung_shard_factor", r.hung_shard_factor, "use at least 1")
+        _check(r.ray_restarts >= 0, "run.ray_restarts", r.ray_restarts, "use 0 or more")
         self._validate_render()
         return self
 

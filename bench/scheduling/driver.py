@@ -64,6 +64,9 @@ def driver_cpu_per_shard(shards: int, actors: int, sleep_s: float, in_flight: in
         def waiting(self, message):
             pass
 
+        def tick(self, pool):
+            pass
+
     # A normalized-manifest-shaped table (the render columns), planned by the real planner.
     rng = random.Random(seed)
     rows = shards * shard_size

@@ -1,4 +1,4 @@
-"""The one error handler: known errors become a one-paragraph message and exit code 2."""
+"""The one error handler: known errors become a one-paragraph message and their exit code (2: fix the input)."""
 
 from __future__ import annotations
 
@@ -27,5 +27,5 @@ def run_with_errors(app: Callable[..., int | None]) -> int:
         return 2
     except USAGE_ERRORS as exc:
         Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(exc)))
-        return 2
+        return getattr(exc, "exit_code", 2)
     return code if isinstance(code, int) else 0

@@ -27,8 +27,10 @@ def _store(output: str, s3_endpoint: Optional[str]):
 
 
 def status(output: RunOutput, s3_endpoint: S3Endpoint = None, address: Address = None) -> None:
-    """Counts of a run from its output store, finished or not, and its Ray Job's state if it has one."""
+    """Counts of a run from its output store, finished or not, whether its driver is alive (its heartbeat),
+    and its Ray Job's state if it has one."""
     from sdbatch.errors import ObjectNotFound
+    from sdbatch.heartbeat import describe, read_progress
     from sdbatch.output import run_counts
 
     store = _store(output, s3_endpoint)
@@ -38,6 +40,7 @@ def status(output: RunOutput, s3_endpoint: S3Endpoint = None, address: Address =
         counts = None  # submitted, but its driver has not claimed the output yet
     for key, value in (counts or {"rows_total": "not started yet"}).items():
         typer.echo(f"{key}: {value}")
+    typer.echo(f"driver: {describe(read_progress(store))}")
     if store.exists("_submit/ray_job.json"):
         from sdbatch.engine import jobs
 

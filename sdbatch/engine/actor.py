@@ -40,7 +40,8 @@ class RenderActor:
         """Load the first model before any shard is sent, so a bad model stops the run early."""
         loaded, thread = self._on_device(lambda: (self.renderer.model(model), threading.get_native_id()))
         return {"pid": os.getpid(), "device": self.renderer.device_name(), "model_hash": loaded.model_hash,
-                "model_loads": self.renderer.model_loads, "device_thread": thread}
+                "model_loads": self.renderer.model_loads, "device_thread": thread,
+                "node": ray.get_runtime_context().get_node_id()}  # to tell a drained node from a crash
 
     def render_shard(self, task: ShardTask) -> ShardResult:
         return self.renderer.render_shard(task, self._on_device)

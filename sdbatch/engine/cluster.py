@@ -7,11 +7,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
-from sdbatch.engine import priority
+from sdbatch.engine import nodes, priority
 from sdbatch.engine.actor import RemoteRenderActor
 from sdbatch.engine.dispatch import Dispatcher, DispatchReport, Events
+from sdbatch.engine.watch import Watch
+from sdbatch.errors import RayLost, RunStopped
 from sdbatch.logs import quieted
 from sdbatch.plan import Shard
 from sdbatch.settings import RendererSettings, S3Settings
@@ -110,13 +114,56 @@ def actor_factory(store: Store, spec: JobSpec, shape: PoolShape, s3: S3Settings)
 
 def run_shards(shards: list[Shard], make_task: Callable[[Shard], ShardTask], store: Store,
                spec: JobSpec, events: Events, first_model: str, on_ready: Callable[[], None],
-               s3: S3Settings) -> tuple[DispatchReport, PoolShape]:
-    """Render the shards on the connected Ray (on_ready runs once the actors are warm)."""
-    run = spec.run
-    shape = pool_shape(run.actors, run.device)
-    dispatcher = Dispatcher(actor_factory(store, spec, shape, s3), shape.actors, run.shards_in_flight,
-                            run.max_shard_attempts, make_task, events, affinity=run.affinity)
-    return dispatcher.run(shards, first_model, on_ready), shape
+               s3: S3Settings, address: str | None) -> tuple[DispatchReport, PoolShape]:
+    """Render the shards on the cluster at `address`, or on a private local Ray started for them, and
+    started again (run.ray_restarts times) for the shards not done when its node dies. on_ready runs once,
+    when the first actor is warm."""
+    run, private = spec.run, address is None
+    report, restarts, ready_once = DispatchReport(), 0, _once(on_ready)
+    while True:
+        connect(address)
+        try:
+            shape = pool_shape(run.actors, run.device)
+            needs = {"GPU": shape.gpus_per_actor, "CPU": shape.cpus_per_actor}
+            if private and (why := nodes.never_fits(needs)):
+                raise RunStopped(f"no actor can ever start here: {why} (run.device = {run.device!r}); use "
+                                 "--device auto or cpu on this machine, or run where there is a GPU")
+            watch = Watch(run.start_timeout_for(private), run.hung_shard_seconds, run.hung_shard_factor,
+                          nodes.private_ray_lost if private else None,
+                          ", ".join(f"{amount:g} {name}" for name, amount in needs.items() if amount))
+            dispatcher = Dispatcher(actor_factory(store, spec, shape, s3), shape.actors, run.shards_in_flight,
+                                    run.max_shard_attempts, make_task, events, run.affinity, watch, report)
+            return dispatcher.run(shards, first_model, ready_once), shape
+        except RayLost as exc:
+            if restarts >= run.ray_restarts:
+                raise RayLost(f"{exc}, {restarts} time(s) in this run; it stops here. What is committed stays: "
+                              "rerun the same command to resume (see the Ray logs under /tmp/sdbatch-ray-*)") from exc
+            restarts += 1
+            report.ray_restarts = restarts
+            shards = _not_done(shards, report)
+            first_model = shards[0].variant.model if shards else first_model
+            events.waiting(f"{exc}; starting a new private Ray ({restarts} of at most {run.ray_restarts}) for "
+                           f"the {len(shards)} shards not done")
+        finally:
+            shutdown()
+
+
+def _once(callback: Callable[[], None]) -> Callable[[], None]:
+    called = []
+
+    def call() -> None:
+        if not called:
+            called.append(True)
+            callback()
+
+    return call
+
+
+def _not_done(shards: list[Shard], report: DispatchReport) -> list[Shard]:
+    """The shards neither done nor given up; Arrow, not a set: a run may have millions of shards."""
+    settled = pa.array([*report.done, *report.gave_up], pa.string())
+    is_settled = pc.is_in(pa.array([s.shard_id for s in shards], pa.string()), value_set=settled)
+    return [shard for shard, skip in zip(shards, is_settled.to_pylist()) if not skip]
 
 
 def shutdown() -> None:

@@ -1,4 +1,4 @@
-"""Dispatch loop: bounded shards in flight per actor, requeue on actor death, retry budgets, events."""
+"""Dispatch loop: bounded shards in flight per actor, requeue on actor death, hung and stalled pools, events."""
 
 from __future__ import annotations
 
@@ -16,15 +16,17 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
+from sdbatch.engine import nodes
 from sdbatch.engine.policy import Holdings, ShardQueue, fill
-from sdbatch.errors import FatalRunError, ModelLoadError
+from sdbatch.engine.watch import ShardClock, SlotTimer, Stall, Watch
+from sdbatch.errors import FatalRunError, ModelLoadError, RayLost, RunStopped
 from sdbatch.plan import Shard
 from sdbatch.tasks import ShardResult, ShardTask
 
-# How often to say so while no actor can start (e.g. an autoscaling cluster with no GPU node yet).
-WAIT_NOTICE_SECONDS = 30.0
 # Failures that mean "the process or node holding the work went away", not "the work is bad".
 ACTOR_LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
+# The loop wakes at least this often to look for hung shards, a stalled pool and a lost Ray.
+WATCH_SECONDS = 1.0
 
 
 class Events(Protocol):
@@ -34,6 +36,7 @@ class Events(Protocol):
     def model_failed(self, model: str, error: str) -> None: ...  # every shard of it is given up
     def actor_lost(self, actor: str, error: str) -> None: ...
     def waiting(self, message: str) -> None: ...
+    def tick(self, pool: dict[str, int]) -> None: ...  # the loop is alive: the pool's state, about 1/s
 
 
 @dataclass
@@ -46,7 +49,10 @@ class DispatchReport:
     pipeline_seconds: float = 0.0
     gave_up: dict[str, str] = field(default_factory=dict)  # shard id -> last error
     actors_started: int = 0
-    actors_lost: int = 0
+    actors_lost: int = 0  # died or hung: these spend their shards' attempts
+    actors_hung: int = 0
+    actors_preempted: int = 0  # their node ended with notice: their shards' attempts are not spent
+    ray_restarts: int = 0  # times the private Ray was started again after its node died
     model_loads: dict[str, int] = field(default_factory=dict)  # actor -> loads
     lora_loads: dict[str, int] = field(default_factory=dict)  # actor -> LoRA files loaded
     controlnet_loads: dict[str, int] = field(default_factory=dict)  # actor -> ControlNets loaded
@@ -60,7 +66,10 @@ class _Slot:
     handle: Any
     warm_model: str = ""  # the model it loads before its first shard
     in_flight: int = 0
+    placed: bool = False  # its process is up (it may still be loading its model)
     ready: bool = False  # warm: its first model is loaded; only ready actors are given shards
+    node: str = ""  # the Ray node it runs on, once warm
+    timer: SlotTimer = field(default_factory=SlotTimer)
 
 
 class Dispatcher:
@@ -68,62 +77,106 @@ class Dispatcher:
 
     def __init__(self, make_actor: Callable[[str], Any], actors: int, in_flight: int,
                  max_attempts: int, make_task: Callable[[Shard], ShardTask], events: Events,
-                 affinity: bool = True):
+                 affinity: bool = True, watch: Watch | None = None, report: DispatchReport | None = None):
         self.make_actor, self.make_task, self.events = make_actor, make_task, events
         self.actor_count, self.in_flight, self.max_attempts = actors, in_flight, max_attempts
-        self.affinity = affinity
-        self.report = DispatchReport()
+        self.affinity, self.watch = affinity, watch or Watch()
+        self.report = report or DispatchReport()  # a restarted Ray's dispatcher adds to the first one's
         self.slots: list[_Slot] = []
         self.running: dict[Any, tuple[_Slot, Shard]] = {}
         self.warming: dict[Any, _Slot] = {}
+        self.placing: dict[Any, _Slot] = {}
         self.holdings = Holdings()  # the driver's view of what is warm on each actor, by slot name
         self.first_model = ""
         self.attempts: collections.Counter[str] = collections.Counter()
         self.failed_models: dict[str, str] = {}  # model -> why it cannot be loaded
+        self.clock = ShardClock(self.watch.hung_shard_seconds, self.watch.hung_shard_factor)
+        self.stall = Stall(self.watch.start_timeout)
+        self.next_watch = self.next_health = 0.0
 
     def run(self, shards: list[Shard], first_model: str, on_ready: Callable[[], None]) -> DispatchReport:
         """Start the actors, call on_ready once the first is warm, then render every shard (or give it up).
 
         Actors that are not warm yet (still loading, or waiting for a node with a free GPU) get no
-        shards, so lost capacity slows the run down instead of stalling it.
+        shards, so lost capacity slows the run down instead of stalling it; a pool with no live actor for
+        `start_timeout` stops the run, a lost private Ray raises RayLost.
         """
         queue = ShardQueue(shards, self.affinity, self.holdings)
         if not queue:
             return self.report
         self.first_model = first_model
         self.slots = [self._new_slot() for _ in range(min(self.actor_count, len(queue)))]
-        waited = 0
-        while not any(slot.ready for slot in self.slots):
-            ready, _ = ray.wait(list(self.warming), num_returns=1, timeout=WAIT_NOTICE_SECONDS)
-            self._handle(ready, queue)
-            if not ready:
-                waited += WAIT_NOTICE_SECONDS
-                self.events.waiting(f"no actor has started after {waited:.0f} s: the cluster has no room for "
-                                    "one yet (an autoscaler may be adding a node; see `ray status`)")
-        on_ready()
-        self.report.render_started = time.monotonic()
         try:
+            while not any(slot.ready for slot in self.slots):
+                self._step(queue)
+            on_ready()
+            self.report.render_started = self.report.render_started or time.monotonic()
             while queue or self.running:
                 self._fill(queue)
-                ready, _ = ray.wait(list(self.running) + list(self.warming), num_returns=1, timeout=1.0)
-                self._handle(ready, queue)
+                self._step(queue)
         finally:
             for slot in self.warming.values():  # replacements that never found room
                 ray.kill(slot.handle, no_restart=True)
         self.report.render_finished = time.monotonic()
         return self.report
 
-    def _handle(self, ready: list, queue: ShardQueue) -> None:
+    def _step(self, queue: ShardQueue) -> None:
+        refs = [*self.running, *self.warming, *self.placing]
+        if not refs:  # every actor lost at once and none replaced: only the watch moves things on
+            time.sleep(WATCH_SECONDS)
+        ready = ray.wait(refs, num_returns=1, timeout=WATCH_SECONDS)[0] if refs else []
         for ref in ready:
-            if ref in self.warming:
+            if ref in self.placing:
+                self.placing.pop(ref).placed = True
+            elif ref in self.warming:
                 self._warmed(ref, queue)
             else:
                 self._collect(ref, queue)
+        now = time.monotonic()
+        if now >= self.next_watch:
+            self.next_watch = now + WATCH_SECONDS
+            self._look_around(queue, now)
+
+    def _look_around(self, queue: ShardQueue, now: float) -> None:
+        if self.watch.ray_lost and now >= self.next_health:
+            self.next_health = now + 5 * WATCH_SECONDS
+            lost = self.watch.ray_lost()
+            if lost:
+                self.warming.clear()  # gone with it: nothing to kill
+                raise RayLost(lost)
+        threshold = self.clock.threshold
+        for slot in list(self.slots):
+            if slot.in_flight and slot.timer.running_for(now) > threshold:
+                self._hung(slot, slot.timer.running_for(now), threshold, queue)
+        self.stall.update(any(slot.ready for slot in self.slots), now)
+        if self.stall.expired(now):
+            raise RunStopped(f"no actor was ready for {self.stall.waited(now):.0f} s (run.start_timeout): "
+                             f"{self._pool_story()}. What is committed stays; rerun the same command to resume "
+                             "(raise run.start_timeout if the cluster needs longer to add a node)")
+        if self.stall.notice_due(now):
+            self.events.waiting(f"no live actor for {self.stall.waited(now):.0f} s: {self._pool_story()}; "
+                                f"the run stops after {self.stall.timeout:.0f} s (run.start_timeout)")
+        self.events.tick({"actors": len(self.slots), "actors_ready": sum(s.ready for s in self.slots),
+                          "shards_in_flight": len(self.running), "shards_queued": len(queue),
+                          "shards_done": len(self.report.done), "shards_given_up": len(self.report.gave_up)})
+
+    def _pool_story(self) -> str:
+        waiting = [slot for slot in self.slots if not slot.ready]
+        placed = [slot for slot in waiting if slot.placed]
+        parts = []
+        if len(waiting) > len(placed):
+            needs = f" (each asks for {self.watch.actor_needs})" if self.watch.actor_needs else ""
+            parts.append(f"{len(waiting) - len(placed)} actor(s) waiting for room on the cluster{needs}; "
+                         "`ray status` shows what it has")
+        if placed:
+            parts.append(f"{len(placed)} actor(s) still loading {placed[0].warm_model}")
+        return ", ".join(parts) or "every actor was lost"
 
     def _new_slot(self, model: str | None = None) -> _Slot:
         self.report.actors_started += 1
         name = f"actor-{self.report.actors_started}"
         slot = _Slot(name, self.make_actor(name), warm_model=model or self.first_model)
+        self.placing[slot.handle.__ray_ready__.remote()] = slot  # answers once its process is up
         self.warming[slot.handle.warm.remote(slot.warm_model)] = slot
         return slot
 
@@ -132,7 +185,7 @@ class Dispatcher:
         try:
             info = ray.get(ref)
         except ACTOR_LOST as exc:  # died while loading (node lost, out of memory): try another
-            self._replace(slot, exc, queue)
+            self._replace(slot, type(exc).__name__, queue)
             return
         except RayTaskError as exc:  # warm() raised: usually the model cannot be loaded
             if not self.report.render_started:  # the run's first model: stop before anything is written
@@ -141,9 +194,10 @@ class Dispatcher:
                 slot.ready = True  # alive, holding nothing: it takes other work
                 self._model_failed(slot, slot.warm_model, _cause_text(exc), queue)
             else:  # this actor cannot start (a bad node): counted as lost, and replaced
-                self._replace(slot, exc, queue)
+                self._replace(slot, type(exc).__name__, queue)
             return
-        slot.ready = True
+        slot.placed = slot.ready = True
+        slot.node = info.get("node", "")
         self.holdings.warm(slot.name, slot.warm_model)  # its first shard of this model needs no switch
         self.report.model_loads[slot.name] = info["model_loads"]
 
@@ -155,21 +209,30 @@ class Dispatcher:
         ready = [s for s in self.slots if s.ready]
         room = {s.name: s.in_flight for s in ready if s.in_flight < self.in_flight}
         by_name = {s.name: s for s in ready}
+        now = time.monotonic()
         for name, shard in fill(queue, room, len(ready), self.in_flight):
             slot = by_name[name]
             self.attempts[shard.shard_id] += 1
             ref = slot.handle.render_shard.remote(self.make_task(shard))
             self.running[ref] = (slot, shard)
+            slot.timer.sent(slot.in_flight, now)
             slot.in_flight += 1
 
     def _collect(self, ref: Any, queue: ShardQueue) -> None:
         slot, shard = self.running.pop(ref)
         slot.in_flight -= 1
+        took = slot.timer.returned(slot.in_flight, time.monotonic())
         try:
             result: ShardResult = ray.get(ref)
         except ACTOR_LOST as exc:
-            self._retry_or_give_up(shard, f"actor lost: {type(exc).__name__}", queue)
-            self._replace(slot, exc, queue)  # after the requeue: the replacement warms what is left to do
+            if getattr(exc, "preempted", False) or (slot.node and nodes.ended_with_notice(slot.node)):
+                self.attempts[shard.shard_id] -= 1  # its node was taken away: not the shard's failure
+                self.events.shard_retry(shard.shard_id, "its node was drained or stopped")
+                queue.requeue(shard)
+                self._replace(slot, "preempted: its node was drained or stopped", queue, preempted=True)
+            else:
+                self._retry_or_give_up(shard, f"actor lost: {type(exc).__name__}", queue)
+                self._replace(slot, type(exc).__name__, queue)  # after the requeue: it warms the work left
             return
         except RayTaskError as exc:
             if isinstance(exc.cause, ModelLoadError):  # e.g. a second model of the manifest
@@ -177,6 +240,7 @@ class Dispatcher:
             else:
                 self._retry_or_give_up(shard, _cause_text(exc), queue)
             return
+        self.clock.finished(took)  # only shards that ended well: a failure's time says nothing of its peers
         report = self.report
         report.done.append(shard.shard_id)
         report.rows_rendered += result.rendered
@@ -188,14 +252,27 @@ class Dispatcher:
             tally[slot.name] = tally.get(slot.name, 0) + loads
         self.events.shard_done(result)
 
-    def _replace(self, slot: _Slot, exc: Exception, queue: ShardQueue) -> None:
+    def _hung(self, slot: _Slot, running_for: float, threshold: float, queue: ShardQueue) -> None:
+        """Give up the shards in flight on an actor whose shard runs far past its peers; kill and replace it."""
+        error = f"hung on {slot.name}: a shard ran {running_for:.0f} s, past {threshold:.0f} s"
+        for ref in [ref for ref, (owner, _) in self.running.items() if owner is slot]:
+            _, shard = self.running.pop(ref)
+            self._retry_or_give_up(shard, error, queue)
+        slot.in_flight = 0
+        self.report.actors_hung += 1
+        self._replace(slot, f"hung: a shard ran {running_for:.0f} s, past {threshold:.0f} s", queue)
+
+    def _replace(self, slot: _Slot, why: str, queue: ShardQueue, preempted: bool = False) -> None:
         if slot not in self.slots:
             return  # already replaced when its first lost shard came back
-        self.report.actors_lost += 1
+        if preempted:
+            self.report.actors_preempted += 1
+        else:
+            self.report.actors_lost += 1
         if self.report.actors_lost > self.actor_count * self.max_attempts:
-            raise FatalRunError(f"{self.report.actors_lost} actors were lost ({type(exc).__name__}: {exc}); "
-                                "check the cluster's memory and the Ray logs before rerunning")
-        self.events.actor_lost(slot.name, type(exc).__name__)
+            raise RunStopped(f"{self.report.actors_lost} actors were lost (the last: {why}); check the cluster's "
+                             "memory and the Ray logs, then rerun the same command to resume")
+        self.events.actor_lost(slot.name, why)
         # It warms the model of the work left, not the run's first model: that one may be long done.
         model = queue.next_model() or self.holdings.model(slot.name)
         self.holdings.forget(slot.name)  # its replacement starts cold
@@ -228,4 +305,3 @@ class Dispatcher:
 def _cause_text(exc: RayTaskError) -> str:
     cause = exc.cause if exc.cause is not None else exc
     return f"{type(cause).__name__}: {cause}"
-
