@@ -14,10 +14,9 @@ from sdbatch.errors import ObjectNotFound, StoreError
 from sdbatch.store.base import Store
 
 PROGRESS_KEY = "_progress.json"
-# A running driver's heartbeat older than this many intervals (and a minute more, for a store that is slow
-# for a while) means the driver is gone: killed, or its machine lost.
-STALE_INTERVALS = 3
-STALE_SLACK_SECONDS = 60.0
+# A running driver's heartbeat older than this many intervals means the driver is gone (killed, or its
+# machine lost): a beat or two may be late or lost on a slow store, not three.
+STALE_INTERVALS = 4
 
 
 class Heartbeat:
@@ -93,8 +92,7 @@ def describe(doc: dict[str, Any] | None, now: float | None = None) -> str:
     age = max(0.0, now - doc["updated"])
     where = f"on {doc.get('host', '?')}, pid {doc.get('pid', '?')}"
     if doc["state"] == "running":
-        stale = STALE_INTERVALS * doc.get("interval_seconds", 30.0) + STALE_SLACK_SECONDS
-        if age <= stale:
+        if age <= STALE_INTERVALS * doc.get("interval_seconds", 30.0):
             return (f"running (last heartbeat {_span(age)} ago {where}; {doc.get('actors_ready', 0)} of "
                     f"{doc.get('actors', 0)} actors ready)")
         return (f"not running: no heartbeat for {_span(age)} (its driver {where} was killed or lost its "

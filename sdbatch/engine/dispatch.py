@@ -90,8 +90,9 @@ class Dispatcher:
         self.first_model = ""
         self.attempts: collections.Counter[str] = collections.Counter()
         self.failed_models: dict[str, str] = {}  # model -> why it cannot be loaded
+        self.pids: list[int] = []  # every actor process warmed: a private Ray's may outlive its raylet
         self.clock = ShardClock(self.watch.hung_shard_seconds, self.watch.hung_shard_factor)
-        self.stall = Stall(self.watch.start_timeout)
+        self.stall = Stall(self.watch.start_timeout, self.watch.notice_seconds)
         self.next_watch = self.next_health = 0.0
 
     def run(self, shards: list[Shard], first_model: str, on_ready: Callable[[], None]) -> DispatchReport:
@@ -142,7 +143,8 @@ class Dispatcher:
             self.next_health = now + 5 * WATCH_SECONDS
             lost = self.watch.ray_lost()
             if lost:
-                self.warming.clear()  # gone with it: nothing to kill
+                self.warming.clear()  # gone with it: nothing Ray can kill
+                nodes.end_orphans(self.pids)
                 raise RayLost(lost)
         threshold = self.clock.threshold
         for slot in list(self.slots):
@@ -198,6 +200,7 @@ class Dispatcher:
             return
         slot.placed = slot.ready = True
         slot.node = info.get("node", "")
+        self.pids.append(info["pid"])
         self.holdings.warm(slot.name, slot.warm_model)  # its first shard of this model needs no switch
         self.report.model_loads[slot.name] = info["model_loads"]
 

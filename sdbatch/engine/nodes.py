@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import ray
@@ -41,3 +43,16 @@ def never_fits(needs: dict[str, float]) -> str | None:
     asked = ", ".join(f"{amount:g} {name}" for name, amount in short.items())
     held = ", ".join(f"{have.get(name, 0):g} {name}" for name in short)
     return f"each actor asks for {asked}, and this machine's Ray has {held}"
+
+
+def end_orphans(pids: list[int]) -> None:
+    """SIGKILL the actor processes of a private Ray whose raylet died: they outlive it (adopted by init) and
+    hold memory, a GPU's too, that the next private Ray's actors need. Only processes still titled `ray::`
+    (Linux: read from /proc), so a reused pid is left alone."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as title:
+                if title.read().startswith(b"ray::"):
+                    os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone already, or no /proc (not Linux): nothing to end
+            pass

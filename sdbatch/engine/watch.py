@@ -9,8 +9,6 @@ from dataclasses import dataclass
 # Shards whose times the hung threshold follows: enough to see the run's slow ones (a variant switch, a
 # long row), few enough that the threshold follows a change of phase (another model, other sizes).
 RECENT_SHARDS = 64
-# How often a pool with no live actor says so, in the progress output and the log.
-NOTICE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +22,8 @@ class Watch:
     # private Ray, whose loss nobody else will repair.
     ray_lost: Callable[[], str | None] | None = None
     actor_needs: str = ""  # for messages: what each actor asks of the cluster
+    # How often a pool with no live actor says so, in the progress output and the log.
+    notice_seconds: float = 30.0
 
 
 class ShardClock:
@@ -69,8 +69,8 @@ class SlotTimer:
 class Stall:
     """A pool with no live actor: since when, when to say so again, and when to give up."""
 
-    def __init__(self, timeout: float):
-        self.timeout = timeout
+    def __init__(self, timeout: float, notice_every: float):
+        self.timeout, self.notice_every = timeout, notice_every
         self.since: float | None = None
         self.noticed = 0.0
 
@@ -84,7 +84,7 @@ class Stall:
         return 0.0 if self.since is None else now - self.since
 
     def notice_due(self, now: float) -> bool:
-        if self.since is None or now - self.noticed < NOTICE_SECONDS:
+        if self.since is None or now - self.noticed < self.notice_every:
             return False
         self.noticed = now
         return True

@@ -12,9 +12,18 @@ import pytest
 
 import sdbatch
 from sdbatch.commits import read_markers
+from sdbatch.heartbeat import describe, read_progress
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
-from tests.support.util import REPO, SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
+from tests.support.util import (
+    REPO,
+    SDBATCH,
+    assert_exactly_once,
+    demo_job_with,
+    run_cli,
+    tiny_rows,
+    write_manifest,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
 JOB = str(REPO / "jobs" / "demo.toml")
@@ -108,10 +117,12 @@ SLOW_TINY = ["--steps", "20", "--width", "32", "--height", "32", "--shard-size",
 
 
 def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path):
+    """...and `sdbatch status` tells the live driver (its heartbeat) from the killed one."""
     rows = tiny_rows(24)
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "out"
-    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, *SLOW_TINY]
+    args = ["submit", str(manifest), "--output", str(out), "--job", demo_job_with(tmp_path, heartbeat_seconds=0.5),
+            *SLOW_TINY]
     driver = subprocess.Popen([*SDBATCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     markers_dir = out / "_committed"
@@ -119,6 +130,8 @@ def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path)
     while _count(markers_dir) < 3:
         assert driver.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
         time.sleep(0.05)
+    store = open_store(str(out))
+    assert describe(read_progress(store)).startswith("running (last heartbeat")
     actors = _actor_processes(driver.pid)  # the only writers of markers
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
@@ -127,11 +140,15 @@ def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path)
     committed = _wait_until_stable(markers_dir, quiet=0.5)  # nothing is left to write one; check that
     assert 3 <= len(committed) < 12, "the kill should land mid-run"
     before = {name: (markers_dir / name).read_bytes() for name in committed}
+    time.sleep(max(0.0, read_progress(store)["updated"] + 4 * 0.5 - time.time()))  # 4 beats missed
+    status = run_cli("status", str(out))
+    assert "driver: not running: no heartbeat for" in status.stdout, status.stdout + status.stderr
+    assert "rerun the same command to resume" in status.stdout
 
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    store = open_store(str(out))
     assert_exactly_once(store, [r["id"] for r in rows])
+    assert "driver: ended 0 s ago" in run_cli("status", str(out)).stdout
     for name, content in before.items():
         assert (markers_dir / name).read_bytes() == content  # committed shards were not redone
     last = json.loads(store.get("_SUCCESS.json"))["last_run"]

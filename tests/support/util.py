@@ -26,6 +26,14 @@ def tiny_rows(n: int, **extra) -> list[dict]:
     return [{"id": f"r{i:03d}", "prompt": f"a tiny test image number {i}", **extra} for i in range(n)]
 
 
+def demo_job_with(folder: Path, **run: object) -> str:
+    """The demo job file with [run] settings added, written into `folder`."""
+    lines = "".join(f"{name} = {json.dumps(value)}\n" for name, value in run.items())
+    path = folder / "job.toml"
+    path.write_text((REPO / "jobs" / "demo.toml").read_text().replace("[run]\n", f"[run]\n{lines}"))
+    return str(path)
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*SDBATCH, *args], capture_output=True, text=True, env=full_env,

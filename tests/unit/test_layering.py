@@ -103,7 +103,9 @@ def _loaded_by(module: str) -> set[str]:
 LIGHT = {
     "sdbatch.plan": HEAVY | {"ray", "boto3"},
     "sdbatch.engine.policy": HEAVY | {"ray", "boto3"},
+    "sdbatch.engine.watch": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.engine.dispatch": HEAVY,
+    "sdbatch.heartbeat": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.manifest": HEAVY | {"ray"},
     "sdbatch.estimate": HEAVY | {"ray"},
     # The driver's planning and the readers of big runs: no torch, no Ray, boto3 only for s3:// (lazily).

@@ -1,0 +1,124 @@
+"""A run that cannot progress says so and stops, or heals itself: on a real private Ray, with real faults (the
+raylet SIGKILLed, an actor SIGSTOPped, a pool that can never start). A SIGKILLed driver's heartbeat: test_e2e."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sdbatch.store import open_store
+from tests.support.util import (
+    REPO,
+    SDBATCH,
+    assert_exactly_once,
+    demo_job_with,
+    run_cli,
+    tiny_rows,
+    write_manifest,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
+JOB = str(REPO / "jobs" / "demo.toml")
+# As in test_e2e: 2-row shards of 20 steps at 32x32 last long enough for a fault to land mid-run.
+SLOW_TINY = ["--steps", "20", "--width", "32", "--height", "32", "--shard-size", "2", "--actors", "2"]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([*SDBATCH, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def wait_for_markers(driver: subprocess.Popen, out: Path, count: int, limit: float = 180) -> None:
+    deadline = time.monotonic() + limit
+    folder = out / "_committed"
+    while not folder.exists() or len(os.listdir(folder)) < count:
+        assert driver.poll() is None and time.monotonic() < deadline, "the run ended before the fault"
+        time.sleep(0.05)
+
+
+def descendants(pid: int, name_part: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            if name_part in " ".join(process.cmdline()) or process.name() == name_part:
+                found.append(process)
+        except psutil.Error:  # exited between listing and reading
+            pass
+    return found
+
+
+def test_the_private_rays_raylet_killed_mid_run_restarts_ray_and_the_run_completes_once(tmp_path):
+    rows = tiny_rows(32)
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, *SLOW_TINY]
+    driver = start(args)
+    wait_for_markers(driver, out, 2)
+    raylets, actors = descendants(driver.pid, "raylet"), descendants(driver.pid, "RenderActor")
+    assert len(raylets) == 1 and len(actors) == 2
+    killed = time.monotonic()
+    raylets[0].kill()  # as the OOM killer would; the dashboard agent's death takes the raylet with it too
+    # Its actors outlive it for a while, adopted by init and still rendering: stopped, they stand for a node
+    # whose work died with it, and the run can only end by finding that out.
+    for actor in actors:
+        actor.suspend()
+    output, _ = driver.communicate(timeout=300)
+    assert time.monotonic() - killed < 300
+    assert driver.returncode == 0, output
+    assert "the private Ray's node died" in output and "starting a new private Ray (1 of at most 2)" in output
+    assert not psutil.wait_procs(actors, timeout=10)[1], "the dead Ray's actors were left running"
+    store = open_store(str(out))
+    assert_exactly_once(store, [r["id"] for r in rows])
+    assert json.loads(store.get("_SUCCESS.json"))["last_run"]["ray_restarts"] == 1
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 rendered" in again.stdout and "16 shards already done" in again.stdout
+    assert_exactly_once(store, [r["id"] for r in rows])
+
+
+def test_a_sigstopped_actor_is_killed_and_replaced_and_the_run_completes_once(tmp_path):
+    rows = tiny_rows(24)
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    job = demo_job_with(tmp_path, hung_shard_seconds=4.0)
+    driver = start(["submit", str(manifest), "--output", str(out), "--job", job, *SLOW_TINY])
+    wait_for_markers(driver, out, 2)
+    actors = descendants(driver.pid, "RenderActor")
+    assert len(actors) == 2
+    stopped = actors[0]
+    stopped.suspend()  # SIGSTOP: alive to the OS and to Ray, rendering nothing, answering nothing
+    killed_mid_run = False
+    while driver.poll() is None:
+        try:
+            killed_mid_run = stopped.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            killed_mid_run = True
+        if killed_mid_run:
+            break
+        time.sleep(0.2)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    assert killed_mid_run, "the stopped actor outlived the hang check"
+    assert "hung: a shard ran" in output
+    store = open_store(str(out))
+    assert_exactly_once(store, [r["id"] for r in rows])
+    last = json.loads(store.get("_SUCCESS.json"))["last_run"]
+    assert last["actors_hung"] == 1 and last["actors_lost"] == 1
+
+
+def test_a_pool_that_can_never_start_stops_with_exit_1_and_writes_nothing(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(4))
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = run_cli("submit", str(manifest), "--output", str(out), "--job", JOB, "--device", "cuda")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert time.monotonic() - started < 120
+    message = " ".join(result.stderr.split())
+    assert "no actor can ever start here: each actor asks for 1 GPU, and this machine's Ray has 0 GPU" in message
+    assert "--device auto or cpu" in message
+    assert not out.exists()
