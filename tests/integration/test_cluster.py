@@ -10,7 +10,15 @@ import pytest
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
 from tests.support.clusters import LocalCluster
-from tests.support.util import REPO, SDBATCH, assert_exactly_once, run_cli, tiny_rows, write_manifest
+from tests.support.util import (
+    REPO,
+    SDBATCH,
+    assert_exactly_once,
+    demo_job_with,
+    run_cli,
+    tiny_rows,
+    write_manifest,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
 JOB = str(REPO / "jobs" / "demo.toml")
@@ -130,4 +138,31 @@ def test_a_worker_node_lost_mid_run_moves_its_shards(tmp_path, cluster):
     store = open_store(str(out))
     assert_exactly_once(store, [r["id"] for r in rows])
     assert json.loads(store.get("_SUCCESS.json"))["last_run"]["actors_lost"] >= 1
+    cluster.workers.append(cluster.cluster.add_node(num_cpus=1, num_gpus=1))  # restore capacity
+
+
+def test_a_drained_nodes_shards_are_requeued_without_spending_their_attempts(tmp_path, cluster):
+    """One attempt per shard: a shard whose attempt were spent by the preemption would be given up (exit 1).
+    Enough rows that the run outlasts the notice (`ray drain-node` starts a process) and the node's end."""
+    rows = tiny_rows(64)
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    driver = subprocess.Popen([*SDBATCH, "submit", str(manifest), "--output", str(out),
+                               "--job", demo_job_with(tmp_path, max_shard_attempts=1), "--steps", "20", "--width", "32",
+                               "--height", "32", "--shard-size", "2", "--address", cluster.address],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    markers = out / "_committed"
+    _wait_for(lambda: markers.exists() and len(os.listdir(markers)) >= 2, 300, "first shards", 0.05)
+    hosting = cluster.nodes_with_actors()
+    assert len(hosting) == 2
+    cluster.drain(hosting[0], deadline_s=1)
+    time.sleep(1.1)  # past the notice's deadline, as a cloud would take the machine
+    cluster.remove(hosting[0], graceful=True)
+    output, _ = driver.communicate(timeout=400)
+    assert driver.returncode == 0, output
+    assert "its node was drained or stopped" in output
+    store = open_store(str(out))
+    assert_exactly_once(store, [r["id"] for r in rows])
+    last = json.loads(store.get("_SUCCESS.json"))["last_run"]
+    assert last["actors_preempted"] == 1 and last["actors_lost"] == 0
     cluster.workers.append(cluster.cluster.add_node(num_cpus=1, num_gpus=1))  # restore capacity

@@ -80,9 +80,18 @@ class LocalCluster:
                 hosting.append(node)
         return hosting
 
-    def remove(self, node) -> None:
+    def remove(self, node, graceful: bool = False) -> None:
+        """SIGKILL the node's processes (a lost machine), or SIGTERM them first (a shutdown with notice)."""
         self.workers.remove(node)
-        self.cluster.remove_node(node, allow_graceful=False)
+        self.cluster.remove_node(node, allow_graceful=graceful)
+
+    def drain(self, node, reason: str = "DRAIN_NODE_REASON_PREEMPTION", deadline_s: int = 1) -> None:
+        """Tell the GCS the node goes away soon, as an autoscaler does on a spot preemption notice."""
+        import subprocess
+
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", "--address", self.address,
+                        "--node-id", node.node_id, "--reason", reason, "--reason-message", "spot preemption notice",
+                        "--deadline-remaining-seconds", str(deadline_s)], check=True, capture_output=True)
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
