@@ -165,7 +165,8 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
             claim()
             stats, gave_up = _run_stats(None, 0), {}
         else:
-            events = _RunEvents(events_factory(prepared.plan.rows_total, rows_done), heartbeat)
+            events = _RunEvents(events_factory(prepared.plan.rows_total, rows_done), heartbeat,
+                                MarkerIndex(store, prepared.request.spec.run.index_seconds))
             report, shape = _render(prepared, pending, events, claim)
             stats, gave_up = _run_stats(report, shape.actors), report.gave_up
         stats["shards_skipped"] = done.num_rows
@@ -208,7 +209,7 @@ def _run_stats(report, actors: int) -> dict[str, Any]:
     }
 
 
-def _render(prepared: PreparedRun, pending: list[Shard], events, on_ready):
+def _render(prepared: PreparedRun, pending: list[Shard], events: _RunEvents, on_ready):
     from sdbatch.engine import cluster  # Ray is imported only once there is work for it
 
     spec = prepared.request.spec
@@ -219,7 +220,6 @@ def _render(prepared: PreparedRun, pending: list[Shard], events, on_ready):
         return ShardTask(shard.shard_id, new_attempt_id(), rows, spec.output.format, spec.output.quality,
                          spec.output.layout)
 
-    events.index = MarkerIndex(prepared.store, spec.run.index_seconds)
     try:
         with events:
             return cluster.run_shards(pending, make_task, prepared.store, spec, events,
@@ -233,9 +233,8 @@ class _RunEvents:
     """The run's events on their way to the progress display: each committed shard's marker goes to the
     index, and the dispatch loop's ticks feed the heartbeat."""
 
-    def __init__(self, events, heartbeat: Heartbeat) -> None:
-        self.events, self.heartbeat = events, heartbeat
-        self.index: MarkerIndex | None = None
+    def __init__(self, events, heartbeat: Heartbeat, index: MarkerIndex) -> None:
+        self.events, self.heartbeat, self.index = events, heartbeat, index
 
     def shard_done(self, result) -> None:
         self.index.add(result.marker)

@@ -18,7 +18,7 @@ from ray.exceptions import (
 
 from sdbatch.engine import nodes
 from sdbatch.engine.policy import Holdings, ShardQueue, fill
-from sdbatch.engine.watch import ShardClock, SlotTimer, Stall, Watch
+from sdbatch.engine.watch import ShardClock, SlotTimer, Stall, Watch, pool_story
 from sdbatch.errors import FatalRunError, ModelLoadError, RayLost, RunStopped
 from sdbatch.plan import Shard
 from sdbatch.tasks import ShardResult, ShardTask
@@ -90,6 +90,7 @@ class Dispatcher:
         self.first_model = ""
         self.attempts: collections.Counter[str] = collections.Counter()
         self.failed_models: dict[str, str] = {}  # model -> why it cannot be loaded
+        self.node_fates = nodes.NodeFates()
         self.pids: list[int] = []  # every actor process warmed: a private Ray's may outlive its raylet
         self.clock = ShardClock(self.watch.hung_shard_seconds, self.watch.hung_shard_factor)
         self.stall = Stall(self.watch.start_timeout, self.watch.notice_seconds)
@@ -164,15 +165,8 @@ class Dispatcher:
 
     def _pool_story(self) -> str:
         waiting = [slot for slot in self.slots if not slot.ready]
-        placed = [slot for slot in waiting if slot.placed]
-        parts = []
-        if len(waiting) > len(placed):
-            needs = f" (each asks for {self.watch.actor_needs})" if self.watch.actor_needs else ""
-            parts.append(f"{len(waiting) - len(placed)} actor(s) waiting for room on the cluster{needs}; "
-                         "`ray status` shows what it has")
-        if placed:
-            parts.append(f"{len(placed)} actor(s) still loading {placed[0].warm_model}")
-        return ", ".join(parts) or "every actor was lost"
+        loading = [slot.warm_model for slot in waiting if slot.placed]
+        return pool_story(len(waiting) - len(loading), loading, self.watch.actor_needs)
 
     def _new_slot(self, model: str | None = None) -> _Slot:
         self.report.actors_started += 1
@@ -228,7 +222,7 @@ class Dispatcher:
         try:
             result: ShardResult = ray.get(ref)
         except ACTOR_LOST as exc:
-            if getattr(exc, "preempted", False) or (slot.node and nodes.ended_with_notice(slot.node)):
+            if getattr(exc, "preempted", False) or self.node_fates.ended_with_notice(slot.node):
                 self.attempts[shard.shard_id] -= 1  # its node was taken away: not the shard's failure
                 self.events.shard_retry(shard.shard_id, "its node was drained or stopped")
                 queue.requeue(shard)

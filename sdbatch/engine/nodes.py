@@ -25,13 +25,20 @@ def private_ray_lost() -> str | None:
     return f"the private Ray's node died (its raylet is gone: {why})"
 
 
-def ended_with_notice(node_id: str) -> bool | None:
-    """Whether a dead node was drained or stopped with notice (True) or died (False); None while it is
-    alive or unknown, when an actor lost on it died of something else (out of memory, a crash)."""
-    for node in ray.nodes():
-        if node["NodeID"] == node_id:
-            return None if node["Alive"] else node.get("DeathReason") in WITH_NOTICE
-    return None
+class NodeFates:
+    """Whether dead nodes were drained or stopped with notice (True) or died (False), asked of Ray once per
+    dead node: its actors' shards come back together."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, bool] = {}
+
+    def ended_with_notice(self, node_id: str) -> bool:
+        """False too while the node is alive or unknown: an actor lost on it died of something else."""
+        if node_id and node_id not in self.known:
+            for node in ray.nodes():
+                if node["NodeID"] == node_id and not node["Alive"]:
+                    self.known[node_id] = node.get("DeathReason") in WITH_NOTICE
+        return self.known.get(node_id, False)
 
 
 def never_fits(needs: dict[str, float]) -> str | None:

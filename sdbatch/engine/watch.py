@@ -91,3 +91,14 @@ class Stall:
 
     def expired(self, now: float) -> bool:
         return self.since is not None and now - self.since > self.timeout
+
+
+def pool_story(unplaced: int, loading: list[str], needs: str) -> str:
+    """What a pool with no live actor is waiting for, in a line: room on the cluster, or models loading."""
+    parts = []
+    if unplaced:
+        asks = f" (each asks for {needs})" if needs else ""
+        parts.append(f"{unplaced} actor(s) waiting for room on the cluster{asks}; `ray status` shows what it has")
+    if loading:
+        parts.append(f"{len(loading)} actor(s) still loading {loading[0]}")
+    return ", ".join(parts) or "every actor was lost"

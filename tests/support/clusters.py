@@ -57,8 +57,8 @@ class LocalCluster:
         self.address = self.cluster.address  # for drivers: --address HOST:PORT
         self.dashboard = f"http://127.0.0.1:{port}"  # for the Jobs API: --address http://...
 
-    def nodes_with_actors(self) -> list:
-        """Worker nodes whose raylet runs a RenderActor process."""
+    def actors_on(self, node) -> list:
+        """The RenderActor processes under the node's raylet."""
         import psutil
 
         def is_actor(process) -> bool:
@@ -67,23 +67,49 @@ class LocalCluster:
             except psutil.Error:  # exited (or a zombie) between listing and reading
                 return False
 
-        hosting = []
-        for node in self.workers:
-            raylets = [p.process.pid for p in node.all_processes.get("raylet", [])]
-            children = []
-            for pid in raylets:
-                try:
-                    children += psutil.Process(pid).children(recursive=True)
-                except psutil.Error:
-                    pass
-            if any(is_actor(c) for c in children):
-                hosting.append(node)
-        return hosting
+        children = []
+        for raylet in node.all_processes.get("raylet", []):
+            try:
+                children += psutil.Process(raylet.process.pid).children(recursive=True)
+            except psutil.Error:
+                pass
+        return [child for child in children if is_actor(child)]
+
+    def nodes_with_actors(self) -> list:
+        """Worker nodes whose raylet runs a RenderActor process."""
+        return [node for node in self.workers if self.actors_on(node)]
 
     def remove(self, node, graceful: bool = False) -> None:
-        """SIGKILL the node's processes (a lost machine), or SIGTERM them first (a shutdown with notice)."""
+        """SIGKILL the node's processes, its actors too (a lost machine: a raylet's workers would outlive it),
+        or SIGTERM them (a shutdown with notice: the raylet ends its workers itself)."""
+        import psutil
+
+        actors = self.actors_on(node)
         self.workers.remove(node)
         self.cluster.remove_node(node, allow_graceful=graceful)
+        if not graceful:
+            for actor in actors:
+                try:
+                    actor.kill()
+                except psutil.Error:
+                    pass
+
+    def wait_settled(self, limit: float = 60.0) -> None:
+        """Until Ray counts as alive exactly the head and the workers: a node SIGKILLed moments ago is still
+        alive to it (and its GPUs offered) until its health checks fail."""
+        import time
+
+        from ray.util.state import list_nodes
+
+        deadline = time.monotonic() + limit
+        def alive() -> int:
+            # The filter is applied after the count of all nodes: dead ones make it look truncated.
+            return len(list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")],
+                                  raise_on_missing_output=False))
+
+        while alive() != 1 + len(self.workers):
+            assert time.monotonic() < deadline, "the cluster's nodes did not settle"
+            time.sleep(0.5)
 
     def drain(self, node, reason: str = "DRAIN_NODE_REASON_PREEMPTION", deadline_s: int = 1) -> None:
         """Tell the GCS the node goes away soon, as an autoscaler does on a spot preemption notice."""

@@ -1,6 +1,6 @@
 """The dispatcher's watch without Ray: the hung threshold follows the run's shard times, a stalled pool's clock."""
 
-from sdbatch.engine.watch import RECENT_SHARDS, ShardClock, SlotTimer, Stall
+from sdbatch.engine.watch import RECENT_SHARDS, ShardClock, SlotTimer, Stall, pool_story
 
 
 def test_the_hung_threshold_is_the_floor_until_peers_are_slower_then_follows_them():
@@ -38,3 +38,11 @@ def test_a_stall_is_timed_from_the_last_live_actor_and_said_at_intervals():
     stall.update(live=True, now=112.0)  # an actor came back: the clock stops and restarts from zero
     stall.update(live=False, now=200.0)
     assert not stall.expired(250.0) and stall.waited(250.0) == 50.0
+
+
+def test_a_stalled_pool_says_what_it_waits_for():
+    assert pool_story(2, [], "1 GPU") == ("2 actor(s) waiting for room on the cluster (each asks for 1 GPU); "
+                                          "`ray status` shows what it has")
+    assert pool_story(0, ["tiny:sd15", "tiny:sd15"], "1 GPU") == "2 actor(s) still loading tiny:sd15"
+    assert pool_story(1, ["m"], "").startswith("1 actor(s) waiting for room on the cluster; ")
+    assert pool_story(0, [], "1 GPU") == "every actor was lost"
