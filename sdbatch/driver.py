@@ -24,7 +24,7 @@ from sdbatch.output import (
     run_counts,
     write_success,
 )
-from sdbatch.plan import Plan, Shard
+from sdbatch.plan import Plan, Shard, shards_except
 from sdbatch.planning import PlannedManifest, PlannedRows, plan_manifest
 from sdbatch.results import COMPACTED_KEY, compact, open_results
 from sdbatch.settings import S3Settings
@@ -148,10 +148,7 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     shards_total = len(prepared.plan.shards)
     done = (read_markers(store, shards_total, refresh=True) if existing_run(store, prepared.job_doc)
             else MARKER_SCHEMA.empty_table())
-    shards = prepared.plan.shards
-    # Arrow, not a set of ids: a resume of millions of shards must not hold each id twice in Python.
-    is_done = pc.is_in(pa.array([s.shard_id for s in shards], pa.string()), value_set=done.column("shard"))
-    pending = [shard for shard, skip in zip(shards, is_done.to_pylist()) if not skip]
+    pending = shards_except(prepared.plan.shards, done.column("shard"))
     rows_done = pc.sum(done.column("rows")).as_py() or 0
 
     heartbeat = Heartbeat(store, prepared.request.spec.run.heartbeat_seconds, shards_total, done.num_rows)

@@ -168,3 +168,10 @@ def shard_rows(planned: pa.Table, shard: Shard) -> list[dict[str, Any]]:
     the labels, which go into per-image records (the webdataset layout's {id}.json)."""
     rows = planned.slice(shard.start, shard.size)
     return rows.drop_columns(["shard"]).to_pylist() if "shard" in rows.column_names else rows.to_pylist()
+
+
+def shards_except(shards: list[Shard], settled: pa.Array | pa.ChunkedArray) -> list[Shard]:
+    """The shards whose ids are not in `settled`, in order. Arrow, not a set of strings: a run may have
+    millions of shards, and a resume must not hold each id twice in Python."""
+    skip = pc.is_in(pa.array([s.shard_id for s in shards], pa.string()), value_set=settled)
+    return [shard for shard, settled_already in zip(shards, skip.to_pylist()) if not settled_already]

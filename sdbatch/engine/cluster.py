@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from sdbatch.engine import nodes, priority
@@ -17,7 +16,7 @@ from sdbatch.engine.dispatch import Dispatcher, DispatchReport, Events
 from sdbatch.engine.watch import Watch
 from sdbatch.errors import RayLost, RunStopped
 from sdbatch.logs import quieted
-from sdbatch.plan import Shard
+from sdbatch.plan import Shard, shards_except
 from sdbatch.settings import RendererSettings, S3Settings
 from sdbatch.spec import JobSpec
 from sdbatch.store.base import Store
@@ -136,11 +135,12 @@ def run_shards(shards: list[Shard], make_task: Callable[[Shard], ShardTask], sto
             return dispatcher.run(shards, first_model, ready_once), shape
         except RayLost as exc:
             if restarts >= run.ray_restarts:
-                raise RayLost(f"{exc}, {restarts} time(s) in this run; it stops here. What is committed stays: "
-                              "rerun the same command to resume (see the Ray logs under /tmp/sdbatch-ray-*)") from exc
+                again = f" again after {restarts} restart(s)" if restarts else " (run.ray_restarts = 0)"
+                raise RayLost(f"{exc}{again}; the run stops here. What is committed stays: rerun the same "
+                              "command to resume (the Ray logs are under /tmp/sdbatch-ray-*)") from exc
             restarts += 1
             report.ray_restarts = restarts
-            shards = _not_done(shards, report)
+            shards = shards_except(shards, pa.array([*report.done, *report.gave_up], pa.string()))
             first_model = shards[0].variant.model if shards else first_model
             events.waiting(f"{exc}; starting a new private Ray ({restarts} of at most {run.ray_restarts}) for "
                            f"the {len(shards)} shards not done")
@@ -157,13 +157,6 @@ def _once(callback: Callable[[], None]) -> Callable[[], None]:
             callback()
 
     return call
-
-
-def _not_done(shards: list[Shard], report: DispatchReport) -> list[Shard]:
-    """The shards neither done nor given up; Arrow, not a set: a run may have millions of shards."""
-    settled = pa.array([*report.done, *report.gave_up], pa.string())
-    is_settled = pc.is_in(pa.array([s.shard_id for s in shards], pa.string()), value_set=settled)
-    return [shard for shard, skip in zip(shards, is_settled.to_pylist()) if not skip]
 
 
 def shutdown() -> None:

@@ -262,6 +262,7 @@ class Dispatcher:
     def _replace(self, slot: _Slot, why: str, queue: ShardQueue, preempted: bool = False) -> None:
         if slot not in self.slots:
             return  # already replaced when its first lost shard came back
+        self.next_health = 0.0  # a lost actor may be the first sign of a lost Ray: look at once
         if preempted:
             self.report.actors_preempted += 1
         else:

@@ -157,24 +157,38 @@ def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path)
     assert last["rows_rendered"] + last["rows_adopted"] == 24 - 2 * len(committed)
 
 
-def test_killed_actor_is_replaced_and_its_shards_requeued(tmp_path):
-    rows = tiny_rows(16)
+def test_a_killed_actor_and_a_stopped_one_are_replaced_and_their_shards_requeued(tmp_path):
+    """One actor SIGKILLed (as the OOM killer would): its shards come back as lost. The other SIGSTOPped (a
+    hung device, a deadlock): alive to the OS and to Ray, answering nothing; past the hung threshold it is
+    killed, mid-run. Both are replaced, and every row is rendered once."""
+    rows = tiny_rows(24)
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "out"
-    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, *SLOW_TINY]
+    args = ["submit", str(manifest), "--output", str(out), "--job", demo_job_with(tmp_path, hung_shard_seconds=4.0),
+            *SLOW_TINY]
     driver = subprocess.Popen([*SDBATCH, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
     deadline = time.monotonic() + 180
-    while _count(out / "_committed") < 1:
+    while _count(out / "_committed") < 2:
         assert driver.poll() is None and time.monotonic() < deadline, "run ended before an actor was killed"
         time.sleep(0.05)
     victims = _actor_processes(driver.pid)
     assert len(victims) == 2
-    victims[0].kill()  # SIGKILL, as the kernel's OOM killer would
+    killed, stopped = victims
+    stopped.suspend()
+    killed.kill()
+    killed_mid_run = False
+    while driver.poll() is None and not killed_mid_run:
+        try:
+            killed_mid_run = stopped.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            killed_mid_run = True
+        time.sleep(0.2)
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, output
-    assert "lost" in output
+    assert killed_mid_run, "the stopped actor outlived the hang check"
+    assert "lost (ActorDiedError)" in output and "hung: a shard ran" in output
     store = open_store(str(out))
     assert_exactly_once(store, [r["id"] for r in rows])
     last = json.loads(store.get("_SUCCESS.json"))["last_run"]
-    assert last["actors_lost"] == 1 and last["actors"] == 2
+    assert last["actors_lost"] == 2 and last["actors_hung"] == 1 and last["actors"] == 2

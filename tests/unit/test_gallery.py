@@ -67,3 +67,16 @@ def test_thumbnails_are_spread_through_each_group_across_batches(tmp_path, monke
     for key, body in sections:
         ids = ok.filter(pc.equal(ok.column("group"), key)).column("id").to_pylist()
         assert re.findall(r'alt="([^"]+)"', body) == spread(ids, 7)
+
+
+def test_the_page_says_whether_the_runs_driver_is_alive(tmp_path):
+    from sdbatch.heartbeat import Heartbeat
+
+    store = synthetic_run(tmp_path / "run", 12)
+    assert "no driver has rendered into this output yet" in Path(make_gallery(store, GallerySettings())).read_text()
+    heartbeat = Heartbeat(store, interval=30.0, shards_total=1, shards_before=0)
+    heartbeat.start()
+    assert "<dt>driver</dt><dd>running (last heartbeat" in Path(make_gallery(store, GallerySettings())).read_text()
+    heartbeat.end("stopped", "no actor was ready <b>")
+    page = Path(make_gallery(store, GallerySettings())).read_text()
+    assert "<dd>stopped " in page and "no actor was ready &lt;b&gt;" in page

@@ -5,7 +5,7 @@ import random
 import pyarrow as pa
 
 from sdbatch.manifest import normalize
-from sdbatch.plan import plan_shards, shard_rows
+from sdbatch.plan import Shard, Variant, plan_shards, shard_rows, shards_except
 from sdbatch.settings import RowDefaults
 
 
@@ -62,3 +62,11 @@ def test_a_column_constant_in_one_chunk_and_varied_in_another_keeps_each_shard_t
         got = {(r["model"], r["steps"], r["vae"]) for r in shard_rows(planned, shard)}
         assert got == {(shard.variant.model, shard.variant.steps, shard.variant.vae)}
     assert {(v.model, v.steps, v.vae) for v in plan.variants()} == {(r["model"], r["steps"], r["vae"]) for r in rows}
+
+
+def test_shards_except_keeps_the_plan_order_of_the_shards_not_settled():
+    variant = Variant("m", 64, 64, 2, None, 7.5, (), ())
+    shards = [Shard(f"{n:06d}", variant, n, 1) for n in range(5)]
+    left = shards_except(shards, pa.array(["000003", "000000", "999999"], pa.string()))
+    assert [s.shard_id for s in left] == ["000001", "000002", "000004"]
+    assert shards_except(shards, pa.array([], pa.string())) == shards
