@@ -20,6 +20,7 @@ from tests.support.util import (
     SDBATCH,
     assert_exactly_once,
     demo_job_with,
+    processes_under,
     run_cli,
     tiny_rows,
     write_manifest,
@@ -101,16 +102,6 @@ def _count(directory: Path) -> int:
     return len(os.listdir(directory)) if directory.exists() else 0
 
 
-def _actor_processes(driver_pid: int):
-    def is_actor(process) -> bool:
-        try:
-            return "RenderActor" in " ".join(process.cmdline())
-        except psutil.Error:  # exited between listing and reading
-            return False
-
-    return [p for p in psutil.Process(driver_pid).children(recursive=True) if is_actor(p)]
-
-
 # Tiny renders for the fault tests: 20 steps at 32x32 keep a 2-row shard long enough (a few tenths of a
 # second on a 2-core CI box) for a fault to land mid-run, at a quarter of the 64x64 cost.
 SLOW_TINY = ["--steps", "20", "--width", "32", "--height", "32", "--shard-size", "2", "--actors", "2"]
@@ -132,7 +123,7 @@ def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path)
         time.sleep(0.05)
     store = open_store(str(out))
     assert describe(read_progress(store)).startswith("running (last heartbeat")
-    actors = _actor_processes(driver.pid)  # the only writers of markers
+    actors = processes_under(driver.pid, "RenderActor")  # the only writers of markers
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     _, alive = psutil.wait_procs(actors, timeout=60)  # Ray's fate-sharing takes them down with the driver
@@ -172,7 +163,7 @@ def test_a_killed_actor_and_a_stopped_one_are_replaced_and_their_shards_requeued
     while _count(out / "_committed") < 2:
         assert driver.poll() is None and time.monotonic() < deadline, "run ended before an actor was killed"
         time.sleep(0.05)
-    victims = _actor_processes(driver.pid)
+    victims = processes_under(driver.pid, "RenderActor")
     assert len(victims) == 2
     killed, stopped = victims
     stopped.suspend()

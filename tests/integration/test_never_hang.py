@@ -15,6 +15,7 @@ from tests.support.util import (
     REPO,
     SDBATCH,
     assert_exactly_once,
+    processes_under,
     run_cli,
     tiny_rows,
     write_manifest,
@@ -39,17 +40,6 @@ def wait_for_markers(driver: subprocess.Popen, out: Path, count: int, limit: flo
         time.sleep(0.05)
 
 
-def descendants(pid: int, name_part: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.Process(pid).children(recursive=True):
-        try:
-            if name_part in " ".join(process.cmdline()) or process.name() == name_part:
-                found.append(process)
-        except psutil.Error:  # exited between listing and reading
-            pass
-    return found
-
-
 def test_the_private_rays_raylet_killed_mid_run_restarts_ray_and_the_run_completes_once(tmp_path):
     rows = tiny_rows(32)
     manifest = write_manifest(tmp_path / "m.parquet", rows)
@@ -57,7 +47,7 @@ def test_the_private_rays_raylet_killed_mid_run_restarts_ray_and_the_run_complet
     args = ["submit", str(manifest), "--output", str(out), "--job", JOB, *SLOW_TINY]
     driver = start(args)
     wait_for_markers(driver, out, 2)
-    raylets, actors = descendants(driver.pid, "raylet"), descendants(driver.pid, "RenderActor")
+    raylets, actors = processes_under(driver.pid, "raylet"), processes_under(driver.pid, "RenderActor")
     assert len(raylets) == 1 and len(actors) == 2
     killed = time.monotonic()
     raylets[0].kill()  # as the OOM killer would; the dashboard agent's death takes the raylet with it too

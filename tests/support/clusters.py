@@ -61,19 +61,15 @@ class LocalCluster:
         """The RenderActor processes under the node's raylet."""
         import psutil
 
-        def is_actor(process) -> bool:
-            try:
-                return "RenderActor" in " ".join(process.cmdline())
-            except psutil.Error:  # exited (or a zombie) between listing and reading
-                return False
+        from tests.support.util import processes_under
 
-        children = []
+        actors = []
         for raylet in node.all_processes.get("raylet", []):
             try:
-                children += psutil.Process(raylet.process.pid).children(recursive=True)
-            except psutil.Error:
+                actors += processes_under(raylet.process.pid, "RenderActor")
+            except psutil.Error:  # the raylet is gone
                 pass
-        return [child for child in children if is_actor(child)]
+        return actors
 
     def nodes_with_actors(self) -> list:
         """Worker nodes whose raylet runs a RenderActor process."""

@@ -55,3 +55,18 @@ def assert_exactly_once(store, ids: list[str]) -> None:
     success = json.loads(store.get("_SUCCESS.json"))
     assert (success["rows_total"], success["rows_ok"], success["rows_failed"]) == (len(ids), len(ids), 0)
 
+
+
+def processes_under(pid: int, name_part: str) -> list:
+    """The live descendants of `pid` whose command line (Ray's process title, e.g. ray::RenderActor) or name
+    holds `name_part`."""
+    import psutil
+
+    found = []
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            if name_part in " ".join(process.cmdline()) or process.name() == name_part:
+                found.append(process)
+        except psutil.Error:  # exited (or a zombie) between listing and reading
+            pass
+    return found
