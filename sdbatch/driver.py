@@ -175,8 +175,9 @@ def execute(prepared: PreparedRun, events_factory) -> RunSummary:
     except BaseException as exc:
         heartbeat.end("stopped", _stop_reason(exc))
         raise
-    heartbeat.end("ended", f"{summary.counts['shards_done']} of {shards_total} shards done" + (
-        "" if summary.complete else "; rerun the same command to render the rest"))
+    done_now = summary.counts["shards_done"]
+    heartbeat.end("ended", f"{done_now} of {shards_total} shards done" + (
+        "" if summary.complete else "; rerun the same command to render the rest"), shards_done=done_now)
     return summary
 
 

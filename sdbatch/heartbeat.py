@@ -58,15 +58,18 @@ class Heartbeat:
             stop.set()
             thread.join()
 
-    def end(self, state: str, reason: str = "") -> None:
-        """The driver's last word: "ended" (its summary says how far the run got) or "stopped" (an error)."""
+    def end(self, state: str, reason: str = "", shards_done: int | None = None) -> None:
+        """The driver's last word: "ended" with the run's shards done (the pool's last tick is older than the
+        last shards), or "stopped" by an error, with the pool as it last was."""
         if self.started:
-            self._write(state, reason)
+            if shards_done is not None:
+                self.pool = {}
+            self._write(state, reason, shards_done)
 
-    def _write(self, state: str, reason: str = "") -> None:
+    def _write(self, state: str, reason: str = "", shards_done: int | None = None) -> None:
         self.last = time.monotonic()
         now = time.time()
-        done = self.shards_before + self.pool.get("shards_done", 0)
+        done = shards_done if shards_done is not None else self.shards_before + self.pool.get("shards_done", 0)
         doc: dict[str, Any] = {**self.base, "state": state, "updated": now, "updated_at": _iso(now),
                                **self.pool, "shards_done": done}
         if reason:

@@ -22,12 +22,14 @@ def test_nothing_is_written_before_start_and_beats_come_at_the_interval(tmp_path
     heartbeat.beat({"shards_done": 3, "actors": 2, "actors_ready": 1})
     assert read_progress(store) == first  # within the interval: no write
     heartbeat.interval = 0.0
-    heartbeat.beat({"shards_done": 3, "actors": 2, "actors_ready": 1})
+    heartbeat.beat({"shards_done": 3, "actors": 2, "actors_ready": 1, "shards_in_flight": 2})
     doc = read_progress(store)
     assert doc["shards_done"] == 7 and doc["actors_ready"] == 1  # the run's shards, not this invocation's
     assert describe(doc).startswith("running (last heartbeat 0 s ago")
-    heartbeat.end("ended", "10 of 10 shards done")
-    assert describe(read_progress(store)).endswith(": 10 of 10 shards done")
+    heartbeat.end("ended", "10 of 10 shards done", shards_done=10)
+    ended = read_progress(store)
+    assert describe(ended).endswith(": 10 of 10 shards done")
+    assert ended["shards_done"] == 10 and "shards_in_flight" not in ended  # not the pool's last, older tick
 
 
 def test_a_heartbeat_several_intervals_old_says_the_driver_is_gone():
