@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from sdbatch.schedulers import A1111_BY_CLASS, BY_NAME
+from sdbatch.schedulers import A1111_BY_CLASS, BY_NAME, resolve
 
 # A1111's own pattern for "Key: value, Key: "quoted, value"" pairs.
 PAIR = re.compile(r'\s*([\w][\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -29,7 +29,9 @@ def format_parameters(row: dict[str, Any]) -> str:
         lines.append(f"Negative prompt: {row['negative_prompt']}")
     named = BY_NAME.get(row.get("scheduler") or "")
     sampler = named.a1111 if named else A1111_BY_CLASS.get(row.get("scheduler_class") or "")
-    pairs = [("Steps", row["steps"]), ("Sampler", sampler), ("CFG scale", f"{row['guidance_scale']:g}"),
+    schedule = (named.schedule or "Automatic") if named else None  # as A1111 1.10 writes it: apart
+    pairs = [("Steps", row["steps"]), ("Sampler", sampler), ("Schedule type", schedule),
+             ("CFG scale", f"{row['guidance_scale']:g}"),
              ("Seed", row["seed"]), ("Size", f"{row['width']}x{row['height']}"),
              ("Model hash", (row.get("model_hash") or "")[:10] or None), ("Model", _name(row["model"]))]
     if row.get("vae"):
@@ -110,7 +112,7 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
         "prompt": fields["prompt"], "negative_prompt": fields.get("negative_prompt") or None,
         "seed": _int(fields.get("Seed")), "steps": _int(fields.get("Steps")),
         "guidance_scale": _float(fields.get("CFG scale")), "width": _int(width), "height": _int(height),
-        "scheduler": next((s.name for s in BY_NAME.values() if s.a1111 == fields.get("Sampler")), None),
+        "scheduler": _scheduler(fields.get("Sampler"), fields.get("Schedule type")),
     }
     if SDBATCH_KEY in fields:  # our own image: take the exact references rather than display names
         exact = json.loads(fields[SDBATCH_KEY])
@@ -120,6 +122,16 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
     elif fields.get("Model"):
         row["model"] = fields["Model"]
     return row
+
+
+def _scheduler(sampler: str | None, schedule: str | None) -> str | None:
+    """The sdbatch scheduler of A1111's Sampler and Schedule type; None (the model's own) if there is none."""
+    if not sampler:
+        return None
+    try:
+        return resolve(sampler, schedule)
+    except ValueError:
+        return None
 
 
 def _int(value: Any) -> int | None:

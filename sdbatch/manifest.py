@@ -18,7 +18,7 @@ from sdbatch.errors import ManifestError
 from sdbatch.manifest_columns import ID_PATTERN, MAX_SIZE, derive_seed, duplicate_ids, rows_where
 from sdbatch.manifest_lists import Entries, entries_of, struct_field
 from sdbatch.manifest_problems import MAX_LISTED_PROBLEMS, Problem, Problems, raise_if
-from sdbatch.schedulers import SCHEDULERS
+from sdbatch.schedulers import resolve
 from sdbatch.settings import RowDefaults
 from sdbatch.variant_columns import (
     CONSUMED_COLUMNS,
@@ -88,7 +88,7 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0,
     columns["guidance_scale"] = cols.floats(table, "guidance_scale", defaults.guidance_scale, problems)
     for name in ("width", "height"):
         columns[name] = cols.sizes(table, name, getattr(defaults, name), problems)
-    columns["scheduler"] = cols.strings(table, "scheduler", defaults.scheduler, problems, allowed=SCHEDULERS)
+    columns["scheduler"] = _schedulers(table, defaults.scheduler, problems)
     columns["model"] = cols.strings(table, "model", defaults.model, problems, nonempty=True)
     # None (null): the model's own VAE; the column is always written, so every run's manifest has one shape.
     columns["vae"] = cols.strings(table, "vae", defaults.vae, problems, nonempty_if_set=True)
@@ -98,8 +98,30 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0,
     _check_no_secrets_in_urls(columns, problems)
     _check_label_names(table, problems)
     problems.raise_if()
-    labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in CONSUMED_COLUMNS}
+    consumed = (*CONSUMED_COLUMNS, "schedule")
+    labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in consumed}
     return pa.table({**columns, **labels})
+
+
+def _schedulers(table: pa.Table, default: str | None, problems: Problems) -> Any:
+    """Each row's scheduler by its sdbatch name, from sdbatch's or A1111's names in `scheduler` and an optional
+    `schedule` column ("Karras"); each distinct pair resolved once."""
+    names = cols.strings(table, "scheduler", default, problems)
+    schedules = cols.strings(table, "schedule", None, problems)
+    pairs = pc.binary_join_element_wise(pc.fill_null(names, ""), pc.fill_null(schedules, ""), "\x00")
+    distinct = pc.unique(pairs).to_pylist()
+    resolved, errors = [], {}
+    for pair in distinct:
+        name, _, schedule = pair.partition("\x00")
+        try:
+            resolved.append(resolve(name, schedule) if name else None)
+        except ValueError as exc:
+            resolved.append(None)
+            errors[pair] = f"{exc} (a `schedule` column or the name's suffix gives the schedule type)"
+    if errors:
+        bad = pc.is_in(pairs, value_set=pa.array(list(errors), pa.string()))
+        problems.add_rows("scheduler", rows_where(bad), lambda n: errors[pairs[n].as_py()])
+    return pc.take(pa.array(resolved, pa.string()), pc.index_in(pairs, value_set=pa.array(distinct, pa.string())))
 
 
 # Query parameters that make a URL a credential (presigned S3/GCS/Azure links, tokens).

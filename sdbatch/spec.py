@@ -12,7 +12,7 @@ from typing import Any
 import tomllib
 
 from sdbatch.errors import SpecError
-from sdbatch.schedulers import SCHEDULERS
+from sdbatch.schedulers import resolve
 from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
@@ -40,8 +40,11 @@ class JobSpec:
             value = getattr(d, name)
             _check(value is None or (value > 0 and value % 8 == 0), f"defaults.{name}", value,
                    "use a positive multiple of 8, e.g. 512")
-        _check(d.scheduler is None or d.scheduler in SCHEDULERS, "defaults.scheduler", d.scheduler,
-               f"use one of {', '.join(SCHEDULERS)}")
+        if d.scheduler is not None:
+            try:
+                resolve(d.scheduler)
+            except ValueError as exc:
+                raise SpecError(f"job setting defaults.scheduler = {d.scheduler!r} is invalid: {exc}") from exc
         _check(0 <= d.seed < 2**63, "defaults.seed", d.seed, "use an integer in [0, 2**63)")
         _check(o.format in IMAGE_FORMATS, "output.format", o.format, f"use one of {', '.join(IMAGE_FORMATS)}")
         _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")

@@ -28,7 +28,8 @@ Steps = Annotated[Optional[int], typer.Option(help="Default denoising steps.")]
 GuidanceScale = Annotated[Optional[float], typer.Option(help="Default classifier-free guidance.")]
 Width = Annotated[Optional[int], typer.Option(help="Default width (multiple of 8).")]
 Height = Annotated[Optional[int], typer.Option(help="Default height (multiple of 8).")]
-Scheduler = Annotated[Optional[str], typer.Option(help="Default scheduler, e.g. euler_a, dpmpp_2m_karras.")]
+Scheduler = Annotated[Optional[str], typer.Option(help=(
+    "Default sampler and schedule: sdbatch's names (euler_a, dpmpp_2m_karras) or A1111's ('DPM++ 2M Karras')."))]
 ShardSize = Annotated[Optional[int], typer.Option(help="Rows per shard (the unit of commit and retry).")]
 Price = Annotated[Optional[float], typer.Option(help="Price of one GPU for an hour (any currency), for the "
                                                  "cost lines.")]

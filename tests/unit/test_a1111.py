@@ -27,14 +27,16 @@ def test_layout_is_a1111s():
     prompt, negative, settings = text.split("\n")
     assert prompt == "a cat, in a hat <lora:ink:0.8>"
     assert negative == "Negative prompt: blurry"
-    assert settings.startswith("Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 1234567890123, "
+    assert settings.startswith("Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, "
+                               "Seed: 1234567890123, "
                                "Size: 512x768, Model hash: 0123456789, Model: sd15, Lora hashes: \"ink: abababababab\"")
 
 
 def test_parse_reads_prompt_negative_and_quoted_values():
     fields = parse_parameters(format_parameters(ROW))
     assert fields["prompt"] == "a cat, in a hat <lora:ink:0.8>" and fields["negative_prompt"] == "blurry"
-    assert fields["Sampler"] == "DPM++ 2M Karras" and fields["Lora hashes"] == "ink: abababababab"
+    assert fields["Sampler"] == "DPM++ 2M" and fields["Schedule type"] == "Karras"
+    assert fields["Lora hashes"] == "ink: abababababab"
 
 
 def test_a_plain_a1111_text_gives_a_row():
@@ -42,6 +44,28 @@ def test_a_plain_a1111_text_gives_a_row():
     row = row_from_parameters(parse_parameters(text))
     assert row == {"prompt": "a dog", "negative_prompt": "bad", "seed": 7, "steps": 25, "guidance_scale": 6.0,
                    "width": 640, "height": 512, "scheduler": "euler_a", "model": "v1-5"}
+
+
+def test_a1111_1_10_text_keeps_its_schedule_type_and_earlier_versions_combined_names_too():
+    text = ("(masterpiece:1.2), a castle on a hill, [foggy] <lora:castleStyle:0.7>\n"
+            "Negative prompt: EasyNegative, lowres\n"
+            "Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 12345, Size: 512x768, "
+            "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, "
+            'Lora hashes: "castleStyle: abc123def456", TI hashes: "EasyNegative: c74b4e810b03", Version: v1.10.1')
+    assert row_from_parameters(parse_parameters(text))["scheduler"] == "dpmpp_2m_karras"
+    older = "a dog\nSteps: 20, Sampler: DPM++ 2M SDE Exponential, CFG scale: 6, Seed: 7, Size: 512x512"
+    assert row_from_parameters(parse_parameters(older))["scheduler"] == "dpmpp_2m_sde_exponential"
+    unknown = "a dog\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: Karras, CFG scale: 6, Seed: 7, Size: 512x512"
+    assert row_from_parameters(parse_parameters(unknown))["scheduler"] is None  # the model's own, not a look-alike
+
+
+def test_every_scheduler_is_written_back_as_a1111_writes_it_and_read_back_the_same():
+    from sdbatch.schedulers import BY_NAME
+
+    for name, named in BY_NAME.items():
+        fields = parse_parameters(format_parameters({**ROW, "scheduler": name}))
+        assert fields["Sampler"] == named.a1111 and fields["Schedule type"] == (named.schedule or "Automatic")
+        assert row_from_parameters(fields)["scheduler"] == name
 
 
 def test_sdbatch_rows_come_back_exactly():

@@ -17,7 +17,7 @@ from sdbatch.manifest import (
     normalize,
     read_manifest,
 )
-from sdbatch.schedulers import SCHEDULERS
+from sdbatch.schedulers import SAMPLERS
 from sdbatch.settings import RowDefaults
 from sdbatch.variant_columns import LORA_TAG
 from tests.support.util import write_manifest
@@ -153,6 +153,7 @@ MIXED = [
 ]
 SECRET = ("is a URL with a password, signature or token, which would be recorded in the output and in every image; "
           "use an s3:// URI (credentials from the environment) or a URL that needs none")
+KNOWN = ", ".join(f"{s.a1111} ({s.name})" for s in SAMPLERS.values())
 MIXED_PROBLEMS = [
     "column 'prompt', row id 'r2' (row 2): is null; use '' for an unconditional image",
     "column 'seed', row id 'r5' (row 5): -1 is out of range; use an integer in [0, 2**63) or null to derive one",
@@ -161,7 +162,8 @@ MIXED_PROBLEMS = [
     "column 'guidance_scale', row id 'r7' (row 7): -1.0 is negative; use a value >= 0 (e.g. 7.5)",
     "column 'width', row id 'r5' (row 5): 9000 is out of range; use a multiple of 8 between 8 and 8192",
     "column 'width', row id 'r4' (row 4): 500 is not a multiple of 8; use 496 or 504",
-    f"column 'scheduler', row id 'r7' (row 7): 'magic' is not known; use one of {', '.join(SCHEDULERS)}",
+    f"column 'scheduler', row id 'r7' (row 7): 'magic' is not a sampler sdbatch knows; use one of: {KNOWN} "
+    "(a `schedule` column or the name's suffix gives the schedule type)",
     "column 'vae', row id 'r0' (row 0): is empty; name a vae or leave it null for the job's",
     "column 'loras', row id 'r6' (row 6): LoRA file or folder /no/such.safetensors does not exist; fix the path",
     "column 'prompt', row id 'r6' (row 6): LoRA 'nope' is a bare name; pass --lora-dir DIR (looked up as "
@@ -292,3 +294,20 @@ def test_a_large_manifest_normalizes_as_row_by_row_code_would(tmp_path):
     table = pa.concat_tables([table.slice(0, 70_000), table.slice(70_000, 1), table.slice(70_001)])  # chunked
     defaults = RowDefaults(model="m0", steps=9, width=64, seed=3, lora_dir=str(tmp_path))
     assert normalize(table, defaults).to_pylist() == _reference(rows, defaults, tmp_path)
+
+
+def test_samplers_and_schedule_types_as_sdbatch_or_a1111_write_them():
+    table = pa.table({"prompt": ["a"] * 6,
+                      "scheduler": ["DPM++ 2M", "DPM++ 2M Karras", "dpmpp_2m_karras", "Euler a", None, "euler"],
+                      "schedule": ["Karras", None, None, "Automatic", None, "sgm_uniform"]})
+    out = normalize(table, RowDefaults(model="tiny:sd15", scheduler="DDIM"))
+    assert out.column("scheduler").to_pylist() == ["dpmpp_2m_karras", "dpmpp_2m_karras", "dpmpp_2m_karras",
+                                                   "euler_a", "ddim", "euler_sgm_uniform"]
+    assert "schedule" not in out.column_names  # folded into the scheduler's name, not a label
+
+    bad = pa.table({"prompt": ["a", "b"], "scheduler": ["Euler a", "DPM++ 2S a"], "schedule": ["Karras", None]})
+    with pytest.raises(ManifestError) as info:
+        normalize(bad, RowDefaults(model="tiny:sd15"))
+    message = " ".join(str(info.value).split())
+    assert "column 'scheduler', row id" in message and "'Euler a' takes no 'Karras' schedule" in message
+    assert "'DPM++ 2S a' is not a sampler sdbatch knows (diffusers has no ancestral single-step" in message

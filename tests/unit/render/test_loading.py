@@ -10,7 +10,7 @@ from sdbatch.render.models.loading import (
     model_hash,
 )
 from sdbatch.render.models.sources import resolve_source
-from sdbatch.spec import SCHEDULERS
+from sdbatch.schedulers import SCHEDULERS
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 
