@@ -105,6 +105,18 @@ def read_parameters(data: bytes) -> str | None:
     return raw[8:].decode("utf-8", errors="replace") if raw[:8].startswith(b"ASCII") else None
 
 
+# The fields of a `parameters` text a manifest row renders, or that only describe the image (hashes, versions).
+# Any other (Clip skip, TI hashes, Hires upscale, Denoising strength, Variation seed, ENSD, ADetailer ...) is
+# not rendered: `manifest from-images` reports it, and refuses it with --strict.
+USED_FIELDS = frozenset({"prompt", "negative_prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed",
+                         "Size", "Model", "Model hash", "VAE", "VAE hash", "Lora hashes", "Version", SDBATCH_KEY})
+
+
+def unused_fields(fields: dict[str, Any]) -> list[str]:
+    """The fields of a parsed `parameters` text that row_from_parameters does not render."""
+    return sorted(key for key in fields if key not in USED_FIELDS)
+
+
 def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
     """A manifest row that renders the image again: exact when sdbatch wrote it, else from A1111 fields."""
     width, _, height = str(fields.get("Size", "")).partition("x")

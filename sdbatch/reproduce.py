@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sdbatch.a1111 import parse_parameters, read_parameters, row_from_parameters
+from sdbatch.a1111 import parse_parameters, read_parameters, row_from_parameters, unused_fields
 from sdbatch.errors import ManifestError
 from sdbatch.manifest import ID_PATTERN
 from sdbatch.settings import S3Settings
@@ -34,34 +35,42 @@ SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("negative_pro
 def manifest_from_images(location: str, s3: S3Settings | None = None) -> tuple[pa.Table, int]:
     """(manifest, images skipped for carrying no parameters) for every image under a folder or s3:// prefix,
     loose or inside webdataset shard tars."""
-    tally = _Tally()
+    tally = ImagesRead()
     table = pa.Table.from_batches(list(_batches(location, s3, tally)), schema=SCHEMA)
     return table, tally.skipped
 
 
-def write_manifest_from_images(location: str, output: str, s3: S3Settings | None = None) -> tuple[int, int]:
-    """The same manifest written to `output` a batch of rows at a time: (rows, images skipped). Nothing is
-    left at `output` unless all went well."""
-    tally, partial = _Tally(), f"{output}.partial"
+def write_manifest_from_images(location: str, output: str, s3: S3Settings | None = None,
+                               strict: bool = False) -> ImagesRead:
+    """The same manifest written to `output` a batch of rows at a time. Nothing is left at `output` unless all
+    went well; with `strict`, an image whose parameters ask for what sdbatch does not render fails it."""
+    tally, partial = ImagesRead(), f"{output}.partial"
     try:
         with pq.ParquetWriter(partial, SCHEMA) as writer:
             for batch in _batches(location, s3, tally):
                 writer.write_batch(batch)
+        if strict and tally.dropped:
+            raise ManifestError(f"{location}: the images ask for what sdbatch does not render ({tally.summary()}); "
+                                "drop --strict to render them without it")
         os.replace(partial, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
-    return tally.rows, tally.skipped
+    return tally
 
 
 @dataclass
-class _Tally:
+class ImagesRead:
     seen: int = 0
     rows: int = 0
-    skipped: int = 0
+    skipped: int = 0  # images without parameters
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)  # field -> images with it
+
+    def summary(self) -> str:
+        return "; ".join(f"{name} in {count} image(s)" for name, count in sorted(self.dropped.items()))
 
 
-def _batches(location: str, s3: S3Settings | None, tally: _Tally) -> Iterator[pa.RecordBatch]:
+def _batches(location: str, s3: S3Settings | None, tally: ImagesRead) -> Iterator[pa.RecordBatch]:
     store = open_store(location, s3)
     keys = [k for k in store.list() if Path(k).suffix.lower() in (*IMAGE_SUFFIXES, ".tar")]
     rows: list[dict[str, Any]] = []
@@ -71,7 +80,9 @@ def _batches(location: str, s3: S3Settings | None, tally: _Tally) -> Iterator[pa
         if not text:
             tally.skipped += 1
             continue
-        rows.append(_row(name, text, tally.rows))
+        fields = parse_parameters(text)
+        tally.dropped.update(unused_fields(fields))
+        rows.append(_row(name, fields, tally.rows))
         tally.rows += 1
         if len(rows) == BATCH_ROWS:
             yield pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
@@ -94,8 +105,8 @@ def _images(store, keys: list[str]) -> Iterator[tuple[str, bytes]]:
             yield f"{key}#{member}", data
 
 
-def _row(key: str, text: str, position: int) -> dict[str, Any]:
-    row = row_from_parameters(parse_parameters(text))
+def _row(key: str, fields: dict[str, Any], position: int) -> dict[str, Any]:
+    row = row_from_parameters(fields)
     if not row.get("id"):
         stem = Path(key.rpartition("#")[2]).stem  # a tar member: its own name
         row["id"] = stem if ID_PATTERN.match(stem) else f"img{position:06d}"

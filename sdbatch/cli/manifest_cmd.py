@@ -90,12 +90,17 @@ def new(source: Path = typer.Argument(..., help=(
 @app.command("from-images")
 def from_images(location: Annotated[str, typer.Argument(help="A folder or s3://bucket/prefix of rendered images.")],
                 output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.parquet).")],
-                s3_endpoint: S3Endpoint = None) -> None:
+                s3_endpoint: S3Endpoint = None,
+                strict: Annotated[bool, typer.Option(help=(
+                    "Refuse images whose parameters ask for what sdbatch does not render (hires fix, "
+                    "variation seeds, ...) instead of reporting them."))] = False) -> None:
     """A manifest that renders the images again, from the A1111 parameters embedded in each file."""
     from sdbatch.reproduce import write_manifest_from_images
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    rows, skipped = write_manifest_from_images(location, str(output), s3_settings(s3_endpoint))
-    note = f"; {skipped} image(s) without parameters skipped" if skipped else ""
-    typer.echo(f"wrote {output}: {rows} rows{note}")
+    read = write_manifest_from_images(location, str(output), s3_settings(s3_endpoint), strict=strict)
+    note = f"; {read.skipped} image(s) without parameters skipped" if read.skipped else ""
+    typer.echo(f"wrote {output}: {read.rows} rows{note}")
+    if read.dropped:
+        typer.echo(f"not rendered, so left out of the manifest: {read.summary()} (--strict refuses them)")
 

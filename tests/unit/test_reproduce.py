@@ -25,7 +25,8 @@ def test_rows_are_written_in_batches_and_read_as_they_would_be_in_memory(tmp_pat
     for n in range(11):
         _image(tmp_path / "images" / f"img{n:02d}.png", n)
     _image(tmp_path / "images" / "plain.png", None)  # no parameters: skipped, counted
-    rows, skipped = write_manifest_from_images(str(tmp_path / "images"), str(tmp_path / "m.parquet"))
+    read = write_manifest_from_images(str(tmp_path / "images"), str(tmp_path / "m.parquet"))
+    rows, skipped = read.rows, read.skipped
     written = pq.ParquetFile(tmp_path / "m.parquet")
     assert (rows, skipped) == (11, 1) and written.metadata.num_row_groups == 3
     table, _ = manifest_from_images(str(tmp_path / "images"))
@@ -39,3 +40,37 @@ def test_a_folder_without_parameters_leaves_no_manifest(tmp_path):
     with pytest.raises(ManifestError, match="none of the 1 images"):
         write_manifest_from_images(str(tmp_path / "images"), str(tmp_path / "m.parquet"))
     assert list(tmp_path.iterdir()) == [tmp_path / "images"]
+
+
+A1111_1_10 = ("(masterpiece:1.2), a castle on a hill, [foggy] <lora:castleStyle:0.7>\n"
+              "Negative prompt: EasyNegative, lowres\n"
+              "Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 12345, Size: 512x768, "
+              "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Denoising strength: 0.4, "
+              'Hires upscale: 2, Lora hashes: "castleStyle: abc123def456", TI hashes: "EasyNegative: c74b4e810b03", '
+              "Version: v1.10.1")
+
+
+def test_from_images_takes_what_it_renders_and_reports_each_field_it_does_not(tmp_path):
+    from tests.support.util import run_cli
+
+    (tmp_path / "images").mkdir()
+    for n in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"a{n}.png", "PNG",
+                                      **save_options("png", A1111_1_10 if n else A1111_1_10.replace(
+                                          "Hires upscale: 2, ", "")))
+    out = tmp_path / "m.parquet"
+    read = write_manifest_from_images(str(tmp_path / "images"), str(out))
+    row = pq.read_table(out).to_pylist()[0]
+    assert row["scheduler"] == "dpmpp_2m_karras" and (row["width"], row["height"], row["steps"]) == (512, 768, 25)
+    assert row["prompt"].endswith("<lora:castleStyle:0.7>") and row["negative_prompt"] == "EasyNegative, lowres"
+    assert dict(read.dropped) == {"Clip skip": 3, "Denoising strength": 3, "Hires upscale": 2, "TI hashes": 3}
+    out.unlink()
+    with pytest.raises(ManifestError, match="Hires upscale in 2 image"):
+        write_manifest_from_images(str(tmp_path / "images"), str(out), strict=True)
+    assert not out.exists()
+    refused = run_cli("manifest", "from-images", str(tmp_path / "images"), "-o", str(out), "--strict")
+    assert refused.returncode == 2 and not out.exists()
+    said = run_cli("manifest", "from-images", str(tmp_path / "images"), "-o", str(out))
+    assert said.returncode == 0 and out.exists()
+    assert "not rendered, so left out of the manifest: Clip skip in 3 image(s); Denoising strength in 3" in " ".join(
+        said.stdout.split())
