@@ -41,9 +41,6 @@ class ShardClock:
     def threshold(self) -> float:
         return max(self.floor, self.factor * max(self.recent, default=0.0))
 
-    def hung(self, running_for: float) -> bool:
-        return running_for > self.threshold
-
 
 @dataclass
 class SlotTimer:
