@@ -41,13 +41,15 @@ class ControlNets:
         return {"device": list(self._device), "cpu": list(self._parked)}
 
     def pipeline(self, references: list[str]):
-        """A ControlNet pipeline for these models (in order), sharing UNet, VAE and text encoder with the base."""
-        if len(set(references)) < len(references):
-            raise VariantError("the same ControlNet is listed twice in one row")
-        if len(references) > self.on_device:
-            raise VariantError(f"the row uses {len(references)} ControlNets but at most {self.on_device} fit on the "
-                             "device; raise controlnets_on_device")
-        nets = [self._get(reference, keep=references) for reference in references]
+        """A ControlNet pipeline for these models (in order), sharing UNet, VAE and text encoder with the base.
+        A model listed twice (two control images for one ControlNet, as A1111's units allow) is loaded once and
+        runs once per entry."""
+        distinct = list(dict.fromkeys(references))
+        if len(distinct) > self.on_device:
+            raise VariantError(f"the row uses {len(distinct)} ControlNets but at most {self.on_device} fit on the "
+                               "device; raise controlnets_on_device")
+        loaded = {reference: self._get(reference, keep=distinct) for reference in distinct}
+        nets = [loaded[reference] for reference in references]
         key = tuple(id(net.model) for net in nets)
         if key != self._pipeline_models:
             self._pipeline, self._pipeline_models = self._build([net.model for net in nets]), key

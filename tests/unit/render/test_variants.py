@@ -137,6 +137,18 @@ def test_controlnets_change_the_image_and_share_the_base_modules(renderer, asset
     assert max_diff(image_of(renderer, variant_row(4)), base) <= NOISE
 
 
+def test_the_same_controlnet_twice_in_a_row_renders_each_of_its_images(renderer, assets):
+    """Two A1111 units of one ControlNet model: loaded once, run once per image."""
+    loads = renderer._variants.controlnets.loads
+    twice = render_all(renderer, variant_row(0, controlnets=[(assets["cn1"], assets["img1"], 1.0),
+                                                            (assets["cn1"], assets["img3"], 1.0)]))["r0"]
+    assert twice.error is None and len(twice.controlnets_used) == 2
+    assert [c["image_sha256"] for c in twice.controlnets_used] == [sha256_of(assets["img1"]), sha256_of(assets["img3"])]
+    once = image_of(renderer, variant_row(1, controlnets=[(assets["cn1"], assets["img1"], 1.0)]))
+    assert max_diff(pixels_of(twice), once) > CHANGED  # the second image counts
+    assert renderer._variants.controlnets.loads - loads <= 1
+
+
 def test_multi_controlnet_rows_keep_their_own_images_in_a_batch(renderer, assets):
     pair = [variant_row(0, controlnets=[(assets["cn1"], assets["img1"], 1.0), (assets["cn2"], assets["img2"], 1.0)]),
             variant_row(1, controlnets=[(assets["cn1"], assets["img2"], 1.0), (assets["cn2"], assets["img3"], 1.0)])]
