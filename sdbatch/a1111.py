@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -17,7 +18,7 @@ PAIR = re.compile(r'\s*([\w][\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 # Pillow refuses EXIF blocks over 65,533 bytes; the rest of the block needs a few hundred.
 EXIF_LIMIT = 65_000
-SDBATCH_KEY = "sdbatch"  # our exact row (paths, weights, ids), which A1111 ignores
+SDBATCH_KEY = "sdbatch"  # our exact row (paths, weights, ids), which A1111 ignores; base64 of its JSON
 
 
 def format_parameters(row: dict[str, Any]) -> str:
@@ -43,7 +44,9 @@ def format_parameters(row: dict[str, Any]) -> str:
     exact["loras"] = [{"path": x["path"], "weight": x["weight"]} for x in loras]
     exact["controlnets"] = [{"model": c["model"], "image": c["image"], "scale": c["scale"]}
                             for c in row.get("controlnets_used") or []]
-    pairs.append((SDBATCH_KEY, _quote(json.dumps(exact, sort_keys=True, separators=(",", ":")))))
+    # base64: A1111 readers split the settings line on commas, and JSON is full of them.
+    packed = json.dumps(exact, sort_keys=True, separators=(",", ":")).encode()
+    pairs.append((SDBATCH_KEY, base64.urlsafe_b64encode(packed).decode()))
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs if v is not None))
     return "\n".join(lines)
 
@@ -127,13 +130,18 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
         "scheduler": _scheduler(fields.get("Sampler"), fields.get("Schedule type")),
     }
     if SDBATCH_KEY in fields:  # our own image: take the exact references rather than display names
-        exact = json.loads(fields[SDBATCH_KEY])
+        exact = _exact(fields[SDBATCH_KEY])
         row.update({k: exact[k] for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "loras",
                                           "controlnets")})
         row["vae"] = exact.get("vae")  # images written by earlier sdbatch versions carry no vae key
     elif fields.get("Model"):
         row["model"] = fields["Model"]
     return row
+
+
+def _exact(value: str) -> dict[str, Any]:
+    """sdbatch's own row: base64 of JSON, or the JSON itself in images from sdbatch before it was encoded."""
+    return json.loads(value if value.startswith("{") else base64.urlsafe_b64decode(value))
 
 
 def _scheduler(sampler: str | None, schedule: str | None) -> str | None:

@@ -76,6 +76,32 @@ def test_sdbatch_rows_come_back_exactly():
     assert (row["seed"], row["steps"], row["width"], row["height"]) == (1234567890123, 20, 512, 768)
 
 
+def test_rows_embedded_by_earlier_sdbatch_versions_as_json_still_come_back():
+    text = ('a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Model: sd15, sdbatch: '
+            '"{\\"controlnets\\":[],\\"id\\":\\"old-1\\",\\"loras\\":[],\\"model\\":\\"/m\\",'
+            '\\"negative_prompt\\":null,\\"prompt\\":\\"a cat\\",\\"scheduler\\":\\"euler\\"}"')
+    row = row_from_parameters(parse_parameters(text))
+    assert (row["id"], row["model"], row["scheduler"], row["vae"]) == ("old-1", "/m", "euler", None)
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_a_third_party_a1111_reader_reads_every_field_and_no_stray_key(fmt):
+    from sd_parsers import ParserManager
+
+    # One LoRA: sd-parsers 0.6 splits A1111's own quoted "Lora hashes" of two LoRAs on its comma.
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, fmt.upper(), **save_options(fmt, format_parameters(ROW)))
+    info = ParserManager().parse(Image.open(io.BytesIO(buffer.getvalue())))
+    sampler = info.samplers[0]
+    assert (sampler.name, sampler.parameters["scheduler"]) == ("DPM++ 2M", "Karras")
+    assert sampler.parameters["steps"] == "20" and sampler.parameters["cfg_scale"] == "7.5"
+    assert sampler.parameters["seed"] == "1234567890123" and sampler.model.name == "sd15"
+    assert [p.value for p in sampler.prompts] == ["a cat, in a hat <lora:ink:0.8>"]
+    assert [p.value for p in sampler.negative_prompts] == ["blurry"]
+    assert set(info.metadata) <= {"Size", "Lora hashes", "Version", "sdbatch"}, info.metadata  # no JSON shards
+    assert row_from_parameters(parse_parameters(info.raw_parameters["parameters"]))["id"] == "cat-1"
+
+
 def test_a_vae_override_is_written_and_comes_back():
     row = {**ROW, "vae": "s3://models/vae-ft-mse.safetensors", "vae_hash": "9876543210fedcba"}
     fields = parse_parameters(format_parameters(row))
