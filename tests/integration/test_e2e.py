@@ -1,5 +1,6 @@
 """End to end on a real local Ray: submit into SeaweedFS, rerun as resume, SIGKILL the driver and resume."""
 
+import contextlib
 import json
 import os
 import signal
@@ -169,13 +170,17 @@ def test_a_killed_actor_and_a_stopped_one_are_replaced_and_their_shards_requeued
     stopped.suspend()
     killed.kill()
     killed_mid_run = False
-    while driver.poll() is None and not killed_mid_run:
-        try:
-            killed_mid_run = stopped.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            killed_mid_run = True
-        time.sleep(0.2)
-    output, _ = driver.communicate(timeout=300)
+    try:
+        while driver.poll() is None and not killed_mid_run:
+            try:
+                killed_mid_run = stopped.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                killed_mid_run = True
+            time.sleep(0.2)
+        output, _ = driver.communicate(timeout=300)
+    finally:  # whatever failed, leave no stopped process on the machine
+        with contextlib.suppress(psutil.Error):
+            stopped.kill()
     assert driver.returncode == 0, output
     assert killed_mid_run, "the stopped actor outlived the hang check"
     assert "lost (ActorDiedError)" in output and "hung: a shard ran" in output

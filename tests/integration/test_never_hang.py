@@ -1,6 +1,7 @@
 """A run that cannot progress says so and stops, or heals itself: on a real private Ray, with real faults (the
 raylet SIGKILLed, a pool that can never start). A SIGSTOPped actor and a SIGKILLed driver's heartbeat: test_e2e."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -55,11 +56,16 @@ def test_the_private_rays_raylet_killed_mid_run_restarts_ray_and_the_run_complet
     # whose work died with it, and the run can only end by finding that out.
     for actor in actors:
         actor.suspend()
-    output, _ = driver.communicate(timeout=300)
-    assert time.monotonic() - killed < 300
-    assert driver.returncode == 0, output
-    assert "the private Ray's node died" in output and "starting a new private Ray (1 of at most 2)" in output
-    assert not psutil.wait_procs(actors, timeout=10)[1], "the dead Ray's actors were left running"
+    try:
+        output, _ = driver.communicate(timeout=300)
+        assert time.monotonic() - killed < 300
+        assert driver.returncode == 0, output
+        assert "the private Ray's node died" in output and "starting a new private Ray (1 of at most 2)" in output
+        assert not psutil.wait_procs(actors, timeout=10)[1], "the dead Ray's actors were left running"
+    finally:  # whatever failed, leave no stopped process on the machine
+        for actor in actors:
+            with contextlib.suppress(psutil.Error):
+                actor.kill()
     store = open_store(str(out))
     assert_exactly_once(store, [r["id"] for r in rows])
     assert json.loads(store.get("_SUCCESS.json"))["last_run"]["ray_restarts"] == 1
