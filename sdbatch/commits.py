@@ -40,6 +40,7 @@ RESULT_SCHEMA = pa.schema([
     ("controlnets_used", pa.list_(pa.struct([("model", pa.string()), ("model_hash", pa.string()),
                                              ("image", pa.string()), ("image_sha256", pa.string()),
                                              ("scale", pa.float64())]))),
+    ("embeddings_used", pa.list_(pa.struct([("name", pa.string()), ("sha256", pa.string())]))),
 ])
 
 MARKER_SCHEMA = pa.schema([

@@ -179,6 +179,8 @@ class RendererSettings:
     io_threads: int = 4
     # None leaves torch's default; Ray actors pass the CPUs they were given (Ray sets OMP to 1).
     cpu_threads: int | None = None
+    # Where prompt words that name a textual inversion file are looked up (the job's defaults.embedding_dir).
+    embedding_dir: str | None = None
     # Recorded in each result row, so a bad image can be traced to the process that made it.
     name: str = platform.node()
     # For s3:// models, VAEs, control images and LoRAs; None: the default AWS chain. Not the output store's:

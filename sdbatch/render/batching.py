@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdbatch.plan import VARIANT_COLUMNS
+from sdbatch.render.text.encode import Conditioning
 from sdbatch.render.variants.cache import ActiveVariant
 
 
@@ -18,6 +19,7 @@ class Batch:
     variant: ActiveVariant
     controls: list[list[Any]] = field(default_factory=list)  # per row: one PIL image per ControlNet
     image_hashes: list[list[str]] = field(default_factory=list)  # per row: sha256 of each control image
+    conditioning: list[Conditioning] = field(default_factory=list)  # per row: its prompts' text-encoder states
 
     def split(self) -> list[Batch]:
         """One batch per row."""
@@ -29,7 +31,23 @@ class Batch:
         return [self._part(0, middle), self._part(middle, len(self.rows))]
 
     def _part(self, start: int, stop: int) -> Batch:
-        return Batch(self.rows[start:stop], self.variant, self.controls[start:stop], self.image_hashes[start:stop])
+        return Batch(self.rows[start:stop], self.variant, self.controls[start:stop], self.image_hashes[start:stop],
+                     self.conditioning[start:stop])
+
+    def by_prompt_length(self) -> list[Batch]:
+        """One batch per length of the rows' text states, in order of first appearance: prompts of different
+        chunk counts cannot share a call, and padding one to the other's length would change its image."""
+        groups: dict[int, list[int]] = {}
+        for n, conditioning in enumerate(self.conditioning):
+            groups.setdefault(conditioning.length, []).append(n)
+        return [self.pick(picked) for picked in groups.values()]
+
+    def pick(self, picked: list[int]) -> Batch:
+        """The rows at these positions, in this order."""
+        def at(values: list) -> list:
+            return [values[n] for n in picked] if values else []
+
+        return Batch(at(self.rows), self.variant, at(self.controls), at(self.image_hashes), at(self.conditioning))
 
 
 def micro_batches(rows: list[dict[str, Any]], size: int | Callable[[dict], int]) -> Iterator[list[dict[str, Any]]]:
@@ -60,6 +78,19 @@ def loras_of(row: dict[str, Any]) -> list[dict]:
 
 def controlnets_of(row: dict[str, Any]) -> list[dict]:
     return list(row.get("controlnets") or ())
+
+
+def text_arguments(batch: Batch) -> dict[str, Any]:
+    """The rows' prompt states as the pipeline takes them; SDXL's pooled vectors too."""
+    import torch
+
+    states = batch.conditioning
+    out = {"prompt_embeds": torch.cat([c.embeds for c in states]),
+           "negative_prompt_embeds": torch.cat([c.negative for c in states])}
+    if states[0].pooled is not None:
+        out["pooled_prompt_embeds"] = torch.cat([c.pooled for c in states])
+        out["negative_pooled_prompt_embeds"] = torch.cat([c.negative_pooled for c in states])
+    return out
 
 
 def control_arguments(batch: Batch) -> dict[str, Any]:

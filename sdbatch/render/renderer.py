@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import platform
@@ -20,6 +21,7 @@ from sdbatch.render.batching import (
     controlnets_used,
     loras_of,
     micro_batches,
+    text_arguments,
     variant_key,
 )
 from sdbatch.render.models.fastpath import auto_batch_size, set_cpu_threads
@@ -33,6 +35,8 @@ from sdbatch.render.output.encode import to_pil
 from sdbatch.render.output.results import RenderedRow, failed, versions
 from sdbatch.render.output.shards import shard_output
 from sdbatch.render.output.uploads import Uploads
+from sdbatch.render.text.embeddings import EmbeddingLibrary
+from sdbatch.render.text.encode import PromptEncoder
 from sdbatch.render.variants.cache import VariantCache
 from sdbatch.render.variants.fetch import Fetcher, Prefetcher, decode_image, labelled
 from sdbatch.render.variants.loras import StateDictCache
@@ -77,6 +81,8 @@ class Renderer:
         # Outlives model switches: a parsed LoRA does not depend on the pipeline it went into.
         self._state_dicts = StateDictCache(settings.variants.lora_cache_bytes)
         self._fetcher = Fetcher(settings.s3, settings.variants.fetch_timeout)
+        self._embeddings = EmbeddingLibrary(settings.embedding_dir, settings.s3)  # outlives model switches too
+        self._prompts: PromptEncoder | None = None  # the loaded model's text side
         self.uploads = Uploads(store, settings.io_threads)
         self.versions = json.dumps(versions(), sort_keys=True)
 
@@ -86,7 +92,7 @@ class Renderer:
             if self._variants is not None:
                 self._earlier_loads = [self.lora_loads, self.controlnet_loads]
             replacing = self._model is not None
-            self._model, self._variants = None, None
+            self._model, self._variants, self._prompts = None, None, None
             self._schedulers.clear()
             if replacing and self.settings.fast.compile:
                 # Dynamo's caches and CUDA-graph pools are per process, not per UNet: they would keep the old
@@ -98,6 +104,7 @@ class Renderer:
             self._model = load_model(reference, self.device, self.dtype, self.settings.fast, self.settings.s3)
             self._variants = VariantCache(self._model.pipeline, self.device, self.dtype, self.settings.variants,
                                       self._state_dicts, self._fetcher, self.settings.fast)
+            self._prompts = PromptEncoder(self._model.pipeline, self._embeddings)
             self.model_loads += 1
         return self._model
 
@@ -159,7 +166,17 @@ class Renderer:
             raise
         except Exception as exc:  # a bad LoRA, ControlNet or VAE fails only the rows that use it
             return bad + [failed(row, exc) for row in ready]
-        return bad + self._render_batch(Batch(ready, variant, controls, hashes))
+        failures, batch = self._encode_prompts(Batch(ready, variant, controls, hashes))
+        return bad + failures + [out for part in batch.by_prompt_length() for out in self._render_batch(part)]
+
+    def _encode_prompts(self, batch: Batch) -> tuple[list[RenderedRow], Batch]:
+        """The rows' text states, after the variant (a LoRA may change the text encoder); a row whose prompt
+        cannot be encoded (an unreadable embedding, a clip_skip the model lacks) fails alone."""
+        with torch.inference_mode():
+            states = self._prompts.encode(batch.rows)
+        failures = [failed(row, state) for row, state in zip(batch.rows, states) if isinstance(state, Exception)]
+        keep = [n for n, state in enumerate(states) if not isinstance(state, Exception)]
+        return failures, dataclasses.replace(batch, conditioning=states).pick(keep)
 
     def _control_images(self, row: dict, images: Prefetcher, size: tuple[int, int]) -> tuple[list, list[str]]:
         decoded, digests = [], []
@@ -200,8 +217,9 @@ class Renderer:
                   seconds: float) -> list[RenderedRow]:
         share, variant = seconds / len(batch.rows), batch.variant
         return [RenderedRow(row, image, None, share, len(batch.rows), width, height, scheduler,
-                            variant.loras_used, controlnets_used(row, variant, digests), variant.vae_hash)
-                for row, image, digests in zip(batch.rows, images, batch.image_hashes)]
+                            variant.loras_used, controlnets_used(row, variant, digests), variant.vae_hash,
+                            [{"name": name, "sha256": digest} for name, digest in text.embeddings_used])
+                for row, image, digests, text in zip(batch.rows, images, batch.image_hashes, batch.conditioning)]
 
     def _call_pipeline(self, batch: Batch):
         first = batch.rows[0]
@@ -215,9 +233,8 @@ class Renderer:
         # One CPU generator per row: a row's noise never depends on its batch or its neighbours.
         generators = [torch.Generator("cpu").manual_seed(int(r["seed"])) for r in batch.rows]
         with torch.inference_mode():
-            out = pipe(prompt=[r["prompt"] for r in batch.rows],
-                       negative_prompt=[r["negative_prompt"] or "" for r in batch.rows],
-                       num_inference_steps=int(first["steps"]), guidance_scale=float(first["guidance_scale"]),
+            out = pipe(**text_arguments(batch), num_inference_steps=int(first["steps"]),
+                       guidance_scale=float(first["guidance_scale"]),
                        width=width, height=height, generator=generators, output_type="pt",
                        **control_arguments(batch))
         return to_pil(out.images), (width, height), type(pipe.scheduler).__name__

@@ -30,6 +30,7 @@ class RenderedRow:
     loras_used: list[dict] | None = None  # provenance of an image; None when the row failed
     controlnets_used: list[dict] | None = None
     vae_hash: str | None = None  # the row's override VAE, by content; None: the model's own VAE
+    embeddings_used: list[dict] | None = None  # textual inversion files the prompts used: name, sha256
 
     @property
     def ok(self) -> bool:
@@ -70,7 +71,7 @@ def result_row(task: ShardTask, rendered: RenderedRow, image: str | None, proven
         "height": rendered.height or row["height"], "scheduler_class": rendered.scheduler_class,
         "render_seconds": rendered.seconds, "batch_size": rendered.batch_size,
         "loras_used": rendered.loras_used, "controlnets_used": rendered.controlnets_used,
-        "vae_hash": rendered.vae_hash, "adopted": False,
+        "vae_hash": rendered.vae_hash, "embeddings_used": rendered.embeddings_used, "adopted": False,
     }
 
 

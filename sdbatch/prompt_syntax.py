@@ -1,0 +1,131 @@
+"""Prompt syntax: A1111's attention brackets and BREAK parsed into weighted fragments; pure, stdlib only."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SYNTAXES = ("a1111", "plain")
+# A1111's factors for one pair of round / square brackets.
+UP, DOWN = 1.1, 1 / 1.1
+BREAK = None  # the weight of the fragment that stands for a BREAK: the next text starts a new 75-token chunk
+
+# One lexical unit of A1111's syntax, in the order A1111 tries them: escapes, brackets, ":weight)", text.
+_UNIT = re.compile(r"""
+    \\[()\[\]\\]                    # an escaped bracket or backslash: literal
+  | \\                              # a lone backslash: literal
+  | \(|\[                           # open
+  | :\s*(?P<weight>[+-]?[.\d]+)\s*\)  # close with an explicit weight
+  | \)|\]                           # close
+  | [^\\()\[\]:]+                   # text
+  | :                               # a colon that is not a weight
+""", re.X)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+# [from:to:when], [to:when], [from::when] and [a|b], unescaped.
+_SCHEDULED = re.compile(r"(?<!\\)\[[^\[\]]*(?<!\\)[:|][^\[\]]*(?<!\\)\]")
+_FIX = 'escape a literal bracket as \\( \\) \\[ \\], or set prompt_syntax = "plain" for this row or the job'
+
+
+class PromptSyntaxError(ValueError):
+    """A prompt that A1111's syntax cannot read as meant; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Fragment:
+    text: str
+    weight: float | None  # None (BREAK): a chunk boundary, no text
+
+
+def parse(prompt: str, syntax: str = "a1111") -> list[Fragment]:
+    """The prompt as fragments of text with their attention weight, adjacent equal weights merged."""
+    if syntax == "plain":
+        return [Fragment(prompt, 1.0)]
+    if syntax != "a1111":
+        raise PromptSyntaxError(f"unknown prompt syntax {syntax!r}; use one of {', '.join(SYNTAXES)}")
+    _refuse_scheduling(prompt)
+    pieces: list[list] = []  # [text, weight], weights multiplied in place as brackets close
+    opened: list[tuple[str, int, int]] = []  # (bracket, first piece inside, character offset)
+    for unit in _UNIT.finditer(prompt):
+        token, weight = unit.group(0), unit.group("weight")
+        if token.startswith("\\"):
+            pieces.append([token[1:], 1.0])  # as A1111: a lone backslash is dropped
+        elif token in "([":
+            opened.append((token, len(pieces), unit.start()))
+        elif weight is not None and opened and opened[-1][0] == "(":
+            _scale(pieces, opened.pop()[1], _number(weight, prompt, unit.start()))
+        elif token in ")]" or weight is not None:
+            _close(pieces, opened, token[-1], prompt, unit.start())
+        else:
+            _text(pieces, token)
+    if opened:
+        bracket, _, where = opened[-1]
+        raise PromptSyntaxError(f"{bracket!r} at character {where + 1} is never closed ({_context(prompt, where)}); "
+                                f"close it, or {_FIX}")
+    return _merged(pieces)
+
+
+def _refuse_scheduling(prompt: str) -> None:
+    """A1111's prompt editing ([from:to:when]) and alternation ([a|b]) change the prompt during sampling, which
+    sdbatch does not do: refused rather than rendered as literal text."""
+    found = _SCHEDULED.search(prompt)
+    if found:
+        raise PromptSyntaxError(f"{found.group(0)!r} is A1111 prompt editing or alternation, which sdbatch does not "
+                                f"render; write the prompt without it, or {_FIX}")
+
+
+def _close(pieces: list[list], opened: list, bracket: str, prompt: str, where: int) -> None:
+    expected = {")": "(", "]": "["}[bracket]
+    if not opened or opened[-1][0] != expected:
+        what = f"does not match {opened[-1][0]!r}" if opened else "closes nothing"
+        raise PromptSyntaxError(f"{bracket!r} at character {where + 1} {what} ({_context(prompt, where)}); {_FIX}")
+    _scale(pieces, opened.pop()[1], UP if bracket == ")" else DOWN)
+
+
+def _number(text: str, prompt: str, where: int) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise PromptSyntaxError(f"weight {text!r} at character {where + 2} is not a number "
+                                f"({_context(prompt, where)}); write it as (word:1.2)") from None
+
+
+def _scale(pieces: list[list], start: int, factor: float) -> None:
+    for piece in pieces[start:]:
+        if piece[1] is not BREAK:
+            piece[1] *= factor
+
+
+def _text(pieces: list[list], text: str) -> None:
+    for i, part in enumerate(_BREAK.split(text)):
+        if i:
+            pieces.append(["", BREAK])
+        pieces.append([part, 1.0])
+
+
+def _merged(pieces: list[list]) -> list[Fragment]:
+    out: list[list] = []
+    for text, weight in pieces:
+        if out and weight is not BREAK and out[-1][1] == weight:
+            out[-1][0] += text
+        elif text or weight is BREAK:
+            out.append([text, weight])
+    return [Fragment(text, weight) for text, weight in out] or [Fragment("", 1.0)]
+
+
+def _context(prompt: str, where: int) -> str:
+    start = max(0, where - 20)
+    return f"...{prompt[start:where + 20]}..." if len(prompt) > 40 else prompt
+
+
+def weighted(prompt: str, syntax: str = "a1111") -> bool:
+    """Whether a prompt has anything besides plain text at weight 1."""
+    return any(f.weight != 1.0 for f in parse(prompt, syntax))
+
+
+def problem(prompt: str | None, syntax: str) -> str | None:
+    """Why the prompt cannot be parsed, or None."""
+    try:
+        parse(prompt or "", syntax)
+    except PromptSyntaxError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,190 @@
+"""Prompts to text-encoder states as A1111 makes them: weights, 75-token chunks, clip skip, embeddings, SDXL."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+
+from sdbatch.prompt_syntax import parse
+from sdbatch.render.text.chunks import Chunk, chunked, framed
+from sdbatch.render.text.embeddings import EmbeddingLibrary
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """One row's pipeline inputs: prompt and negative states padded to one length, and SDXL's pooled vectors."""
+
+    embeds: torch.Tensor  # [1, 77 * chunks, width]
+    negative: torch.Tensor
+    pooled: torch.Tensor | None  # [1, projection] for SDXL, else None
+    negative_pooled: torch.Tensor | None
+    embeddings_used: tuple[tuple[str, str], ...]  # (name, sha256) in order of first use
+
+    @property
+    def length(self) -> int:
+        """Rows share a pipeline call only if their states have the same length (chunk count)."""
+        return int(self.embeds.shape[1])
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    tokenizer: Any
+    model: Any
+    index: int  # 0: CLIP-L (text_encoder), 1: OpenCLIP-G (text_encoder_2)
+    penultimate: bool  # SDXL takes the penultimate layer, unnormalized; SD1.x/2.x the last, normalized
+
+    def layer_count(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+
+class PromptEncoder:
+    """The text side of one pipeline: rows' prompts to Conditioning, each row encoded as if it were alone."""
+
+    def __init__(self, pipeline: Any, embeddings: EmbeddingLibrary):
+        self.embeddings = embeddings
+        self.sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+        pairs = [(pipeline.tokenizer, pipeline.text_encoder), (getattr(pipeline, "tokenizer_2", None),
+                                                                 getattr(pipeline, "text_encoder_2", None))]
+        self.encoders = [_Encoder(tok, model, i, self.sdxl) for i, (tok, model) in enumerate(pairs)
+                         if tok is not None and model is not None]
+        self.zeros_for_empty_negative = bool(getattr(pipeline.config, "force_zeros_for_empty_prompt", False))
+
+    def encode(self, rows: list[dict[str, Any]]) -> list[Conditioning | Exception]:
+        """Every row's conditioning (or why it has none), all rows' chunks through each encoder in one call."""
+        plans: list[_RowPlan | Exception] = []
+        for row in rows:
+            try:
+                plans.append(self._plan(row))
+            except Exception as exc:  # an unreadable embedding, a clip_skip the model lacks: that row fails
+                plans.append(exc)
+        good = [plan for plan in plans if isinstance(plan, _RowPlan)]
+        if not good:
+            return plans
+        outputs = [self._run(encoder, [(chunk, plan.clip_skip) for plan in good for side in plan.sides[encoder.index]
+                                       for chunk in side]) for encoder in self.encoders]
+        out, at = [], 0
+        for plan in plans:
+            if not isinstance(plan, _RowPlan):
+                out.append(plan)
+                continue
+            sides = []
+            for side in (0, 1):
+                first, stop = at + side * plan.count, at + (side + 1) * plan.count
+                states = torch.cat([hidden[first:stop].reshape(1, -1, hidden.shape[-1]) for hidden, _ in outputs], -1)
+                pooled = outputs[-1][1]
+                sides.append((states, pooled[first:first + 1] if self.sdxl else None))
+            out.append(self._conditioning(plan, sides))
+            at += 2 * plan.count
+        return out
+
+    def _conditioning(self, plan: _RowPlan, sides: list[tuple[torch.Tensor, torch.Tensor | None]]) -> Conditioning:
+        (embeds, pooled), (negative, negative_pooled) = sides
+        if self.zeros_for_empty_negative and plan.empty_negative:
+            # As diffusers does for models whose config asks (SDXL base): no negative prompt is zeros, not "".
+            negative = torch.zeros_like(negative)
+            negative_pooled = torch.zeros_like(negative_pooled) if negative_pooled is not None else None
+        used = tuple((name, self.embeddings.get(name).sha256) for name in dict.fromkeys(plan.used))
+        return Conditioning(embeds, negative, pooled, negative_pooled, used)
+
+    def _plan(self, row: dict[str, Any]) -> _RowPlan:
+        """Per encoder: the prompt's and the negative prompt's chunks, padded to one count with empty chunks."""
+        syntax = row.get("prompt_syntax") or "a1111"
+        texts = [parse(row.get("prompt") or "", syntax), parse(row.get("negative_prompt") or "", syntax)]
+        sides, counts = {}, set()
+        for encoder in self.encoders:
+            tok = encoder.tokenizer
+            comma = tok.convert_tokens_to_ids(",</w>")
+            cut = [chunked(fragments, partial(_token_ids, tok), None if comma == tok.unk_token_id else comma,
+                           self.embeddings.finder(tok)) for fragments in texts]
+            count = max(len(side) for side in cut)
+            sides[encoder.index] = tuple(side + [Chunk() for _ in range(count - len(side))] for side in cut)
+            counts.add(count)
+        if len(counts) > 1:
+            raise ValueError("the model's two tokenizers cut this prompt into different chunk counts; shorten it")
+        used = [name for side in sides[self.encoders[0].index] for chunk in side for _, name in chunk.fixes]
+        return _RowPlan(sides, counts.pop(), self._clip_skip(row), not row.get("negative_prompt"), used)
+
+    def _clip_skip(self, row: dict) -> int:
+        skip, encoder = int(row.get("clip_skip") or 1), self.encoders[0]
+        if not 1 <= skip <= encoder.layer_count():
+            raise ValueError(f"clip_skip {skip} is more than this model's text encoder has layers "
+                             f"({encoder.layer_count()}); use a smaller clip_skip")
+        return skip
+
+    def _run(self, encoder: _Encoder, chunks: list[tuple[Chunk, int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The chunks' weighted states [chunks, 77, width] at each one's clip skip, and pooled vectors (SDXL)."""
+        tok, model = encoder.tokenizer, encoder.model
+        framed_chunks = [framed(chunk, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) for chunk, _ in chunks]
+        device = model.device
+        ids = torch.tensor([ids for ids, _ in framed_chunks], dtype=torch.long, device=device)
+        with self._substituted(encoder, [chunk for chunk, _ in chunks]):
+            output = model(ids, output_hidden_states=True)
+        states = []
+        for n, ((_, weights), (_, skip)) in enumerate(zip(framed_chunks, chunks)):
+            states.append(_weighted(_layer(model, output, n, skip, encoder.penultimate), weights))
+        pooled = getattr(output, "text_embeds", None)
+        return torch.stack(states), pooled
+
+    @contextlib.contextmanager
+    def _substituted(self, encoder: _Encoder, chunks: list[Chunk]):
+        """Embeddings' vectors in place of their placeholder tokens, for one forward of the encoder."""
+        fixes = [(n, slot + 1, name) for n, chunk in enumerate(chunks) for slot, name in chunk.fixes]
+        if not fixes:
+            yield
+            return
+        table = encoder.model.get_input_embeddings()
+        count = len(self.encoders)
+        vectors = {name: self.embeddings.get(name).for_encoder(encoder.index, count, table.embedding_dim)
+                   for _, _, name in fixes}
+
+        def substitute(_module, _inputs, output):
+            output = output.clone()
+            for n, slot, name in fixes:
+                value = vectors[name]
+                output[n, slot:slot + value.shape[0]] = value.to(output.device, output.dtype)
+            return output
+
+        handle = table.register_forward_hook(substitute)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    sides: dict[int, tuple[list[Chunk], list[Chunk]]]  # per encoder: the prompt's and the negative's chunks
+    count: int  # chunks per side
+    clip_skip: int
+    empty_negative: bool
+    used: list[str]  # embedding names, in order of use
+
+
+def _token_ids(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, verbose=False).input_ids  # chunks get their own start/end
+
+
+def _layer(model: Any, output: Any, n: int, skip: int, penultimate: bool) -> torch.Tensor:
+    """A1111's clip skip N (1 = none) on one chunk: SD1.x/2.x take layer -N, normalized as the last layer is;
+    SDXL, which uses the penultimate layer, takes layer -(N + 1) without normalization, as diffusers does."""
+    if penultimate:
+        return output.hidden_states[-(skip + 1)][n]
+    if skip == 1:
+        return output.last_hidden_state[n]
+    norm = getattr(model, "final_layer_norm", None) or model.text_model.final_layer_norm  # transformers 5 or 4
+    return norm(output.hidden_states[-skip][n])
+
+
+def _weighted(states: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """A1111's emphasis: each token's state times its weight, then the chunk's mean restored; per row and chunk
+    (A1111 takes the mean over the whole batch, which would make a row depend on its neighbours)."""
+    if all(w == 1.0 for w in weights):
+        return states
+    scale = torch.tensor(weights, dtype=states.dtype, device=states.device)[:, None]
+    before = states.mean()
+    scaled = states * scale
+    return scaled * (before / scaled.mean())
