@@ -18,6 +18,7 @@ from sdbatch.errors import ManifestError
 from sdbatch.manifest_columns import ID_PATTERN, MAX_SIZE, derive_seed, duplicate_ids, rows_where
 from sdbatch.manifest_lists import Entries, entries_of, struct_field
 from sdbatch.manifest_problems import MAX_LISTED_PROBLEMS, Problem, Problems, raise_if
+from sdbatch.manifest_prompts import prompt_columns
 from sdbatch.schedulers import resolve
 from sdbatch.settings import RowDefaults
 from sdbatch.variant_columns import (
@@ -32,7 +33,7 @@ __all__ = ["ID_PATTERN", "MANIFEST_COLUMNS", "MAX_LISTED_PROBLEMS", "MAX_SIZE", 
 
 # The columns `normalize` writes, in order; every other column of its output is a label.
 MANIFEST_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-                    "scheduler", "model", "vae", "loras", "controlnets")
+                    "scheduler", "model", "vae", "loras", "controlnets", "prompt_syntax", "clip_skip")
 # Columns only the results table has: read_results joins them onto the manifest's, so a label of the same
 # name would be shadowed.
 RESULT_COLUMNS = tuple(name for name in RESULT_SCHEMA.names if name not in MANIFEST_COLUMNS)
@@ -95,6 +96,7 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0,
     resolver = Resolver(defaults.lora_dir)
     columns["prompt"], columns["loras"] = normalize_loras(table, columns["prompt"], resolver, problems.report)
     columns["controlnets"] = normalize_controlnets(table, resolver, problems.report)
+    prompt_columns(table, columns, defaults, problems)  # after the LoRA tags are out of the prompts
     _check_no_secrets_in_urls(columns, problems)
     _check_label_names(table, problems)
     problems.raise_if()

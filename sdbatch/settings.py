@@ -27,6 +27,14 @@ class RowDefaults:
     seed: int = 0
     # Where bare LoRA names (`style` in a loras entry or <lora:style:0.8>) are looked up; None: paths only.
     lora_dir: str | None = None
+    # A1111's syntax ((word:1.2), [word], BREAK) is how the prompts people bring are written; "plain" reads
+    # brackets as text. Either way a prompt past 75 tokens is encoded in chunks, not cut.
+    prompt_syntax: str = "a1111"
+    # A1111's numbering: 1 uses the text encoder's last layer (no skip), 2 the one before (anime models).
+    clip_skip: int = 1
+    # Where prompt words that name textual inversion files (EasyNegative.safetensors) are looked up: a folder
+    # or s3:// prefix. None: no embeddings, every word is text.
+    embedding_dir: str | None = None
     # None keeps the model's own VAE; a diffusers AutoencoderKL folder, single file, hub id or s3:// URI
     # replaces it (e.g. the fp16-safe SDXL VAE). A row's `vae` column overrides it.
     vae: str | None = None

@@ -12,6 +12,7 @@ from typing import Any
 import tomllib
 
 from sdbatch.errors import SpecError
+from sdbatch.prompt_syntax import SYNTAXES
 from sdbatch.schedulers import resolve
 from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
 
@@ -45,6 +46,9 @@ class JobSpec:
                 resolve(d.scheduler)
             except ValueError as exc:
                 raise SpecError(f"job setting defaults.scheduler = {d.scheduler!r} is invalid: {exc}") from exc
+        _check(d.prompt_syntax in SYNTAXES, "defaults.prompt_syntax", d.prompt_syntax,
+               f"use one of {', '.join(SYNTAXES)}")
+        _check(d.clip_skip >= 1, "defaults.clip_skip", d.clip_skip, "use 1 (no skip) or more, as A1111 counts")
         _check(0 <= d.seed < 2**63, "defaults.seed", d.seed, "use an integer in [0, 2**63)")
         _check(o.format in IMAGE_FORMATS, "output.format", o.format, f"use one of {', '.join(IMAGE_FORMATS)}")
         _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")

@@ -16,6 +16,13 @@ S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3-com
                                                    "AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then AWS.")]
 LoraDir = Annotated[Optional[str], typer.Option("--lora-dir", help="Folder where bare LoRA names "
                                                 "(`style`, <lora:style:0.8>) are looked up.")]
+EmbeddingDir = Annotated[Optional[str], typer.Option("--embedding-dir", help="Folder or s3:// prefix of textual "
+                                                     "inversion files; a prompt word that names one (EasyNegative) "
+                                                     "uses it, as in A1111.")]
+PromptSyntax = Annotated[Optional[str], typer.Option(help="Default prompt syntax: a1111 ((word:1.2), \\[word], BREAK) "
+                                                     "or plain (brackets are text).")]
+ClipSkip = Annotated[Optional[int], typer.Option(help="Default clip skip, as A1111 counts: 1 none, 2 the "
+                                                 "penultimate layer.")]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output folder or s3://bucket/prefix.")]
 Manifest = Annotated[str, typer.Argument(help="Manifest: a local .parquet file or s3://bucket/key.")]
 
@@ -42,6 +49,12 @@ def row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, l
     return {"defaults.model": model, "defaults.vae": vae, "defaults.steps": steps,
             "defaults.guidance_scale": guidance_scale, "defaults.width": width, "defaults.height": height,
             "defaults.scheduler": scheduler, "defaults.lora_dir": lora_dir}
+
+
+def prompt_overrides(embedding_dir, prompt_syntax, clip_skip) -> dict:
+    """The `defaults.*` overrides of the flags on how prompts are read (None: not given)."""
+    return {"defaults.embedding_dir": embedding_dir, "defaults.prompt_syntax": prompt_syntax,
+            "defaults.clip_skip": clip_skip}
 
 
 def s3_settings(endpoint: Optional[str]) -> S3Settings:

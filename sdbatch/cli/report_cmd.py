@@ -12,6 +12,8 @@ from rich.table import Table
 
 from sdbatch.cli.options import (
     Affinity,
+    ClipSkip,
+    EmbeddingDir,
     GuidanceScale,
     Height,
     JobFile,
@@ -19,6 +21,7 @@ from sdbatch.cli.options import (
     Manifest,
     Model,
     Price,
+    PromptSyntax,
     S3Endpoint,
     Scheduler,
     ShardSize,
@@ -26,6 +29,7 @@ from sdbatch.cli.options import (
     Vae,
     Width,
     job_spec,
+    prompt_overrides,
     row_overrides,
     s3_settings,
 )
@@ -43,6 +47,9 @@ def plan(
     job: JobFile = None,
     s3_endpoint: S3Endpoint = None,
     lora_dir: LoraDir = None,
+    embedding_dir: EmbeddingDir = None,
+    prompt_syntax: PromptSyntax = None,
+    clip_skip: ClipSkip = None,
     model: Model = None,
     vae: Vae = None,
     steps: Steps = None,
@@ -64,6 +71,7 @@ def plan(
     from sdbatch.planning import plan_manifest
 
     overrides = {**row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir),
+                 **prompt_overrides(embedding_dir, prompt_syntax, clip_skip),
                  "output.shard_size": shard_size, "run.affinity": affinity}
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)

@@ -12,6 +12,8 @@ from rich.table import Table
 
 from sdbatch.cli.options import (
     Affinity,
+    ClipSkip,
+    EmbeddingDir,
     GuidanceScale,
     Height,
     JobFile,
@@ -20,6 +22,7 @@ from sdbatch.cli.options import (
     Model,
     Output,
     Price,
+    PromptSyntax,
     S3Endpoint,
     Scheduler,
     ShardSize,
@@ -27,6 +30,7 @@ from sdbatch.cli.options import (
     Vae,
     Width,
     job_spec,
+    prompt_overrides,
     row_overrides,
     s3_settings,
 )
@@ -87,12 +91,16 @@ def submit(
         "With a dashboard URL: the S3 endpoint as the cluster reaches it, if not the same as --s3-endpoint; "
         "'' leaves it to the cluster's own AWS_ENDPOINT_URL."))] = None,
     lora_dir: LoraDir = None,
+    embedding_dir: EmbeddingDir = None,
+    prompt_syntax: PromptSyntax = None,
+    clip_skip: ClipSkip = None,
     affinity: Affinity = None,
     gpu_hour_price: Price = None,
 ) -> int:
     """Render every row of a manifest into OUTPUT; rerun the same command to resume."""
     overrides = {
         **row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir), "defaults.seed": seed,
+        **prompt_overrides(embedding_dir, prompt_syntax, clip_skip),
         "output.format": image_format, "output.quality": quality, "output.layout": layout,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
         "run.affinity": affinity, "run.device": device, "render.dtype": dtype, "render.compile": compile,

@@ -98,7 +98,8 @@ def renderer_settings(spec: JobSpec, shape: PoolShape, s3: S3Settings, name: str
     # s3: for inputs (control images, LoRAs, models on s3://), which may live outside the output's bucket.
     return RendererSettings(batch_size=run.batch_size, io_threads=run.io_threads,
                             cpu_threads=None if shape.gpus_per_actor else int(shape.cpus_per_actor),
-                            name=f"{os.uname().nodename}/{name}", s3=s3, fast=spec.render)
+                            name=f"{os.uname().nodename}/{name}", s3=s3, fast=spec.render,
+                            embedding_dir=spec.defaults.embedding_dir)
 
 
 def actor_factory(store: Store, spec: JobSpec, shape: PoolShape, s3: S3Settings) -> Callable[[str], object]:

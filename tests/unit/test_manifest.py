@@ -272,7 +272,8 @@ def _reference(rows: list[dict], defaults: RowDefaults, lora_dir) -> list[dict]:
             "guidance_scale": defaults.guidance_scale if guidance is None or guidance != guidance else guidance,
             "width": defaults.width if row["width"] is None else row["width"], "height": defaults.height,
             "scheduler": row["scheduler"] or defaults.scheduler, "model": row["model"] or defaults.model,
-            "vae": defaults.vae, "loras": loras, "controlnets": [], "animal": row["animal"]})
+            "vae": defaults.vae, "loras": loras, "controlnets": [], "prompt_syntax": defaults.prompt_syntax,
+            "clip_skip": defaults.clip_skip, "animal": row["animal"]})
     return out
 
 
