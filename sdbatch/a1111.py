@@ -37,10 +37,16 @@ def format_parameters(row: dict[str, Any]) -> str:
              ("Model hash", (row.get("model_hash") or "")[:10] or None), ("Model", _name(row["model"]))]
     if row.get("vae"):
         pairs += [("VAE hash", (row.get("vae_hash") or "")[:10] or None), ("VAE", _name(row["vae"]))]
+    if int(row.get("clip_skip") or 1) > 1:  # A1111 writes it only when it skips
+        pairs.append(("Clip skip", int(row["clip_skip"])))
     if loras:
         pairs.append(("Lora hashes", _quote(", ".join(f"{_name(x['path'])}: {x['sha256'][:12]}" for x in loras))))
+    embeddings = row.get("embeddings_used") or []
+    if embeddings:  # A1111's TI hash: the file's sha256, first 12 hex digits
+        pairs.append(("TI hashes", _quote(", ".join(f"{x['name']}: {x['sha256'][:12]}" for x in embeddings))))
     pairs.append(("Version", f"sdbatch {row.get('sdbatch_version', '')}".strip()))
-    exact = {k: row.get(k) for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "vae")}
+    exact = {k: row.get(k) for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "vae",
+                                     "prompt_syntax")}
     exact["loras"] = [{"path": x["path"], "weight": x["weight"]} for x in loras]
     exact["controlnets"] = [{"model": c["model"], "image": c["image"], "scale": c["scale"]}
                             for c in row.get("controlnets_used") or []]
@@ -109,10 +115,12 @@ def read_parameters(data: bytes) -> str | None:
 
 
 # The fields of a `parameters` text a manifest row renders, or that only describe the image (hashes, versions).
-# Any other (Clip skip, TI hashes, Hires upscale, Denoising strength, Variation seed, ENSD, ADetailer ...) is
+# Any other (Hires upscale, Denoising strength, Variation seed, ENSD, ADetailer ...) is
 # not rendered: `manifest from-images` reports it, and refuses it with --strict.
+# TI hashes are used as a check: the embeddings render through the words in the prompts (--embedding-dir).
 USED_FIELDS = frozenset({"prompt", "negative_prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed",
-                         "Size", "Model", "Model hash", "VAE", "VAE hash", "Lora hashes", "Version", SDBATCH_KEY})
+                         "Size", "Model", "Model hash", "VAE", "VAE hash", "Lora hashes", "Version", SDBATCH_KEY,
+                         "Clip skip", "TI hashes"})
 
 
 def unused_fields(fields: dict[str, Any]) -> list[str]:
@@ -128,12 +136,16 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
         "seed": _int(fields.get("Seed")), "steps": _int(fields.get("Steps")),
         "guidance_scale": _float(fields.get("CFG scale")), "width": _int(width), "height": _int(height),
         "scheduler": _scheduler(fields.get("Sampler"), fields.get("Schedule type")),
+        "prompt_syntax": "a1111", "clip_skip": _int(fields.get("Clip skip")) or 1,
+        # A label: which embedding files (by hash) the image was made with; --embedding-dir supplies them.
+        "ti_hashes": fields.get("TI hashes") or None,
     }
     if SDBATCH_KEY in fields:  # our own image: take the exact references rather than display names
         exact = _exact(fields[SDBATCH_KEY])
         row.update({k: exact[k] for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "loras",
                                           "controlnets")})
         row["vae"] = exact.get("vae")  # images written by earlier sdbatch versions carry no vae key
+        row["prompt_syntax"] = exact.get("prompt_syntax") or "plain"  # earlier versions read prompts as text
     elif fields.get("Model"):
         row["model"] = fields["Model"]
     return row

@@ -28,8 +28,8 @@ SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("negative_pro
                     ("seed", pa.int64()), ("steps", pa.int64()), ("guidance_scale", pa.float64()),
                     ("width", pa.int64()), ("height", pa.int64()), ("scheduler", pa.string()),
                     ("model", pa.string()), ("vae", pa.string()), ("loras", LORA_TYPE),
-                    ("controlnets", CONTROLNET_TYPE),
-                    ("source_image", pa.string())])
+                    ("controlnets", CONTROLNET_TYPE), ("prompt_syntax", pa.string()), ("clip_skip", pa.int64()),
+                    ("ti_hashes", pa.string()), ("source_image", pa.string())])
 
 
 def manifest_from_images(location: str, s3: S3Settings | None = None) -> tuple[pa.Table, int]:

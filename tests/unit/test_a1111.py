@@ -43,7 +43,8 @@ def test_a_plain_a1111_text_gives_a_row():
     text = "a dog\nNegative prompt: bad\nSteps: 25, Sampler: Euler a, CFG scale: 6, Seed: 7, Size: 640x512, Model: v1-5"
     row = row_from_parameters(parse_parameters(text))
     assert row == {"prompt": "a dog", "negative_prompt": "bad", "seed": 7, "steps": 25, "guidance_scale": 6.0,
-                   "width": 640, "height": 512, "scheduler": "euler_a", "model": "v1-5"}
+                   "width": 640, "height": 512, "scheduler": "euler_a", "model": "v1-5", "prompt_syntax": "a1111",
+                   "clip_skip": 1, "ti_hashes": None}
 
 
 def test_a1111_1_10_text_keeps_its_schedule_type_and_earlier_versions_combined_names_too():

@@ -312,3 +312,26 @@ def test_samplers_and_schedule_types_as_sdbatch_or_a1111_write_them():
     message = " ".join(str(info.value).split())
     assert "column 'scheduler', row id" in message and "'Euler a' takes no 'Karras' schedule" in message
     assert "'DPM++ 2S a' is not a sampler sdbatch knows (diffusers has no ancestral single-step" in message
+
+
+def test_prompts_are_checked_against_their_syntax_and_clip_skip_and_syntax_columns_are_read():
+    rows = [{"id": "ok", "prompt": "a (fox:1.2)", "negative_prompt": "[blurry]"},
+            {"id": "open", "prompt": "a (fox", "negative_prompt": None},
+            {"id": "text", "prompt": "a (fox", "negative_prompt": "x)", "prompt_syntax": "plain", "clip_skip": 2},
+            {"id": "neg", "prompt": "a", "negative_prompt": "lowres)"}]
+    with pytest.raises(ManifestError) as info:
+        normalize(_table(rows), DEFAULTS)
+    problems = _problems(info)
+    assert len(problems) == 2
+    assert "column 'prompt'" in problems[0] and "row id 'open'" in problems[0] and "never closed" in problems[0]
+    assert "column 'negative_prompt'" in problems[1] and "row id 'neg'" in problems[1]
+    assert 'prompt_syntax = "plain"' in problems[1]
+    table = normalize(_table([rows[0], rows[2]]), DEFAULTS)
+    assert table.column("prompt_syntax").to_pylist() == ["a1111", "plain"]
+    assert table.column("clip_skip").to_pylist() == [1, 2]
+    with pytest.raises(ManifestError, match="column 'clip_skip'.*use 1"):
+        _normalize([{"prompt": "a", "clip_skip": 0}])
+    with pytest.raises(ManifestError, match="column 'prompt_syntax'.*use one of a1111, plain"):
+        _normalize([{"prompt": "a", "prompt_syntax": "compel"}])
+    assert normalize(pa.Table.from_pylist([rows[1]]), RowDefaults(prompt_syntax="plain", clip_skip=3)).column(
+        "clip_skip").to_pylist() == [3]

@@ -106,6 +106,9 @@ class PromptEncoder:
         if len(counts) > 1:
             raise ValueError("the model's two tokenizers cut this prompt into different chunk counts; shorten it")
         used = [name for side in sides[self.encoders[0].index] for chunk in side for _, name in chunk.fixes]
+        for name in dict.fromkeys(used):  # one of another family fails this row here, not the whole batch later
+            for encoder in self.encoders:
+                self._vectors(encoder, name)
         return _RowPlan(sides, counts.pop(), self._clip_skip(row), not row.get("negative_prompt"), used)
 
     def _clip_skip(self, row: dict) -> int:
@@ -129,6 +132,10 @@ class PromptEncoder:
         pooled = getattr(output, "text_embeds", None)
         return torch.stack(states), pooled
 
+    def _vectors(self, encoder: _Encoder, name: str) -> torch.Tensor:
+        width = encoder.model.get_input_embeddings().embedding_dim
+        return self.embeddings.get(name).for_encoder(encoder.index, len(self.encoders), width)
+
     @contextlib.contextmanager
     def _substituted(self, encoder: _Encoder, chunks: list[Chunk]):
         """Embeddings' vectors in place of their placeholder tokens, for one forward of the encoder."""
@@ -137,9 +144,7 @@ class PromptEncoder:
             yield
             return
         table = encoder.model.get_input_embeddings()
-        count = len(self.encoders)
-        vectors = {name: self.embeddings.get(name).for_encoder(encoder.index, count, table.embedding_dim)
-                   for _, _, name in fixes}
+        vectors = {name: self._vectors(encoder, name) for _, _, name in fixes}
 
         def substitute(_module, _inputs, output):
             output = output.clone()

@@ -1,0 +1,99 @@
+"""Text conditioning without the UNet: equal to diffusers' for plain prompts, A1111's chunks, embedding files."""
+
+import io
+
+import pytest
+import torch
+from safetensors.torch import save, save_file
+
+from sdbatch.errors import VariantError
+from sdbatch.prompt_syntax import Fragment, parse
+from sdbatch.render.text.chunks import CHUNK_TOKENS, chunked, framed
+from sdbatch.render.text.embeddings import EmbeddingLibrary, read_embedding
+from sdbatch.render.text.encode import PromptEncoder
+
+COMMA = 99
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    from sdbatch.render.tiny.sd15 import build_sd15_pipeline
+    from sdbatch.render.tiny.sdxl import build_sdxl_pipeline
+
+    return {"sd15": build_sd15_pipeline(0), "sdxl": build_sdxl_pipeline(0)}
+
+
+@torch.inference_mode()
+def test_plain_prompts_encode_exactly_as_diffusers_does(pipelines):
+    """So images of prompts without A1111 syntax are what they were when diffusers encoded them."""
+    sd15, sdxl = pipelines["sd15"], pipelines["sdxl"]
+    rows = [{"prompt": "a red fox", "negative_prompt": "blurry"}]
+    ours = PromptEncoder(sd15, EmbeddingLibrary(None)).encode(rows)[0]
+    theirs, negative = sd15.encode_prompt(["a red fox"], "cpu", 1, True, ["blurry"])
+    assert torch.equal(ours.embeds, theirs) and torch.equal(ours.negative, negative) and ours.pooled is None
+    xl = PromptEncoder(sdxl, EmbeddingLibrary(None))
+    ours = xl.encode(rows)[0]
+    embeds, negative, pooled, negative_pooled = sdxl.encode_prompt(["a red fox"], device="cpu",
+                                                                   negative_prompt=["blurry"])
+    # Equal up to float rounding: the prompt and the negative go through the encoders in one batch here.
+    assert torch.allclose(ours.embeds, embeds, atol=1e-5) and torch.allclose(ours.negative, negative, atol=1e-5)
+    assert torch.allclose(ours.pooled, pooled) and torch.allclose(ours.negative_pooled, negative_pooled)
+    # A1111's clip skip 2 is diffusers' clip_skip=1 on SDXL; no negative prompt is zeros there, as in diffusers.
+    skipped = xl.encode([{"prompt": "a red fox", "clip_skip": 2}])[0]
+    assert torch.allclose(skipped.embeds, sdxl.encode_prompt(["a red fox"], device="cpu", clip_skip=1)[0], atol=1e-5)
+    assert not skipped.negative.any() and not skipped.negative_pooled.any()
+
+
+@torch.inference_mode()
+def test_a_long_prompt_is_three_chunks_whose_first_two_do_not_see_the_end(pipelines):
+    encoder = PromptEncoder(pipelines["sd15"], EmbeddingLibrary(None))
+    long = "word " * 40  # 200 byte tokens on the tiny tokenizer
+    a, b = encoder.encode([{"prompt": long + "red door"}, {"prompt": long + "blue cat"}])
+    assert a.length == b.length == 3 * 77 and a.negative.shape == a.embeds.shape  # the negative padded to match
+    assert torch.equal(a.embeds[:, :154], b.embeds[:, :154]) and not torch.equal(a.embeds, b.embeds)
+
+
+def test_chunks_break_at_75_tokens_after_a_nearby_comma_and_at_break():
+    def tokenize(text):
+        return [COMMA if c == "," else ord(c) for c in text.replace(" ", "")]
+
+    words = "a" * 70 + "," + "b" * 10  # the chunk fills 4 tokens after the comma: the b's move on together
+    chunks = chunked(parse(words), tokenize, COMMA)
+    assert [len(c.tokens) for c in chunks] == [71, 10] and chunks[0].tokens[-1] == COMMA
+    far = "a" * 10 + "," + "b" * 80  # the comma is too far back: cut at 75
+    assert [len(c.tokens) for c in chunked(parse(far), tokenize, COMMA)] == [75, 16]
+    broken = chunked(parse("(ab:1.5) BREAK c"), tokenize, COMMA)
+    assert [c.tokens for c in broken] == [[97, 98], [ord("c")]] and broken[0].weights == [1.5, 1.5]
+    assert [c.tokens for c in chunked([Fragment("", 1.0)], tokenize, COMMA)] == [[]]  # an empty prompt: one chunk
+    ids, weights = framed(broken[0], 1, 2, 0)
+    assert ids[:4] == [1, 97, 98, 2] and len(ids) == CHUNK_TOKENS + 2 and weights[1:3] == [1.5, 1.5]
+
+
+def test_an_embedding_takes_its_vector_count_of_slots_and_moves_whole_to_the_next_chunk():
+    def find(tokens, position):
+        return ("emb", 2, 5) if tokens[position:position + 2] == [ord("x"), ord("y")] else None
+
+    chunks = chunked(parse("a" * 72 + "xy b"), lambda t: [ord(c) for c in t.replace(" ", "")], None, find)
+    assert [len(c.tokens) for c in chunks] == [72, 6] and chunks[1].fixes == [(0, "emb")]
+    assert chunks[1].tokens[:5] == [0] * 5
+
+
+def test_embedding_files_in_each_format_read_and_a_bad_one_says_what_it_expected(tmp_path):
+    vectors = torch.randn(3, 8)
+    a1111_pt = io.BytesIO()
+    torch.save({"string_to_param": {"*": vectors}, "name": "x", "step": 100}, a1111_pt)
+    diffusers_bin = io.BytesIO()
+    torch.save({"<x>": vectors[0]}, diffusers_bin)
+    cases = [(a1111_pt.getvalue(), ".pt", (3, 8)), (save({"emb_params": vectors}), ".safetensors", (3, 8)),
+             (diffusers_bin.getvalue(), ".bin", (1, 8))]
+    for data, suffix, shape in cases:
+        assert tuple(read_embedding("x", data, suffix).vectors[""].shape) == shape
+    xl = read_embedding("x", save({"clip_l": vectors, "clip_g": torch.randn(3, 12)}), ".safetensors")
+    assert xl.for_encoder(1, 2, 12).shape == (3, 12)
+    with pytest.raises(VariantError, match="width 8, but this model's text encoder is 16 wide"):
+        read_embedding("x", save({"emb_params": vectors}), ".safetensors").for_encoder(0, 1, 16)
+    with pytest.raises(VariantError, match="no embedding vectors found"):
+        read_embedding("x", save({"a": vectors, "b": vectors.clone()}), ".safetensors")
+    save_file({"emb_params": vectors}, tmp_path / "Easy Neg.safetensors")
+    (tmp_path / "notes.txt").write_text("not an embedding")
+    assert list(EmbeddingLibrary(str(tmp_path)).files()) == ["Easy Neg"]
