@@ -151,6 +151,12 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def hashes_of(text: str | None) -> list[tuple[str, str]]:
+    """(name, hash) pairs of an A1111 hashes field such as TI hashes: "EasyNegative: c74b4e810b03, other: 1a2b"."""
+    pairs = (part.rpartition(":") for part in (text or "").split(","))
+    return [(name.strip(), digest.strip().lower()) for name, _, digest in pairs if name.strip() and digest.strip()]
+
+
 def _exact(value: str) -> dict[str, Any]:
     """sdbatch's own row: base64 of JSON, or the JSON itself in images from sdbatch before it was encoded."""
     return json.loads(value if value.startswith("{") else base64.urlsafe_b64decode(value))

@@ -28,6 +28,8 @@ def prompt_columns(table: pa.Table, columns: dict[str, Any], defaults: RowDefaul
     a1111 = pc.fill_null(pc.equal(syntax, "a1111"), False)
     for name in ("prompt", "negative_prompt"):
         _check_parses(columns[name], a1111, name, problems)
+    if defaults.embedding_dir is None:
+        _check_no_embeddings_pinned(table, problems)
 
 
 def _check_parses(prompts: Any, a1111: Any, name: str, problems: Problems) -> None:
@@ -36,3 +38,15 @@ def _check_parses(prompts: Any, a1111: Any, name: str, problems: Problems) -> No
         reason = problem(prompts[n].as_py(), "a1111")
         if reason:
             problems.report(name, n, reason)
+
+
+def _check_no_embeddings_pinned(table: pa.Table, problems: Problems) -> None:
+    """Rows read from A1111 images name the embeddings they were made with (`ti_hashes`); without an embedding
+    folder their words would render as text, and the images would silently differ."""
+    column = cols.typed_column(table, "ti_hashes", "string", problems)
+    if column is None:
+        return
+    pinned = pc.and_(pc.is_valid(column), pc.not_equal(pc.fill_null(column, ""), ""))
+    problems.add_rows("ti_hashes", rows_where(pinned), lambda n: (
+        f"the row was made with textual inversion embeddings ({column[n].as_py()}) and the job has no "
+        "embedding_dir; pass --embedding-dir with those files, or drop the column to render the words as text"))

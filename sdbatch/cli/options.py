@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from sdbatch.errors import SpecError
 from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec, load_spec
 from sdbatch.store.base import resolve_endpoint
@@ -67,5 +70,18 @@ def job_spec(job: Optional[str], s3: S3Settings | None = None, **overrides) -> J
         from sdbatch.store import open_store
 
         parent, _, name = job.rpartition("/")
-        return load_spec(job, overrides, text=open_store(parent, s3).get(name).decode())
-    return load_spec(job, overrides)
+        return _local_paths(load_spec(job, overrides, text=open_store(parent, s3).get(name).decode()))
+    return _local_paths(load_spec(job, overrides))
+
+
+def _local_paths(spec: JobSpec) -> JobSpec:
+    """A local embedding folder as an absolute path (actors do not run in this directory), checked now rather
+    than when the first row that names an embedding renders."""
+    folder = spec.defaults.embedding_dir
+    if not folder or folder.startswith("s3://"):
+        return spec
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise SpecError(f"job setting defaults.embedding_dir = {folder!r} is not a folder; pass the folder that "
+                        "holds the textual inversion files (or an s3:// prefix)")
+    return dataclasses.replace(spec, defaults=dataclasses.replace(spec.defaults, embedding_dir=str(path)))

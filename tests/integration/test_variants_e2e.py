@@ -50,10 +50,10 @@ def _rows(assets) -> list[dict]:
     return [{"id": f"r{n:03d}", **row} for n, row in enumerate(rows)]
 
 
-def _submit(manifest, out, assets, *extra):
+def _submit(manifest, out, assets, *extra, cwd=None):
     return run_cli("submit", str(manifest), "--output", str(out), "--job", JOB, "--lora-dir",
                    str(assets["root"] / "loras"), "--steps", "1", "--width", "32", "--height", "32",
-                   "--shard-size", str(SHARD_SIZE), "--actors", "2", *extra)
+                   "--shard-size", str(SHARD_SIZE), "--actors", "2", *extra, cwd=cwd)
 
 
 def test_affinity_keeps_loads_to_variants_plus_actors(tmp_path, assets):
@@ -82,17 +82,34 @@ def test_affinity_keeps_loads_to_variants_plus_actors(tmp_path, assets):
 
 
 def test_corrupt_lora_and_unreadable_control_image_fail_only_their_rows(tmp_path, assets):
-    good = [{"id": f"good{k}", "prompt": f"a cat {k} <lora:style0:1>", "controlnet": None, "control_image": None}
-            for k in range(4)]
+    """...and so does an embedding of another family, while A1111 weights and embeddings render (the folder
+    given relative to where the command runs, which the actors do not share)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sdbatch.a1111 import parse_parameters, read_parameters
+
+    (tmp_path / "embeddings").mkdir()
+    save_file({"emb_params": torch.randn(2, 32)}, tmp_path / "embeddings" / "fuzzyfox.safetensors")
+    save_file({"clip_l": torch.randn(1, 32), "clip_g": torch.randn(1, 48)}, tmp_path / "embeddings" / "xlstyle.safetensors")
+    good = [{"id": f"good{k}", "prompt": f"a (cat:1.3) {k} <lora:style0:1>", "controlnet": None,
+             "control_image": None, "negative_prompt": "fuzzyfox" if k == 0 else ""} for k in range(4)]
     bad = [{"id": "bad-lora", "prompt": "a cat <lora:broken:1>", "controlnet": None, "control_image": None},
            {"id": "bad-image", "prompt": "a dog", "controlnet": str(assets["controlnets"][0]),
-            "control_image": str(assets["root"] / "not-an-image.png")}]
+            "control_image": str(assets["root"] / "not-an-image.png")},
+           {"id": "bad-embedding", "prompt": "a xlstyle dog", "controlnet": None, "control_image": None}]
     manifest = write_manifest(tmp_path / "m.parquet", good + bad)
-    result = _submit(manifest, tmp_path / "out", assets)
+    result = _submit(manifest, tmp_path / "out", assets, "--embedding-dir", "embeddings", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "bad-lora" in result.stdout and "bad-image" in result.stdout
+    assert "bad-lora" in result.stdout and "bad-image" in result.stdout and "bad-embedding" in result.stdout
     table = {r["id"]: r for r in sdbatch.read_results(str(tmp_path / "out")).to_pylist()}
     assert {k for k, r in table.items() if r["status"] == "ok"} == {f"good{k}" for k in range(4)}
     assert table["bad-lora"]["error"] and table["bad-image"]["error"]
+    assert "embedding xlstyle is an SDXL embedding" in table["bad-embedding"]["error"]
+    assert [e["name"] for e in table["good0"]["embeddings_used"]] == ["fuzzyfox"]
+    assert table["good1"]["embeddings_used"] == [] and table["good1"]["prompt_syntax"] == "a1111"
     store = open_store(str(tmp_path / "out"))
     assert len(store.list("images/")) == 4
+    fields = parse_parameters(read_parameters(store.get(table["good0"]["image"])))
+    assert fields["TI hashes"] == f"fuzzyfox: {table['good0']['embeddings_used'][0]['sha256'][:12]}"
+    assert fields["prompt"].startswith("a (cat:1.3) 0")

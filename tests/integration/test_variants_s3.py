@@ -82,3 +82,35 @@ def test_an_input_s3_cannot_serve_for_now_fails_the_shard_for_a_retry_not_its_ro
     assert proxy.log.counts["slowdown"] >= 2  # the client retried before giving up
     assert (result.committed, result.rows_ok, result.rows_failed) == (True, 2, 1)
     assert list(result.failures) == ["r2"] and "does not exist" in result.failures["r2"]
+
+
+def test_embeddings_from_an_s3_folder_render_as_from_a_local_one(s3_env, new_bucket, tmp_path):
+    import hashlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    from sdbatch.render.renderer import Renderer
+    from sdbatch.settings import RendererSettings
+    from sdbatch.store import open_store
+    from sdbatch.store.local import LocalStore
+
+    local = tmp_path / "embeddings"
+    local.mkdir()
+    save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(3))},
+              local / "fuzzyfox.safetensors")
+    data = (local / "fuzzyfox.safetensors").read_bytes()
+    s3 = S3Settings(endpoint_url=s3_env)
+    open_store(f"s3://{new_bucket}/embeddings", s3).put("fuzzyfox.safetensors", data)
+    rows = [variant_row(0, prompt="a photo of fuzzyfox"), variant_row(1, prompt="a photo of a fox")]
+    out = {}
+    for name, folder in (("local", str(local)), ("s3", f"s3://{new_bucket}/embeddings")):
+        renderer = Renderer(LocalStore(str(tmp_path / name)),
+                            RendererSettings(batch_size=4, io_threads=1, cpu_threads=2, s3=s3, embedding_dir=folder))
+        try:
+            out[name] = render_all(renderer, *rows)
+        finally:
+            renderer.close()
+    assert max_diff(pixels_of(out["local"]["r0"]), pixels_of(out["s3"]["r0"])) <= NOISE
+    assert out["s3"]["r0"].embeddings_used == [{"name": "fuzzyfox", "sha256": hashlib.sha256(data).hexdigest()}]
+    assert out["s3"]["r1"].embeddings_used == []

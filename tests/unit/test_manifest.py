@@ -335,3 +335,11 @@ def test_prompts_are_checked_against_their_syntax_and_clip_skip_and_syntax_colum
         _normalize([{"prompt": "a", "prompt_syntax": "compel"}])
     assert normalize(pa.Table.from_pylist([rows[1]]), RowDefaults(prompt_syntax="plain", clip_skip=3)).column(
         "clip_skip").to_pylist() == [3]
+
+
+def test_rows_made_with_embeddings_need_an_embedding_folder(tmp_path):
+    rows = [{"id": "a", "prompt": "x", "ti_hashes": "EasyNegative: c74b4e810b03"}, {"id": "b", "prompt": "y"}]
+    with pytest.raises(ManifestError, match=r"column 'ti_hashes', row id 'a'.*pass --embedding-dir"):
+        normalize(_table(rows), DEFAULTS)
+    table = normalize(_table(rows), RowDefaults(embedding_dir=str(tmp_path)))
+    assert table.column("ti_hashes").to_pylist() == ["EasyNegative: c74b4e810b03", None]  # kept for the renderer

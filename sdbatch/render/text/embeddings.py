@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 
 import torch
 
+from sdbatch.a1111 import hashes_of
 from sdbatch.errors import VariantError
 from sdbatch.settings import S3Settings
 
@@ -137,6 +138,17 @@ class EmbeddingLibrary:
                 self._loaded[name] = read_embedding(name, data, PurePosixPath(key).suffix)
                 self.loads += 1
             return self._loaded[name]
+
+    def check_pinned(self, ti_hashes: str | None) -> None:
+        """A row read from an A1111 image names the embeddings it was made with: each must be here, the same file."""
+        for name, expected in hashes_of(ti_hashes):
+            if name not in self.files():
+                raise VariantError(f"embedding {name} (column ti_hashes) is not in the embedding folder "
+                                   f"{self.directory}; add its file ({name}.safetensors or .pt) there")
+            actual = self.get(name).sha256
+            if not actual.startswith(expected):
+                raise VariantError(f"embedding {name} in {self.directory} has hash {actual[:12]}, but the row was "
+                                   f"made with {expected} (column ti_hashes); put that file there")
 
     def finder(self, tokenizer):
         """find(tokens, position) for chunks.chunked: the longest embedding name whose tokens start there."""

@@ -92,6 +92,7 @@ class PromptEncoder:
 
     def _plan(self, row: dict[str, Any]) -> _RowPlan:
         """Per encoder: the prompt's and the negative prompt's chunks, padded to one count with empty chunks."""
+        self.embeddings.check_pinned(row.get("ti_hashes"))
         syntax = row.get("prompt_syntax") or "a1111"
         texts = [parse(row.get("prompt") or "", syntax), parse(row.get("negative_prompt") or "", syntax)]
         sides, counts = {}, set()

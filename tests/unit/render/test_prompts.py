@@ -124,3 +124,16 @@ def test_sdxl_weights_long_prompts_and_its_own_embeddings(renderers):
     assert _differ(base, heavy) > NOISE and _differ(long_a, long_b) > NOISE
     assert _differ(base, styled) > NOISE and styled.embeddings_used[0]["name"] == "xlstyle"
     assert not wrong.ok and "SDXL model needs one with clip_l and clip_g" in wrong.error
+
+
+def test_rows_read_from_a1111_images_render_only_with_the_embedding_files_they_were_made_with(renderers,
+                                                                                              embedding_dir):
+    _, renderer = renderers
+    digest = hashlib.sha256((embedding_dir / "fuzzyfox.safetensors").read_bytes()).hexdigest()
+    same, other, missing = _render(renderer, _row(0, "fuzzyfox", ti_hashes=f"fuzzyfox: {digest[:12]}"),
+                                   _row(1, "fuzzyfox", ti_hashes="fuzzyfox: c74b4e810b03"),
+                                   _row(2, "EasyNegative", ti_hashes="EasyNegative: c74b4e810b03"))
+    assert same.ok
+    assert not other.ok and f"has hash {digest[:12]}, but the row was made with c74b4e810b03" in other.error
+    assert not missing.ok and "embedding EasyNegative (column ti_hashes) is not in the embedding folder" in \
+        missing.error
