@@ -13,6 +13,9 @@ from sdbatch.prompt_syntax import parse
 from sdbatch.render.text.chunks import Chunk, chunked, framed
 from sdbatch.render.text.embeddings import EmbeddingLibrary
 
+# Fragments whose token ids are remembered per pipeline: far more than a micro-batch has, little memory.
+TOKEN_CACHE = 16384
+
 
 @dataclass(frozen=True)
 class Conditioning:
@@ -51,7 +54,7 @@ class PromptEncoder:
                                                                  getattr(pipeline, "text_encoder_2", None))]
         self.encoders = [_Encoder(tok, model, i, self.sdxl) for i, (tok, model) in enumerate(pairs)
                          if tok is not None and model is not None]
-        self.zeros_for_empty_negative = bool(getattr(pipeline.config, "force_zeros_for_empty_prompt", False))
+        self._tokens: dict[tuple[int, str], list[int]] = {}
 
     def encode(self, rows: list[dict[str, Any]]) -> list[Conditioning | Exception]:
         """Every row's conditioning (or why it has none), all rows' chunks through each encoder in one call."""
@@ -82,11 +85,9 @@ class PromptEncoder:
         return out
 
     def _conditioning(self, plan: _RowPlan, sides: list[tuple[torch.Tensor, torch.Tensor | None]]) -> Conditioning:
+        # An empty negative prompt is encoded as "" (as A1111 does), never zeros: diffusers zeroes it on SDXL only
+        # when no negative prompt is passed at all, which sdbatch never did.
         (embeds, pooled), (negative, negative_pooled) = sides
-        if self.zeros_for_empty_negative and plan.empty_negative:
-            # As diffusers does for models whose config asks (SDXL base): no negative prompt is zeros, not "".
-            negative = torch.zeros_like(negative)
-            negative_pooled = torch.zeros_like(negative_pooled) if negative_pooled is not None else None
         used = tuple((name, self.embeddings.get(name).sha256) for name in dict.fromkeys(plan.used))
         return Conditioning(embeds, negative, pooled, negative_pooled, used)
 
@@ -99,8 +100,8 @@ class PromptEncoder:
         for encoder in self.encoders:
             tok = encoder.tokenizer
             comma = tok.convert_tokens_to_ids(",</w>")
-            cut = [chunked(fragments, partial(_token_ids, tok), None if comma == tok.unk_token_id else comma,
-                           self.embeddings.finder(tok)) for fragments in texts]
+            cut = [chunked(fragments, partial(self._token_ids, encoder.index), None if comma == tok.unk_token_id
+                           else comma, self.embeddings.finder(tok)) for fragments in texts]
             count = max(len(side) for side in cut)
             sides[encoder.index] = tuple(side + [Chunk() for _ in range(count - len(side))] for side in cut)
             counts.add(count)
@@ -110,7 +111,18 @@ class PromptEncoder:
         for name in dict.fromkeys(used):  # one of another family fails this row here, not the whole batch later
             for encoder in self.encoders:
                 self._vectors(encoder, name)
-        return _RowPlan(sides, counts.pop(), self._clip_skip(row), not row.get("negative_prompt"), used)
+        return _RowPlan(sides, counts.pop(), self._clip_skip(row), used)
+
+    def _token_ids(self, index: int, text: str) -> list[int]:
+        """A fragment's token ids (chunks get their own start and end), remembered: datasets repeat fragments
+        (a shared negative prompt, a style suffix), and CLIP's tokenizer is Python."""
+        key = (index, text)
+        if key not in self._tokens:
+            if len(self._tokens) >= TOKEN_CACHE:
+                self._tokens.clear()
+            tokenizer = next(e.tokenizer for e in self.encoders if e.index == index)
+            self._tokens[key] = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+        return self._tokens[key]
 
     def _clip_skip(self, row: dict) -> int:
         skip, encoder = int(row.get("clip_skip") or 1), self.encoders[0]
@@ -166,12 +178,7 @@ class _RowPlan:
     sides: dict[int, tuple[list[Chunk], list[Chunk]]]  # per encoder: the prompt's and the negative's chunks
     count: int  # chunks per side
     clip_skip: int
-    empty_negative: bool
     used: list[str]  # embedding names, in order of use
-
-
-def _token_ids(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False, verbose=False).input_ids  # chunks get their own start/end
 
 
 def _layer(model: Any, output: Any, n: int, skip: int, penultimate: bool) -> torch.Tensor:

@@ -38,10 +38,14 @@ def test_plain_prompts_encode_exactly_as_diffusers_does(pipelines):
     # Equal up to float rounding: the prompt and the negative go through the encoders in one batch here.
     assert torch.allclose(ours.embeds, embeds, atol=1e-5) and torch.allclose(ours.negative, negative, atol=1e-5)
     assert torch.allclose(ours.pooled, pooled) and torch.allclose(ours.negative_pooled, negative_pooled)
-    # A1111's clip skip 2 is diffusers' clip_skip=1 on SDXL; no negative prompt is zeros there, as in diffusers.
-    skipped = xl.encode([{"prompt": "a red fox", "clip_skip": 2}])[0]
+    # A1111's clip skip 2 is diffusers' clip_skip=1 on SDXL. No negative prompt is "" encoded, as A1111 does
+    # and as sdbatch passed it to diffusers before (which zeroes it only when negative_prompt is None).
+    # (diffusers skips on the prompt only; sdbatch on both, as A1111 does.)
+    skipped, unskipped = xl.encode([{"prompt": "a red fox", "clip_skip": 2}, {"prompt": "a red fox"}])
     assert torch.allclose(skipped.embeds, sdxl.encode_prompt(["a red fox"], device="cpu", clip_skip=1)[0], atol=1e-5)
-    assert not skipped.negative.any() and not skipped.negative_pooled.any()
+    _, negative, _, negative_pooled = sdxl.encode_prompt(["a red fox"], device="cpu", negative_prompt=[""])
+    assert negative.any() and torch.allclose(unskipped.negative, negative, atol=1e-5)
+    assert torch.allclose(unskipped.negative_pooled, negative_pooled, atol=1e-5)
 
 
 @torch.inference_mode()
