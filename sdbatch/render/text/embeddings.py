@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 import torch
 
 from sdbatch.a1111 import hashes_of
-from sdbatch.errors import VariantError
+from sdbatch.errors import VariantError, reading
 from sdbatch.settings import S3Settings
 
 SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -115,10 +115,8 @@ class EmbeddingLibrary:
         return open_store(self.directory, self._s3)
 
     def _list(self) -> dict[str, str]:
-        try:
+        with reading(VariantError, f"embedding folder {self.directory} cannot be listed"):
             keys = self._store().list()
-        except Exception as exc:
-            raise VariantError(f"embedding folder {self.directory} cannot be listed: {exc}") from exc
         files: dict[str, str] = {}
         for key in sorted(keys, key=lambda k: SUFFIXES.index(PurePosixPath(k).suffix)
                           if PurePosixPath(k).suffix in SUFFIXES else len(SUFFIXES)):
@@ -131,10 +129,8 @@ class EmbeddingLibrary:
         with self._lock:
             if name not in self._loaded:
                 key = self.files()[name]
-                try:
+                with reading(VariantError, f"embedding {name} ({self.directory}/{key}) cannot be read"):
                     data = self._store().get(key)
-                except Exception as exc:
-                    raise VariantError(f"embedding {name} ({self.directory}/{key}) cannot be read: {exc}") from exc
                 self._loaded[name] = read_embedding(name, data, PurePosixPath(key).suffix)
                 self.loads += 1
             return self._loaded[name]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from sdbatch.errors import InputUnavailable
 from sdbatch.prompt_syntax import parse
 from sdbatch.render.text.chunks import Chunk, chunked, framed
 from sdbatch.render.text.embeddings import EmbeddingLibrary
@@ -62,11 +63,23 @@ class PromptEncoder:
         for row in rows:
             try:
                 plans.append(self._plan(row))
+            except InputUnavailable:
+                raise  # may pass: the shard is retried rather than the row failed for good
             except Exception as exc:  # an unreadable embedding, a clip_skip the model lacks: that row fails
                 plans.append(exc)
         good = [plan for plan in plans if isinstance(plan, _RowPlan)]
         if not good:
             return plans
+        try:
+            return self._encoded(plans, good)
+        except InputUnavailable:
+            raise
+        except Exception as exc:
+            if len(rows) == 1:
+                return [exc]
+        return [state for row in rows for state in self.encode([row])]  # so only a row that cannot go through fails
+
+    def _encoded(self, plans: list[_RowPlan | Exception], good: list[_RowPlan]) -> list[Conditioning | Exception]:
         outputs = [self._run(encoder, [(chunk, plan.clip_skip) for plan in good for side in plan.sides[encoder.index]
                                        for chunk in side]) for encoder in self.encoders]
         out, at = [], 0
@@ -147,7 +160,7 @@ class PromptEncoder:
 
     def _vectors(self, encoder: _Encoder, name: str) -> torch.Tensor:
         width = encoder.model.get_input_embeddings().embedding_dim
-        return self.embeddings.get(name).for_encoder(encoder.index, len(self.encoders), width)
+        return self.embeddings.get(name).for_encoder(encoder.index, 2 if self.sdxl else 1, width)
 
     @contextlib.contextmanager
     def _substituted(self, encoder: _Encoder, chunks: list[Chunk]):

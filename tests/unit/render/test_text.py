@@ -101,3 +101,16 @@ def test_embedding_files_in_each_format_read_and_a_bad_one_says_what_it_expected
     save_file({"emb_params": vectors}, tmp_path / "Easy Neg.safetensors")
     (tmp_path / "notes.txt").write_text("not an embedding")
     assert list(EmbeddingLibrary(str(tmp_path)).files()) == ["Easy Neg"]
+
+
+@torch.inference_mode()
+def test_a_batch_the_encoder_cannot_take_is_encoded_row_by_row_so_only_the_bad_row_fails(pipelines):
+    class Failing(PromptEncoder):
+        def _encoded(self, plans, good):
+            if any(plan.clip_skip == 2 for plan in good):
+                raise RuntimeError("cannot encode this row")
+            return super()._encoded(plans, good)
+
+    fine, bad = Failing(pipelines["sd15"], EmbeddingLibrary(None)).encode(
+        [{"prompt": "a fox"}, {"prompt": "a fox", "clip_skip": 2}])
+    assert fine.length == 77 and isinstance(bad, RuntimeError)
