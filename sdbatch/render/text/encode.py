@@ -151,7 +151,8 @@ class PromptEncoder:
         device = model.device
         ids = torch.tensor([ids for ids, _ in framed_chunks], dtype=torch.long, device=device)
         with self._substituted(encoder, [chunk for chunk, _ in chunks]):
-            output = model(ids, output_hidden_states=True)
+            # Every layer's states only when a layer before the last is read: collecting them costs time.
+            output = model(ids, output_hidden_states=encoder.penultimate or any(skip > 1 for _, skip in chunks))
         states = []
         for n, ((_, weights), (_, skip)) in enumerate(zip(framed_chunks, chunks)):
             states.append(_weighted(_layer(model, output, n, skip, encoder.penultimate), weights))
