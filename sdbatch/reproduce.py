@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sdbatch.a1111 import parse_parameters, read_parameters, row_from_parameters, unused_fields
+from sdbatch.a1111 import hashes_of, parse_parameters, read_parameters, row_from_parameters, unused_fields
 from sdbatch.errors import ManifestError
 from sdbatch.manifest import ID_PATTERN
 from sdbatch.settings import S3Settings
@@ -65,6 +65,7 @@ class ImagesRead:
     rows: int = 0
     skipped: int = 0  # images without parameters
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)  # field -> images with it
+    embeddings: collections.Counter[str] = field(default_factory=collections.Counter)  # TI name -> images
 
     def summary(self) -> str:
         return "; ".join(f"{name} in {count} image(s)" for name, count in sorted(self.dropped.items()))
@@ -82,6 +83,7 @@ def _batches(location: str, s3: S3Settings | None, tally: ImagesRead) -> Iterato
             continue
         fields = parse_parameters(text)
         tally.dropped.update(unused_fields(fields))
+        tally.embeddings.update(name for name, _ in hashes_of(fields.get("TI hashes")))
         rows.append(_row(name, fields, tally.rows))
         tally.rows += 1
         if len(rows) == BATCH_ROWS:

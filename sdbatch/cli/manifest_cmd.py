@@ -105,4 +105,8 @@ def from_images(location: Annotated[str, typer.Argument(help="A folder or s3://b
     typer.echo(f"wrote {output}: {read.rows} rows{note}")
     if read.dropped:
         typer.echo(f"not rendered, so left out of the manifest: {read.summary()} (--strict refuses them)")
+    if read.embeddings:
+        names = ", ".join(f"{name} ({count})" for name, count in sorted(read.embeddings.items()))
+        typer.echo(f"made with textual inversion embeddings: {names}; submit with --embedding-dir holding "
+                   "those files (their hashes are in the manifest's ti_hashes column)")
 

@@ -74,5 +74,7 @@ def test_from_images_takes_what_it_renders_and_reports_each_field_it_does_not(tm
     assert refused.returncode == 2 and not out.exists()
     said = run_cli("manifest", "from-images", str(tmp_path / "images"), "-o", str(out))
     assert said.returncode == 0 and out.exists()
+    assert "made with textual inversion embeddings: EasyNegative (3); submit with --embedding-dir" in " ".join(
+        said.stdout.split())
     assert "not rendered, so left out of the manifest: Denoising strength in 3 image(s); Hires upscale in 2" in " ".join(
         said.stdout.split())
