@@ -124,6 +124,11 @@ def _mismatch_message(store: Store, existing: dict, job_doc: dict) -> str:
     old, new = _flatten(existing.get("identity", {})), _flatten(job_doc["identity"])
     what += [f"{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k)]
+    started_by = existing.get("sdbatch_version")
+    if started_by and started_by != job_doc["sdbatch_version"]:
+        # A new version may normalize the same manifest into new columns: the "difference" may be only that.
+        what.append(f"the run was started by sdbatch {started_by}, this is {job_doc['sdbatch_version']}, whose "
+                    f"manifests and settings may have new columns; resume it with sdbatch {started_by}")
     return (f"{store.uri} already holds a different run: {'; '.join(what) or 'settings differ'}. "
             "Use a new --output, or rerun with the original manifest and settings to resume.")
 

@@ -1,3 +1,3 @@
 """The package version: one home, read by the packaging metadata and recorded with every output."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

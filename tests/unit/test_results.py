@@ -56,3 +56,4 @@ def test_scan_streams_what_read_results_returns_finished_or_not(tmp_path, monkey
     committed = {m["shard"] for m in read_markers(store).to_pylist()}
     assert set(table.column("shard").to_pylist()) == committed  # rows of shards not committed are left out
     assert pa.concat_tables(batches).equals(table.select(["id", "status", "group"]))
+
