@@ -114,3 +114,16 @@ def test_a_batch_the_encoder_cannot_take_is_encoded_row_by_row_so_only_the_bad_r
     fine, bad = Failing(pipelines["sd15"], EmbeddingLibrary(None)).encode(
         [{"prompt": "a fox"}, {"prompt": "a fox", "clip_skip": 2}])
     assert fine.length == 77 and isinstance(bad, RuntimeError)
+
+
+def test_an_embedding_is_read_once_and_the_longest_name_matches_first(tmp_path, pipelines):
+    tokenizer = pipelines["sd15"].tokenizer
+    save_file({"emb_params": torch.randn(1, 32)}, tmp_path / "easy.safetensors")
+    save_file({"emb_params": torch.randn(3, 32)}, tmp_path / "easyneg.safetensors")
+    library = EmbeddingLibrary(str(tmp_path))
+    find = library.finder(tokenizer)
+    ids = tokenizer("a easyneg b", add_special_tokens=False).input_ids
+    assert find(ids, ids.index(tokenizer("easyneg", add_special_tokens=False).input_ids[0])) == ("easyneg", 7, 3)
+    assert find(ids, 0) is None
+    library.get("easyneg")
+    assert library.get("easyneg").count() == 3 and library.loads == 1
