@@ -34,6 +34,11 @@ def demo_job_with(folder: Path, **run: object) -> str:
     return str(path)
 
 
+def unwrapped(output: str) -> str:
+    """Console output with its line wrapping undone: the console breaks lines wherever paths' lengths put them."""
+    return " ".join(output.split())
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*SDBATCH, *args], capture_output=True, text=True, env=full_env,
