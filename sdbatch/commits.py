@@ -41,6 +41,7 @@ RESULT_SCHEMA = pa.schema([
                                              ("image", pa.string()), ("image_sha256", pa.string()),
                                              ("scale", pa.float64())]))),
     ("embeddings_used", pa.list_(pa.struct([("name", pa.string()), ("sha256", pa.string())]))),
+    ("init_image_sha256", pa.string()), ("mask_image_sha256", pa.string()),
 ])
 
 MARKER_SCHEMA = pa.schema([

@@ -16,6 +16,7 @@ from sdbatch import manifest_columns as cols
 from sdbatch.commits import RESULT_SCHEMA
 from sdbatch.errors import ManifestError
 from sdbatch.manifest_columns import ID_PATTERN, MAX_SIZE, derive_seed, duplicate_ids, rows_where
+from sdbatch.manifest_images import IMAGE_COLUMNS, image_columns
 from sdbatch.manifest_lists import Entries, entries_of, struct_field
 from sdbatch.manifest_problems import MAX_LISTED_PROBLEMS, Problem, Problems, raise_if
 from sdbatch.manifest_prompts import prompt_columns
@@ -33,7 +34,7 @@ __all__ = ["ID_PATTERN", "MANIFEST_COLUMNS", "MAX_LISTED_PROBLEMS", "MAX_SIZE", 
 
 # The columns `normalize` writes, in order; every other column of its output is a label.
 MANIFEST_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-                    "scheduler", "model", "vae", "loras", "controlnets", "prompt_syntax", "clip_skip")
+                    "scheduler", "model", "vae", "loras", "controlnets", "prompt_syntax", "clip_skip", *IMAGE_COLUMNS)
 # Columns only the results table has: read_results joins them onto the manifest's, so a label of the same
 # name would be shadowed.
 RESULT_COLUMNS = tuple(name for name in RESULT_SCHEMA.names if name not in MANIFEST_COLUMNS)
@@ -97,6 +98,7 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0,
     columns["prompt"], columns["loras"] = normalize_loras(table, columns["prompt"], resolver, problems.report)
     columns["controlnets"] = normalize_controlnets(table, resolver, problems.report)
     prompt_columns(table, columns, defaults, problems)  # after the LoRA tags are out of the prompts
+    image_columns(table, columns, defaults, resolver, problems)
     _check_no_secrets_in_urls(columns, problems)
     _check_label_names(table, problems)
     problems.raise_if()
@@ -152,7 +154,7 @@ def _secret(values) -> Any:
 def _check_no_secrets_in_urls(columns: dict[str, Any], problems: Problems) -> None:
     """References are recorded in the output (manifest copy, results, each image's parameters): a URL that
     carries a password or a signature there would publish it."""
-    for column in ("model", "vae"):
+    for column in ("model", "vae", "init_image", "mask_image"):
         problems.add_rows(column, rows_where(_secret(columns[column])), lambda n: SECRET_URL)
     if len(pc.list_flatten(columns["loras"])):
         loras = entries_of(columns["loras"])

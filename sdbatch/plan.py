@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 
 # Rows that agree on these can share one pipeline call (prompts, negatives, seeds and control images
 # may differ); for ControlNets only the model and scale count, each row brings its own image.
-VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale", "loras", "controlnets", "vae")
+VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale", "loras", "controlnets", "vae",
+                   "pipeline", "strength", "hires_scale", "hires_steps", "hires_strength", "hires_upscaler")
 # Rows planned together: variant groups and their shards are cut inside each chunk of this many manifest
 # rows, so planning holds one chunk at a time. The run fingerprint hashes the manifest chunk by chunk too:
 # a change here changes it, and a resume across the change is refused rather than planned differently.
@@ -33,6 +34,9 @@ class Variant:
     loras: tuple[tuple[str, float], ...] = ()  # (path, weight), in the row's order
     controlnets: tuple[tuple[str, float], ...] = ()  # (model, scale)
     vae: str | None = None  # None: the model's own VAE
+    pipeline: str = "txt2img"  # or img2img, inpaint: from the row's init and mask images
+    strength: float | None = None  # img2img and inpaint
+    hires: Hires | None = None  # a second pass at a larger size
 
     def describe(self) -> str:
         size = f"{self.width or 'native'}x{self.height or 'native'}"
@@ -40,15 +44,41 @@ class Variant:
                 f"scheduler={self.scheduler or 'model default'} cfg={self.guidance_scale:g}")
         text += "".join(f" lora={path.rsplit('/', 1)[-1]}:{weight:g}" for path, weight in self.loras)
         text += "".join(f" controlnet={m.rsplit('/', 1)[-1]}:{s:g}" for m, s in self.controlnets)
+        text += f" {self.pipeline} strength={self.strength:g}" if self.strength is not None else ""
+        text += f" {self.hires.describe()}" if self.hires else ""
         return text + (f" vae={self.vae.rstrip('/').rsplit('/', 1)[-1]}" if self.vae else "")
+
+    def cost(self) -> float:
+        """A row's rendering time relative to a text-to-image row of `steps` at the base size: img2img runs
+        strength x steps; a hires pass adds its steps at scale^2 the pixels."""
+        relative = self.strength if self.strength is not None else 1.0
+        if self.hires:
+            relative += self.hires.scale ** 2 * (self.hires.steps or self.steps) / self.steps
+        return relative
+
+
+@dataclass(frozen=True)
+class Hires:
+    scale: float
+    steps: int | None  # None: the row's steps, as A1111's "Hires steps: 0"
+    strength: float
+    upscaler: str  # latent or image
+
+    def describe(self) -> str:
+        return (f"hires=x{self.scale:g} steps={self.steps or 'same'} strength={self.strength:g} "
+                f"upscaler={self.upscaler}")
 
 
 def variant_of(row: dict[str, Any]) -> Variant:
     """The variant of a row dict (as sent to actors, or a manifest row)."""
+    hires = None
+    if row.get("hires_scale") is not None:
+        hires = Hires(row["hires_scale"], row.get("hires_steps"), row["hires_strength"], row["hires_upscaler"])
     return Variant(row["model"], row["width"], row["height"], row["steps"], row["scheduler"],
                    row["guidance_scale"],
                    tuple((x["path"], x["weight"]) for x in row.get("loras") or ()),
-                   tuple((x["model"], x["scale"]) for x in row.get("controlnets") or ()), row.get("vae"))
+                   tuple((x["model"], x["scale"]) for x in row.get("controlnets") or ()), row.get("vae"),
+                   row.get("pipeline") or "txt2img", row.get("strength"), hires)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,15 @@ class RowDefaults:
     # Where prompt words that name textual inversion files (EasyNegative.safetensors) are looked up: a folder
     # or s3:// prefix. None: no embeddings, every word is text.
     embedding_dir: str | None = None
+    # img2img and inpainting rows without a `strength`: A1111's default denoising strength, which keeps the
+    # init image's composition and repaints its details.
+    strength: float = 0.75
+    # Hires rows without a `hires_strength`: A1111's default for the second pass, enough to add detail at the
+    # larger size without redrawing the picture.
+    hires_strength: float = 0.7
+    # How a hires row's first pass is enlarged: "latent" (A1111's default "Latent": the latents scaled bilinearly,
+    # no decode) or "image" (decoded, scaled with Lanczos, encoded again; softer, keeps the first pass's look).
+    hires_upscaler: str = "latent"
     # None keeps the model's own VAE; a diffusers AutoencoderKL folder, single file, hub id or s3:// URI
     # replaces it (e.g. the fp16-safe SDXL VAE). A row's `vae` column overrides it.
     vae: str | None = None

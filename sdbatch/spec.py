@@ -12,6 +12,7 @@ from typing import Any
 import tomllib
 
 from sdbatch.errors import SpecError
+from sdbatch.manifest_images import HIRES_UPSCALERS
 from sdbatch.prompt_syntax import SYNTAXES
 from sdbatch.schedulers import resolve
 from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
@@ -48,6 +49,10 @@ class JobSpec:
                 raise SpecError(f"job setting defaults.scheduler = {d.scheduler!r} is invalid: {exc}") from exc
         _check(d.prompt_syntax in SYNTAXES, "defaults.prompt_syntax", d.prompt_syntax,
                f"use one of {', '.join(SYNTAXES)}")
+        for name in ("strength", "hires_strength"):
+            _check(0 < getattr(d, name) <= 1, f"defaults.{name}", getattr(d, name), "use a value in (0, 1]")
+        _check(d.hires_upscaler in HIRES_UPSCALERS, "defaults.hires_upscaler", d.hires_upscaler,
+               f"use one of {', '.join(HIRES_UPSCALERS)}")
         _check(d.clip_skip >= 1, "defaults.clip_skip", d.clip_skip, "use 1 (no skip) or more, as A1111 counts")
         _check(0 <= d.seed < 2**63, "defaults.seed", d.seed, "use an integer in [0, 2**63)")
         _check(o.format in IMAGE_FORMATS, "output.format", o.format, f"use one of {', '.join(IMAGE_FORMATS)}")

@@ -85,11 +85,11 @@ class Resolver:
             self._cache[key] = (resolved, problem)
         return self._cache[key]
 
-    def image(self, image: str) -> tuple[str | None, str | None]:
+    def image(self, image: str, what: str = "control image") -> tuple[str | None, str | None]:
         if image.startswith(REMOTE_PREFIXES):
             return image, None
         path = Path(image).expanduser()
-        return (str(path.resolve()), None) if path.is_file() else (None, f"control image {image} does not exist")
+        return (str(path.resolve()), None) if path.is_file() else (None, f"{what} {image} does not exist")
 
 
 def _local_or_hub(reference: str, what: str) -> tuple[str | None, str | None]:

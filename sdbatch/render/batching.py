@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdbatch.plan import VARIANT_COLUMNS
+from sdbatch.render.inputs import RowInputs
 from sdbatch.render.text.encode import Conditioning
 from sdbatch.render.variants.cache import ActiveVariant
 
@@ -17,8 +18,7 @@ class Batch:
 
     rows: list[dict[str, Any]]
     variant: ActiveVariant
-    controls: list[list[Any]] = field(default_factory=list)  # per row: one PIL image per ControlNet
-    image_hashes: list[list[str]] = field(default_factory=list)  # per row: sha256 of each control image
+    inputs: list[RowInputs] = field(default_factory=list)  # per row: its control, init and mask images
     conditioning: list[Conditioning] = field(default_factory=list)  # per row: its prompts' text-encoder states
 
     def split(self) -> list[Batch]:
@@ -31,8 +31,7 @@ class Batch:
         return [self._part(0, middle), self._part(middle, len(self.rows))]
 
     def _part(self, start: int, stop: int) -> Batch:
-        return Batch(self.rows[start:stop], self.variant, self.controls[start:stop], self.image_hashes[start:stop],
-                     self.conditioning[start:stop])
+        return Batch(self.rows[start:stop], self.variant, self.inputs[start:stop], self.conditioning[start:stop])
 
     def by_prompt_length(self) -> list[Batch]:
         """One batch per length of the rows' text states, in order of first appearance: prompts of different
@@ -47,7 +46,7 @@ class Batch:
         def at(values: list) -> list:
             return [values[n] for n in picked] if values else []
 
-        return Batch(at(self.rows), self.variant, at(self.controls), at(self.image_hashes), at(self.conditioning))
+        return Batch(at(self.rows), self.variant, at(self.inputs), at(self.conditioning))
 
 
 def micro_batches(rows: list[dict[str, Any]], size: int | Callable[[dict], int]) -> Iterator[list[dict[str, Any]]]:
@@ -99,11 +98,11 @@ def control_arguments(batch: Batch) -> dict[str, Any]:
     if not count:
         return {}
     if count == 1:
-        return {"image": [images[0] for images in batch.controls],
+        return {"image": [x.controls[0] for x in batch.inputs],
                 "controlnet_conditioning_scale": batch.variant.scales[0]}
     # Row-major on purpose: diffusers 0.42 transposes a nested list itself. A list per ControlNet would
     # pass its checks whenever rows == ControlNets and silently give each row another row's image.
-    return {"image": [list(images) for images in batch.controls],
+    return {"image": [list(x.controls) for x in batch.inputs],
             "controlnet_conditioning_scale": list(batch.variant.scales)}
 
 

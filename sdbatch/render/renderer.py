@@ -14,16 +14,16 @@ from typing import Any, TypeVar
 import torch
 
 from sdbatch.errors import InputUnavailable
+from sdbatch.render import calls
 from sdbatch.render.batching import (
     Batch,
-    control_arguments,
     controlnets_of,
     controlnets_used,
     loras_of,
     micro_batches,
-    text_arguments,
     variant_key,
 )
+from sdbatch.render.inputs import image_uris, row_inputs
 from sdbatch.render.models.fastpath import auto_batch_size, set_cpu_threads
 from sdbatch.render.models.loading import (
     LoadedModel,
@@ -38,7 +38,7 @@ from sdbatch.render.output.uploads import Uploads
 from sdbatch.render.text.embeddings import EmbeddingLibrary
 from sdbatch.render.text.encode import PromptEncoder
 from sdbatch.render.variants.cache import VariantCache
-from sdbatch.render.variants.fetch import Fetcher, Prefetcher, decode_image, labelled
+from sdbatch.render.variants.fetch import Fetcher, Prefetcher
 from sdbatch.render.variants.loras import StateDictCache
 from sdbatch.settings import RendererSettings
 from sdbatch.store.base import Store
@@ -126,8 +126,7 @@ class Renderer:
         """Render rows in micro-batches of rows that share a variant (see _render_batch for failures)."""
         settings = self.settings.variants
         # Control images are fetched on a few threads from the start, so I/O overlaps the first batches.
-        images = Prefetcher(self._fetcher, [c["image"] for row in rows for c in controlnets_of(row)],
-                            settings.fetch_threads, settings.prefetch_images)
+        images = Prefetcher(self._fetcher, image_uris(rows), settings.fetch_threads, settings.prefetch_images)
         try:
             for group in micro_batches(rows, self.batch_limit):
                 yield from self._render_group(group, images)
@@ -139,34 +138,36 @@ class Renderer:
         key = variant_key(row)
         if key not in self._batch_limits:
             size = _size(self.model(row["model"]), row)
+            if row.get("hires_scale") is not None:  # the second pass, at the larger size, needs the memory
+                size = calls.hires_size(row, size)
             self._batch_limits[key] = self.settings.batch_size or auto_batch_size(self.device, self.dtype, *size)
         return self._batch_limits[key]
 
     def _render_group(self, rows: list[dict[str, Any]], images: Prefetcher) -> list[RenderedRow]:
-        """Prepare a micro-batch; rows whose control image or variant is unusable fail, the rest render."""
+        """Prepare a micro-batch; rows whose input images or variant are unusable fail, the rest render."""
         model = self.model(rows[0]["model"])  # a model that cannot load fails the shard, not its rows
         size = _size(model, rows[0])
-        bad, ready, controls, hashes = [], [], [], []
+        bad, ready, inputs = [], [], []
         for row in rows:  # every row's images are taken, so the prefetcher's window moves on
             try:
-                decoded, digests = self._control_images(row, images, size)
+                inputs.append(row_inputs(row, images, size))
             except InputUnavailable:
                 raise  # may pass: the shard is retried rather than the row failed for good
             except Exception as exc:
                 bad.append(failed(row, exc))
                 continue
             ready.append(row)
-            controls.append(decoded)
-            hashes.append(digests)
         if not ready:
             return bad
+        first = rows[0]
         try:
-            variant = self._variants.activate(loras_of(rows[0]), controlnets_of(rows[0]), rows[0].get("vae"))
+            variant = self._variants.activate(loras_of(first), controlnets_of(first), first.get("vae"),
+                                              first.get("pipeline") or "txt2img", first.get("hires_scale") is not None)
         except InputUnavailable:
             raise
         except Exception as exc:  # a bad LoRA, ControlNet or VAE fails only the rows that use it
             return bad + [failed(row, exc) for row in ready]
-        failures, batch = self._encode_prompts(Batch(ready, variant, controls, hashes))
+        failures, batch = self._encode_prompts(Batch(ready, variant, inputs))
         return bad + failures + [out for part in batch.by_prompt_length() for out in self._render_batch(part)]
 
     def _encode_prompts(self, batch: Batch) -> tuple[list[RenderedRow], Batch]:
@@ -177,15 +178,6 @@ class Renderer:
         failures = [failed(row, state) for row, state in zip(batch.rows, states) if isinstance(state, Exception)]
         keep = [n for n, state in enumerate(states) if not isinstance(state, Exception)]
         return failures, dataclasses.replace(batch, conditioning=states).pick(keep)
-
-    def _control_images(self, row: dict, images: Prefetcher, size: tuple[int, int]) -> tuple[list, list[str]]:
-        decoded, digests = [], []
-        for control in controlnets_of(row):
-            with labelled(f"control image {control['image']}"):
-                fetched = images.get(control["image"])
-                decoded.append(decode_image(fetched, size))
-            digests.append(fetched.sha256)
-        return decoded, digests
 
     def _render_batch(self, batch: Batch) -> list[RenderedRow]:
         """Out of memory: render the halves (down to one row) and keep the smaller size for the variant.
@@ -217,27 +209,34 @@ class Renderer:
                   seconds: float) -> list[RenderedRow]:
         share, variant = seconds / len(batch.rows), batch.variant
         return [RenderedRow(row, image, None, share, len(batch.rows), width, height, scheduler,
-                            variant.loras_used, controlnets_used(row, variant, digests), variant.vae_hash,
-                            [{"name": name, "sha256": digest} for name, digest in text.embeddings_used])
-                for row, image, digests, text in zip(batch.rows, images, batch.image_hashes, batch.conditioning)]
+                            variant.loras_used, controlnets_used(row, variant, inputs.control_hashes),
+                            variant.vae_hash, [{"name": name, "sha256": sha} for name, sha in text.embeddings_used],
+                            {"init_image_sha256": inputs.init_sha256, "mask_image_sha256": inputs.mask_sha256})
+                for row, image, inputs, text in zip(batch.rows, images, batch.inputs, batch.conditioning)]
 
     def _call_pipeline(self, batch: Batch):
         first = batch.rows[0]
         model = self.model(first["model"])
-        pipe = batch.variant.pipeline
         name = first["scheduler"]
         if name not in self._schedulers:  # building one costs numpy work on every call otherwise
             self._schedulers[name] = make_scheduler(model, name)
-        pipe.scheduler = self._schedulers[name]
-        width, height = _size(model, first)
-        # One CPU generator per row: a row's noise never depends on its batch or its neighbours.
-        generators = [torch.Generator("cpu").manual_seed(int(r["seed"])) for r in batch.rows]
+        for pipe in (batch.variant.pipeline, batch.variant.second_pass):
+            if pipe is not None:
+                pipe.scheduler = self._schedulers[name]
+        size = _size(model, first)
         with torch.inference_mode():
-            out = pipe(**text_arguments(batch), num_inference_steps=int(first["steps"]),
-                       guidance_scale=float(first["guidance_scale"]),
-                       width=width, height=height, generator=generators, output_type="pt",
-                       **control_arguments(batch))
-        return to_pil(out.images), (width, height), type(pipe.scheduler).__name__
+            if first.get("hires_scale") is None:
+                images = to_pil(calls.first_pass(batch, size))
+            else:
+                images = self._second_pass(batch, calls.first_pass(batch, size, calls.hires_first_output(first)), size)
+        if first.get("pipeline") == "inpaint":
+            images = calls.overlaid(batch, images)
+        return images, images[0].size, type(batch.variant.pipeline.scheduler).__name__
+
+    def _second_pass(self, batch: Batch, first: Any, size: tuple[int, int]) -> list:
+        """A hires batch's second pass over its first pass's output (latents, or images: A1111's "before
+        highres fix")."""
+        return calls.second_pass(batch, first, size)
 
     def render_shard(self, task: ShardTask, on_device: OnDevice = inline) -> ShardResult:
         """Render the rows not yet in the store, write their images, commit the shard's metadata.

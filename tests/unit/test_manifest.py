@@ -273,7 +273,9 @@ def _reference(rows: list[dict], defaults: RowDefaults, lora_dir) -> list[dict]:
             "width": defaults.width if row["width"] is None else row["width"], "height": defaults.height,
             "scheduler": row["scheduler"] or defaults.scheduler, "model": row["model"] or defaults.model,
             "vae": defaults.vae, "loras": loras, "controlnets": [], "prompt_syntax": defaults.prompt_syntax,
-            "clip_skip": defaults.clip_skip, "animal": row["animal"]})
+            "clip_skip": defaults.clip_skip, "pipeline": "txt2img", "init_image": None, "mask_image": None,
+            "strength": None, "hires_scale": None, "hires_steps": None, "hires_strength": None, "hires_upscaler": None,
+            "animal": row["animal"]})
     return out
 
 

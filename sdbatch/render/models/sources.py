@@ -93,12 +93,12 @@ def tiny_model_path(name: str) -> Path:
     """The node's copy of a tiny model (`tiny:sd15`, `tiny:sdxl`), written once on first use."""
     from filelock import FileLock
 
-    from sdbatch.render.tiny.build import FAMILIES, is_tiny_model_dir, write_tiny_model
+    from sdbatch.render.tiny.build import FAMILIES, TINY_VERSION, is_tiny_model_dir, write_tiny_model
 
     if name not in FAMILIES:
         raise ModelLoadError(f"tiny model {name!r} is not known; use one of "
                              f"{', '.join(TINY_PREFIX + n for n in FAMILIES)}")
-    target = cache_root() / "models" / f"tiny-{name}"
+    target = cache_root() / "models" / f"tiny-{name}-v{TINY_VERSION}"
     if is_tiny_model_dir(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

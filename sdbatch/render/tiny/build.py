@@ -14,6 +14,8 @@ import uuid
 # Written last, inside the temp folder, so its presence means every other file is complete.
 MARKER = "sdbatch_tiny.json"
 FAMILIES = ("sd15", "sdxl")
+# Part of the node copy's folder name: a change to how tiny models are built gets a new folder, never a stale copy.
+TINY_VERSION = 2
 
 
 def build_pipeline(seed: int, family: str = "sd15"):

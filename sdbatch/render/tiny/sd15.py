@@ -36,7 +36,22 @@ def vae_config() -> dict:
         "latent_channels": 4,
         "layers_per_block": 1,
         "norm_num_groups": 32,
+        # What SD's 0.18215 is for its VAE: scaled latents of about unit variance (this random encoder's latents
+        # have a standard deviation near 0.22), so img2img noise and the UNet's steps are on the latents' scale.
+        "scaling_factor": 4.5,
     }
+
+
+def with_certain_posterior(vae):
+    """Trained SD VAEs encode an image to an all but certain latent (a tiny posterior variance); random weights
+    give a variance near 1, and img2img would start from noise. The log-variance half of the encoder's output
+    is made constant and very low, so encoding behaves as a trained VAE's does."""
+    last = vae.quant_conv if getattr(vae, "quant_conv", None) is not None else vae.encoder.conv_out
+    half = last.out_channels // 2
+    with torch.no_grad():
+        last.weight[half:] = 0
+        last.bias[half:] = -30.0  # the clamp's floor: a standard deviation of exp(-15)
+    return vae
 
 
 def scheduler_config() -> dict:
@@ -102,7 +117,7 @@ def build_sd15_pipeline(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**unet_config())
-        vae = AutoencoderKL(**vae_config())
+        vae = with_certain_posterior(AutoencoderKL(**vae_config()))
         text_encoder = CLIPTextModel(text_encoder_config(tokenizer))
     return StableDiffusionPipeline(
         vae=vae,

@@ -11,6 +11,7 @@ from sdbatch.render.models.fastpath import wants_channels_last
 from sdbatch.render.variants.controlnets import ControlNets, LoadedControlNet
 from sdbatch.render.variants.fetch import Fetcher
 from sdbatch.render.variants.hotswap import HotswapLoras
+from sdbatch.render.variants.kinds import Kinds
 from sdbatch.render.variants.loras import LoraAdapters, StateDictCache
 from sdbatch.render.variants.vaes import Vaes
 from sdbatch.settings import FastPath, VariantSettings
@@ -25,6 +26,7 @@ class ActiveVariant:
     controlnets: list[LoadedControlNet] = field(default_factory=list)
     scales: list[float] = field(default_factory=list)  # per ControlNet
     vae_hash: str | None = None  # the override VAE's content identity; None: the model's own VAE
+    second_pass: Any = None  # hires rows: the img2img pipeline of the same modules
 
 
 class VariantCache:
@@ -40,17 +42,24 @@ class VariantCache:
         self.controlnets = ControlNets(base, device, dtype, settings.controlnets_on_device,
                                        settings.controlnets_on_cpu, channels_last=wants_channels_last(fast, device))
         self.vaes = Vaes(base, device, dtype, settings.vaes_resident, fetcher.s3, wants_channels_last(fast, device))
+        self.kinds = Kinds(dtype)
 
-    def activate(self, loras: list[dict], controlnets: list[dict], vae: str | None = None) -> ActiveVariant:
-        """Make the rows' LoRAs active (others resident but off), pick the pipeline and give it the rows' VAE
-        (set on every call: a ControlNet pipeline keeps the VAE it was built with); VariantError if unusable."""
-        pipeline, nets = self.base, []
+    def activate(self, loras: list[dict], controlnets: list[dict], vae: str | None = None, kind: str = "txt2img",
+                 hires: bool = False) -> ActiveVariant:
+        """Make the rows' LoRAs active (others resident but off), pick the pipeline of the rows' kind (and, for
+        a hires pass, its img2img pipeline) and give it the rows' VAE (set on every call: a derived pipeline
+        keeps the VAE it was built with); VariantError if unusable."""
+        source, nets = self.base, []
         if controlnets:
-            pipeline, nets = self.controlnets.pipeline([str(c["model"]) for c in controlnets])
+            source, nets = self.controlnets.pipeline([str(c["model"]) for c in controlnets])
+        pipeline = self.kinds.of(source, kind)
+        second = self.kinds.of(source, "img2img") if hires else None
         vae_hash = self.vaes.apply(pipeline, vae)
-        # LoRAs live in the UNet and text encoder, which a ControlNet pipeline shares with the base.
+        if second is not None:
+            self.vaes.apply(second, vae)
+        # LoRAs live in the UNet and text encoder, which every derived pipeline shares with the base.
         used = self.loras.activate(loras)
-        return ActiveVariant(pipeline, used, nets, [float(c["scale"]) for c in controlnets], vae_hash)
+        return ActiveVariant(pipeline, used, nets, [float(c["scale"]) for c in controlnets], vae_hash, second)
 
     def resident(self) -> dict[str, Any]:
         return {"loras": self.loras.resident(), "controlnets": self.controlnets.resident(),

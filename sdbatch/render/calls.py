@@ -1,0 +1,104 @@
+"""The pipeline calls of a micro-batch, by kind: txt2img, img2img, inpaint, and a hires row's two passes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sdbatch.render.batching import Batch, control_arguments, text_arguments
+from sdbatch.render.output.encode import to_pil
+
+
+def generators(batch: Batch) -> list[torch.Generator]:
+    """One CPU generator per row, from its seed: a row's noise never depends on its batch or its neighbours.
+    Each pass gets new ones, so the second pass's noise is the row's too."""
+    return [torch.Generator("cpu").manual_seed(int(row["seed"])) for row in batch.rows]
+
+
+def first_pass(batch: Batch, size: tuple[int, int], output_type: str = "pt") -> Any:
+    """The rows' one call (a hires row's first), at `size`; its images as `output_type` gives them."""
+    first = batch.rows[0]
+    arguments = {**text_arguments(batch), "num_inference_steps": _steps(first),
+                 "guidance_scale": float(first["guidance_scale"]), "generator": generators(batch),
+                 **image_arguments(batch, size)}
+    return batch.variant.pipeline(**arguments, output_type=output_type).images
+
+
+def _steps(row: dict[str, Any]) -> int:
+    """diffusers runs int(steps x strength) of an img2img call's steps, as A1111 does; at least one, so a low
+    strength still denoises rather than fails."""
+    steps, strength = int(row["steps"]), row.get("strength")
+    if strength is None or int(steps * strength) >= 1:
+        return steps
+    return math.ceil(1 / strength)
+
+
+def image_arguments(batch: Batch, size: tuple[int, int]) -> dict[str, Any]:
+    """What each kind's pipeline takes besides the text: the size, init images and masks, strength, and the
+    control images under the name that kind uses (`image` for txt2img, `control_image` for the others)."""
+    first, width, height = batch.rows[0], *size
+    control = control_arguments(batch)
+    kind = first.get("pipeline") or "txt2img"
+    if kind == "txt2img":
+        return {**control, "width": width, "height": height}
+    out = {"image": [x.init for x in batch.inputs], "strength": float(first["strength"]), **_renamed(control)}
+    if kind == "inpaint":
+        out.update(mask_image=[x.mask for x in batch.inputs], width=width, height=height)
+    return out
+
+
+def _renamed(control: dict[str, Any]) -> dict[str, Any]:
+    if not control:
+        return {}
+    return {"control_image": control["image"],
+            "controlnet_conditioning_scale": control["controlnet_conditioning_scale"]}
+
+
+def hires_size(row: dict[str, Any], size: tuple[int, int]) -> tuple[int, int]:
+    scale = float(row["hires_scale"])
+    return round(size[0] * scale), round(size[1] * scale)
+
+
+def hires_first_output(row: dict[str, Any]) -> str:
+    """The first pass's output: latents to scale (A1111's "Latent"), or images to scale with Lanczos."""
+    return "latent" if row["hires_upscaler"] == "latent" else "pil"
+
+
+def second_pass(batch: Batch, first: Any, size: tuple[int, int]) -> list[Image.Image]:
+    """A hires row's second pass: the first pass's output scaled to the hires size, then img2img there with
+    `hires_strength`, running `hires_steps` denoising steps (the row's steps when null), as A1111 does."""
+    row, target = batch.rows[0], hires_size(batch.rows[0], size)
+    pipeline = batch.variant.second_pass
+    if row["hires_upscaler"] == "latent":
+        factor = pipeline.vae_scale_factor
+        start = torch.nn.functional.interpolate(first, size=(target[1] // factor, target[0] // factor),
+                                                mode="bilinear", antialias=False)
+    else:
+        start = [image.resize(target, Image.Resampling.LANCZOS) for image in first]
+    strength, steps = float(row["hires_strength"]), int(row["hires_steps"] or row["steps"])
+    control = control_arguments(batch)
+    if control:  # the control images, decoded at the first pass's size, again at the second's
+        control["image"] = _resized(control["image"], target)
+    out = pipeline(**text_arguments(batch), image=start, strength=strength,
+                   num_inference_steps=schedule_length(steps, strength), guidance_scale=float(row["guidance_scale"]),
+                   generator=generators(batch), output_type="pt", **_renamed(control))
+    return to_pil(out.images)
+
+
+def schedule_length(steps: int, strength: float) -> int:
+    """The num_inference_steps whose img2img call runs `steps` steps: diffusers runs int(it x strength)."""
+    return math.ceil(steps / strength)
+
+
+def _resized(images: list, size: tuple[int, int]) -> list:
+    return [_resized(x, size) if isinstance(x, list) else x.resize(size, Image.Resampling.BICUBIC) for x in images]
+
+
+def overlaid(batch: Batch, images: list[Image.Image]) -> list[Image.Image]:
+    """Inpainted rows: the init image's own pixels outside the mask (as A1111 pastes them back), so only the
+    masked part changes, whatever the VAE's round trip does to the rest."""
+    processor = batch.variant.pipeline.image_processor
+    return [processor.apply_overlay(x.mask, x.init, image) for x, image in zip(batch.inputs, images)]
