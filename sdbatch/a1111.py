@@ -33,12 +33,13 @@ def format_parameters(row: dict[str, Any]) -> str:
     schedule = (named.schedule or "Automatic") if named else None  # as A1111 1.10 writes it: apart
     pairs = [("Steps", row["steps"]), ("Sampler", sampler), ("Schedule type", schedule),
              ("CFG scale", f"{row['guidance_scale']:g}"),
-             ("Seed", row["seed"]), ("Size", f"{row['width']}x{row['height']}"),
+             ("Seed", row["seed"]), ("Size", "x".join(str(n) for n in _first_pass_size(row))),
              ("Model hash", (row.get("model_hash") or "")[:10] or None), ("Model", _name(row["model"]))]
     if row.get("vae"):
         pairs += [("VAE hash", (row.get("vae_hash") or "")[:10] or None), ("VAE", _name(row["vae"]))]
     if int(row.get("clip_skip") or 1) > 1:  # A1111 writes it only when it skips
         pairs.append(("Clip skip", int(row["clip_skip"])))
+    pairs += _image_pairs(row)
     if loras:
         pairs.append(("Lora hashes", _quote(", ".join(f"{_name(x['path'])}: {x['sha256'][:12]}" for x in loras))))
     embeddings = row.get("embeddings_used") or []
@@ -46,7 +47,7 @@ def format_parameters(row: dict[str, Any]) -> str:
         pairs.append(("TI hashes", _quote(", ".join(f"{x['name']}: {x['sha256'][:12]}" for x in embeddings))))
     pairs.append(("Version", f"sdbatch {row.get('sdbatch_version', '')}".strip()))
     exact = {k: row.get(k) for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "vae",
-                                     "prompt_syntax")}
+                                     "prompt_syntax", "init_image", "mask_image")}
     exact["loras"] = [{"path": x["path"], "weight": x["weight"]} for x in loras]
     exact["controlnets"] = [{"model": c["model"], "image": c["image"], "scale": c["scale"]}
                             for c in row.get("controlnets_used") or []]
@@ -55,6 +56,29 @@ def format_parameters(row: dict[str, Any]) -> str:
     pairs.append((SDBATCH_KEY, base64.urlsafe_b64encode(packed).decode()))
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs if v is not None))
     return "\n".join(lines)
+
+
+# A1111's Hires upscaler names and how sdbatch renders them: "Latent" scales the latents bilinearly, as sdbatch's
+# latent upscaler does; Lanczos (and "None", which A1111 then resizes with Lanczos) scale the decoded image.
+HIRES_UPSCALERS = {"Latent": "latent", "Lanczos": "image", "None": "image"}
+A1111_UPSCALER = {"latent": "Latent", "image": "Lanczos"}
+
+
+def _first_pass_size(row: dict[str, Any]) -> tuple[int, int]:
+    """A1111's Size is a hires image's first pass; the result row has the size rendered."""
+    scale = float(row.get("hires_scale") or 1)
+    return round(row["width"] / scale), round(row["height"] / scale)
+
+
+def _image_pairs(row: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Denoising strength (img2img, inpaint, or the hires pass's) and the Hires fields, as A1111 writes them."""
+    if row.get("hires_scale"):
+        return [("Denoising strength", f"{row['hires_strength']:g}"), ("Hires upscale", f"{row['hires_scale']:g}"),
+                ("Hires steps", row.get("hires_steps") or None),
+                ("Hires upscaler", A1111_UPSCALER[row["hires_upscaler"]])]
+    if row.get("strength") is not None:
+        return [("Denoising strength", f"{row['strength']:g}")]
+    return []
 
 
 def _name(reference: str) -> str:
@@ -124,8 +148,17 @@ USED_FIELDS = frozenset({"prompt", "negative_prompt", "Steps", "Sampler", "Sched
 
 
 def unused_fields(fields: dict[str, Any]) -> list[str]:
-    """The fields of a parsed `parameters` text that row_from_parameters does not render."""
-    return sorted(key for key in fields if key not in USED_FIELDS)
+    """The fields of a parsed `parameters` text that row_from_parameters does not render. A hires image's fields
+    are rendered (its upscaler only if sdbatch has it); an img2img image's strength only with its init image,
+    which only sdbatch's own images name."""
+    used = set(USED_FIELDS)
+    if "Hires upscale" in fields:
+        used |= {"Hires upscale", "Hires steps", "Denoising strength"}
+        if fields.get("Hires upscaler", "Latent") in HIRES_UPSCALERS:
+            used.add("Hires upscaler")
+    elif SDBATCH_KEY in fields and _exact(fields[SDBATCH_KEY]).get("init_image"):
+        used.add("Denoising strength")
+    return sorted(key for key in fields if key not in used)
 
 
 def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
@@ -140,15 +173,29 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
         # A label: which embedding files (by hash) the image was made with; --embedding-dir supplies them.
         "ti_hashes": fields.get("TI hashes") or None,
     }
+    row.update(_hires_fields(fields))
     if SDBATCH_KEY in fields:  # our own image: take the exact references rather than display names
         exact = _exact(fields[SDBATCH_KEY])
         row.update({k: exact[k] for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "loras",
                                           "controlnets")})
-        row["vae"] = exact.get("vae")  # images written by earlier sdbatch versions carry no vae key
+        # Keys that images written by earlier sdbatch versions do not carry.
+        row.update({k: exact.get(k) for k in ("vae", "init_image", "mask_image")})
         row["prompt_syntax"] = exact.get("prompt_syntax") or "plain"  # earlier versions read prompts as text
+        if row["init_image"]:
+            row["strength"] = _float(fields.get("Denoising strength"))
     elif fields.get("Model"):
         row["model"] = fields["Model"]
     return row
+
+
+def _hires_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    if "Hires upscale" not in fields:
+        return {}
+    upscaler = str(fields.get("Hires upscaler", "Latent"))
+    return {"hires_scale": _float(fields["Hires upscale"]), "hires_steps": _int(fields.get("Hires steps")) or None,
+            "hires_strength": _float(fields.get("Denoising strength")),
+            # An upscaler sdbatch lacks (ESRGAN, a Latent variant) is rendered with the nearest it has, and reported.
+            "hires_upscaler": HIRES_UPSCALERS.get(upscaler, "latent" if upscaler.startswith("Latent") else "image")}
 
 
 def hashes_of(text: str | None) -> list[tuple[str, str]]:

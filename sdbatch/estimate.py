@@ -93,7 +93,7 @@ def _cost(actor: _Actor, shard: Shard, loads: collections.Counter, seconds_per_r
         loads["controlnet"] += len(variant.controlnets)
         stall = (len(variant.loras) + len(variant.controlnets)) * load_seconds
     remember(actor.held, variant)
-    return shard.size * seconds_per_row + stall
+    return shard.work() * seconds_per_row + stall  # img2img's shorter runs, a hires pass's extra
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,8 @@ def estimate(plan: Plan, gpus: int, rates: Rates = Rates(), affinity: bool = Tru
     billed = gpus * wall / 3600
     cost = billed * rates.gpu_hour_price if rates.gpu_hour_price is not None else None
     per_1000 = cost / plan.rows_total * 1000 if cost is not None and plan.rows_total else None
-    return Estimate(**{**base.__dict__, "wall_seconds": wall, "render_gpu_hours": plan.rows_total / rate / 3600,
+    work = sum(shard.work() for shard in plan.shards)  # in text-to-image rows
+    return Estimate(**{**base.__dict__, "wall_seconds": wall, "render_gpu_hours": work / rate / 3600,
                        "billed_gpu_hours": billed, "cost": cost, "cost_per_1000": per_1000})
 
 

@@ -88,6 +88,10 @@ class Shard:
     start: int  # its first row in the planned manifest, whose rows are in shard order
     size: int  # rows
 
+    def work(self) -> float:
+        """Its rendering time in text-to-image rows of its variant's steps and size."""
+        return self.size * self.variant.cost()
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -29,7 +29,9 @@ SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("negative_pro
                     ("width", pa.int64()), ("height", pa.int64()), ("scheduler", pa.string()),
                     ("model", pa.string()), ("vae", pa.string()), ("loras", LORA_TYPE),
                     ("controlnets", CONTROLNET_TYPE), ("prompt_syntax", pa.string()), ("clip_skip", pa.int64()),
-                    ("ti_hashes", pa.string()), ("source_image", pa.string())])
+                    ("ti_hashes", pa.string()), ("init_image", pa.string()), ("mask_image", pa.string()),
+                    ("strength", pa.float64()), ("hires_scale", pa.float64()), ("hires_steps", pa.int64()),
+                    ("hires_strength", pa.float64()), ("hires_upscaler", pa.string()), ("source_image", pa.string())])
 
 
 def manifest_from_images(location: str, s3: S3Settings | None = None) -> tuple[pa.Table, int]:

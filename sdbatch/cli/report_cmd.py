@@ -61,7 +61,9 @@ def plan(
     affinity: Affinity = None,
     gpus: Annotated[Optional[int], Opt(help="GPUs (one actor each); default the job's run.actors, else 1.")] = None,
     images_per_second: Annotated[Optional[float], Opt(
-        help="Measured images/s of ONE target GPU at this model, size and steps; without it, no time or cost.")] = None,
+        help="Measured text-to-image images/s of ONE target GPU at this model, size and steps (img2img rows take "
+             "strength x that time, hires rows add scale^2 x hires steps / steps); without it, no time or cost.")
+    ] = None,
     gpu_hour_price: Price = None,
     load_seconds: Annotated[float, Opt(help="Seconds each LoRA or ControlNet load takes (default 0: left out).")] = 0.0,
 ) -> None:

@@ -147,8 +147,11 @@ class Dispatcher:
                 self.warming.clear()  # gone with it: nothing Ray can kill
                 nodes.end_orphans(self.pids)
                 raise RayLost(lost)
-        threshold = self.clock.threshold
+        work: dict[int, float] = {}  # per slot, its largest shard in flight
+        for slot, shard in self.running.values():
+            work[id(slot)] = max(work.get(id(slot), 0.0), shard.work())
         for slot in list(self.slots):
+            threshold = self.clock.threshold_for(work.get(id(slot), 1.0))
             if slot.in_flight and slot.timer.running_for(now) > threshold:
                 self._hung(slot, slot.timer.running_for(now), threshold, queue)
         self.stall.update(any(slot.ready for slot in self.slots), now)
@@ -237,7 +240,7 @@ class Dispatcher:
             else:
                 self._retry_or_give_up(shard, _cause_text(exc), queue)
             return
-        self.clock.finished(took)  # only shards that ended well: a failure's time says nothing of its peers
+        self.clock.finished(took, shard.work())  # only shards that ended well: a failure's time says nothing
         report = self.report
         report.done.append(shard.shard_id)
         report.rows_rendered += result.rendered

@@ -28,18 +28,23 @@ class Watch:
 
 class ShardClock:
     """When a shard has run far longer than its peers took: `factor` times the slowest of the last
-    RECENT_SHARDS shards, and never less than `floor` seconds (all the first shards are judged by)."""
+    RECENT_SHARDS shards, and never less than `floor` seconds (all the first shards are judged by). Times are
+    compared per unit of work (rows times the variant's relative cost), so a shard of hires rows is not judged
+    by the time of a shard of plain ones."""
 
     def __init__(self, floor: float, factor: float):
         self.floor, self.factor = floor, factor
-        self.recent: collections.deque[float] = collections.deque(maxlen=RECENT_SHARDS)
+        self.recent: collections.deque[float] = collections.deque(maxlen=RECENT_SHARDS)  # seconds per unit
 
-    def finished(self, seconds: float) -> None:
-        self.recent.append(seconds)
+    def finished(self, seconds: float, work: float = 1.0) -> None:
+        self.recent.append(seconds / work)
+
+    def threshold_for(self, work: float = 1.0) -> float:
+        return max(self.floor, self.factor * max(self.recent, default=0.0) * work)
 
     @property
     def threshold(self) -> float:
-        return max(self.floor, self.factor * max(self.recent, default=0.0))
+        return self.threshold_for()
 
 
 @dataclass

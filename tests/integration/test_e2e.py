@@ -1,6 +1,8 @@
-"""End to end on a real local Ray: submit into SeaweedFS, rerun as resume, SIGKILL the driver and resume."""
+"""End to end on a real local Ray: submit rows of every kind into SeaweedFS, rerun as resume, SIGKILL the driver
+and resume."""
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -8,8 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 import sdbatch
 from sdbatch.commits import read_markers
@@ -32,12 +36,33 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
 JOB = str(REPO / "jobs" / "demo.toml")
 
 
+def _mixed_rows(bucket: str) -> list[dict]:
+    """Ten rows of every kind: 4 text-to-image, 2 img2img and 2 inpainting from images on S3, 2 with a hires pass."""
+    rows = tiny_rows(10, label="cat", init_image=None, mask_image=None, strength=None, hires_scale=None, width=None,
+                     height=None)
+    for row in rows[4:8]:
+        row.update(init_image=f"s3://{bucket}/inputs/init.png", strength=0.6)
+    for row in rows[6:8]:
+        row["mask_image"] = f"s3://{bucket}/inputs/mask.png"
+    for row in rows[8:]:
+        row.update(hires_scale=1.5, width=64, height=64)
+    return rows
+
+
+def _put_image(store, key: str, pixels: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    store.put(key, buffer.getvalue())
+
+
 def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tmp_path, s3_env, new_bucket):
-    rows = tiny_rows(10, label="cat")
+    rows = _mixed_rows(new_bucket)
     manifest = f"s3://{new_bucket}/manifests/m.parquet"
     store = open_store(output := f"s3://{new_bucket}/run1", S3Settings(endpoint_url=s3_env))
-    open_store(f"s3://{new_bucket}", S3Settings(endpoint_url=s3_env)).put(
-        "manifests/m.parquet", write_manifest(tmp_path / "m.parquet", rows).read_bytes())
+    inputs = open_store(f"s3://{new_bucket}", S3Settings(endpoint_url=s3_env))
+    inputs.put("manifests/m.parquet", write_manifest(tmp_path / "m.parquet", rows).read_bytes())
+    _put_image(inputs, "inputs/init.png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    _put_image(inputs, "inputs/mask.png", np.kron(np.eye(2, dtype=np.uint8) * 255, np.ones((32, 32), np.uint8)))
     args = ["submit", manifest, "--output", output, "--s3-endpoint", s3_env, "--job", JOB,
             "--steps", "2", "--shard-size", "3", "--actors", "2"]
     first = run_cli(*args)
@@ -47,13 +72,16 @@ def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tm
     assert_exactly_once(store, ids)
     results = sdbatch.read_results(store)
     assert results.column("label").to_pylist() == ["cat"] * 10  # labels pass through
-    assert all(results.column("seed").to_pylist()) and set(results.column("width").to_pylist()) == {64}
+    assert all(results.column("seed").to_pylist()) and set(results.column("width").to_pylist()) == {64, 96}
+    by_id = {r["id"]: r for r in results.to_pylist()}
+    assert [by_id[f"r{n:03d}"]["pipeline"] for n in (0, 4, 6, 8)] == ["txt2img", "img2img", "inpaint", "txt2img"]
+    assert by_id["r006"]["init_image_sha256"] and by_id["r006"]["mask_image_sha256"] and by_id["r009"]["width"] == 96
     assert "torch" in json.loads(results.column("versions")[0].as_py())
     markers = {k: store.get(k) for k in store.list("_committed/")}
     # The driver indexed every marker and compacted the finished run: readers need no GET per marker.
     gets: list[str] = []
     store.get = lambda key, get=store.get: gets.append(key) or get(key)
-    assert read_markers(store, len(markers)).num_rows == len(markers) == 4
+    assert read_markers(store, len(markers)).num_rows == len(markers) == 5  # 2 + one per other kind
     assert not [key for key in gets if key.startswith("_committed/")]
     del store.get
     assert store.exists("_compacted.json")
@@ -62,7 +90,7 @@ def test_submit_to_seaweedfs_then_rerun_resumes_and_other_manifest_is_refused(tm
 
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
-    assert "0 rendered" in unwrapped(again.stdout) and "4 shards already done" in unwrapped(again.stdout)
+    assert "0 rendered" in unwrapped(again.stdout) and "5 shards already done" in unwrapped(again.stdout)
     assert {k: store.get(k) for k in store.list("_committed/")} == markers
     assert_exactly_once(store, ids)
 

@@ -134,3 +134,19 @@ def test_a_very_long_prompt_still_encodes_with_what_fits(fmt):
     Image.new("RGB", (8, 8)).save(buffer, format=fmt.upper(), **save_options(fmt, format_parameters(row)))
     text = read_parameters(buffer.getvalue())
     assert text.startswith("a cat a cat") and 20_000 < len(text) < 33_000
+
+
+def test_image_rows_are_written_as_a1111_writes_them_and_read_back():
+    hires = {**ROW, "width": 1024, "height": 1536, "hires_scale": 2.0, "hires_steps": 12, "hires_strength": 0.45,
+             "hires_upscaler": "latent"}
+    fields = parse_parameters(format_parameters(hires))
+    assert (fields["Size"], fields["Hires upscale"], fields["Hires steps"], fields["Hires upscaler"],
+            fields["Denoising strength"]) == ("512x768", "2", "12", "Latent", "0.45")  # Size: the first pass
+    back = row_from_parameters(fields)
+    assert (back["width"], back["hires_scale"], back["hires_steps"], back["hires_strength"],
+            back["hires_upscaler"]) == (512, 2.0, 12, 0.45, "latent")
+    img2img = {**ROW, "init_image": "s3://b/in.png", "mask_image": "s3://b/mask.png", "strength": 0.6}
+    fields = parse_parameters(format_parameters(img2img))
+    assert fields["Denoising strength"] == "0.6" and "Hires upscale" not in fields
+    back = row_from_parameters(fields)
+    assert (back["init_image"], back["mask_image"], back["strength"]) == ("s3://b/in.png", "s3://b/mask.png", 0.6)

@@ -89,3 +89,19 @@ def test_plan_command_prints_the_estimate_and_writes_nothing(tmp_path):
     text = " ".join(priced.stdout.split())
     assert priced.returncode == 0 and "per 1,000 images" in text and "12 s of rendering" in text
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_hires_and_img2img_rows_cost_what_their_passes_do():
+    from dataclasses import replace
+
+    from sdbatch.plan import Hires
+
+    plain = _variant(0)  # 2 steps at 64x64
+    hires = replace(plain, hires=Hires(scale=2.0, steps=None, strength=0.5, upscaler="latent"))
+    img2img = replace(plain, pipeline="img2img", strength=0.5)
+    assert (plain.cost(), hires.cost(), img2img.cost()) == (1.0, 5.0, 0.5)  # hires: + 2^2 x 2/2 steps
+    times = {name: simulate(_plan([v], 4), actors=1).makespan for name, v in
+             (("plain", plain), ("hires", hires), ("img2img", img2img))}
+    assert times["hires"] == pytest.approx(5 * times["plain"]) and times["img2img"] == pytest.approx(times["plain"] / 2)
+    rated = estimate(_plan([hires], 4), 1, Rates(images_per_second=1.0))
+    assert rated.render_gpu_hours == pytest.approx(4 * 10 * 5 / 3600)

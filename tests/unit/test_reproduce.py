@@ -54,10 +54,10 @@ def test_from_images_takes_what_it_renders_and_reports_each_field_it_does_not(tm
     from tests.support.util import run_cli
 
     (tmp_path / "images").mkdir()
-    for n in range(3):
-        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"a{n}.png", "PNG",
-                                      **save_options("png", A1111_1_10 if n else A1111_1_10.replace(
-                                          "Hires upscale: 2, ", "")))
+    texts = [A1111_1_10.replace("Hires upscale: 2, ", ""), A1111_1_10,  # img2img (no init image to read), hires
+             A1111_1_10.replace("Hires upscale: 2, ", "Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, ")]
+    for n, text in enumerate(texts):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"a{n}.png", "PNG", **save_options("png", text))
     out = tmp_path / "m.parquet"
     read = write_manifest_from_images(str(tmp_path / "images"), str(out))
     row = pq.read_table(out).to_pylist()[0]
@@ -65,9 +65,12 @@ def test_from_images_takes_what_it_renders_and_reports_each_field_it_does_not(tm
     assert row["prompt"].endswith("<lora:castleStyle:0.7>") and row["negative_prompt"] == "EasyNegative, lowres"
     assert (row["clip_skip"], row["prompt_syntax"]) == (2, "a1111")
     assert row["ti_hashes"] == "EasyNegative: c74b4e810b03"  # the embedding itself renders from the word
-    assert dict(read.dropped) == {"Denoising strength": 3, "Hires upscale": 2}
+    assert dict(read.dropped) == {"Denoising strength": 1, "Hires upscaler": 1}
+    hires = pq.read_table(out).to_pylist()[1]
+    assert (hires["hires_scale"], hires["hires_strength"], hires["hires_upscaler"]) == (2.0, 0.4, "latent")
+    assert row["hires_scale"] is None and row["strength"] is None
     out.unlink()
-    with pytest.raises(ManifestError, match="Hires upscale in 2 image"):
+    with pytest.raises(ManifestError, match="Hires upscaler in 1 image"):
         write_manifest_from_images(str(tmp_path / "images"), str(out), strict=True)
     assert not out.exists()
     refused = run_cli("manifest", "from-images", str(tmp_path / "images"), "-o", str(out), "--strict")
@@ -76,5 +79,5 @@ def test_from_images_takes_what_it_renders_and_reports_each_field_it_does_not(tm
     assert said.returncode == 0 and out.exists()
     assert "made with textual inversion embeddings: EasyNegative (3); submit with --embedding-dir" in " ".join(
         said.stdout.split())
-    assert "not rendered, so left out of the manifest: Denoising strength in 3 image(s); Hires upscale in 2" in " ".join(
+    assert "not rendered, so left out of the manifest: Denoising strength in 1 image(s); Hires upscaler in 1" in " ".join(
         said.stdout.split())

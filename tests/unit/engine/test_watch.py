@@ -46,3 +46,14 @@ def test_a_stalled_pool_says_what_it_waits_for():
     assert pool_story(0, ["tiny:sd15", "tiny:sd15"], "1 GPU") == "2 actor(s) still loading tiny:sd15"
     assert pool_story(1, ["m"], "").startswith("1 actor(s) waiting for room on the cluster; ")
     assert pool_story(0, [], "1 GPU") == "every actor was lost"
+
+
+def test_a_shard_of_costlier_rows_is_judged_by_its_work_not_by_cheaper_shards_times():
+    clock = ShardClock(floor=60.0, factor=10.0)
+    clock.finished(20.0, work=32)  # a shard of 32 plain rows
+    assert clock.threshold_for(32) == 200.0
+    assert clock.threshold_for(32 * 17) == 3400.0  # hires x4: each row is 17 plain rows' work
+    clock.finished(300.0, work=32 * 17)  # faster per unit of work than the plain shard: the bar stays
+    assert clock.threshold_for(32) == 200.0
+    clock.finished(680.0, work=32 * 17)  # 1.25 s per unit, twice the plain shard's: the bar doubles
+    assert clock.threshold_for(32) == 400.0
