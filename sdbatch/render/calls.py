@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdbatch.logs import quieted
 from sdbatch.render.batching import Batch, control_arguments, text_arguments
 from sdbatch.render.output.encode import to_pil
 
@@ -24,7 +25,8 @@ def first_pass(batch: Batch, size: tuple[int, int], output_type: str = "pt") -> 
     arguments = {**text_arguments(batch), "num_inference_steps": _steps(first),
                  "guidance_scale": float(first["guidance_scale"]), "generator": generators(batch),
                  **image_arguments(batch, size)}
-    return batch.variant.pipeline(**arguments, output_type=output_type).images
+    with _vae_casts_quiet():
+        return batch.variant.pipeline(**arguments, output_type=output_type).images
 
 
 def _steps(row: dict[str, Any]) -> int:
@@ -82,10 +84,18 @@ def second_pass(batch: Batch, first: Any, size: tuple[int, int]) -> list[Image.I
     control = control_arguments(batch)
     if control:  # the control images, decoded at the first pass's size, again at the second's
         control["image"] = _resized(control["image"], target)
-    out = pipeline(**text_arguments(batch), image=start, strength=strength,
-                   num_inference_steps=schedule_length(steps, strength), guidance_scale=float(row["guidance_scale"]),
-                   generator=generators(batch), output_type="pt", **_renamed(control))
+    with _vae_casts_quiet():
+        out = pipeline(**text_arguments(batch), image=start, strength=strength,
+                       num_inference_steps=schedule_length(steps, strength),
+                       guidance_scale=float(row["guidance_scale"]), generator=generators(batch), output_type="pt",
+                       **_renamed(control))
     return to_pil(out.images)
+
+
+def _vae_casts_quiet():
+    """SDXL's img2img casts a VAE that asks for float32 up on every call, and diffusers warns each time about
+    float32 modules even when the VAE names none: once per batch in an overnight log, and nothing true."""
+    return quieted("diffusers.models.modeling_utils")
 
 
 def schedule_length(steps: int, strength: float) -> int:
