@@ -35,7 +35,7 @@ def _steps(row: dict[str, Any]) -> int:
     steps, strength = int(row["steps"]), row.get("strength")
     if strength is None or int(steps * strength) >= 1:
         return steps
-    return math.ceil(1 / strength)
+    return schedule_length(1, strength)
 
 
 def image_arguments(batch: Batch, size: tuple[int, int]) -> dict[str, Any]:

@@ -125,7 +125,8 @@ class Renderer:
     def render_rows(self, rows: list[dict[str, Any]]) -> Iterator[RenderedRow]:
         """Render rows in micro-batches of rows that share a variant (see _render_batch for failures)."""
         settings = self.settings.variants
-        # Control images are fetched on a few threads from the start, so I/O overlaps the first batches.
+        # Input images (control, init, mask) are fetched on a few threads from the start, so I/O overlaps the
+        # first batches.
         images = Prefetcher(self._fetcher, image_uris(rows), settings.fetch_threads, settings.prefetch_images)
         try:
             for group in micro_batches(rows, self.batch_limit):
