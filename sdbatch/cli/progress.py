@@ -67,4 +67,6 @@ class RunProgress:
         self.console.print(f"[yellow]{actor} lost ({escape(error)}); replacing it and requeueing its shards[/]")
 
     def waiting(self, message: str) -> None:
-        self.console.print(f"[yellow]{message}[/]")
+        # As written: the message may quote Ray's own text (a dead node's last raylet log lines), whose brackets
+        # would be read as markup and whose :words: as emoji.
+        self.console.print(f"[yellow]{escape(message)}[/]", highlight=False, emoji=False)

@@ -62,7 +62,7 @@ def test_the_private_rays_raylet_killed_mid_run_restarts_ray_and_the_run_complet
         assert time.monotonic() - killed < 300
         assert driver.returncode == 0, output
         said = unwrapped(output)
-        assert "the private Ray's node died" in said and "starting a new private Ray (1 of at most 2)" in said
+        assert "the private Ray's node died" in said and "starting a new private Ray (1 of at most 2)" in said, said
         assert not psutil.wait_procs(actors, timeout=10)[1], "the dead Ray's actors were left running"
     finally:  # whatever failed, leave no stopped process on the machine
         for actor in actors:

@@ -132,21 +132,38 @@ def test_every_kind_renders_on_sdxl(renderer, images, kind):
     assert out.image.size == ((96, 96) if kind == "hires" else (64, 64))
 
 
-def test_loras_and_controlnets_work_with_every_kind(tmp_path, renderer, images):
+def test_loras_controlnets_and_vaes_work_with_every_kind(tmp_path, renderer, images):
+    from diffusers import AutoencoderKL
+
+    from sdbatch.render.tiny.sd15 import vae_config, with_certain_posterior
     from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_lora
 
     lora = str(write_tiny_lora(tmp_path / "style.safetensors", seed=1))
     net = str(write_tiny_controlnet(tmp_path / "cn", seed=1))
-    controls = [{"model": net, "image": str(images / "init.png"), "scale": 1.0}]
-    loras = [{"path": lora, "weight": 1.0}]
+    torch.manual_seed(5)
+    with_certain_posterior(AutoencoderKL(**vae_config())).save_pretrained(tmp_path / "vae")
+    changes = {"loras": [{"path": lora, "weight": 1.0}], "vae": str(tmp_path / "vae"),
+               "controlnets": [{"model": net, "image": str(images / "init.png"), "scale": 1.0}]}
     for make in (lambda i, **x: _img2img(i, images, 0.7, **x), lambda i, **x: _inpaint(i, images, **x), _hires):
-        base, styled, controlled = (make(0), make(1, loras=loras), make(2, controlnets=controls))
-        out = _render(renderer, base, {**styled, "seed": base["seed"], "prompt": base["prompt"]},
-                      {**controlled, "seed": base["seed"], "prompt": base["prompt"]})
+        base = make(0)
+        rows = [base] + [{**make(n + 1, **{name: value}), "seed": base["seed"], "prompt": base["prompt"]}
+                         for n, (name, value) in enumerate(changes.items())]
+        out = _render(renderer, *rows)
         assert all(r.ok for r in out.values()), [r.error for r in out.values()]
-        for changed in ("r1", "r2"):
-            assert np.abs(_pixels(out[changed].image) - _pixels(out["r0"].image)).max() > 8
-        assert out["r2"].controlnets_used[0]["image_sha256"]
+        for changed in ("r1", "r2", "r3"):
+            assert np.abs(_pixels(out[changed].image) - _pixels(out["r0"].image)).max() > 8, (base, changed)
+        assert out["r2"].vae_hash and out["r3"].controlnets_used[0]["image_sha256"]
+
+
+def test_each_kind_is_built_once_over_the_loaded_modules():
+    from sdbatch.render.tiny.build import build_pipeline
+    from sdbatch.render.variants.kinds import Kinds
+
+    base, kinds = build_pipeline(0), Kinds(torch.float32)
+    inpaint = kinds.of(base, "inpaint")
+    assert kinds.of(base, "inpaint") is inpaint and kinds.of(base, "txt2img") is base
+    assert inpaint.unet is base.unet and inpaint.vae is base.vae and inpaint.text_encoder is base.text_encoder
+    assert type(kinds.of(base, "img2img")).__name__ == "StableDiffusionImg2ImgPipeline"
 
 
 def test_the_second_pass_runs_exactly_the_hires_steps_whatever_the_strength():
