@@ -25,9 +25,10 @@ from tests.support.util import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_cache")]
 JOB = str(REPO / "jobs" / "demo.toml")
-# 2-row shards of 60 steps at 32x32: the whole run lasts seconds longer than the wait for its first marker, so
-# a fault lands mid-run even on a warm machine (at 20 steps the run once ended before its actors were stopped).
-SLOW_TINY = ["--steps", "60", "--width", "32", "--height", "32", "--shard-size", "2", "--actors", "2"]
+# 2-row shards of 150 steps at 32x32: the run goes on for several seconds after its first marker, so a fault
+# lands mid-run on a warm machine even when this process is slow to notice the marker (at 20 and then 60 steps
+# runs in the full suite ended before their actors were stopped).
+SLOW_TINY = ["--steps", "150", "--width", "32", "--height", "32", "--shard-size", "2", "--actors", "2"]
 
 
 def start(args: list[str]) -> subprocess.Popen:
@@ -54,11 +55,13 @@ def test_the_private_rays_raylet_killed_mid_run_restarts_ray_and_the_run_complet
     assert len(raylets) == 1 and len(actors) == 2
     killed = time.monotonic()
     raylets[0].kill()  # as the OOM killer would; the dashboard agent's death takes the raylet with it too
+    committed = len(os.listdir(out / "_committed"))
     # Its actors outlive it for a while, adopted by init and still rendering: stopped, they stand for a node
     # whose work died with it, and the run can only end by finding that out.
     for actor in actors:
         actor.suspend()
     try:
+        assert committed < 16, f"the fault landed after the run's last shard: {committed} markers at the kill"
         output, _ = driver.communicate(timeout=300)
         assert time.monotonic() - killed < 300
         assert driver.returncode == 0, output
