@@ -21,8 +21,7 @@ _UNIT = re.compile(r"""
   | :                               # a colon that is not a weight
 """, re.X)
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-# [from:to:when], [to:when], [from::when] and [a|b], unescaped.
-_SCHEDULED = re.compile(r"(?<!\\)\[[^\[\]]*(?<!\\)[:|][^\[\]]*(?<!\\)\]")
+_WHEN = re.compile(r"\s*[.\d]+\s*")  # the step of A1111's prompt editing: [from:to:when]
 _FIX = 'escape a literal bracket as \\( \\) \\[ \\], or set prompt_syntax = "plain" for this row or the job'
 
 
@@ -42,35 +41,47 @@ def parse(prompt: str, syntax: str = "a1111") -> list[Fragment]:
         return [Fragment(prompt, 1.0)]
     if syntax != "a1111":
         raise PromptSyntaxError(f"unknown prompt syntax {syntax!r}; use one of {', '.join(SYNTAXES)}")
-    _refuse_scheduling(prompt)
     pieces: list[list] = []  # [text, weight], weights multiplied in place as brackets close
-    opened: list[tuple[str, int, int]] = []  # (bracket, first piece inside, character offset)
+    opened: list[list] = []  # [bracket, first piece inside, character offset, offset of its last own ':']
     for unit in _UNIT.finditer(prompt):
         token, weight = unit.group(0), unit.group("weight")
+        inside_square = bool(opened) and opened[-1][0] == "["
         if token.startswith("\\"):
             pieces.append([token[1:], 1.0])  # as A1111: a lone backslash is dropped
         elif token in "([":
-            opened.append((token, len(pieces), unit.start()))
+            opened.append([token, len(pieces), unit.start(), None])
         elif weight is not None and opened and opened[-1][0] == "(":
             _scale(pieces, opened.pop()[1], _number(weight, prompt, unit.start()))
         elif token in ")]" or weight is not None:
+            if token == "]" and inside_square and opened[-1][3] is not None:
+                _refuse_editing(prompt, opened[-1], unit.end())
             _close(pieces, opened, token[-1], prompt, unit.start())
         else:
+            if inside_square and token == ":":
+                opened[-1][3] = unit.start()
+            elif inside_square and "|" in token:
+                _refuse_scheduling(prompt, opened[-1][2], prompt.find("]", unit.start()) + 1)
             _text(pieces, token)
     if opened:
-        bracket, _, where = opened[-1]
+        bracket, _, where, _ = opened[-1]
         raise PromptSyntaxError(f"{bracket!r} at character {where + 1} is never closed ({_context(prompt, where)}); "
                                 f"close it, or {_FIX}")
     return _merged(pieces)
 
 
-def _refuse_scheduling(prompt: str) -> None:
+def _refuse_editing(prompt: str, bracket: list, end: int) -> None:
+    """A square bracket whose own last ':' is followed by a number is A1111's [from:to:when] (or [to:when]);
+    other colons in it are text, as A1111 reads them."""
+    if _WHEN.fullmatch(prompt, bracket[3] + 1, end - 1):
+        _refuse_scheduling(prompt, bracket[2], end)
+
+
+def _refuse_scheduling(prompt: str, start: int, end: int) -> None:
     """A1111's prompt editing ([from:to:when]) and alternation ([a|b]) change the prompt during sampling, which
     sdbatch does not do: refused rather than rendered as literal text."""
-    found = _SCHEDULED.search(prompt)
-    if found:
-        raise PromptSyntaxError(f"{found.group(0)!r} is A1111 prompt editing or alternation, which sdbatch does not "
-                                f"render; write the prompt without it, or {_FIX}")
+    shown = prompt[start:end] if end > start else prompt[start:start + 40]
+    raise PromptSyntaxError(f"{shown!r} at character {start + 1} is A1111 prompt editing or alternation, which "
+                            f"sdbatch does not render; write the prompt without it, or {_FIX}")
 
 
 def _close(pieces: list[list], opened: list, bracket: str, prompt: str, where: int) -> None:
@@ -115,11 +126,6 @@ def _merged(pieces: list[list]) -> list[Fragment]:
 def _context(prompt: str, where: int) -> str:
     start = max(0, where - 20)
     return f"...{prompt[start:where + 20]}..." if len(prompt) > 40 else prompt
-
-
-def weighted(prompt: str, syntax: str = "a1111") -> bool:
-    """Whether a prompt has anything besides plain text at weight 1."""
-    return any(f.weight != 1.0 for f in parse(prompt, syntax))
 
 
 def problem(prompt: str | None, syntax: str) -> str | None:

@@ -19,6 +19,12 @@ def test_brackets_weights_and_nesting_multiply_as_in_a1111():
     assert _weights("a: b, (x:-0.5)") == [("a: b, ", 1.0), ("x", -0.5)]
 
 
+def test_weights_and_colons_inside_square_brackets_are_not_prompt_editing():
+    assert _weights("[(blurry:1.3)]") == [("blurry", round(1.3 * DOWN, 6))]
+    assert _weights("[a, (b:1.2)]") == [("a, ", round(DOWN, 6)), ("b", round(1.2 * DOWN, 6))]
+    assert _weights("[a: b] c") == [("a: b", round(DOWN, 6)), (" c", 1.0)]  # no step number: A1111's text too
+
+
 def test_break_escapes_and_plain_text():
     assert parse("x BREAK y") == [Fragment("x", 1.0), Fragment("", None), Fragment("y", 1.0)]
     assert parse(r"a \(b\) \[c\]") == [Fragment("a (b) [c]", 1.0)]
@@ -32,7 +38,9 @@ def test_break_escapes_and_plain_text():
     ("(a [b:1.2)", "does not match '['"),
     ("(a:1.2.3)", "weight '1.2.3' at character 4 is not a number"),
     ("a [cat:dog:0.5]", "prompt editing or alternation"),
-    ("a [cat|dog]", "prompt editing or alternation"),
+    ("a [cat|dog]", "'[cat|dog]' at character 3 is A1111 prompt editing or alternation"),
+    ("[cat:0.5], x", "'[cat:0.5]' at character 1 is A1111 prompt editing"),
+    ("[(a:1.2)::10]", "'[(a:1.2)::10]' at character 1 is A1111 prompt editing"),
 ])
 def test_prompts_a1111_would_misread_are_refused_with_the_fix(prompt, says):
     with pytest.raises(PromptSyntaxError, match="escape|write it|close it|write the prompt") as caught:
