@@ -98,9 +98,9 @@ class PromptEncoder:
         return out
 
     def _conditioning(self, plan: _RowPlan, sides: list[tuple[torch.Tensor, torch.Tensor | None]]) -> Conditioning:
-        # An empty negative prompt is encoded as "" (as A1111 does), never zeros: diffusers zeroes it on SDXL only
-        # when no negative prompt is passed at all, which sdbatch never did.
         (embeds, pooled), (negative, negative_pooled) = sides
+        if plan.zero_negative:
+            negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
         used = tuple((name, self.embeddings.get(name).sha256) for name in dict.fromkeys(plan.used))
         return Conditioning(embeds, negative, pooled, negative_pooled, used)
 
@@ -124,7 +124,10 @@ class PromptEncoder:
         for name in dict.fromkeys(used):  # one of another family fails this row here, not the whole batch later
             for encoder in self.encoders:
                 self._vectors(encoder, name)
-        return _RowPlan(sides, counts.pop(), self._clip_skip(row), used)
+        # A1111 zeroes an empty negative prompt's states and pooled vector on SDXL (as diffusers does for a
+        # missing one); "plain" rows keep diffusers' reading of the "" they pass: encoded.
+        zero_negative = self.sdxl and syntax == "a1111" and not row.get("negative_prompt")
+        return _RowPlan(sides, counts.pop(), self._clip_skip(row), used, zero_negative)
 
     def _token_ids(self, index: int, text: str) -> list[int]:
         """A fragment's token ids (chunks get their own start and end), remembered: datasets repeat fragments
@@ -193,13 +196,15 @@ class _RowPlan:
     count: int  # chunks per side
     clip_skip: int
     used: list[str]  # embedding names, in order of use
+    zero_negative: bool  # the negative prompt's states and pooled vector are zeros (SDXL, A1111, empty)
 
 
 def _layer(model: Any, output: Any, n: int, skip: int, penultimate: bool) -> torch.Tensor:
-    """A1111's clip skip N (1 = none) on one chunk: SD1.x/2.x take layer -N, normalized as the last layer is;
-    SDXL, which uses the penultimate layer, takes layer -(N + 1) without normalization, as diffusers does."""
+    """A1111's clip skip N (1 = none) on one chunk: SD1.x/2.x take layer -N, normalized as the last layer is.
+    SDXL is trained on the penultimate layer, unnormalized, and A1111 renders it there whatever its Clip skip;
+    Forge takes layer -max(N, 2): the same for the 1 and 2 found in images, and a deeper layer when asked."""
     if penultimate:
-        return output.hidden_states[-(skip + 1)][n]
+        return output.hidden_states[-max(skip, 2)][n]
     if skip == 1:
         return output.last_hidden_state[n]
     norm = getattr(model, "final_layer_norm", None) or model.text_model.final_layer_norm  # transformers 5 or 4

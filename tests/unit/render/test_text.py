@@ -38,14 +38,32 @@ def test_plain_prompts_encode_exactly_as_diffusers_does(pipelines):
     # Equal up to float rounding: the prompt and the negative go through the encoders in one batch here.
     assert torch.allclose(ours.embeds, embeds, atol=1e-5) and torch.allclose(ours.negative, negative, atol=1e-5)
     assert torch.allclose(ours.pooled, pooled) and torch.allclose(ours.negative_pooled, negative_pooled)
-    # A1111's clip skip 2 is diffusers' clip_skip=1 on SDXL. No negative prompt is "" encoded, as A1111 does
-    # and as sdbatch passed it to diffusers before (which zeroes it only when negative_prompt is None).
-    # (diffusers skips on the prompt only; sdbatch on both, as A1111 does.)
-    skipped, unskipped = xl.encode([{"prompt": "a red fox", "clip_skip": 2}, {"prompt": "a red fox"}])
-    assert torch.allclose(skipped.embeds, sdxl.encode_prompt(["a red fox"], device="cpu", clip_skip=1)[0], atol=1e-5)
+    # SDXL's clip skip as A1111 and Forge read it: 2 is the penultimate layer SDXL always uses (see below for 3).
+    two, one = xl.encode([{"prompt": "a red fox", "clip_skip": 2}, {"prompt": "a red fox"}])
+    assert torch.equal(two.embeds, one.embeds) and torch.allclose(one.embeds, embeds, atol=1e-5)
+    # No negative prompt: zeros, states and pooled vector, as A1111 (and diffusers without a negative prompt);
+    # a "plain" row keeps diffusers' reading of "": encoded.
+    _, zeros, _, zero_pooled = sdxl.encode_prompt(["a red fox"], device="cpu")
+    assert not zeros.any() and torch.equal(one.negative, zeros) and torch.equal(one.negative_pooled, zero_pooled)
+    plain = xl.encode([{"prompt": "a red fox", "prompt_syntax": "plain"}])[0]
     _, negative, _, negative_pooled = sdxl.encode_prompt(["a red fox"], device="cpu", negative_prompt=[""])
-    assert negative.any() and torch.allclose(unskipped.negative, negative, atol=1e-5)
-    assert torch.allclose(unskipped.negative_pooled, negative_pooled, atol=1e-5)
+    assert negative.any() and torch.allclose(plain.negative, negative, atol=1e-5)
+    assert torch.allclose(plain.negative_pooled, negative_pooled, atol=1e-5)
+
+
+def test_sdxl_clip_skip_goes_deeper_than_the_penultimate_layer_only_from_3():
+    """Forge's rule (A1111 keeps SDXL at the penultimate layer): layer -max(N, 2), so 3 is diffusers' clip_skip=1;
+    SD1.x takes layer -N through the final norm. The tiny encoders have two layers: the rule on labelled layers."""
+    from types import SimpleNamespace
+
+    from sdbatch.render.text.encode import _layer
+
+    layers = [torch.full((1, 2), float(n)) for n in range(5)]  # hidden_states[0] is the embeddings' output
+    output = SimpleNamespace(hidden_states=layers, last_hidden_state=torch.full((1, 2), 9.0))
+    sdxl = [float(_layer(None, output, 0, skip, penultimate=True)[0]) for skip in (1, 2, 3, 4)]
+    assert sdxl == [3.0, 3.0, 2.0, 1.0]
+    plain = SimpleNamespace(final_layer_norm=lambda x: x + 100)
+    assert [float(_layer(plain, output, 0, skip, penultimate=False)[0]) for skip in (1, 2, 3)] == [9.0, 103.0, 102.0]
 
 
 @torch.inference_mode()
