@@ -45,6 +45,8 @@ def format_parameters(row: dict[str, Any]) -> str:
     embeddings = row.get("embeddings_used") or []
     if embeddings:  # A1111's TI hash: the file's sha256, first 12 hex digits
         pairs.append(("TI hashes", _quote(", ".join(f"{x['name']}: {x['sha256'][:12]}" for x in embeddings))))
+    # sdbatch pads the prompt and the negative prompt to one chunk count, as A1111 does with this option on.
+    pairs.append(("Pad conds", "True"))
     pairs.append(("Version", f"sdbatch {row.get('sdbatch_version', '')}".strip()))
     exact = {k: row.get(k) for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "vae",
                                      "prompt_syntax", "init_image", "mask_image")}
@@ -60,7 +62,7 @@ def format_parameters(row: dict[str, Any]) -> str:
 
 # A1111's Hires upscaler names and how sdbatch renders them: "Latent" scales the latents bilinearly, as sdbatch's
 # latent upscaler does; Lanczos (and "None", which A1111 then resizes with Lanczos) scale the decoded image.
-HIRES_UPSCALERS = {"Latent": "latent", "Lanczos": "image", "None": "image"}
+FROM_A1111_UPSCALER = {"Latent": "latent", "Lanczos": "image", "None": "image"}
 A1111_UPSCALER = {"latent": "Latent", "image": "Lanczos"}
 
 
@@ -144,7 +146,7 @@ def read_parameters(data: bytes) -> str | None:
 # TI hashes are used as a check: the embeddings render through the words in the prompts (--embedding-dir).
 USED_FIELDS = frozenset({"prompt", "negative_prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed",
                          "Size", "Model", "Model hash", "VAE", "VAE hash", "Lora hashes", "Version", SDBATCH_KEY,
-                         "Clip skip", "TI hashes"})
+                         "Clip skip", "TI hashes", "Pad conds"})
 
 
 def unused_fields(fields: dict[str, Any]) -> list[str]:
@@ -154,7 +156,7 @@ def unused_fields(fields: dict[str, Any]) -> list[str]:
     used = set(USED_FIELDS)
     if "Hires upscale" in fields:
         used |= {"Hires upscale", "Hires steps", "Denoising strength"}
-        if fields.get("Hires upscaler", "Latent") in HIRES_UPSCALERS:
+        if fields.get("Hires upscaler", "Latent") in FROM_A1111_UPSCALER:
             used.add("Hires upscaler")
     elif SDBATCH_KEY in fields and _exact(fields[SDBATCH_KEY]).get("init_image"):
         used.add("Denoising strength")
@@ -195,7 +197,7 @@ def _hires_fields(fields: dict[str, Any]) -> dict[str, Any]:
     return {"hires_scale": _float(fields["Hires upscale"]), "hires_steps": _int(fields.get("Hires steps")) or None,
             "hires_strength": _float(fields.get("Denoising strength")),
             # An upscaler sdbatch lacks (ESRGAN, a Latent variant) is rendered with the nearest it has, and reported.
-            "hires_upscaler": HIRES_UPSCALERS.get(upscaler, "latent" if upscaler.startswith("Latent") else "image")}
+            "hires_upscaler": FROM_A1111_UPSCALER.get(upscaler, "latent" if upscaler.startswith("Latent") else "image")}
 
 
 def hashes_of(text: str | None) -> list[tuple[str, str]]:

@@ -35,6 +35,7 @@ def test_layout_is_a1111s():
 def test_parse_reads_prompt_negative_and_quoted_values():
     fields = parse_parameters(format_parameters(ROW))
     assert fields["prompt"] == "a cat, in a hat <lora:ink:0.8>" and fields["negative_prompt"] == "blurry"
+    assert fields["Pad conds"] == "True"  # A1111 pads as sdbatch does only with this
     assert fields["Sampler"] == "DPM++ 2M" and fields["Schedule type"] == "Karras"
     assert fields["Lora hashes"] == "ink: abababababab"
 
@@ -99,7 +100,7 @@ def test_a_third_party_a1111_reader_reads_every_field_and_no_stray_key(fmt):
     assert sampler.parameters["seed"] == "1234567890123" and sampler.model.name == "sd15"
     assert [p.value for p in sampler.prompts] == ["a cat, in a hat <lora:ink:0.8>"]
     assert [p.value for p in sampler.negative_prompts] == ["blurry"]
-    assert set(info.metadata) <= {"Size", "Lora hashes", "Version", "sdbatch"}, info.metadata  # no JSON shards
+    assert set(info.metadata) <= {"Size", "Lora hashes", "Pad conds", "Version", "sdbatch"}, info.metadata
     assert row_from_parameters(parse_parameters(info.raw_parameters["parameters"]))["id"] == "cat-1"
 
 
