@@ -13,6 +13,7 @@ import tomllib
 
 from sdbatch.errors import SpecError
 from sdbatch.manifest_images import HIRES_UPSCALERS
+from sdbatch.manifest_prompts import MAX_CLIP_SKIP
 from sdbatch.prompt_syntax import SYNTAXES
 from sdbatch.schedulers import resolve
 from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
@@ -53,7 +54,8 @@ class JobSpec:
             _check(0 < getattr(d, name) <= 1, f"defaults.{name}", getattr(d, name), "use a value in (0, 1]")
         _check(d.hires_upscaler in HIRES_UPSCALERS, "defaults.hires_upscaler", d.hires_upscaler,
                f"use one of {', '.join(HIRES_UPSCALERS)}")
-        _check(d.clip_skip >= 1, "defaults.clip_skip", d.clip_skip, "use 1 (no skip) or more, as A1111 counts")
+        _check(1 <= d.clip_skip <= MAX_CLIP_SKIP, "defaults.clip_skip", d.clip_skip,
+               f"use 1 (no skip) to {MAX_CLIP_SKIP}, as A1111 counts")
         _check(0 <= d.seed < 2**63, "defaults.seed", d.seed, "use an integer in [0, 2**63)")
         _check(o.format in IMAGE_FORMATS, "output.format", o.format, f"use one of {', '.join(IMAGE_FORMATS)}")
         _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")

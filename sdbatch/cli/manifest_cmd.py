@@ -13,7 +13,17 @@ from rich.console import Console
 from rich.table import Table
 
 from sdbatch.authoring import AuthoringOptions, build_manifest
-from sdbatch.cli.options import JobFile, LoraDir, PromptSyntax, S3Endpoint, job_spec, s3_settings
+from sdbatch.cli.options import (
+    ClipSkip,
+    EmbeddingDir,
+    JobFile,
+    LoraDir,
+    PromptSyntax,
+    S3Endpoint,
+    job_spec,
+    prompt_overrides,
+    s3_settings,
+)
 from sdbatch.manifest import normalize, read_manifest
 from sdbatch.plan import plan_shards
 
@@ -23,11 +33,12 @@ SHOWN_ROWS = 5
 
 @app.command("validate")
 def validate(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None, lora_dir: LoraDir = None,
-             prompt_syntax: PromptSyntax = None) -> None:
+             embedding_dir: EmbeddingDir = None, prompt_syntax: PromptSyntax = None,
+             clip_skip: ClipSkip = None) -> None:
     """Check a manifest against the schema; exit 2 with the column, row and fix if it is invalid."""
     from sdbatch.planning import plan_manifest
 
-    spec = job_spec(job, **{"defaults.lora_dir": lora_dir, "defaults.prompt_syntax": prompt_syntax})
+    spec = job_spec(job, **{"defaults.lora_dir": lora_dir}, **prompt_overrides(embedding_dir, prompt_syntax, clip_skip))
     with tempfile.TemporaryDirectory(prefix="sdbatch-validate-") as workdir:
         plan = plan_manifest(manifest, spec.defaults, spec.output.shard_size, workdir, s3_settings(s3_endpoint),
                              write=False).plan
@@ -36,11 +47,11 @@ def validate(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None,
 
 @app.command("show")
 def show(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None, lora_dir: LoraDir = None,
-         prompt_syntax: PromptSyntax = None,
+         embedding_dir: EmbeddingDir = None, prompt_syntax: PromptSyntax = None, clip_skip: ClipSkip = None,
          rows: Annotated[int, typer.Option(help="How many rows to print.")] = SHOWN_ROWS) -> None:
     """Row count, columns, a few rows and the distinct variants (with the job's defaults applied)."""
     console = Console()
-    spec = job_spec(job, **{"defaults.lora_dir": lora_dir, "defaults.prompt_syntax": prompt_syntax})
+    spec = job_spec(job, **{"defaults.lora_dir": lora_dir}, **prompt_overrides(embedding_dir, prompt_syntax, clip_skip))
     raw = read_manifest(manifest, s3_settings(s3_endpoint))
     table = normalize(raw, spec.defaults)
     console.print(f"[bold]{manifest}[/]: {raw.num_rows} rows")

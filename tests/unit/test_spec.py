@@ -38,6 +38,7 @@ def test_every_shipped_job_file_is_valid():
     ("[render]\ncompile_mode = 'fast'\n", "render.compile_mode"),
     ("[render]\ncompile = 'yes'\n", "render.compile"),
     ("[run]\nbatch_size = 0\n", "run.batch_size"),
+    ("[defaults]\nclip_skip = 33\n", "defaults.clip_skip = 33 .*use 1 \\(no skip\\) to 32"),
 ])
 def test_bad_job_files_name_the_setting(tmp_path, text, needle):
     path = tmp_path / "job.toml"

@@ -73,6 +73,21 @@ def test_manifest_new_validate_show(tmp_path):
     assert shown.returncode == 0 and "6 rows" in shown.stdout and "variants" in shown.stdout
 
 
+def test_validate_takes_the_prompt_flags_a_manifest_from_images_needs(tmp_path):
+    """Rows pinned to embeddings (ti_hashes, as from-images writes them) validate only with an embedding folder,
+    which `manifest validate` takes as submit does; its clip skip default is checked as submit's is."""
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "x EasyNegative",
+                                                        "ti_hashes": "EasyNegative: c74b4e810b03"}])
+    without = run_cli("manifest", "validate", str(manifest))
+    assert without.returncode == 2 and "pass --embedding-dir" in " ".join(without.stderr.split())
+    (tmp_path / "embeddings").mkdir()
+    assert run_cli("manifest", "validate", str(manifest), "--embedding-dir", str(tmp_path / "embeddings"),
+                   "--clip-skip", "2").returncode == 0
+    too_deep = run_cli("manifest", "show", str(manifest), "--embedding-dir", str(tmp_path / "embeddings"),
+                       "--clip-skip", "0")
+    assert too_deep.returncode == 2 and "clip_skip" in too_deep.stderr
+
+
 def test_bad_job_setting_exits_2(tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(1))
     result = run_cli("submit", str(manifest), "--output", str(tmp_path / "o"), "--format", "gif")
