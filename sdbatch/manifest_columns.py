@@ -264,16 +264,22 @@ def seeds(table: pa.Table, ids: Column, job_seed: int, problems: Problems,
     return pc.replace_with_mask(one_chunk(values), one_chunk(missing), derived)
 
 
-def floats(table: pa.Table, name: str, default: float, problems: Problems) -> Column:
+def optional_floats(table: pa.Table, name: str, problems: Problems) -> Column | None:
+    """The column as float64 with NaN as null (pandas writes a missing float as NaN); None if it is absent."""
     column = typed_column(table, name, "float", problems)
     if column is None or pa.types.is_null(column.type):
-        return constant(float(default), pa.float64(), table.num_rows)
+        return None
     x = column.cast(pa.float64(), safe=False)
+    return pc.if_else(pc.is_nan(x), pa.scalar(None, pa.float64()), x)
+
+
+def floats(table: pa.Table, name: str, default: float, problems: Problems) -> Column:
+    x = optional_floats(table, name, problems)
+    if x is None:
+        return constant(float(default), pa.float64(), table.num_rows)
     negative = pc.less(x, 0.0)
-    problems.add_rows(name, rows_where(negative),
-                      lambda n: f"{column[n].as_py()} is negative; use a value >= 0 (e.g. 7.5)")
-    replace = pc.fill_null(pc.or_(pc.is_nan(x), negative), True)
-    return pc.if_else(replace, pa.scalar(float(default), pa.float64()), x)
+    problems.add_rows(name, rows_where(negative), lambda n: f"{x[n].as_py()} is negative; use a value >= 0 (e.g. 7.5)")
+    return pc.if_else(pc.fill_null(negative, True), pa.scalar(float(default), pa.float64()), x)
 
 
 def sizes(table: pa.Table, name: str, default: int | None, problems: Problems) -> Column:

@@ -45,8 +45,10 @@ def image_columns(table: pa.Table, columns: dict[str, Any], defaults: RowDefault
     columns["hires_steps"] = pc.if_else(has_hires, steps, pa.scalar(None, pa.int64()))
     columns["hires_strength"] = _fraction(table, "hires_strength", defaults.hires_strength, has_hires,
                                           "hires_scale", problems)
-    upscaler = cols.strings(table, "hires_upscaler", defaults.hires_upscaler, problems, allowed=HIRES_UPSCALERS)
-    columns["hires_upscaler"] = pc.if_else(has_hires, upscaler, pa.scalar(None, pa.string()))
+    upscaler = cols.strings(table, "hires_upscaler", None, problems, allowed=HIRES_UPSCALERS)
+    _refuse_where(table, "hires_upscaler", pc.and_not(pc.is_valid(upscaler), has_hires), "hires_scale", problems)
+    columns["hires_upscaler"] = pc.if_else(has_hires, pc.fill_null(upscaler, defaults.hires_upscaler),
+                                           pa.scalar(None, pa.string()))
 
 
 def _images(table: pa.Table, name: str, resolver: Resolver, problems: Problems) -> tuple[Column, Column]:
@@ -74,11 +76,9 @@ def _check_given_pipeline(table: pa.Table, derived: Column, problems: Problems) 
 def _fraction(table: pa.Table, name: str, default: float, applies: Column, needs: str,
               problems: Problems) -> Column:
     """A value in (0, 1] where `applies` (the default where null), null elsewhere; set elsewhere is refused."""
-    column = cols.typed_column(table, name, "float", problems)
-    if column is None or pa.types.is_null(column.type):
+    x = cols.optional_floats(table, name, problems)
+    if x is None:
         return pc.if_else(applies, pa.scalar(float(default)), pa.scalar(None, pa.float64()))
-    x = column.cast(pa.float64(), safe=False)
-    x = pc.if_else(pc.is_nan(x), pa.scalar(None, pa.float64()), x)
     _refuse_where(table, name, pc.and_not(pc.is_valid(x), applies), needs, problems)
     outside = pc.and_(applies, pc.or_(pc.less_equal(x, 0.0), pc.greater(x, 1.0)))
     problems.add_rows(name, rows_where(outside), lambda n: (
@@ -87,11 +87,9 @@ def _fraction(table: pa.Table, name: str, default: float, applies: Column, needs
 
 
 def _hires_scales(table: pa.Table, has_init: Column, problems: Problems) -> Column:
-    column = cols.typed_column(table, "hires_scale", "float", problems)
-    if column is None or pa.types.is_null(column.type):
+    x = cols.optional_floats(table, "hires_scale", problems)
+    if x is None:
         return constant(None, pa.float64(), table.num_rows)
-    x = column.cast(pa.float64(), safe=False)
-    x = pc.if_else(pc.is_nan(x), pa.scalar(None, pa.float64()), x)
     bad = pc.or_(pc.less_equal(x, 1.0), pc.greater(x, MAX_HIRES_SCALE))
     problems.add_rows("hires_scale", rows_where(bad), lambda n: (
         f"{x[n].as_py()} is outside (1, {MAX_HIRES_SCALE:g}]; use e.g. 1.5 or 2, or null for no second pass"))

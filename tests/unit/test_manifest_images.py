@@ -54,3 +54,14 @@ def test_misuses_are_refused_with_column_row_and_fix(image, tmp_path):
                      "column 'init_image', row id '000006' (row 6): init image", "does not exist",
                      "column 'hires_steps', row id '000007' (row 7): is set but hires_scale is not"]:
         assert expected in text, expected
+
+
+def test_an_upscaler_without_a_hires_pass_is_refused_rather_than_dropped():
+    rows = [{"prompt": "a", "hires_upscaler": "image"},
+            {"prompt": "b", "hires_scale": 2.0, "width": 64, "height": 64, "hires_upscaler": "image"}]
+    with pytest.raises(ManifestError) as caught:
+        normalize(pa.Table.from_pylist([{k: row.get(k) for k in (*KEYS, "hires_upscaler")} for row in rows]),
+                  RowDefaults())
+    text = " ".join(str(caught.value).split())
+    assert "column 'hires_upscaler', row id '000000' (row 0): is set but hires_scale is not" in text
+    assert "row 1" not in text
