@@ -99,8 +99,12 @@ def _vae_casts_quiet():
 
 
 def schedule_length(steps: int, strength: float) -> int:
-    """The num_inference_steps whose img2img call runs `steps` steps: diffusers runs int(it x strength)."""
-    return math.ceil(steps / strength)
+    """The least num_inference_steps whose img2img call runs `steps` steps: diffusers runs int(it x strength),
+    in floats, so steps / strength is only where to start looking (3 / 0.1 is a hair above 30)."""
+    total = max(1, math.floor(steps / strength) - 1)
+    while int(total * strength) < steps:
+        total += 1
+    return total
 
 
 def _resized(images: list, size: tuple[int, int]) -> list:

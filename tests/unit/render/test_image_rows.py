@@ -168,7 +168,8 @@ def test_each_kind_is_built_once_over_the_loaded_modules():
 
 def test_the_second_pass_runs_exactly_the_hires_steps_whatever_the_strength():
     """diffusers runs int(num_inference_steps x strength) steps of an img2img call; A1111 runs Hires steps."""
-    for steps, strength in [(10, 0.7), (7, 0.7), (10, 0.3), (4, 1.0), (30, 0.55), (1, 0.05)]:
+    for steps, strength in [(10, 0.7), (7, 0.7), (10, 0.3), (4, 1.0), (30, 0.55), (1, 0.05), (3, 0.1), (3, 0.3)]:
         total = calls.schedule_length(steps, strength)
-        assert min(int(total * strength), total) == steps
+        assert min(int(total * strength), total) == steps and int((total - 1) * strength) < steps  # the least
+    assert (calls.schedule_length(3, 0.1), calls.schedule_length(3, 0.3)) == (30, 10)
     assert calls.hires_size({"hires_scale": 1.5}, (64, 48)) == (96, 72)
