@@ -24,31 +24,39 @@ class RowInputs:
 
 def image_uris(rows: list[dict[str, Any]]) -> list[str]:
     """Every image the rows read, in use order (repeats included: the prefetcher counts uses)."""
-    uris = []
-    for row in rows:
-        uris += [c["image"] for c in row.get("controlnets") or ()]
-        uris += [row[name] for name in ("init_image", "mask_image") if row.get(name)]
-    return uris
+    return [uri for row in rows for _, uri in _row_images(row)]
 
 
 def row_inputs(row: dict[str, Any], images: Prefetcher, size: tuple[int, int]) -> RowInputs:
-    """Take every image of the row from the prefetcher (in image_uris' order) and decode it at `size`; an image
-    that cannot be read or decoded raises, labelled with what it was."""
-    controls, hashes = [], []
-    for control in row.get("controlnets") or ():
-        with labelled(f"control image {control['image']}"):
-            fetched = images.get(control["image"])
-            controls.append(decode_image(fetched, size))
-        hashes.append(fetched.sha256)
-    init, init_sha256 = _decoded(images, row.get("init_image"), "init image", size, "RGB")
-    mask, mask_sha256 = _decoded(images, row.get("mask_image"), "mask image", size, "L")
-    return RowInputs(controls, hashes, init, mask, init_sha256, mask_sha256)
+    """Take every image of the row from the prefetcher, all before any failure is raised (one left untaken would
+    hold a place in its window for the rest of the call), then decode each at `size`; an image that cannot be
+    read or decoded raises, labelled with what it was."""
+    taken = [(what, uri, _taken(images, uri)) for what, uri in _row_images(row)]
+    decoded = []
+    for what, uri, fetched in taken:
+        with labelled(f"{what} {uri}"):
+            if isinstance(fetched, Exception):
+                raise fetched
+            image = decode_image(fetched, size)
+            decoded.append((image.convert(_MODES.get(what, image.mode)), fetched.sha256))
+    controls = len(row.get("controlnets") or ())
+    init, mask = (decoded[controls:] + [(None, None)] * 2)[:2]
+    return RowInputs([image for image, _ in decoded[:controls]], [sha for _, sha in decoded[:controls]],
+                     init[0], mask[0], init[1], mask[1])
 
 
-def _decoded(images: Prefetcher, uri: str | None, what: str, size: tuple[int, int],
-             mode: str) -> tuple[Image.Image | None, str | None]:
-    if not uri:
-        return None, None
-    with labelled(f"{what} {uri}"):
-        fetched = images.get(uri)
-        return decode_image(fetched, size).convert(mode), fetched.sha256
+# init images are RGB; a mask is one channel, white where the image is repainted.
+_MODES = {"init image": "RGB", "mask image": "L"}
+
+
+def _row_images(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, uri) of each image the row reads, in use order: its control images, then init and mask."""
+    found = [("control image", control["image"]) for control in row.get("controlnets") or ()]
+    return found + [(name.replace("_", " "), row[name]) for name in ("init_image", "mask_image") if row.get(name)]
+
+
+def _taken(images: Prefetcher, uri: str) -> Any:
+    try:
+        return images.get(uri)
+    except Exception as exc:  # raised once the row's other images are taken too
+        return exc
