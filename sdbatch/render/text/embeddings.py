@@ -117,12 +117,13 @@ class EmbeddingLibrary:
     def _list(self) -> dict[str, str]:
         with reading(VariantError, f"embedding folder {self.directory} cannot be listed"):
             keys = self._store().list()
+        # Subfolders too, as A1111 walks them (names are file names; hidden files and folders skipped). A name
+        # found twice: .safetensors before .pt, then the shallower file, so the choice never depends on listing.
+        usable = [PurePosixPath(k) for k in keys if PurePosixPath(k).suffix in SUFFIXES
+                  and not any(part.startswith(".") for part in PurePosixPath(k).parts)]
         files: dict[str, str] = {}
-        for key in sorted(keys, key=lambda k: SUFFIXES.index(PurePosixPath(k).suffix)
-                          if PurePosixPath(k).suffix in SUFFIXES else len(SUFFIXES)):
-            path = PurePosixPath(key)
-            if path.suffix in SUFFIXES and len(path.parts) == 1:
-                files.setdefault(path.stem, key)  # a name in two formats: .safetensors first
+        for path in sorted(usable, key=lambda p: (SUFFIXES.index(p.suffix), len(p.parts), str(p))):
+            files.setdefault(path.stem, str(path))
         return files
 
     def get(self, name: str) -> Embedding:

@@ -118,7 +118,12 @@ def test_embedding_files_in_each_format_read_and_a_bad_one_says_what_it_expected
         read_embedding("x", save({"a": vectors, "b": vectors.clone()}), ".safetensors")
     save_file({"emb_params": vectors}, tmp_path / "Easy Neg.safetensors")
     (tmp_path / "notes.txt").write_text("not an embedding")
-    assert list(EmbeddingLibrary(str(tmp_path)).files()) == ["Easy Neg"]
+    for folder in ("negatives", ".trash"):  # A1111 reads subfolders, not hidden ones
+        (tmp_path / folder).mkdir()
+        save_file({"emb_params": vectors}, tmp_path / folder / "badhands.safetensors")
+    save_file({"emb_params": vectors}, tmp_path / "negatives" / "Easy Neg.safetensors")
+    assert EmbeddingLibrary(str(tmp_path)).files() == {"Easy Neg": "Easy Neg.safetensors",
+                                                       "badhands": "negatives/badhands.safetensors"}
 
 
 @torch.inference_mode()
