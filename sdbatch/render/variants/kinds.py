@@ -1,8 +1,8 @@
-"""Pipelines of another kind (img2img, inpaint) over the same loaded modules: built with from_pipe, a few kept."""
+"""Pipelines of another kind (img2img, inpaint) over the same loaded modules, kept as long as their source."""
 
 from __future__ import annotations
 
-import collections
+import weakref
 from typing import Any
 
 import torch
@@ -14,26 +14,20 @@ KINDS = ("txt2img", "img2img", "inpaint")
 
 class Kinds:
     """The img2img or inpaint pipeline of a base or ControlNet pipeline, sharing its UNet, VAE, text encoders and
-    ControlNets (no second copy of any weight); the last `keep` built are kept."""
+    ControlNets (no second copy of any weight). Each is kept while its source pipeline lives: the model and
+    ControlNet caches decide that, and a ControlNet they drop is not held here."""
 
-    def __init__(self, dtype: torch.dtype, keep: int = 4):
+    def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
-        self.keep = keep
-        # (id of the source, kind) -> (source, pipeline); the source is held so that its id is not reused.
-        self._built: collections.OrderedDict[tuple[int, str], tuple[Any, Any]] = collections.OrderedDict()
+        self._built: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
     def of(self, source: Any, kind: str) -> Any:
         if kind == "txt2img":
             return source
-        key = (id(source), kind)
-        if key in self._built:
-            self._built.move_to_end(key)
-            return self._built[key][1]
-        pipeline = self._build(source, kind)
-        self._built[key] = (source, pipeline)
-        while len(self._built) > self.keep:
-            self._built.popitem(last=False)
-        return pipeline
+        built = self._built.setdefault(source, {})
+        if kind not in built:
+            built[kind] = self._build(source, kind)
+        return built[kind]
 
     def _build(self, source: Any, kind: str) -> Any:
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting

@@ -1,5 +1,7 @@
 """Image-conditioned rows on the tiny models: img2img, inpainting and a hires pass, batched like the rest."""
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -164,6 +166,9 @@ def test_each_kind_is_built_once_over_the_loaded_modules():
     assert kinds.of(base, "inpaint") is inpaint and kinds.of(base, "txt2img") is base
     assert inpaint.unet is base.unet and inpaint.vae is base.vae and inpaint.text_encoder is base.text_encoder
     assert type(kinds.of(base, "img2img")).__name__ == "StableDiffusionImg2ImgPipeline"
+    del base, inpaint
+    gc.collect()
+    assert not kinds._built  # a dropped source (a ControlNet pipeline the cache let go) takes its kinds along
 
 
 def test_the_second_pass_runs_exactly_the_hires_steps_whatever_the_strength():
