@@ -173,7 +173,7 @@ class VariantSettings:
     controlnets_on_device: int = 2
     # Parked in host memory: moving one back takes a fraction of a second, loading it from disk seconds.
     controlnets_on_cpu: int = 4
-    # Control images are small; 4 parallel reads hide S3/HTTP latency for the next batch or two.
+    # Input images (control, init, mask) are small; 4 parallel reads hide S3/HTTP latency for the next batch or two.
     fetch_threads: int = 4
     # Fetched ahead of rendering at most: keeps I/O ahead of the GPU with bounded memory.
     prefetch_images: int = 16

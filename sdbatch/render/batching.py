@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from sdbatch.plan import VARIANT_COLUMNS
 from sdbatch.render.inputs import RowInputs
 from sdbatch.render.text.encode import Conditioning
@@ -81,8 +83,6 @@ def controlnets_of(row: dict[str, Any]) -> list[dict]:
 
 def text_arguments(batch: Batch) -> dict[str, Any]:
     """The rows' prompt states as the pipeline takes them; SDXL's pooled vectors too."""
-    import torch
-
     states = batch.conditioning
     out = {"prompt_embeds": torch.cat([c.embeds for c in states]),
            "negative_prompt_embeds": torch.cat([c.negative for c in states])}

@@ -235,8 +235,8 @@ class Renderer:
         return images, images[0].size, type(batch.variant.pipeline.scheduler).__name__
 
     def _second_pass(self, batch: Batch, first: Any, size: tuple[int, int]) -> list:
-        """A hires batch's second pass over its first pass's output (latents, or images: A1111's "before
-        highres fix")."""
+        """A hires batch's second pass over its first pass's output (latents, or decoded images); a method so
+        that a test can keep the first pass."""
         return calls.second_pass(batch, first, size)
 
     def render_shard(self, task: ShardTask, on_device: OnDevice = inline) -> ShardResult:

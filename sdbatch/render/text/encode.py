@@ -40,6 +40,7 @@ class _Encoder:
     model: Any
     index: int  # 0: CLIP-L (text_encoder), 1: OpenCLIP-G (text_encoder_2)
     penultimate: bool  # SDXL takes the penultimate layer, unnormalized; SD1.x/2.x the last, normalized
+    comma: int | None  # the ", " token chunks are cut after (A1111's backtrack); None if the vocabulary lacks it
 
     def layer_count(self) -> int:
         return int(self.model.config.num_hidden_layers)
@@ -53,7 +54,7 @@ class PromptEncoder:
         self.sdxl = getattr(pipeline, "text_encoder_2", None) is not None
         pairs = [(pipeline.tokenizer, pipeline.text_encoder), (getattr(pipeline, "tokenizer_2", None),
                                                                  getattr(pipeline, "text_encoder_2", None))]
-        self.encoders = [_Encoder(tok, model, i, self.sdxl) for i, (tok, model) in enumerate(pairs)
+        self.encoders = [_Encoder(tok, model, i, self.sdxl, _comma(tok)) for i, (tok, model) in enumerate(pairs)
                          if tok is not None and model is not None]
         self._tokens: dict[tuple[int, str], list[int]] = {}
 
@@ -111,10 +112,8 @@ class PromptEncoder:
         texts = [parse(row.get("prompt") or "", syntax), parse(row.get("negative_prompt") or "", syntax)]
         sides, counts = {}, set()
         for encoder in self.encoders:
-            tok = encoder.tokenizer
-            comma = tok.convert_tokens_to_ids(",</w>")
-            cut = [chunked(fragments, partial(self._token_ids, encoder.index), None if comma == tok.unk_token_id
-                           else comma, self.embeddings.finder(tok)) for fragments in texts]
+            cut = [chunked(fragments, partial(self._token_ids, encoder.index), encoder.comma,
+                           self.embeddings.finder(encoder.tokenizer)) for fragments in texts]
             count = max(len(side) for side in cut)
             sides[encoder.index] = tuple(side + [Chunk() for _ in range(count - len(side))] for side in cut)
             counts.add(count)
@@ -197,6 +196,11 @@ class _RowPlan:
     clip_skip: int
     used: list[str]  # embedding names, in order of use
     zero_negative: bool  # the negative prompt's states and pooled vector are zeros (SDXL, A1111, empty)
+
+
+def _comma(tokenizer: Any) -> int | None:
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    return None if comma == tokenizer.unk_token_id else comma
 
 
 def _layer(model: Any, output: Any, n: int, skip: int, penultimate: bool) -> torch.Tensor:
