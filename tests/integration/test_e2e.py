@@ -153,7 +153,7 @@ def test_sigkilled_driver_resumes_without_rerendering_committed_shards(tmp_path)
         time.sleep(0.05)
     store = open_store(str(out))
     assert describe(read_progress(store)).startswith("running (last heartbeat")
-    actors = processes_under(driver.pid, "RenderActor")  # the only writers of markers
+    actors = processes_under(driver.pid, "ray::RenderActor")  # the only writers of markers
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     _, alive = psutil.wait_procs(actors, timeout=60)  # Ray's fate-sharing takes them down with the driver
@@ -193,7 +193,7 @@ def test_a_killed_actor_and_a_stopped_one_are_replaced_and_their_shards_requeued
     while _count(out / "_committed") < 2:
         assert driver.poll() is None and time.monotonic() < deadline, "run ended before an actor was killed"
         time.sleep(0.05)
-    victims = processes_under(driver.pid, "RenderActor")
+    victims = processes_under(driver.pid, "ray::RenderActor")
     assert len(victims) == 2
     killed, stopped = victims
     stopped.suspend()

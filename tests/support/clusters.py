@@ -66,7 +66,7 @@ class LocalCluster:
         actors = []
         for raylet in node.all_processes.get("raylet", []):
             try:
-                actors += processes_under(raylet.process.pid, "RenderActor")
+                actors += processes_under(raylet.process.pid, "ray::RenderActor")
             except psutil.Error:  # the raylet is gone
                 pass
         return actors

@@ -62,16 +62,18 @@ def assert_exactly_once(store, ids: list[str]) -> None:
 
 
 
-def processes_under(pid: int, name_part: str) -> list:
-    """The live descendants of `pid` whose command line (Ray's process title, e.g. ray::RenderActor) or name
-    holds `name_part`."""
+def processes_under(pid: int, title: str) -> list:
+    """The live descendants of `pid` whose process name is `title` as the kernel keeps it: its first 15
+    characters (Ray's "ray::RenderActor" is "ray::RenderActo"). Read from /proc/PID/comm, which asks nothing of
+    the process (reading its command line takes a lock on the process's memory)."""
     import psutil
 
     found = []
     for process in psutil.Process(pid).children(recursive=True):
         try:
-            if name_part in " ".join(process.cmdline()) or process.name() == name_part:
-                found.append(process)
-        except psutil.Error:  # exited (or a zombie) between listing and reading
+            with open(f"/proc/{process.pid}/comm") as comm:
+                if comm.read().rstrip("\n") == title[:15]:
+                    found.append(process)
+        except OSError:  # exited between listing and reading
             pass
     return found
