@@ -42,38 +42,48 @@ def parse(prompt: str, syntax: str = "a1111") -> list[Fragment]:
     if syntax != "a1111":
         raise PromptSyntaxError(f"unknown prompt syntax {syntax!r}; use one of {', '.join(SYNTAXES)}")
     pieces: list[list] = []  # [text, weight], weights multiplied in place as brackets close
-    opened: list[list] = []  # [bracket, first piece inside, character offset, offset of its last own ':']
+    opened: list[_Open] = []
     for unit in _UNIT.finditer(prompt):
         token, weight = unit.group(0), unit.group("weight")
-        inside_square = bool(opened) and opened[-1][0] == "["
+        square = opened[-1] if opened and opened[-1].bracket == "[" else None
         if token.startswith("\\"):
             pieces.append([token[1:], 1.0])  # as A1111: a lone backslash is dropped
         elif token in "([":
-            opened.append([token, len(pieces), unit.start(), None])
-        elif weight is not None and opened and opened[-1][0] == "(":
-            _scale(pieces, opened.pop()[1], _number(weight, prompt, unit.start()))
+            opened.append(_Open(token, len(pieces), unit.start()))
+        elif weight is not None and opened and opened[-1].bracket == "(":
+            _scale(pieces, opened.pop().first_piece, _number(weight, prompt, unit.start()))
         elif token in ")]" or weight is not None:
-            if token == "]" and inside_square and opened[-1][3] is not None:
-                _refuse_editing(prompt, opened[-1], unit.end())
+            if token == "]" and square and square.colon is not None:
+                _refuse_editing(prompt, square, unit.end())
             _close(pieces, opened, token[-1], prompt, unit.start())
         else:
-            if inside_square and token == ":":
-                opened[-1][3] = unit.start()
-            elif inside_square and "|" in token:
-                _refuse_scheduling(prompt, opened[-1][2], prompt.find("]", unit.start()) + 1)
+            if square and token == ":":
+                square.colon = unit.start()
+            elif square and "|" in token:
+                _refuse_scheduling(prompt, square.at, prompt.find("]", unit.start()) + 1)
             _text(pieces, token)
     if opened:
-        bracket, _, where, _ = opened[-1]
-        raise PromptSyntaxError(f"{bracket!r} at character {where + 1} is never closed ({_context(prompt, where)}); "
-                                f"close it, or {_FIX}")
+        where = opened[-1].at
+        raise PromptSyntaxError(f"{opened[-1].bracket!r} at character {where + 1} is never closed "
+                                f"({_context(prompt, where)}); close it, or {_FIX}")
     return _merged(pieces)
 
 
-def _refuse_editing(prompt: str, bracket: list, end: int) -> None:
+@dataclass
+class _Open:
+    """A bracket not closed yet."""
+
+    bracket: str  # "(" or "["
+    first_piece: int  # the first of the pieces it weighs
+    at: int  # its character offset
+    colon: int | None = None  # the offset of the last ':' directly inside it
+
+
+def _refuse_editing(prompt: str, square: _Open, end: int) -> None:
     """A square bracket whose own last ':' is followed by a number is A1111's [from:to:when] (or [to:when]);
     other colons in it are text, as A1111 reads them."""
-    if _WHEN.fullmatch(prompt, bracket[3] + 1, end - 1):
-        _refuse_scheduling(prompt, bracket[2], end)
+    if _WHEN.fullmatch(prompt, square.colon + 1, end - 1):
+        _refuse_scheduling(prompt, square.at, end)
 
 
 def _refuse_scheduling(prompt: str, start: int, end: int) -> None:
@@ -84,12 +94,12 @@ def _refuse_scheduling(prompt: str, start: int, end: int) -> None:
                             f"sdbatch does not render; write the prompt without it, or {_FIX}")
 
 
-def _close(pieces: list[list], opened: list, bracket: str, prompt: str, where: int) -> None:
+def _close(pieces: list[list], opened: list[_Open], bracket: str, prompt: str, where: int) -> None:
     expected = {")": "(", "]": "["}[bracket]
-    if not opened or opened[-1][0] != expected:
-        what = f"does not match {opened[-1][0]!r}" if opened else "closes nothing"
+    if not opened or opened[-1].bracket != expected:
+        what = f"does not match {opened[-1].bracket!r}" if opened else "closes nothing"
         raise PromptSyntaxError(f"{bracket!r} at character {where + 1} {what} ({_context(prompt, where)}); {_FIX}")
-    _scale(pieces, opened.pop()[1], UP if bracket == ")" else DOWN)
+    _scale(pieces, opened.pop().first_piece, UP if bracket == ")" else DOWN)
 
 
 def _number(text: str, prompt: str, where: int) -> float:

@@ -32,21 +32,18 @@ def row_inputs(row: dict[str, Any], images: Prefetcher, size: tuple[int, int]) -
     hold a place in its window for the rest of the call), then decode each at `size`; an image that cannot be
     read or decoded raises, labelled with what it was."""
     taken = [(what, uri, _taken(images, uri)) for what, uri in _row_images(row)]
-    decoded = []
+    decoded: dict[str, list[tuple[Image.Image, str]]] = {"control image": [], "init image": [], "mask image": []}
     for what, uri, fetched in taken:
         with labelled(f"{what} {uri}"):
             if isinstance(fetched, Exception):
                 raise fetched
             image = decode_image(fetched, size)
-            decoded.append((image.convert(_MODES.get(what, image.mode)), fetched.sha256))
-    controls = len(row.get("controlnets") or ())
-    init, mask = (decoded[controls:] + [(None, None)] * 2)[:2]
-    return RowInputs([image for image, _ in decoded[:controls]], [sha for _, sha in decoded[:controls]],
-                     init[0], mask[0], init[1], mask[1])
-
-
-# init images are RGB; a mask is one channel, white where the image is repainted.
-_MODES = {"init image": "RGB", "mask image": "L"}
+            decoded[what].append((image.convert("L") if what == "mask image" else image, fetched.sha256))
+    (init, init_sha256), = decoded["init image"] or [(None, None)]
+    (mask, mask_sha256), = decoded["mask image"] or [(None, None)]
+    controls = decoded["control image"]
+    return RowInputs([image for image, _ in controls], [sha for _, sha in controls], init, mask, init_sha256,
+                     mask_sha256)
 
 
 def _row_images(row: dict[str, Any]) -> list[tuple[str, str]]:
