@@ -74,7 +74,7 @@ def child_b(config: Config, out: str) -> dict:
 
     from sdbatch import read_results
     from sdbatch.cli.progress import RunProgress
-    from sdbatch.driver import SubmitRequest, execute, prepare
+    from sdbatch.run.driver import SubmitRequest, execute, prepare
     from sdbatch.spec import load_spec
 
     manifest = Path(out).with_suffix(".parquet")

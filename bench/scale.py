@@ -61,8 +61,8 @@ t0 = time.perf_counter(); table = pq.read_table(sys.argv[1]); out = {'seconds': 
 """
 
 PREPARE = """
-from sdbatch.driver import SubmitRequest, prepare
-from sdbatch.planning import PlannedRows
+from sdbatch.run.driver import SubmitRequest, prepare
+from sdbatch.plan.planned import PlannedRows
 from sdbatch.spec import load_spec
 t0 = time.perf_counter()
 spec = load_spec(None, {'defaults.model': 'tiny:sd15'})
@@ -75,8 +75,8 @@ out = {'seconds': time.perf_counter() - t0, 'shards': len(prepared.plan.shards),
 
 PLAN = """
 import tempfile
-from sdbatch.estimate import Rates, estimate
-from sdbatch.planning import plan_manifest
+from sdbatch.run.estimate import Rates, estimate
+from sdbatch.plan.planned import plan_manifest
 from sdbatch.settings import RowDefaults
 t0 = time.perf_counter()
 with tempfile.TemporaryDirectory() as workdir:
@@ -101,7 +101,7 @@ def bench_prepare(rows: int, tmp: str) -> dict:
 
 
 COMMIT = """
-from sdbatch.commits import MarkerIndex, commit_shard
+from sdbatch.output.commits import MarkerIndex, commit_shard
 from sdbatch.store import open_store
 store_uri, shards, shard_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = open_store(store_uri)
@@ -127,9 +127,9 @@ def bench_commits(store_uri: str, shards: int, shard_size: int) -> dict:
 
 
 OUTPUT_READS = """
-from sdbatch.commits import read_markers
-from sdbatch.output import run_counts
-from sdbatch.results import compact, open_results, read_results
+from sdbatch.output.commits import read_markers
+from sdbatch.output.job import run_counts
+from sdbatch.output.results import compact, open_results, read_results
 from sdbatch.store.local import LocalStore
 store = LocalStore(sys.argv[1]); what = sys.argv[2]
 t0 = time.perf_counter()
@@ -235,7 +235,7 @@ def bench_s3_commits(shards: int, tmp: str) -> str:
         os.environ["AWS_ENDPOINT_URL_S3"] = server.endpoint
         r = bench_commits(f"s3://{bucket}/run", shards, 32)
         status = child("""
-from sdbatch.commits import read_markers
+from sdbatch.output.commits import read_markers
 from sdbatch.store import open_store
 store = open_store(sys.argv[1]); gets = []
 get = store.get

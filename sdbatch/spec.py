@@ -11,11 +11,11 @@ from typing import Any
 
 import tomllib
 
+from sdbatch.a1111.samplers import resolve
+from sdbatch.a1111.syntax import SYNTAXES
 from sdbatch.errors import SpecError
-from sdbatch.manifest_images import HIRES_UPSCALERS
-from sdbatch.manifest_prompts import MAX_CLIP_SKIP
-from sdbatch.prompt_syntax import SYNTAXES
-from sdbatch.schedulers import resolve
+from sdbatch.manifest.images import HIRES_UPSCALERS
+from sdbatch.manifest.prompts import MAX_CLIP_SKIP
 from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")

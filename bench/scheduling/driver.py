@@ -9,7 +9,7 @@ import tempfile
 import time
 
 from sdbatch.engine.policy import ShardQueue
-from sdbatch.plan import Shard
+from sdbatch.plan.shards import Shard
 
 from .workload import MODEL
 
@@ -22,11 +22,11 @@ def driver_cpu_per_shard(shards: int, actors: int, sleep_s: float, in_flight: in
     import ray
 
     from sdbatch.engine.dispatch import Dispatcher
-    from sdbatch.output import new_attempt_id
-    from sdbatch.plan import plan_shards
-    from sdbatch.planning import ROW_GROUP_ROWS, PlannedRows
+    from sdbatch.manifest.references import CONTROLNET_TYPE, LORA_TYPE
+    from sdbatch.output.job import new_attempt_id
+    from sdbatch.plan.planned import ROW_GROUP_ROWS, PlannedRows
+    from sdbatch.plan.shards import plan_shards
     from sdbatch.tasks import ShardResult, ShardTask
-    from sdbatch.variant_columns import CONTROLNET_TYPE, LORA_TYPE
 
     class SleepActor:
         """RenderActor's interface; sleeps instead of rendering."""

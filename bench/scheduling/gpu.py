@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import random
 
-from sdbatch.plan import Variant
+from sdbatch.plan.shards import Variant
 
 from .workload import Costs
 

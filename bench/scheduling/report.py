@@ -9,7 +9,7 @@ import platform
 import statistics
 
 from sdbatch.engine.policy import HELD_VARIANTS
-from sdbatch.plan import Variant
+from sdbatch.plan.shards import Variant
 from sdbatch.settings import OutputSettings
 
 from .driver import driver_cpu_per_shard, fill_cpu

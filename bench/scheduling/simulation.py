@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from sdbatch.engine.policy import Holdings, ShardQueue, fill, remember
-from sdbatch.plan import Shard, Variant
+from sdbatch.plan.shards import Shard, Variant
 
 from .gpu import GpuCaches
 from .workload import Costs, Workload

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from sdbatch.plan import Shard, Variant
+from sdbatch.plan.shards import Shard, Variant
 from sdbatch.settings import VariantSettings
 
 MODEL = "runwayml/stable-diffusion-v1-5"

@@ -30,8 +30,8 @@ def status(output: RunOutput, s3_endpoint: S3Endpoint = None, address: Address =
     """Counts of a run from its output store, finished or not, whether its driver is alive (its heartbeat),
     and its Ray Job's state if it has one."""
     from sdbatch.errors import ObjectNotFound
-    from sdbatch.heartbeat import describe, read_progress
-    from sdbatch.output import run_counts
+    from sdbatch.output.heartbeat import describe, read_progress
+    from sdbatch.output.job import run_counts
 
     store = _store(output, s3_endpoint)
     try:
@@ -70,7 +70,7 @@ def cancel(output: RunOutput, s3_endpoint: S3Endpoint = None, address: Address =
 def compact(output: RunOutput, s3_endpoint: S3Endpoint = None) -> None:
     """Join a finished run's results with its manifest into a few Parquet files (results/), which
     sdbatch.open_results and read_results then read; a complete submit does this itself."""
-    from sdbatch.results import compact as compact_results
+    from sdbatch.output.results import compact as compact_results
 
     doc = compact_results(_store(output, s3_endpoint))
     typer.echo(f"{doc['rows']} rows in {len(doc['parts'])} file(s) under {output.rstrip('/')}/results/")

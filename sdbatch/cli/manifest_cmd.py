@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdbatch.authoring import AuthoringOptions, build_manifest
 from sdbatch.cli.options import (
     ClipSkip,
     EmbeddingDir,
@@ -24,8 +23,9 @@ from sdbatch.cli.options import (
     prompt_overrides,
     s3_settings,
 )
-from sdbatch.manifest import normalize, read_manifest
-from sdbatch.plan import plan_shards
+from sdbatch.manifest.authoring import AuthoringOptions, build_manifest
+from sdbatch.manifest.normalize import normalize, read_manifest
+from sdbatch.plan.shards import plan_shards
 
 app = typer.Typer(help="Validate, inspect and create manifests.", no_args_is_help=True)
 SHOWN_ROWS = 5
@@ -36,7 +36,7 @@ def validate(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None,
              embedding_dir: EmbeddingDir = None, prompt_syntax: PromptSyntax = None,
              clip_skip: ClipSkip = None) -> None:
     """Check a manifest against the schema; exit 2 with the column, row and fix if it is invalid."""
-    from sdbatch.planning import plan_manifest
+    from sdbatch.plan.planned import plan_manifest
 
     spec = job_spec(job, **{"defaults.lora_dir": lora_dir}, **prompt_overrides(embedding_dir, prompt_syntax, clip_skip))
     with tempfile.TemporaryDirectory(prefix="sdbatch-validate-") as workdir:
@@ -108,7 +108,7 @@ def from_images(location: Annotated[str, typer.Argument(help="A folder or s3://b
                     "Refuse images whose parameters ask for what sdbatch does not render (hires fix, "
                     "variation seeds, ...) instead of reporting them."))] = False) -> None:
     """A manifest that renders the images again, from the A1111 parameters embedded in each file."""
-    from sdbatch.reproduce import write_manifest_from_images
+    from sdbatch.manifest.from_images import write_manifest_from_images
 
     output.parent.mkdir(parents=True, exist_ok=True)
     read = write_manifest_from_images(location, str(output), s3_settings(s3_endpoint), strict=strict)

@@ -69,8 +69,8 @@ def plan(
 ) -> None:
     """Dry run: rows, variants, shards, the LoRA/ControlNet loads the scheduler would do, time and cost.
     Reads the manifest only: nothing is written, no Ray, no GPU."""
-    from sdbatch.estimate import Rates, estimate
-    from sdbatch.planning import plan_manifest
+    from sdbatch.plan.planned import plan_manifest
+    from sdbatch.run.estimate import Rates, estimate
 
     overrides = {**row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir),
                  **prompt_overrides(embedding_dir, prompt_syntax, clip_skip),
@@ -85,7 +85,7 @@ def plan(
 
 
 def _estimate_table(result, shard_size: int) -> Table:
-    from sdbatch.estimate import duration
+    from sdbatch.run.estimate import duration
 
     d, o = result.dispatch, result.other
     policy = "affinity" if d.affinity else "plan order"
@@ -135,7 +135,7 @@ def gallery(
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """A static HTML contact sheet: thumbnails by group with prompt, seed and id, the failures and totals."""
-    from sdbatch.gallery import GALLERY_KEY, GallerySettings, make_gallery
+    from sdbatch.run.gallery import GALLERY_KEY, GallerySettings, make_gallery
     from sdbatch.store import open_store
 
     store = open_store(output, s3_settings(s3_endpoint))

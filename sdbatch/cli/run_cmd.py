@@ -34,7 +34,7 @@ from sdbatch.cli.options import (
     row_overrides,
     s3_settings,
 )
-from sdbatch.driver import (
+from sdbatch.run.driver import (
     RunSummary,
     SubmitRequest,
     execute,
@@ -115,7 +115,7 @@ def submit(
 
 def submit_and_follow(request: SubmitRequest, console: Console, follow: bool) -> int:
     from sdbatch.engine import jobs
-    from sdbatch.output import run_counts
+    from sdbatch.output.job import run_counts
 
     with prepare(request) as prepared:
         remote = submit_to_cluster(prepared)
@@ -182,7 +182,7 @@ def demo(output: Annotated[Path, Opt("--output", "-o", help="Where to write the 
     """Build the tiny offline model, write a sample manifest and render it on a local Ray."""
     import pyarrow.parquet as pq
 
-    from sdbatch.authoring import prompts_table
+    from sdbatch.manifest.authoring import prompts_table
 
     job_file = job or str(_find_demo_job())
     prompts = [f"{subject}, {style}" for subject in DEMO_SUBJECTS for style in DEMO_STYLES]

@@ -16,7 +16,7 @@ from sdbatch.engine.dispatch import Dispatcher, DispatchReport, Events
 from sdbatch.engine.watch import Watch
 from sdbatch.errors import RayLost, RunStopped
 from sdbatch.logs import quieted
-from sdbatch.plan import Shard, shards_except
+from sdbatch.plan.shards import Shard, shards_except
 from sdbatch.settings import RendererSettings, S3Settings
 from sdbatch.spec import JobSpec
 from sdbatch.store.base import Store

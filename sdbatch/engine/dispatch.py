@@ -20,7 +20,7 @@ from sdbatch.engine import nodes
 from sdbatch.engine.policy import Holdings, ShardQueue, fill
 from sdbatch.engine.watch import ShardClock, SlotTimer, Stall, Watch, pool_story
 from sdbatch.errors import FatalRunError, ModelLoadError, RayLost, RunStopped
-from sdbatch.plan import Shard
+from sdbatch.plan.shards import Shard
 from sdbatch.tasks import ShardResult, ShardTask
 
 # Failures that mean "the process or node holding the work went away", not "the work is bad".

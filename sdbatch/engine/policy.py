@@ -13,7 +13,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
-from sdbatch.plan import Shard, Variant
+from sdbatch.plan.shards import Shard, Variant
 
 # How many recent variants the driver assumes an actor still has warm (LoRA adapters and
 # ControlNets stay resident a while after their last shard; see the render caches).

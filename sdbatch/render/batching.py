@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sdbatch.plan import VARIANT_COLUMNS
+from sdbatch.plan.shards import VARIANT_COLUMNS
 from sdbatch.render.inputs import RowInputs
 from sdbatch.render.text.encode import Conditioning
 from sdbatch.render.variants.cache import ActiveVariant

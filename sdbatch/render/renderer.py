@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 import torch
 
 from sdbatch.errors import InputUnavailable
+from sdbatch.output.layouts.shards import shard_output
+from sdbatch.output.records import RenderedRow, failed
+from sdbatch.output.uploads import Uploads
 from sdbatch.render import calls
 from sdbatch.render.batching import (
     Batch,
@@ -31,10 +34,6 @@ from sdbatch.render.models.loading import (
     make_scheduler,
     pick_device,
 )
-from sdbatch.render.output.encode import to_pil
-from sdbatch.render.output.results import RenderedRow, failed, versions
-from sdbatch.render.output.shards import shard_output
-from sdbatch.render.output.uploads import Uploads
 from sdbatch.render.text.embeddings import EmbeddingLibrary
 from sdbatch.render.text.encode import PromptEncoder
 from sdbatch.render.variants.cache import VariantCache
@@ -43,6 +42,7 @@ from sdbatch.render.variants.loras import StateDictCache
 from sdbatch.settings import RendererSettings
 from sdbatch.store.base import Store
 from sdbatch.tasks import ShardResult, ShardTask
+from sdbatch.version import __version__
 
 T = TypeVar("T")
 # Runs a shard's rendering phase where the device is, one shard at a time, and returns its value. Inline by
@@ -227,7 +227,7 @@ class Renderer:
         size = _size(model, first)
         with torch.inference_mode():
             if first.get("hires_scale") is None:
-                images = to_pil(calls.first_pass(batch, size))
+                images = calls.to_pil(calls.first_pass(batch, size))
             else:
                 images = self._second_pass(batch, calls.first_pass(batch, size, calls.hires_first_output(first)), size)
         if first.get("pipeline") == "inpaint":
@@ -287,3 +287,11 @@ class Renderer:
 
 def _size(model: LoadedModel, row: dict[str, Any]) -> tuple[int, int]:
     return int(row["width"] or model.native_size[0]), int(row["height"] or model.native_size[1])
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {"sdbatch": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}

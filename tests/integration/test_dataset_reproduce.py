@@ -15,11 +15,11 @@ import webdataset as wds
 from PIL import Image
 
 import sdbatch
-from sdbatch.a1111 import parse_parameters, read_parameters
-from sdbatch.gallery import GallerySettings, make_gallery
-from sdbatch.output import image_key
+from sdbatch.a1111.parameters import parse_parameters, read_parameters
+from sdbatch.manifest.from_images import manifest_from_images
+from sdbatch.output.job import image_key
 from sdbatch.render.renderer import Renderer
-from sdbatch.reproduce import manifest_from_images
+from sdbatch.run.gallery import GallerySettings, make_gallery
 from sdbatch.settings import RendererSettings
 from sdbatch.store.local import LocalStore
 from sdbatch.tasks import ShardTask

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from sdbatch.plan import Shard, Variant
+from sdbatch.plan.shards import Shard, Variant
 from sdbatch.tasks import ShardResult
 
 

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 import sdbatch
-from sdbatch.commits import read_markers
-from sdbatch.heartbeat import describe, read_progress
+from sdbatch.output.commits import read_markers
+from sdbatch.output.heartbeat import describe, read_progress
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
 from tests.support.util import (

@@ -87,7 +87,7 @@ def test_corrupt_lora_and_unreadable_control_image_fail_only_their_rows(tmp_path
     import torch
     from safetensors.torch import save_file
 
-    from sdbatch.a1111 import parse_parameters, read_parameters
+    from sdbatch.a1111.parameters import parse_parameters, read_parameters
 
     (tmp_path / "embeddings").mkdir()
     save_file({"emb_params": torch.randn(2, 32)}, tmp_path / "embeddings" / "fuzzyfox.safetensors")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Mapping, Sequence
 
-from sdbatch.plan import Shard, Variant
+from sdbatch.plan.shards import Shard, Variant
 
 
 class RuleQueue:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sdbatch.commits import commit_shard
-from sdbatch.manifest import normalize
-from sdbatch.plan import plan_shards
+from sdbatch.manifest.normalize import normalize
+from sdbatch.output.commits import commit_shard
+from sdbatch.plan.shards import plan_shards
 from sdbatch.settings import RowDefaults
 from sdbatch.store.local import LocalStore
 

@@ -101,18 +101,18 @@ def _loaded_by(module: str) -> set[str]:
 
 # What each light module may never pull in, however indirectly (a module it imports importing torch counts).
 LIGHT = {
-    "sdbatch.plan": HEAVY | {"ray", "boto3"},
+    "sdbatch.plan.shards": HEAVY | {"ray", "boto3"},
     "sdbatch.engine.policy": HEAVY | {"ray", "boto3"},
     "sdbatch.engine.watch": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.engine.dispatch": HEAVY,
-    "sdbatch.heartbeat": HEAVY | {"ray", "pyarrow", "boto3"},
-    "sdbatch.manifest": HEAVY | {"ray"},
-    "sdbatch.estimate": HEAVY | {"ray"},
+    "sdbatch.output.heartbeat": HEAVY | {"ray", "pyarrow", "boto3"},
+    "sdbatch.manifest.normalize": HEAVY | {"ray"},
+    "sdbatch.run.estimate": HEAVY | {"ray"},
     # The driver's planning and the readers of big runs: no torch, no Ray, boto3 only for s3:// (lazily).
-    "sdbatch.planning": HEAVY | {"ray", "boto3"},
-    "sdbatch.commits": HEAVY | {"ray", "boto3"},
-    "sdbatch.results": HEAVY | {"ray", "boto3"},
-    "sdbatch.gallery": HEAVY | {"ray", "boto3"},
+    "sdbatch.plan.planned": HEAVY | {"ray", "boto3"},
+    "sdbatch.output.commits": HEAVY | {"ray", "boto3"},
+    "sdbatch.output.results": HEAVY | {"ray", "boto3"},
+    "sdbatch.run.gallery": HEAVY | {"ray", "boto3"},
     "sdbatch.errors": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.settings": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.cli.app": HEAVY | {"ray"},

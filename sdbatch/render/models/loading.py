@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from sdbatch.a1111.samplers import BY_NAME as SCHEDULERS_BY_NAME
 from sdbatch.errors import ModelLoadError
 from sdbatch.render.models.fastpath import compile_unet, optimize, pick_dtype
 from sdbatch.render.models.sources import cache_root, hub_snapshot, resolve_source
-from sdbatch.schedulers import BY_NAME as SCHEDULERS_BY_NAME
 from sdbatch.settings import FastPath, S3Settings
 
 # A single-file checkpoint carries weights only: its configs come from the reference model of its family

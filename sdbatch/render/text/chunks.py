@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sdbatch.prompt_syntax import BREAK, Fragment
+from sdbatch.a1111.syntax import BREAK, Fragment
 
 CHUNK_TOKENS = 75  # CLIP's 77 positions less the start and end tokens that frame every chunk
 # A chunk that fills up within this many tokens of a comma is cut after the comma, so a phrase is not split

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 
 import torch
 
-from sdbatch.a1111 import hashes_of
+from sdbatch.a1111.parameters import hashes_of
 from sdbatch.errors import VariantError, reading
 from sdbatch.settings import S3Settings
 

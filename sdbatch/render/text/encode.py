@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from sdbatch.a1111.syntax import parse
 from sdbatch.errors import InputUnavailable
-from sdbatch.prompt_syntax import parse
 from sdbatch.render.text.chunks import Chunk, chunked, framed
 from sdbatch.render.text.embeddings import EmbeddingLibrary
 

@@ -109,7 +109,7 @@ def test_the_summary_prints_errors_as_they_are_and_groups_shards_not_done_by_rea
     from rich.console import Console
 
     from sdbatch.cli.run_cmd import print_summary
-    from sdbatch.driver import RunSummary
+    from sdbatch.run.driver import RunSummary
 
     counts = {"rows_total": 9, "rows_ok": 2, "rows_failed": 1, "rows_pending": 6, "shards_done": 1,
               "shards_total": 8}

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from sdbatch.engine.policy import HELD_VARIANTS, Holdings, ShardQueue, fill, remember
-from sdbatch.plan import Shard, Variant
+from sdbatch.plan.shards import Shard, Variant
 from tests.support.policy_rule import RuleQueue
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from sdbatch.a1111.samplers import SCHEDULERS
 from sdbatch.errors import ModelLoadError
 from sdbatch.render.models.loading import (
     load_model,
@@ -10,7 +11,6 @@ from sdbatch.render.models.loading import (
     model_hash,
 )
 from sdbatch.render.models.sources import resolve_source
-from sdbatch.schedulers import SCHEDULERS
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 

@@ -56,7 +56,7 @@ def test_local_references_are_checked_before_any_actor_starts(models, tmp_path):
     import pyarrow as pa
 
     from sdbatch.errors import ManifestError
-    from sdbatch.manifest import check_local_references
+    from sdbatch.manifest.normalize import check_local_references
 
     (tmp_path / "old.ckpt").write_bytes(b"pickle")
     ok = pa.table({"model": [str(models["single"]), str(models["folder"]), "tiny:sdxl", "org/name"],
@@ -72,8 +72,8 @@ def test_local_references_are_checked_before_any_actor_starts(models, tmp_path):
 
 
 def test_submit_takes_a_single_file_model_and_refuses_a_missing_one_before_ray(models, tmp_path):
-    from sdbatch.driver import SubmitRequest, prepare
     from sdbatch.errors import ManifestError
+    from sdbatch.run.driver import SubmitRequest, prepare
     from sdbatch.spec import load_spec
     from tests.support.util import write_manifest
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdbatch.commits import MARKER_PREFIX
+from sdbatch.output.commits import MARKER_PREFIX
 from sdbatch.render.models.fastpath import (
     auto_batch_size,
     keep_vae_in_float32,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
+from sdbatch.a1111.syntax import Fragment, parse
 from sdbatch.errors import VariantError
-from sdbatch.prompt_syntax import Fragment, parse
 from sdbatch.render.text.chunks import CHUNK_TOKENS, chunked, framed
 from sdbatch.render.text.embeddings import EmbeddingLibrary, read_embedding
 from sdbatch.render.text.encode import PromptEncoder

@@ -1,0 +1,196 @@
+"""Manifest: read a Parquet table (local or s3://), validate it with row-precise errors, normalize it."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sdbatch.a1111.samplers import resolve
+from sdbatch.errors import ManifestError
+from sdbatch.manifest import columns as cols
+from sdbatch.manifest.columns import ID_PATTERN, MAX_SIZE, derive_seed, duplicate_ids, rows_where
+from sdbatch.manifest.images import IMAGE_COLUMNS, image_columns
+from sdbatch.manifest.lists import Entries, entries_of, struct_field
+from sdbatch.manifest.problems import MAX_LISTED_PROBLEMS, Problem, Problems, raise_if
+from sdbatch.manifest.prompts import prompt_columns
+from sdbatch.manifest.references import (
+    CONSUMED_COLUMNS,
+    Resolver,
+    normalize_controlnets,
+    normalize_loras,
+)
+from sdbatch.output.commits import RESULT_SCHEMA
+from sdbatch.settings import RowDefaults
+
+__all__ = ["ID_PATTERN", "MANIFEST_COLUMNS", "MAX_LISTED_PROBLEMS", "MAX_SIZE", "RESULT_COLUMNS", "Problem",
+           "check_local_references", "derive_seed", "duplicate_ids", "normalize", "read_manifest"]
+
+# The columns `normalize` writes, in order; every other column of its output is a label.
+MANIFEST_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
+                    "scheduler", "model", "vae", "loras", "controlnets", "prompt_syntax", "clip_skip", *IMAGE_COLUMNS)
+# Columns only the results table has: read_results joins them onto the manifest's, so a label of the same
+# name would be shadowed.
+RESULT_COLUMNS = tuple(name for name in RESULT_SCHEMA.names if name not in MANIFEST_COLUMNS)
+
+
+def read_manifest(uri: str, s3_settings: Any = None) -> pa.Table:
+    """Read a Parquet manifest from a local path or s3://bucket/key."""
+    if uri.startswith("s3://"):
+        return _parse_parquet(_read_s3_bytes(uri, s3_settings), uri)
+    path = Path(uri)
+    if not path.exists():
+        raise ManifestError(f"manifest {uri} does not exist; check the path")
+    if path.is_dir():
+        raise ManifestError(f"manifest {uri} is a directory; pass a single .parquet file")
+    return _parse_parquet(path.read_bytes(), uri)
+
+
+def _read_s3_bytes(uri: str, s3_settings: Any) -> bytes:
+    from sdbatch.errors import ObjectNotFound
+    from sdbatch.store import open_store
+
+    parent, _, name = uri.rpartition("/")
+    try:
+        return open_store(parent, s3_settings).get(name)
+    except ObjectNotFound as exc:
+        raise ManifestError(f"manifest {uri} does not exist; check the key") from exc
+
+
+def _parse_parquet(data: bytes, uri: str) -> pa.Table:
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"manifest {uri} is not a Parquet file ({exc}); "
+                            "write it with pyarrow or pandas.DataFrame.to_parquet, "
+                            "or build one with `sdbatch manifest new`") from exc
+
+
+def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0,
+              total_rows: int | None = None, seed_workers: Executor | None = None) -> pa.Table:
+    """Validate every row and return the manifest with ids, seeds, defaults, LoRAs and ControlNets filled in.
+
+    A chunk of a bigger manifest can be normalized alone: first_row is its first row's position there (for
+    messages and default ids) and total_rows that manifest's size (for the default ids' width). Ids are
+    checked for uniqueness within `table` only. seed_workers: processes that derive seeds in parallel."""
+    problems = Problems(table.num_rows, first_row)
+    ids = cols.normalize_ids(table, problems, first_row, total_rows)
+    problems.raise_if()
+    problems.ids = ids
+    columns: dict[str, Any] = {"id": ids, "prompt": cols.prompts(table, problems)}
+    columns["negative_prompt"] = cols.strings(table, "negative_prompt", defaults.negative_prompt, problems)
+    columns["seed"] = cols.seeds(table, ids, defaults.seed, problems, seed_workers)
+    columns["steps"] = cols.ints(table, "steps", defaults.steps, problems, low=1, fix="use steps >= 1")
+    columns["guidance_scale"] = cols.floats(table, "guidance_scale", defaults.guidance_scale, problems)
+    for name in ("width", "height"):
+        columns[name] = cols.sizes(table, name, getattr(defaults, name), problems)
+    columns["scheduler"] = _schedulers(table, defaults.scheduler, problems)
+    columns["model"] = cols.strings(table, "model", defaults.model, problems, nonempty=True)
+    # None (null): the model's own VAE; the column is always written, so every run's manifest has one shape.
+    columns["vae"] = cols.strings(table, "vae", defaults.vae, problems, nonempty_if_set=True)
+    resolver = Resolver(defaults.lora_dir)
+    columns["prompt"], columns["loras"] = normalize_loras(table, columns["prompt"], resolver, problems.report)
+    columns["controlnets"] = normalize_controlnets(table, resolver, problems.report)
+    prompt_columns(table, columns, defaults, problems)  # after the LoRA tags are out of the prompts
+    image_columns(table, columns, defaults, resolver, problems)
+    _check_no_secrets_in_urls(columns, problems)
+    _check_label_names(table, problems)
+    problems.raise_if()
+    consumed = (*CONSUMED_COLUMNS, "schedule")
+    labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in consumed}
+    return pa.table({**columns, **labels})
+
+
+def _schedulers(table: pa.Table, default: str | None, problems: Problems) -> Any:
+    """Each row's scheduler by its sdbatch name, from sdbatch's or A1111's names in `scheduler` and an optional
+    `schedule` column ("Karras"); each distinct pair resolved once."""
+    names = cols.strings(table, "scheduler", default, problems)
+    schedules = cols.strings(table, "schedule", None, problems)
+    pairs = pc.binary_join_element_wise(pc.fill_null(names, ""), pc.fill_null(schedules, ""), "\x00")
+    distinct = pc.unique(pairs).to_pylist()
+    resolved, errors = [], {}
+    for pair in distinct:
+        name, _, schedule = pair.partition("\x00")
+        try:
+            resolved.append(resolve(name, schedule) if name else None)
+        except ValueError as exc:
+            resolved.append(None)
+            errors[pair] = f"{exc} (a `schedule` column or the name's suffix gives the schedule type)"
+    if errors:
+        bad = pc.is_in(pairs, value_set=pa.array(list(errors), pa.string()))
+        problems.add_rows("scheduler", rows_where(bad), lambda n: errors[pairs[n].as_py()])
+    return pc.take(pa.array(resolved, pa.string()), pc.index_in(pairs, value_set=pa.array(distinct, pa.string())))
+
+
+# Query parameters that make a URL a credential (presigned S3/GCS/Azure links, tokens).
+SECRET_QUERY = re.compile(r"(?i)(^|[?&])(x-amz-(signature|credential|security-token)|x-goog-(signature|credential)|"
+                          r"signature|sig|token|access_token|api_key|key)=")
+SECRET_URL = ("is a URL with a password, signature or token, which would be recorded in the output and in every "
+              "image; use an s3:// URI (credentials from the environment) or a URL that needs none")
+
+
+def _is_secret_url(value: str) -> bool:
+    if not value.startswith(("http://", "https://")):
+        return False
+    parts = urllib.parse.urlsplit(value)
+    return "@" in parts.netloc or bool(SECRET_QUERY.search(parts.query))
+
+
+def _secret(values) -> Any:
+    """Per value: is it a URL that carries a password or a signature? Judged once per distinct URL."""
+    urls = pc.unique(pc.filter(values, pc.starts_with(values, "http"))).to_pylist()
+    secret = [url for url in urls if _is_secret_url(url)]
+    if not secret:
+        return pa.repeat(pa.scalar(False), len(values))
+    return pc.is_in(values, value_set=pa.array(secret, pa.string()))
+
+
+def _check_no_secrets_in_urls(columns: dict[str, Any], problems: Problems) -> None:
+    """References are recorded in the output (manifest copy, results, each image's parameters): a URL that
+    carries a password or a signature there would publish it."""
+    for column in ("model", "vae", "init_image", "mask_image"):
+        problems.add_rows(column, rows_where(_secret(columns[column])), lambda n: SECRET_URL)
+    if len(pc.list_flatten(columns["loras"])):
+        loras = entries_of(columns["loras"])
+        for n in pc.filter(loras.rows, _secret(struct_field(loras.values, "path"))).to_pylist():
+            problems.report("loras", n, SECRET_URL)
+    if len(pc.list_flatten(columns["controlnets"])):
+        _check_controlnet_urls(entries_of(columns["controlnets"]), problems)
+
+
+def _check_controlnet_urls(nets: Entries, problems: Problems) -> None:
+    """A ControlNet entry's model, then its image, as the row-by-row check reported them."""
+    bad_model, bad_image = (_secret(struct_field(nets.values, name)) for name in ("model", "image"))
+    either = pc.or_(bad_model, bad_image)
+    for n, model, image in zip(*(pc.filter(a, either).to_pylist() for a in (nets.rows, bad_model, bad_image))):
+        for bad in (model, image):
+            if bad:
+                problems.report("controlnets", n, SECRET_URL)
+
+
+def _check_label_names(table: pa.Table, problems: Problems) -> None:
+    for name in table.column_names:
+        if name in RESULT_COLUMNS:
+            problems.add(name, None, "is a name the results table uses; rename this label column")
+
+
+def check_local_references(table: pa.Table) -> None:
+    """Refuse local model and VAE paths that cannot work (missing, not a diffusers folder or .safetensors file,
+    a pickled checkpoint) before any actor starts; for runs whose actors share this machine's disk."""
+    from sdbatch.render.models.sources import local_problem  # stdlib only: no torch
+
+    problems = []
+    for column in ("model", "vae"):
+        if column not in table.column_names:
+            continue
+        for reference in sorted(v for v in pc.unique(table.column(column)).to_pylist() if v):
+            problem = local_problem(reference)
+            if problem:
+                problems.append(Problem(column, None, problem))
+    raise_if(problems, table.num_rows)

@@ -1,0 +1,52 @@
+"""Manifest columns about how prompts are read: prompt_syntax, clip_skip, and prompts checked against the syntax."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sdbatch.a1111.syntax import SYNTAXES, problem
+from sdbatch.manifest import columns as cols
+from sdbatch.manifest.columns import rows_where
+from sdbatch.manifest.problems import Problems
+from sdbatch.settings import RowDefaults
+
+# CLIP-L, the widest-used text encoder, has 12 layers; no SD text encoder has more than OpenCLIP-bigG's 32.
+MAX_CLIP_SKIP = 32
+# Only prompts with one of these can fail to parse; the rest (most of a large manifest) are not parsed here.
+_SYNTAX_CHARS = r"[()\[\]\\]"
+
+
+def prompt_columns(table: pa.Table, columns: dict[str, Any], defaults: RowDefaults, problems: Problems) -> None:
+    """Add prompt_syntax and clip_skip to `columns`; report prompts and negative prompts that do not parse."""
+    syntax = cols.strings(table, "prompt_syntax", defaults.prompt_syntax, problems, allowed=SYNTAXES)
+    columns["prompt_syntax"] = syntax
+    columns["clip_skip"] = cols.ints(table, "clip_skip", defaults.clip_skip, problems, low=1, high=MAX_CLIP_SKIP,
+                                     fix="use 1 (the last layer, no skip) or more; A1111's `Clip skip: 2` is 2")
+    a1111 = pc.fill_null(pc.equal(syntax, "a1111"), False)
+    for name in ("prompt", "negative_prompt"):
+        _check_parses(columns[name], a1111, name, problems)
+    if defaults.embedding_dir is None:
+        _check_no_embeddings_pinned(table, problems)
+
+
+def _check_parses(prompts: Any, a1111: Any, name: str, problems: Problems) -> None:
+    candidates = pc.and_(a1111, pc.fill_null(pc.match_substring_regex(prompts, _SYNTAX_CHARS), False))
+    for n in rows_where(candidates).to_pylist():
+        reason = problem(prompts[n].as_py(), "a1111")
+        if reason:
+            problems.report(name, n, reason)
+
+
+def _check_no_embeddings_pinned(table: pa.Table, problems: Problems) -> None:
+    """Rows read from A1111 images name the embeddings they were made with (`ti_hashes`); without an embedding
+    folder their words would render as text, and the images would silently differ."""
+    column = cols.typed_column(table, "ti_hashes", "string", problems)
+    if column is None:
+        return
+    pinned = pc.and_(pc.is_valid(column), pc.not_equal(pc.fill_null(column, ""), ""))
+    problems.add_rows("ti_hashes", rows_where(pinned), lambda n: (
+        f"the row was made with textual inversion embeddings ({column[n].as_py()}) and the job has no "
+        "embedding_dir; pass --embedding-dir with those files, or drop the column to render the words as text"))

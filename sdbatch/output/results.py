@@ -1,0 +1,172 @@
+"""A run's results: read_results (a table), scan_results (batches), open_results (a lazy dataset), compact."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from sdbatch.errors import ObjectNotFound, UsageError
+from sdbatch.output.commits import RESULT_SCHEMA, get_many, json_bytes, read_markers, read_metadata
+from sdbatch.output.job import JOB_KEY, MANIFEST_KEY
+from sdbatch.plan.planned import read_batches
+from sdbatch.store.base import Store
+
+COMPACTED_KEY = "_compacted.json"
+RESULTS_PREFIX = "results/"
+# Manifest rows joined at a time: enough for Arrow to work in bulk, small beside any machine's memory.
+BATCH_ROWS = 1 << 16
+# Rows per compacted file: a few files for a million rows, each a comfortable unit for a reader's task.
+PART_ROWS = 1 << 18
+
+
+def compact(store: Store) -> dict[str, Any]:
+    """Write results/part-*.parquet (every manifest column joined with its result row, in the planned order)
+    and then _compacted.json naming them; a finished run only."""
+    job = json.loads(store.get(JOB_KEY))
+    shards_total = job["manifest"]["shards"]
+    markers = read_markers(store, shards_total)
+    if markers.num_rows < shards_total:
+        raise UsageError(f"{store.uri} is not finished ({markers.num_rows} of {shards_total} shards committed); "
+                         "rerun the same submit to finish it, then compact")
+    parts: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="sdbatch-compact-") as tmp:
+        writer = _PartWriter(store, tmp, parts)
+        for batch in _joined_batches(store, markers):
+            writer.add(batch)
+        writer.close()
+    doc = {"run_fingerprint": job["run_fingerprint"], "rows": job["manifest"]["rows"], "parts": parts}
+    store.put(COMPACTED_KEY, json_bytes(doc))
+    return doc
+
+
+def scan_results(output: str | Store, columns: list[str] | None = None, s3: Any = None) -> Iterator[pa.Table]:
+    """read_results' rows a batch at a time, in the same order, with bounded memory: from the compacted
+    files, or (a run not compacted yet) the manifest copy joined with the committed shards' metadata."""
+    store = _open(output, s3)
+    if store.exists(COMPACTED_KEY):
+        for batch in open_results(store).to_batches(columns=columns):
+            yield pa.Table.from_batches([batch])
+        return
+    if not store.exists(MANIFEST_KEY):
+        raise FileNotFoundError(f"{store.uri} holds no sdbatch run (no {MANIFEST_KEY})")
+    for batch in _joined_batches(store, read_markers(store)):
+        yield batch if columns is None else batch.select(columns)
+
+
+def _joined_batches(store: Store, markers: pa.Table) -> Iterator[pa.Table]:
+    """One pass over the manifest copy in batches, each joined with its committed shards' results; a
+    shard's metadata is read when its first row comes and dropped after its last."""
+    metadata = dict(zip(markers.column("shard").to_pylist(), markers.column("metadata").to_pylist()))
+    left = dict(zip(markers.column("shard").to_pylist(), markers.column("rows").to_pylist()))
+    held: dict[str, pa.Table] = {}
+    with tempfile.TemporaryDirectory(prefix="sdbatch-results-") as tmp:
+        path = os.path.join(tmp, MANIFEST_KEY)
+        store.download(MANIFEST_KEY, path)  # streamed: the manifest may be larger than memory
+        for batch in read_batches(pq.ParquetFile(path), BATCH_ROWS):
+            manifest = pa.Table.from_batches([batch])
+            # Against this batch's own committed shards: a set of every marker would be hashed anew per batch.
+            here = [shard for shard in pc.unique(manifest.column("shard")).to_pylist() if shard in metadata]
+            committed = manifest.filter(pc.is_in(manifest.column("shard"), value_set=pa.array(here, pa.string())))
+            if committed.num_rows:
+                yield _joined(store, committed, metadata, left, held)
+
+
+def _joined(store: Store, manifest: pa.Table, metadata: dict[str, str], left: dict[str, int],
+            held: dict[str, pa.Table]) -> pa.Table:
+    shards = pc.unique(manifest.column("shard")).to_pylist()
+    wanted = [shard for shard in shards if shard not in held]
+    for shard, blob in zip(wanted, get_many(store, [metadata[shard] for shard in wanted])):
+        held[shard] = read_metadata(blob)
+    results = pa.concat_tables([held[shard] for shard in shards])
+    counts = manifest.group_by("shard").aggregate([("id", "count")]).to_pylist()
+    for count in counts:
+        left[count["shard"]] -= count["id_count"]
+        if left[count["shard"]] <= 0:
+            del held[count["shard"]]
+    return join_results(manifest, results)
+
+
+def join_results(manifest: pa.Table, results: pa.Table) -> pa.Table:
+    """Manifest rows that have a result, in manifest order, with the result's columns; where both have a
+    column the result's value wins (it is what was used, e.g. the model's native size where the manifest
+    had none)."""
+    positions = pc.index_in(manifest.column("id"), value_set=results.column("id"))
+    keep = pc.is_valid(positions)
+    picked_manifest = manifest.filter(keep)
+    picked_results = results.take(positions.filter(keep))
+    columns = {name: picked_manifest.column(name) for name in manifest.column_names}
+    columns.update({name: picked_results.column(name) for name in results.column_names})
+    order = list(manifest.column_names) + [n for n in results.column_names if n not in manifest.column_names]
+    return pa.table({name: columns[name] for name in order})
+
+
+class _PartWriter:
+    """Joined batches into parts of about PART_ROWS rows, each uploaded once complete."""
+
+    def __init__(self, store: Store, tmp: str, keys: list[str]) -> None:
+        self.store, self.tmp, self.keys = store, tmp, keys
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.writer, self.rows = pq.ParquetWriter(self._path(), table.schema), 0
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+        if self.rows >= PART_ROWS:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.writer = None
+        key = f"{RESULTS_PREFIX}part-{len(self.keys):05d}.parquet"
+        self.store.upload(self._path(), key)
+        self.keys.append(key)
+
+    def _path(self) -> str:
+        return os.path.join(self.tmp, "part.parquet")
+
+
+def read_results(output: str | Store, s3: Any = None) -> pa.Table:
+    """Every manifest column plus image, status, error and provenance, one row per committed manifest id,
+    in the planned order (by shard). For runs too big for memory: open_results or scan_results."""
+    batches = list(scan_results(output, s3=s3))
+    if batches:
+        return pa.concat_tables(batches)
+    store = _open(output, s3)
+    manifest = pq.ParquetFile(pa.BufferReader(store.get(MANIFEST_KEY))).schema_arrow
+    return join_results(manifest.empty_table(), RESULT_SCHEMA.empty_table())
+
+
+def open_results(output: str | Store, s3: Any = None) -> ds.Dataset:
+    """The results of a run as a pyarrow Dataset, read lazily (filters, projections, batches). A compacted
+    run: every manifest column with its result, in the planned order. Otherwise: the committed shards'
+    metadata (the results columns alone); `sdbatch compact` adds the manifest's."""
+    store = _open(output, s3)
+    filesystem, root = store.arrow_filesystem()
+    try:
+        keys = json.loads(store.get(COMPACTED_KEY))["parts"]
+        return ds.dataset([f"{root}/{key}" for key in keys], format="parquet", filesystem=filesystem)
+    except ObjectNotFound:
+        pass
+    if not store.exists(JOB_KEY):
+        raise FileNotFoundError(f"{store.uri} holds no sdbatch run (no {JOB_KEY})")
+    keys = read_markers(store).column("metadata").to_pylist()
+    return ds.dataset([f"{root}/{key}" for key in keys], schema=RESULT_SCHEMA, format="parquet",
+                      filesystem=filesystem)
+
+
+def _open(output: str | Store, s3: Any) -> Store:
+    from sdbatch.store import open_store
+
+    return output if isinstance(output, Store) else open_store(str(output), s3)

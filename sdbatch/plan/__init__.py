@@ -1,0 +1,1 @@
+"""Planning, pure and deterministic: normalized rows to variant groups to shards; the planned file read back by shard."""

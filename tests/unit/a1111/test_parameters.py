@@ -1,0 +1,153 @@
+"""A1111 parameters: written in A1111's layout, embedded in PNG/JPEG/WebP, and read back into rows."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from sdbatch.a1111.parameters import (
+    format_parameters,
+    parse_parameters,
+    read_parameters,
+    row_from_parameters,
+    save_options,
+)
+
+ROW = {"id": "cat-1", "prompt": "a cat, in a hat", "negative_prompt": "blurry", "steps": 20,
+       "scheduler": "dpmpp_2m_karras", "scheduler_class": "DPMSolverMultistepScheduler", "guidance_scale": 7.5,
+       "seed": 1234567890123, "width": 512, "height": 768, "model": "/models/sd15", "model_hash": "0123456789abcdef",
+       "loras_used": [{"path": "/loras/ink.safetensors", "sha256": "ab" * 32, "weight": 0.8}],
+       "controlnets_used": [{"model": "/cn/canny", "model_hash": "f" * 16, "image": "s3://b/c.png",
+                             "image_sha256": "cd" * 32, "scale": 0.5}],
+       "sdbatch_version": "0.1.0"}
+
+
+def test_layout_is_a1111s():
+    text = format_parameters(ROW)
+    prompt, negative, settings = text.split("\n")
+    assert prompt == "a cat, in a hat <lora:ink:0.8>"
+    assert negative == "Negative prompt: blurry"
+    assert settings.startswith("Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, "
+                               "Seed: 1234567890123, "
+                               "Size: 512x768, Model hash: 0123456789, Model: sd15, Lora hashes: \"ink: abababababab\"")
+
+
+def test_parse_reads_prompt_negative_and_quoted_values():
+    fields = parse_parameters(format_parameters(ROW))
+    assert fields["prompt"] == "a cat, in a hat <lora:ink:0.8>" and fields["negative_prompt"] == "blurry"
+    assert fields["Pad conds"] == "True"  # A1111 pads as sdbatch does only with this
+    assert fields["Sampler"] == "DPM++ 2M" and fields["Schedule type"] == "Karras"
+    assert fields["Lora hashes"] == "ink: abababababab"
+
+
+def test_a_plain_a1111_text_gives_a_row():
+    text = "a dog\nNegative prompt: bad\nSteps: 25, Sampler: Euler a, CFG scale: 6, Seed: 7, Size: 640x512, Model: v1-5"
+    row = row_from_parameters(parse_parameters(text))
+    assert row == {"prompt": "a dog", "negative_prompt": "bad", "seed": 7, "steps": 25, "guidance_scale": 6.0,
+                   "width": 640, "height": 512, "scheduler": "euler_a", "model": "v1-5", "prompt_syntax": "a1111",
+                   "clip_skip": 1, "ti_hashes": None}
+
+
+def test_a1111_1_10_text_keeps_its_schedule_type_and_earlier_versions_combined_names_too():
+    text = ("(masterpiece:1.2), a castle on a hill, [foggy] <lora:castleStyle:0.7>\n"
+            "Negative prompt: EasyNegative, lowres\n"
+            "Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 12345, Size: 512x768, "
+            "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, "
+            'Lora hashes: "castleStyle: abc123def456", TI hashes: "EasyNegative: c74b4e810b03", Version: v1.10.1')
+    assert row_from_parameters(parse_parameters(text))["scheduler"] == "dpmpp_2m_karras"
+    older = "a dog\nSteps: 20, Sampler: DPM++ 2M SDE Exponential, CFG scale: 6, Seed: 7, Size: 512x512"
+    assert row_from_parameters(parse_parameters(older))["scheduler"] == "dpmpp_2m_sde_exponential"
+    unknown = "a dog\nSteps: 20, Sampler: DPM++ 2S a, Schedule type: Karras, CFG scale: 6, Seed: 7, Size: 512x512"
+    assert row_from_parameters(parse_parameters(unknown))["scheduler"] is None  # the model's own, not a look-alike
+
+
+def test_every_scheduler_is_written_back_as_a1111_writes_it_and_read_back_the_same():
+    from sdbatch.a1111.samplers import BY_NAME
+
+    for name, named in BY_NAME.items():
+        fields = parse_parameters(format_parameters({**ROW, "scheduler": name}))
+        assert fields["Sampler"] == named.a1111 and fields["Schedule type"] == (named.schedule or "Automatic")
+        assert row_from_parameters(fields)["scheduler"] == name
+
+
+def test_sdbatch_rows_come_back_exactly():
+    row = row_from_parameters(parse_parameters(format_parameters(ROW)))
+    assert row["id"] == "cat-1" and row["prompt"] == "a cat, in a hat" and row["model"] == "/models/sd15"
+    assert row["loras"] == [{"path": "/loras/ink.safetensors", "weight": 0.8}]
+    assert row["controlnets"] == [{"model": "/cn/canny", "image": "s3://b/c.png", "scale": 0.5}]
+    assert (row["seed"], row["steps"], row["width"], row["height"]) == (1234567890123, 20, 512, 768)
+
+
+def test_rows_embedded_by_earlier_sdbatch_versions_as_json_still_come_back():
+    text = ('a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Model: sd15, sdbatch: '
+            '"{\\"controlnets\\":[],\\"id\\":\\"old-1\\",\\"loras\\":[],\\"model\\":\\"/m\\",'
+            '\\"negative_prompt\\":null,\\"prompt\\":\\"a cat\\",\\"scheduler\\":\\"euler\\"}"')
+    row = row_from_parameters(parse_parameters(text))
+    assert (row["id"], row["model"], row["scheduler"], row["vae"]) == ("old-1", "/m", "euler", None)
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_a_third_party_a1111_reader_reads_every_field_and_no_stray_key(fmt):
+    from sd_parsers import ParserManager
+
+    # One LoRA: sd-parsers 0.6 splits A1111's own quoted "Lora hashes" of two LoRAs on its comma.
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, fmt.upper(), **save_options(fmt, format_parameters(ROW)))
+    info = ParserManager().parse(Image.open(io.BytesIO(buffer.getvalue())))
+    sampler = info.samplers[0]
+    assert (sampler.name, sampler.parameters["scheduler"]) == ("DPM++ 2M", "Karras")
+    assert sampler.parameters["steps"] == "20" and sampler.parameters["cfg_scale"] == "7.5"
+    assert sampler.parameters["seed"] == "1234567890123" and sampler.model.name == "sd15"
+    assert [p.value for p in sampler.prompts] == ["a cat, in a hat <lora:ink:0.8>"]
+    assert [p.value for p in sampler.negative_prompts] == ["blurry"]
+    assert set(info.metadata) <= {"Size", "Lora hashes", "Pad conds", "Version", "sdbatch"}, info.metadata
+    assert row_from_parameters(parse_parameters(info.raw_parameters["parameters"]))["id"] == "cat-1"
+
+
+def test_a_vae_override_is_written_and_comes_back():
+    row = {**ROW, "vae": "s3://models/vae-ft-mse.safetensors", "vae_hash": "9876543210fedcba"}
+    fields = parse_parameters(format_parameters(row))
+    assert (fields["VAE"], fields["VAE hash"]) == ("vae-ft-mse", "9876543210")
+    assert row_from_parameters(fields)["vae"] == "s3://models/vae-ft-mse.safetensors"
+    assert "VAE" not in parse_parameters(format_parameters(ROW))  # the model's own VAE: nothing to name
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_embedded_in_each_format(fmt):
+    text = format_parameters({**ROW, "prompt": "unicode ✓ café"})
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), "blue").save(buffer, format=fmt.upper(), **save_options(fmt, text))
+    assert read_parameters(buffer.getvalue()) == text
+
+
+def test_image_without_parameters_reads_none():
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    assert read_parameters(buffer.getvalue()) is None
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_a_very_long_prompt_still_encodes_with_what_fits(fmt):
+    # EXIF holds 64 KiB: a 20,000-character prompt (UTF-16, twice with the exact record) cannot all fit,
+    # and must not fail the image (and with it the whole shard).
+    row = {**ROW, "prompt": "a cat " * 4000}
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format=fmt.upper(), **save_options(fmt, format_parameters(row)))
+    text = read_parameters(buffer.getvalue())
+    assert text.startswith("a cat a cat") and 20_000 < len(text) < 33_000
+
+
+def test_image_rows_are_written_as_a1111_writes_them_and_read_back():
+    hires = {**ROW, "width": 1024, "height": 1536, "hires_scale": 2.0, "hires_steps": 12, "hires_strength": 0.45,
+             "hires_upscaler": "latent"}
+    fields = parse_parameters(format_parameters(hires))
+    assert (fields["Size"], fields["Hires upscale"], fields["Hires steps"], fields["Hires upscaler"],
+            fields["Denoising strength"]) == ("512x768", "2", "12", "Latent", "0.45")  # Size: the first pass
+    back = row_from_parameters(fields)
+    assert (back["width"], back["hires_scale"], back["hires_steps"], back["hires_strength"],
+            back["hires_upscaler"]) == (512, 2.0, 12, 0.45, "latent")
+    img2img = {**ROW, "init_image": "s3://b/in.png", "mask_image": "s3://b/mask.png", "strength": 0.6}
+    fields = parse_parameters(format_parameters(img2img))
+    assert fields["Denoising strength"] == "0.6" and "Hires upscale" not in fields
+    back = row_from_parameters(fields)
+    assert (back["init_image"], back["mask_image"], back["strength"]) == ("s3://b/in.png", "s3://b/mask.png", 0.6)

@@ -1,0 +1,1 @@
+"""Unit tests of sdbatch/store/ that need no S3 server."""
