@@ -78,4 +78,6 @@ def compact(output: RunOutput, s3_endpoint: S3Endpoint = None) -> None:
 
 def _http(address: Optional[str]) -> Optional[str]:
     # RAY_ADDRESS may hold a GCS address (auto, host:6379) meant for drivers; only a URL reaches the Jobs API.
-    return address if address and address.startswith(("http://", "https://")) else None
+    from sdbatch.run.driver import is_jobs_address
+
+    return address if is_jobs_address(address) else None

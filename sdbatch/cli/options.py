@@ -11,6 +11,7 @@ import typer
 from sdbatch.errors import SpecError
 from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec, load_spec
+from sdbatch.store import Reader, is_remote, is_remote_store
 from sdbatch.store.base import resolve_endpoint
 
 JobFile = Annotated[Optional[str], typer.Option("--job", "-j", help="Job settings (TOML, or JSON; a path or "
@@ -66,11 +67,8 @@ def s3_settings(endpoint: Optional[str]) -> S3Settings:
 
 def job_spec(job: Optional[str], s3: S3Settings | None = None, **overrides) -> JobSpec:
     """Settings from the job file with flag overrides (keys are `section.name`; None means unset)."""
-    if job and job.startswith("s3://"):  # a job submitted through the Jobs API reads its spec from the store
-        from sdbatch.store import open_store
-
-        parent, _, name = job.rpartition("/")
-        return _local_paths(load_spec(job, overrides, text=open_store(parent, s3).get(name).decode()))
+    if job and is_remote_store(job):  # a job submitted through the Jobs API reads its spec from the store
+        return _local_paths(load_spec(job, overrides, text=Reader(s3).read(job).decode()))
     return _local_paths(load_spec(job, overrides))
 
 
@@ -78,7 +76,7 @@ def _local_paths(spec: JobSpec) -> JobSpec:
     """A local embedding folder as an absolute path (actors do not run in this directory), checked now rather
     than when the first row that names an embedding renders."""
     folder = spec.defaults.embedding_dir
-    if not folder or folder.startswith("s3://"):
+    if not folder or is_remote(folder):
         return spec
     path = Path(folder).expanduser().resolve()
     if not path.is_dir():

@@ -142,7 +142,6 @@ def gallery(
     settings = GallerySettings(group_by, per_group, max_groups, gpu_hour_price=gpu_hour_price, expires=expires)
     where = make_gallery(store, settings, out)
     typer.echo(f"gallery: {where}")
-    presign = getattr(store, "presign", None)
-    if out is None and presign is not None:
-        url = presign(GALLERY_KEY, settings.expires, "text/html; charset=utf-8")
+    if out is None and store.local_folder() is None:  # elsewhere: a link that needs no credentials to open
+        url = store.browser_url(GALLERY_KEY, settings.expires, "text/html; charset=utf-8")
         typer.echo(f"open it (link valid {settings.expires // 3600} h): {url}")

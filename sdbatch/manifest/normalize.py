@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import urllib.parse
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sdbatch.a1111.samplers import resolve
-from sdbatch.errors import ManifestError
+from sdbatch.errors import ManifestError, ObjectNotFound
 from sdbatch.manifest import columns as cols
 from sdbatch.manifest.columns import ID_PATTERN, MAX_SIZE, derive_seed, duplicate_ids, rows_where
 from sdbatch.manifest.images import IMAGE_COLUMNS, image_columns
@@ -28,6 +26,7 @@ from sdbatch.manifest.references import (
 )
 from sdbatch.output.commits import RESULT_SCHEMA
 from sdbatch.settings import RowDefaults
+from sdbatch.store import SCHEME_PATTERN, Reader, carries_secret, is_remote_store
 
 __all__ = ["ID_PATTERN", "MANIFEST_COLUMNS", "MAX_LISTED_PROBLEMS", "MAX_SIZE", "RESULT_COLUMNS", "Problem",
            "check_local_references", "derive_seed", "duplicate_ids", "normalize", "read_manifest"]
@@ -41,9 +40,9 @@ RESULT_COLUMNS = tuple(name for name in RESULT_SCHEMA.names if name not in MANIF
 
 
 def read_manifest(uri: str, s3_settings: Any = None) -> pa.Table:
-    """Read a Parquet manifest from a local path or s3://bucket/key."""
-    if uri.startswith("s3://"):
-        return _parse_parquet(_read_s3_bytes(uri, s3_settings), uri)
+    """Read a Parquet manifest from a local path or a store (s3://bucket/key)."""
+    if is_remote_store(uri):
+        return _parse_parquet(_read_remote(uri, s3_settings), uri)
     path = Path(uri)
     if not path.exists():
         raise ManifestError(f"manifest {uri} does not exist; check the path")
@@ -52,13 +51,9 @@ def read_manifest(uri: str, s3_settings: Any = None) -> pa.Table:
     return _parse_parquet(path.read_bytes(), uri)
 
 
-def _read_s3_bytes(uri: str, s3_settings: Any) -> bytes:
-    from sdbatch.errors import ObjectNotFound
-    from sdbatch.store import open_store
-
-    parent, _, name = uri.rpartition("/")
+def _read_remote(uri: str, s3_settings: Any) -> bytes:
     try:
-        return open_store(parent, s3_settings).get(name)
+        return Reader(s3_settings).read(uri)
     except ObjectNotFound as exc:
         raise ManifestError(f"manifest {uri} does not exist; check the key") from exc
 
@@ -128,24 +123,14 @@ def _schedulers(table: pa.Table, default: str | None, problems: Problems) -> Any
     return pc.take(pa.array(resolved, pa.string()), pc.index_in(pairs, value_set=pa.array(distinct, pa.string())))
 
 
-# Query parameters that make a URL a credential (presigned S3/GCS/Azure links, tokens).
-SECRET_QUERY = re.compile(r"(?i)(^|[?&])(x-amz-(signature|credential|security-token)|x-goog-(signature|credential)|"
-                          r"signature|sig|token|access_token|api_key|key)=")
 SECRET_URL = ("is a URL with a password, signature or token, which would be recorded in the output and in every "
               "image; use an s3:// URI (credentials from the environment) or a URL that needs none")
 
 
-def _is_secret_url(value: str) -> bool:
-    if not value.startswith(("http://", "https://")):
-        return False
-    parts = urllib.parse.urlsplit(value)
-    return "@" in parts.netloc or bool(SECRET_QUERY.search(parts.query))
-
-
 def _secret(values) -> Any:
-    """Per value: is it a URL that carries a password or a signature? Judged once per distinct URL."""
-    urls = pc.unique(pc.filter(values, pc.starts_with(values, "http"))).to_pylist()
-    secret = [url for url in urls if _is_secret_url(url)]
+    """Per value: is it a URI that carries a password or a signature? Judged once per distinct URI."""
+    uris = pc.unique(pc.filter(values, pc.match_substring_regex(values, SCHEME_PATTERN))).to_pylist()
+    secret = [uri for uri in uris if carries_secret(uri)]
     if not secret:
         return pa.repeat(pa.scalar(False), len(values))
     return pc.is_in(values, value_set=pa.array(secret, pa.string()))

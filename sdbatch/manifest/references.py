@@ -25,6 +25,7 @@ from sdbatch.manifest.lists import (
     rows_of,
     struct_field,
 )
+from sdbatch.store import is_remote, is_remote_store
 
 LORA_TYPE = pa.list_(pa.struct([("path", pa.string()), ("weight", pa.float64())]))
 CONTROLNET_TYPE = pa.list_(pa.struct([("model", pa.string()), ("image", pa.string()), ("scale", pa.float64())]))
@@ -37,7 +38,6 @@ OTHER_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2
 REWRITTEN_PROMPT = "<lora:|^ | $|  |[" + "".join(f"\\x{{{ord(c):x}}}" for c in OTHER_WHITESPACE) + "]"
 SIMPLE_CONTROLNET_COLUMNS = ("controlnet", "control_image", "controlnet_scale")
 CONSUMED_COLUMNS = ("loras", "controlnets") + SIMPLE_CONTROLNET_COLUMNS
-REMOTE_PREFIXES = ("s3://", "http://", "https://")
 LORA_SUFFIX = ".safetensors"
 
 Report = Callable[[str, int, str], None]  # (column, row position, message with the fix)
@@ -58,7 +58,7 @@ class Resolver:
         return self._cache[key]
 
     def _resolve_lora(self, name: str) -> tuple[str | None, str | None]:
-        if name.startswith("s3://"):
+        if is_remote_store(name):  # the actors fetch it; nothing here can check it
             return name, None
         if "/" in name:
             return _local_or_hub(name, "LoRA file or folder")
@@ -79,14 +79,14 @@ class Resolver:
     def controlnet(self, model: str) -> tuple[str | None, str | None]:
         key = ("controlnet", model)
         if key not in self._cache:
-            resolved, problem = (model, None) if model.startswith("s3://") else _local_or_hub(model, "ControlNet")
+            resolved, problem = (model, None) if is_remote_store(model) else _local_or_hub(model, "ControlNet")
             if resolved and Path(resolved).is_dir() and not (Path(resolved) / "config.json").is_file():
                 resolved, problem = None, f"ControlNet {model!r} has no config.json; pass a diffusers ControlNet folder"
             self._cache[key] = (resolved, problem)
         return self._cache[key]
 
     def image(self, image: str, what: str = "control image") -> tuple[str | None, str | None]:
-        if image.startswith(REMOTE_PREFIXES):
+        if is_remote(image):
             return image, None
         path = Path(image).expanduser()
         return (str(path.resolve()), None) if path.is_file() else (None, f"{what} {image} does not exist")

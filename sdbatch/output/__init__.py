@@ -1,1 +1,1 @@
-"""The output protocol, torch-free: keys, job.json, create-once commits and the marker index, results, heartbeat, layouts."""
+"""The output protocol, torch-free: keys, job.json, commits and the marker index, results, heartbeat, layouts."""

@@ -21,6 +21,7 @@ from sdbatch.manifest.normalize import normalize
 from sdbatch.output.job import ManifestDigest
 from sdbatch.plan.shards import PLAN_CHUNK_ROWS, Plan, Planner, Shard
 from sdbatch.settings import RowDefaults
+from sdbatch.store import Reader, is_remote_store
 
 # Rows per row group of the planned file: a shard's rows are read back by row group, so small groups
 # keep each read small; large enough that the file's footer stays small at a hundred million rows.
@@ -139,18 +140,16 @@ def _starts(pool: ProcessPoolExecutor) -> bool:
 
 
 def _local_copy(uri: str, workdir: str, s3: Any) -> str:
-    if not uri.startswith("s3://"):
+    if not is_remote_store(uri):
         if not os.path.exists(uri):
             raise ManifestError(f"manifest {uri} does not exist; check the path")
         if os.path.isdir(uri):
             raise ManifestError(f"manifest {uri} is a directory; pass a single .parquet file")
         return uri
-    from sdbatch.store import open_store
-
-    parent, _, name = uri.rpartition("/")
+    store, key = Reader(s3).store_of(uri)
     path = os.path.join(workdir, "source.parquet")
     try:
-        open_store(parent, s3).download(name, path)  # streamed: the manifest may be larger than memory
+        store.download(key, path)  # streamed: the manifest may be larger than memory
     except ObjectNotFound as exc:
         raise ManifestError(f"manifest {uri} does not exist; check the key") from exc
     return path

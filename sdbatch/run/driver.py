@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -29,7 +30,7 @@ from sdbatch.plan.planned import PlannedManifest, PlannedRows, plan_manifest
 from sdbatch.plan.shards import Plan, Shard, shards_except
 from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec
-from sdbatch.store import open_store
+from sdbatch.store import is_remote_store, open_store
 from sdbatch.store.base import Store
 from sdbatch.tasks import ShardTask
 
@@ -115,13 +116,17 @@ def _check_chunk(request: SubmitRequest, chunk: pa.Table, first_row: int) -> Non
         _check_webdataset_ids(chunk, first_row)
 
 
+# A Ray dashboard's URL: Ray addresses, not storage, so the storage schemes do not decide them.
+JOBS_ADDRESS = re.compile(r"^https?://")
+
+
 def is_jobs_address(address: str | None) -> bool:
     """A dashboard URL means Ray Jobs submission; anything else (auto, host:port) runs the driver here."""
-    return bool(address) and address.startswith(("http://", "https://"))
+    return bool(address and JOBS_ADDRESS.match(address))
 
 
 def _check_remote_output(request: SubmitRequest) -> None:
-    if is_jobs_address(request.address) and not request.output.startswith("s3://"):
+    if is_jobs_address(request.address) and not is_remote_store(request.output):
         raise UsageError(f"--output {request.output} is a local path, but the run goes to the cluster at "
                          f"{request.address}, whose machines cannot write to this one's disk; "
                          "use --output s3://bucket/prefix")

@@ -22,7 +22,6 @@ from sdbatch.output.layouts.tar import read_member, split_ref
 from sdbatch.output.results import scan_results
 from sdbatch.plan.shards import Variant, group_by_variant
 from sdbatch.store.base import Store
-from sdbatch.store.local import LocalStore
 
 GALLERY_KEY = "gallery.html"
 GALLERY_FILES = "gallery_files"  # images copied out of webdataset tars, so the page can show them
@@ -63,7 +62,8 @@ class GallerySettings:
 def make_gallery(store: Store, settings: GallerySettings, out: Path | None = None) -> str:
     """Write the gallery (OUTPUT/gallery.html, or out) and return where it is."""
     settings = settings.check()
-    at_root = out is None or (isinstance(store, LocalStore) and Path(out).resolve().parent == Path(store.uri).resolve())
+    folder = store.local_folder()
+    at_root = out is None or (folder is not None and Path(out).resolve().parent == Path(folder).resolve())
     page = render(store, settings, links(store, at_root, settings.expires))
     if out is None:
         store.put(GALLERY_KEY, page.encode())
@@ -75,13 +75,10 @@ def make_gallery(store: Store, settings: GallerySettings, out: Path | None = Non
 
 
 def links(store: Store, at_root: bool, expires: int) -> Link:
-    """Relative keys beside a local output, file URLs from elsewhere, presigned GETs for S3."""
-    if isinstance(store, LocalStore):
-        return (lambda key: quote(key)) if at_root else (lambda key: Path(store.url_for(key)).as_uri())
-    presign = getattr(store, "presign", None)
-    if presign is None:
-        return store.url_for
-    return lambda key: presign(key, expires, CONTENT_TYPES.get(key.rsplit(".", 1)[-1]))
+    """Relative keys beside a local output; else the store's links for a browser (file URLs, presigned GETs)."""
+    if at_root and store.local_folder() is not None:
+        return lambda key: quote(key)
+    return lambda key: store.browser_url(key, expires, CONTENT_TYPES.get(key.rsplit(".", 1)[-1]))
 
 
 def render(store: Store, settings: GallerySettings, link: Link) -> str:
@@ -208,7 +205,7 @@ def _totals(seen: _Survey, counts: dict, success: dict, settings: GallerySetting
         rows.append(("cost / 1,000 images", f"{per_1000:.4g} at {settings.gpu_hour_price:g} per GPU-hour"))
     items = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows)
     expiry = ""
-    if not isinstance(store, LocalStore):
+    if store.local_folder() is None:
         ends = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + settings.expires))
         expiry = f" Image links are presigned and stop working at {ends}; run sdbatch gallery again for new ones."
     return (f"<section id=totals><h2>Totals</h2><dl>{items}</dl><p class=note>GPU-hours is the sum of the rows' "

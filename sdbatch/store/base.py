@@ -53,6 +53,8 @@ class Store(Protocol):
     def delete(self, key: str) -> None: ...  # absent is fine: used for cleanup
     def check_writable(self) -> None: ...  # StoreError naming the fix if writes cannot work
     def url_for(self, key: str) -> str: ...
+    def browser_url(self, key: str, expires: int, content_type: str | None = None) -> str: ...  # a page can link it
+    def local_folder(self) -> str | None: ...  # the folder on this machine's disk; None for stores elsewhere
     def arrow_filesystem(self) -> tuple: ...  # (pyarrow filesystem, root path in it) for lazy datasets
 
     def __repr__(self) -> str:

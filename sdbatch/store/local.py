@@ -6,11 +6,35 @@ import contextlib
 import os
 import shutil
 import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from sdbatch.errors import ObjectNotFound, StoreError
 from sdbatch.store.base import PROBE_DIR, PutResult, Store, check_key, check_prefix
 
 _TMP_MARK = ".sdbatch-tmp-"
+_FILE = "file://"
+
+
+def open_store(uri: str, s3=None) -> LocalStore:
+    return LocalStore(_path(uri))
+
+
+def split(uri: str) -> tuple[str, str]:
+    """(folder, file name) of a local file."""
+    folder, _, name = os.path.abspath(os.path.expanduser(_path(uri))).rpartition(os.sep)
+    return folder or os.sep, name
+
+
+def read(uri: str, reader) -> bytes:
+    path = Path(_path(uri)).expanduser()
+    if not path.is_file():
+        raise ObjectNotFound("no such file")
+    return path.read_bytes()
+
+
+def _path(uri: str) -> str:
+    return urlsplit(uri).path if uri.startswith(_FILE) else uri
 
 
 class LocalStore(Store):
@@ -19,6 +43,12 @@ class LocalStore(Store):
 
     def url_for(self, key: str) -> str:
         return os.path.join(self.uri, *check_key(key).split("/"))
+
+    def browser_url(self, key: str, expires: int, content_type: str | None = None) -> str:
+        return Path(self.url_for(key)).as_uri()
+
+    def local_folder(self) -> str | None:
+        return self.uri
 
     @contextlib.contextmanager
     def _staged(self, action: str, key: str, data: bytes):

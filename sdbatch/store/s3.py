@@ -45,6 +45,24 @@ _SERVER_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTime
 _REGION_CODES = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 
 
+_S3 = "s3://"
+
+
+def open_store(uri: str, settings: S3Settings | None = None) -> S3Store:
+    return S3Store(uri, settings)
+
+
+def split(uri: str) -> tuple[str, str]:
+    """(the bucket's URI, the key in it)."""
+    bucket, _, key = uri[len(_S3):].partition("/")
+    return f"{_S3}{bucket}", key
+
+
+def read(uri: str, reader) -> bytes:
+    store, key = reader.store_of(uri)
+    return store.get(key)
+
+
 def _quiet_sdk_loggers() -> None:
     # SDK DEBUG output includes access key ids and signatures.
     hold_at_least(logging.WARNING, "botocore", "boto3", "urllib3", "s3transfer")
@@ -64,7 +82,7 @@ class S3Store(Store):
         if parts.scheme != "s3" or not parts.netloc:
             raise ValueError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
         self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
-        self.uri = f"s3://{self.bucket}/{check_key(self.prefix)}" if self.prefix else f"s3://{self.bucket}"
+        self.uri = f"{_S3}{self.bucket}/{check_key(self.prefix)}" if self.prefix else f"{_S3}{self.bucket}"
         self.settings = settings or S3Settings()
         self._client_obj = None
         self._lock = threading.Lock()
@@ -88,6 +106,12 @@ class S3Store(Store):
 
     def url_for(self, key: str) -> str:
         return f"{self.uri}/{check_key(key)}"
+
+    def browser_url(self, key: str, expires: int, content_type: str | None = None) -> str:
+        return self.presign(key, expires, content_type)
+
+    def local_folder(self) -> str | None:
+        return None
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)

@@ -24,9 +24,9 @@ def models(tmp_path_factory):
 
 def _fetch(uri: str, endpoint: str, cache: str) -> bool:
     os.environ["SDBATCH_CACHE"] = cache
-    from sdbatch.render.models.sources import fetch_s3
+    from sdbatch.render.models.sources import fetch_copy
 
-    return fetch_s3(uri, S3Settings(endpoint_url=endpoint))[1]
+    return fetch_copy(uri, S3Settings(endpoint_url=endpoint))[1]
 
 
 def test_s3_model_is_downloaded_once_per_node_and_renders(models, s3_env, new_bucket, tmp_path, monkeypatch):
@@ -56,17 +56,17 @@ def test_s3_model_is_downloaded_once_per_node_and_renders(models, s3_env, new_bu
 
 def test_a_missing_s3_model_fails_with_the_uri_in_the_message(s3_env, new_bucket):
     from sdbatch.errors import ModelLoadError
-    from sdbatch.render.models.sources import fetch_s3
+    from sdbatch.render.models.sources import fetch_copy
 
     with pytest.raises(ModelLoadError, match=f"s3://{new_bucket}/nothing.*no objects under that prefix"):
-        fetch_s3(f"s3://{new_bucket}/nothing", S3Settings(endpoint_url=s3_env))
+        fetch_copy(f"s3://{new_bucket}/nothing", S3Settings(endpoint_url=s3_env))
 
 
 def test_an_s3_model_overwritten_in_place_is_fetched_again_and_the_old_copy_dropped(s3_env, new_bucket, tmp_path,
                                                                                    monkeypatch):
     """The node cache follows the bucket's content (ETags), not the URI: a new upload under the same key
     is not served stale, and the superseded copy does not stay on the node's disk."""
-    from sdbatch.render.models.sources import fetch_s3
+    from sdbatch.render.models.sources import fetch_copy
 
     monkeypatch.setenv("SDBATCH_CACHE", str(tmp_path / "node"))
     settings = S3Settings(endpoint_url=s3_env)
@@ -74,14 +74,14 @@ def test_an_s3_model_overwritten_in_place_is_fetched_again_and_the_old_copy_drop
     uri = f"s3://{new_bucket}/models/m.safetensors"
     bucket.put("models/m.safetensors", b"version one")
     bucket.put("models/m.safetensors.bak", b"a neighbour the single file's listing must not pick up")
-    first, downloaded = fetch_s3(uri, settings)
+    first, downloaded = fetch_copy(uri, settings)
     assert downloaded and first.read_bytes() == b"version one"
-    assert fetch_s3(uri, settings) == (first, False)  # unchanged: served from the node
+    assert fetch_copy(uri, settings) == (first, False)  # unchanged: served from the node
 
     bucket.put("models/m.safetensors", b"version two, overwritten in place")
-    second, downloaded = fetch_s3(uri, settings)
+    second, downloaded = fetch_copy(uri, settings)
     assert downloaded and second != first and second.read_bytes() == b"version two, overwritten in place"
-    assert not first.exists() and fetch_s3(uri, settings) == (second, False)
+    assert not first.exists() and fetch_copy(uri, settings) == (second, False)
 
 
 def test_an_s3_model_file_streams_to_disk_in_parts_without_being_held_in_memory(s3_env, new_bucket, tmp_path,
@@ -91,7 +91,7 @@ def test_an_s3_model_file_streams_to_disk_in_parts_without_being_held_in_memory(
     import hashlib
     import tracemalloc
 
-    from sdbatch.render.models.sources import fetch_s3
+    from sdbatch.render.models.sources import fetch_copy
 
     monkeypatch.setenv("SDBATCH_CACHE", str(tmp_path / "node"))
     settings = S3Settings(endpoint_url=s3_env)
@@ -101,7 +101,7 @@ def test_an_s3_model_file_streams_to_disk_in_parts_without_being_held_in_memory(
     del payload
     tracemalloc.start()
     try:
-        path, downloaded = fetch_s3(f"s3://{new_bucket}/big.safetensors", settings)
+        path, downloaded = fetch_copy(f"s3://{new_bucket}/big.safetensors", settings)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

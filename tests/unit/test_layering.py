@@ -1,6 +1,7 @@
 """The module boundaries the architecture promises: torch only under render/, ray only under engine/, no cycles."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,27 @@ def test_torch_and_diffusers_are_imported_only_under_render():
     offenders = [name for name, path in MODULES.items() if not name.startswith("sdbatch.render")
                  and HEAVY & _top_levels(path)]
     assert offenders == []
+
+
+# A string that starts with a URI scheme: which schemes exist and what they are is store/'s to say.
+SCHEME_LITERAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _scheme_literals(source: str) -> list[str]:
+    """String constants (f-string parts too) that start with a URI scheme."""
+    return [node.value for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SCHEME_LITERAL.match(node.value)]
+
+
+def test_only_the_store_package_holds_uri_scheme_literals():
+    offenders = {name: _scheme_literals(path.read_text()) for name, path in MODULES.items()
+                 if not name.startswith("sdbatch.store")}
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_the_scheme_literal_check_sees_one_in_an_fstring_and_not_in_a_message():
+    assert sorted(_scheme_literals('x = f"s3://{bucket}/k"\ny = "http://host"')) == ["http://host", "s3://"]
+    assert _scheme_literals('m = "use an s3:// URI"\nr = re.compile(r"^https?://")') == []
 
 
 def _loaded_by(module: str) -> set[str]:

@@ -1,4 +1,4 @@
-"""Model sources: a model reference (tiny:, local folder or file, hub id, s3://) made local files on this node."""
+"""Model sources: a model reference (tiny:, local folder or file, hub id, a store's) made local files on this node."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sdbatch.errors import ModelLoadError, StoreError, reading
 from sdbatch.settings import S3Settings
-from sdbatch.store import open_store
+from sdbatch.store import is_remote, is_remote_store, open_store
 from sdbatch.store.base import Store, check_key
 
 # Importing torch or diffusers here would make every light caller (the s3 download race, the driver's
@@ -55,7 +55,7 @@ def is_single_file(reference: str) -> bool:
 
 def local_problem(reference: str) -> str | None:
     """Why a local model or VAE reference cannot work (missing, wrong kind), or None; no imports, no I/O beyond stat."""
-    if reference.startswith((TINY_PREFIX, "s3://")) or not looks_like_path(reference):
+    if reference.startswith(TINY_PREFIX) or is_remote(reference) or not looks_like_path(reference):
         return None
     path = Path(reference).expanduser()
     if reference.lower().endswith(UNSAFE_SUFFIXES):
@@ -77,8 +77,8 @@ def resolve_source(reference: str, s3: S3Settings | None = None, marker: str = "
     `hub_patterns`: the files of a hub repo to fetch (None: what a pipeline needs)."""
     if reference.startswith(TINY_PREFIX):
         return ModelSource(reference, tiny_model_path(reference[len(TINY_PREFIX):]))
-    if reference.startswith("s3://"):
-        path, downloaded = fetch_s3(reference, s3)
+    if is_remote_store(reference):
+        path, downloaded = fetch_copy(reference, s3)
         return ModelSource(reference, _checked(reference, path, marker), downloaded)
     path = Path(reference).expanduser()
     if path.exists() or looks_like_path(reference):
@@ -132,8 +132,8 @@ def hub_snapshot(reference: str, patterns: list[str] | None = None) -> Path:
                              f"download it first (hf download {reference}) or pass a local path") from exc
 
 
-def fetch_s3(uri: str, s3: S3Settings | None) -> tuple[Path, bool]:
-    """The node-local copy of an s3:// folder or file as the bucket holds it now: (path, whether this call
+def fetch_copy(uri: str, s3: S3Settings | None) -> tuple[Path, bool]:
+    """The node-local copy of a folder or file in a store (s3://) as the store holds it now: (path, whether this call
     downloaded it).
 
     The copy is keyed by the objects' ETags and sizes, so a model overwritten in place is fetched again,

@@ -1,4 +1,4 @@
-"""Reading variant inputs (control images, LoRA files) from local paths, s3:// and http(s)://, and prefetching them."""
+"""Reading variant inputs (control, init and mask images, LoRA files) by URI, and prefetching them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import hashlib
 import io
 import os
 import pathlib
-import threading
-import urllib.request
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,8 +17,7 @@ from PIL import Image
 
 from sdbatch.errors import FetchError, InputUnavailable, VariantError, reading
 from sdbatch.settings import S3Settings
-from sdbatch.store import open_store
-from sdbatch.store.base import Store
+from sdbatch.store import Reader
 
 
 @contextlib.contextmanager
@@ -44,43 +41,22 @@ class Fetched:
 
 
 class Fetcher:
-    """Reads whole objects by URI; keeps one S3 client per bucket (building one costs more than a small read)."""
+    """Reads whole objects by URI, whatever the scheme (store.Reader: one client per bucket, shared by threads)."""
 
     def __init__(self, s3: S3Settings | None = None, timeout: float = 30.0):
         self.s3 = s3
-        self.timeout = timeout
-        self._buckets: dict[str, Store] = {}
-        self._lock = threading.Lock()
+        self.reader = Reader(s3, timeout)
 
     def read(self, uri: str) -> Fetched:
         with reading(FetchError, "cannot read it"):
-            data = self._read(uri)
+            data = self.reader.read(uri)
         return Fetched(data, hashlib.sha256(data).hexdigest())
 
-    def _read(self, uri: str) -> bytes:
-        if uri.startswith("s3://"):
-            bucket, _, key = uri[len("s3://"):].partition("/")
-            return self._bucket(bucket).get(key)
-        if uri.startswith(("http://", "https://")):
-            with urllib.request.urlopen(uri, timeout=self.timeout) as response:
-                return response.read()
-        path = pathlib.Path(uri).expanduser()
-        if not path.is_file():
-            raise FetchError("no such file")
-        return path.read_bytes()
-
-    def _bucket(self, bucket: str) -> Store:
-        with self._lock:  # fetch threads share the stores
-            if bucket not in self._buckets:
-                self._buckets[bucket] = open_store(f"s3://{bucket}", self.s3)
-            return self._buckets[bucket]
-
-    def download_s3(self, uri: str, folder: pathlib.Path) -> pathlib.Path:
-        """A node-local copy of an s3:// object, keyed by its ETag and size: an object overwritten in place is
-        fetched again. Streamed to disk; concurrent actors on a node each publish it atomically."""
+    def download(self, uri: str, folder: pathlib.Path) -> pathlib.Path:
+        """A node-local copy of an object in a store, keyed by its tag (ETag and size): an object overwritten in
+        place is fetched again. Streamed to disk; concurrent actors on a node each publish it atomically."""
         with reading(FetchError, "cannot read it"):
-            bucket, _, key = uri[len("s3://"):].partition("/")
-            store = self._bucket(bucket)
+            store, key = self.reader.store_of(uri)
             tag = store.tags(key).get(key)
             if tag is None:
                 raise FetchError("no such object")

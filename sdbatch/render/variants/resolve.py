@@ -1,4 +1,4 @@
-"""Turn a row's LoRA path or ControlNet model reference into local files: local, s3:// (node cache) or hub cache."""
+"""Turn a row's LoRA path or ControlNet model reference into local files: local, a store (node cache) or hub cache."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 from sdbatch.errors import VariantError
 from sdbatch.render.models.sources import cache_root, looks_like_path
 from sdbatch.render.variants.fetch import Fetcher
+from sdbatch.store import is_remote_store
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 HUB_FILE = re.compile(r"^[\w.-]+/[\w.-]+/[^/]+\.safetensors$")  # org/name/file.safetensors
@@ -16,8 +17,8 @@ HUB_FILE = re.compile(r"^[\w.-]+/[\w.-]+/[^/]+\.safetensors$")  # org/name/file.
 
 def resolve_lora_file(path: str, fetcher: Fetcher) -> pathlib.Path:
     """The local .safetensors file for a LoRA reference; VariantError saying what is wrong otherwise."""
-    if path.startswith("s3://"):
-        return fetcher.download_s3(path, cache_root() / "loras")
+    if is_remote_store(path):
+        return fetcher.download(path, cache_root() / "loras")
     local = pathlib.Path(path).expanduser()
     if local.exists():
         return _weights_in(local)

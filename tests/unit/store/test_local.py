@@ -1,4 +1,4 @@
-"""The stores without a server: local temp files and writability, endpoint precedence, open_store by URI."""
+"""LocalStore and the local scheme: temp files, writability, listings, whole-file reads."""
 
 from __future__ import annotations
 
@@ -6,12 +6,9 @@ import os
 
 import pytest
 
-from sdbatch.errors import StoreError
-from sdbatch.settings import S3Settings
-from sdbatch.store import local, open_store
-from sdbatch.store.base import resolve_endpoint
+from sdbatch.errors import ObjectNotFound, StoreError
+from sdbatch.store import Reader, local
 from sdbatch.store.local import LocalStore
-from sdbatch.store.s3 import S3Store
 
 
 def test_list_skips_local_temp_files(tmp_path):
@@ -25,30 +22,6 @@ def test_local_check_writable_fails_clearly(tmp_path):
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(StoreError, match="cannot write"):
         LocalStore(str(tmp_path / "file" / "sub")).check_writable()
-
-
-def test_resolve_endpoint_precedence(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    assert resolve_endpoint(None) is None
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1")
-    assert resolve_endpoint(None) == "http://generic:1"
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3only:2")
-    assert resolve_endpoint(None) == "http://s3only:2"
-    assert resolve_endpoint("http://flag:3") == "http://flag:3"
-    assert resolve_endpoint("") == "http://s3only:2"
-
-
-def test_open_store_dispatch(tmp_path):
-    assert isinstance(open_store(str(tmp_path)), LocalStore)
-    assert open_store(f"file://{tmp_path}").uri == str(tmp_path)
-    assert open_store("rel/dir").uri == os.path.abspath("rel/dir")
-    s3 = open_store("s3://bkt/a/b/", S3Settings(endpoint_url="http://u:p@h:1"))
-    assert isinstance(s3, S3Store) and s3.uri == "s3://bkt/a/b" and s3.url_for("k") == "s3://bkt/a/b/k"
-    assert "u:p" not in repr(s3)
-    for bad in ("gs://bkt/x", "s3://", "s3://bkt/a/../b"):
-        with pytest.raises(ValueError):
-            open_store(bad)
 
 
 def test_local_list_reads_only_the_folder_the_prefix_names(tmp_path, monkeypatch):
@@ -66,3 +39,21 @@ def test_local_list_reads_only_the_folder_the_prefix_names(tmp_path, monkeypatch
     # A partial name: its parent folder is read once, and only the matching subfolders below it.
     assert store.list("metadata/00012") == [f"metadata/{n:06d}/a.parquet" for n in range(120, 130)]
     assert sorted(read) == ["metadata"] + [os.path.join("metadata", f"{n:06d}") for n in range(120, 130)]
+
+
+def test_the_local_scheme_splits_and_reads_files_and_says_when_one_is_missing(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"png")
+    assert local.split(str(tmp_path / "a.png")) == (str(tmp_path), "a.png")
+    assert local.split(f"file://{tmp_path}/a.png") == (str(tmp_path), "a.png")
+    reader = Reader()
+    assert reader.read(str(tmp_path / "a.png")) == b"png" == reader.read(f"file://{tmp_path}/a.png")
+    with pytest.raises(ObjectNotFound, match="no such file"):
+        reader.read(str(tmp_path / "b.png"))
+    store, key = reader.store_of(str(tmp_path / "a.png"))
+    assert isinstance(store, LocalStore) and store.get(key) == b"png"
+
+
+def test_a_local_store_links_its_files_for_a_browser(tmp_path):
+    store = LocalStore(str(tmp_path))
+    assert store.local_folder() == str(tmp_path)
+    assert store.browser_url("images/a b.png", 60) == (tmp_path / "images" / "a b.png").as_uri()
