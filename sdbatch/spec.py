@@ -19,7 +19,6 @@ from sdbatch.manifest.prompts import MAX_CLIP_SKIP
 from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
-LAYOUTS = ("files", "webdataset")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -60,7 +59,6 @@ class JobSpec:
         _check(o.format in IMAGE_FORMATS, "output.format", o.format, f"use one of {', '.join(IMAGE_FORMATS)}")
         _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")
         _check(o.shard_size >= 1, "output.shard_size", o.shard_size, "use at least 1")
-        _check(o.layout in LAYOUTS, "output.layout", o.layout, f"use one of {', '.join(LAYOUTS)}")
         _check(r.actors is None or r.actors >= 1, "run.actors", r.actors, "use at least 1")
         _check(r.device in DEVICES, "run.device", r.device, f"use one of {', '.join(DEVICES)}")
         _check(r.batch_size is None or r.batch_size >= 1, "run.batch_size", r.batch_size,

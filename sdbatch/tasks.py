@@ -15,7 +15,7 @@ class ShardTask:
     rows: tuple[dict[str, Any], ...]
     image_format: str
     quality: int
-    layout: str = "files"  # or "webdataset": one tar per shard (sdbatch/webdataset.py)
+    layout: str = "files"  # the job's output.layout: a name in sdbatch/output/layouts/
 
 
 @dataclass(frozen=True)

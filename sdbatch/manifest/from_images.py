@@ -17,11 +17,11 @@ from sdbatch.a1111.parameters import hashes_of, parse_parameters, read_parameter
 from sdbatch.errors import ManifestError
 from sdbatch.manifest.normalize import ID_PATTERN
 from sdbatch.manifest.references import CONTROLNET_TYPE, LORA_TYPE
-from sdbatch.output.layouts.tar import members
+from sdbatch.output.layouts import LAYOUTS
+from sdbatch.output.layouts.base import FoundImage
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Rows held before they are written out: a run's images may be far more than memory holds as rows.
 BATCH_ROWS = 10_000
 SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
@@ -75,18 +75,17 @@ class ImagesRead:
 
 def _batches(location: str, s3: S3Settings | None, tally: ImagesRead) -> Iterator[pa.RecordBatch]:
     store = open_store(location, s3)
-    keys = [k for k in store.list() if Path(k).suffix.lower() in (*IMAGE_SUFFIXES, ".tar")]
     rows: list[dict[str, Any]] = []
-    for name, data in _images(store, keys):
+    for found in _images(store):
         tally.seen += 1
-        text = read_parameters(data)
+        text = read_parameters(found.data)
         if not text:
             tally.skipped += 1
             continue
         fields = parse_parameters(text)
         tally.dropped.update(unused_fields(fields))
         tally.embeddings.update(name for name, _ in hashes_of(fields.get("TI hashes")))
-        rows.append(_row(name, fields, tally.rows))
+        rows.append(_row(found, fields, tally.rows))
         tally.rows += 1
         if len(rows) == BATCH_ROWS:
             yield pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
@@ -99,20 +98,17 @@ def _batches(location: str, s3: S3Settings | None, tally: ImagesRead) -> Iterato
         raise ManifestError(f"none of the {tally.seen} images under {location} carries A1111 parameters")
 
 
-def _images(store, keys: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each image: a key, or a tar member as the webdataset layout's `image` names it."""
-    for key in keys:
-        if not key.endswith(".tar"):
-            yield key, store.get(key)
-            continue
-        for member, data in members(store.get(key), IMAGE_SUFFIXES):
-            yield f"{key}#{member}", data
+def _images(store) -> Iterator[FoundImage]:
+    """Every image under the store as the layouts find them: loose files, members of shard tars."""
+    for key in store.list():
+        for layout in LAYOUTS.values():
+            yield from layout.images_in(store, key)
 
 
-def _row(key: str, fields: dict[str, Any], position: int) -> dict[str, Any]:
+def _row(found: FoundImage, fields: dict[str, Any], position: int) -> dict[str, Any]:
     row = row_from_parameters(fields)
     if not row.get("id"):
-        stem = Path(key.rpartition("#")[2]).stem  # a tar member: its own name
+        stem = Path(found.name).stem
         row["id"] = stem if ID_PATTERN.match(stem) else f"img{position:06d}"
-    row["source_image"] = key  # a label: which file this row reproduces
+    row["source_image"] = found.ref  # a label: which file this row reproduces
     return row

@@ -9,6 +9,10 @@ from PIL import Image
 from sdbatch.a1111.parameters import save_options
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+# The file extension each format is written with.
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+# What image files are called when readers look for them (another tool's .jpeg included).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def encode_image(image: Image.Image, image_format: str, quality: int, parameters: str | None = None) -> bytes:

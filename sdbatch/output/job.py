@@ -16,6 +16,9 @@ import pyarrow.compute as pc
 
 from sdbatch.errors import ObjectNotFound, RunMismatch
 from sdbatch.output.commits import json_bytes, read_markers
+from sdbatch.output.layouts import layout_named
+from sdbatch.output.layouts.base import Layout
+from sdbatch.settings import OutputSettings
 from sdbatch.spec import JobSpec, fingerprint
 from sdbatch.store.base import PutResult, Store
 from sdbatch.version import __version__
@@ -23,13 +26,6 @@ from sdbatch.version import __version__
 JOB_KEY = "job.json"
 MANIFEST_KEY = "manifest.parquet"
 SUCCESS_KEY = "_SUCCESS.json"
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-
-
-def image_key(shard_id: str, row_id: str, image_format: str) -> str:
-    return f"images/{shard_id}/{row_id}.{EXTENSIONS[image_format]}"
-
-
 def new_attempt_id() -> str:
     """Unique per render attempt, so two drivers racing on one shard never overwrite each other."""
     return uuid.uuid4().hex[:12]
@@ -143,12 +139,6 @@ def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def existing_images(store: Store, shard_id: str) -> dict[str, str]:
-    """Images already written for a shard (by an attempt that did not commit), by row id."""
-    prefix = f"images/{shard_id}/"
-    return {key[len(prefix):].rsplit(".", 1)[0]: key for key in store.list(prefix)}
-
-
 def run_counts(store: Store) -> dict[str, Any]:
     """Rows and shards done so far, read from the store alone (any run, finished or not)."""
     job = json.loads(store.get(JOB_KEY))
@@ -163,6 +153,12 @@ def run_counts(store: Store) -> dict[str, Any]:
     counts["rows_pending"] = counts["rows_total"] - counts["rows_ok"] - counts["rows_failed"]
     counts["finished"] = store.exists(SUCCESS_KEY)
     return counts
+
+
+def run_layout(store: Store) -> Layout:
+    """The layout the run in this store is written in (its job's output.layout)."""
+    spec = json.loads(store.get(JOB_KEY)).get("spec", {})
+    return layout_named(spec.get("output", {}).get("layout", OutputSettings.layout))
 
 
 def write_success(store: Store, summary: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Renderer: loads a pipeline once, renders shards in micro-batches; their output and commit in output/shards.py."""
+"""Renderer: loads a pipeline once, renders shards in micro-batches; their output and commit in output/layouts/."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import torch
 
 from sdbatch.errors import InputUnavailable
-from sdbatch.output.layouts.shards import shard_output
+from sdbatch.output.layouts import layout_named
 from sdbatch.output.records import RenderedRow, failed
 from sdbatch.output.uploads import Uploads
 from sdbatch.render import calls
@@ -244,7 +244,7 @@ class Renderer:
         `on_device` runs the rendering phase; the listing before it and the writes and commit after it run
         on the calling thread."""
         started = time.perf_counter()
-        output = shard_output(task, self.store, self.uploads, self.provenance(ok=False))
+        output = layout_named(task.layout).shard(task, self.store, self.uploads, self.provenance(ok=False))
         rows, phase = output.to_render(), Rendering()
         if rows is not None:
             on_device(lambda: self._rendering(rows, output, phase))

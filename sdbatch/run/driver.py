@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.errors import ManifestError, UsageError, UserFacing
+from sdbatch.errors import UsageError, UserFacing
 from sdbatch.manifest.normalize import check_local_references
 from sdbatch.output.commits import MARKER_SCHEMA, MarkerIndex, read_markers
 from sdbatch.output.heartbeat import Heartbeat
@@ -25,6 +25,7 @@ from sdbatch.output.job import (
     run_counts,
     write_success,
 )
+from sdbatch.output.layouts import layout_named
 from sdbatch.output.results import COMPACTED_KEY, compact, open_results
 from sdbatch.plan.planned import PlannedManifest, PlannedRows, plan_manifest
 from sdbatch.plan.shards import Plan, Shard, shards_except
@@ -95,6 +96,7 @@ def prepare(request: SubmitRequest) -> PreparedRun:
     nothing to the output (the planned manifest goes to a local working folder)."""
     _check_remote_output(request)
     spec = request.spec
+    layout_named(spec.output.layout)  # an unknown layout is refused before the manifest is read
     workdir = tempfile.mkdtemp(prefix="sdbatch-run-")
     try:
         planned = plan_manifest(request.manifest, spec.defaults, spec.output.shard_size, workdir, request.s3,
@@ -112,8 +114,7 @@ def prepare(request: SubmitRequest) -> PreparedRun:
 def _check_chunk(request: SubmitRequest, chunk: pa.Table, first_row: int) -> None:
     if request.address is None:
         check_local_references(chunk)  # the actors share this machine's disk
-    if request.spec.output.layout == "webdataset":
-        _check_webdataset_ids(chunk, first_row)
+    layout_named(request.spec.output.layout).check_ids(chunk.column("id"), first_row)
 
 
 # A Ray dashboard's URL: Ray addresses, not storage, so the storage schemes do not decide them.
@@ -130,16 +131,6 @@ def _check_remote_output(request: SubmitRequest) -> None:
         raise UsageError(f"--output {request.output} is a local path, but the run goes to the cluster at "
                          f"{request.address}, whose machines cannot write to this one's disk; "
                          "use --output s3://bucket/prefix")
-
-
-def _check_webdataset_ids(table: pa.Table, first_row: int) -> None:
-    # WebDataset loaders group a tar's members into samples by the name before the first dot.
-    dotted = pc.indices_nonzero(pc.match_substring(table.column("id"), ".")).to_pylist()
-    if dotted:
-        row_id = table.column("id")[dotted[0]].as_py()
-        raise ManifestError(f"column 'id', row id {row_id!r} (row {first_row + dotted[0]}): contains '.', which data "
-                            "loaders read as the start of a file extension in the webdataset layout; use ids "
-                            "without '.' (e.g. replace it with '_') or --layout files")
 
 
 def execute(prepared: PreparedRun, events_factory) -> RunSummary:

@@ -17,15 +17,12 @@ import pyarrow.compute as pc
 
 from sdbatch.errors import GalleryError
 from sdbatch.output.heartbeat import describe, read_progress
-from sdbatch.output.job import SUCCESS_KEY, run_counts
-from sdbatch.output.layouts.tar import read_member, split_ref
+from sdbatch.output.job import SUCCESS_KEY, run_counts, run_layout
 from sdbatch.output.results import scan_results
 from sdbatch.plan.shards import Variant, group_by_variant
 from sdbatch.store.base import Store
 
 GALLERY_KEY = "gallery.html"
-GALLERY_FILES = "gallery_files"  # images copied out of webdataset tars, so the page can show them
-TARS_CACHED = 4  # tars kept in memory while copying members out (thumbnails come in group, not tar, order)
 MAX_EXPIRES = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
 CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "html": "text/html; charset=utf-8"}
 Link = Callable[[str], str]  # image key (relative to the output) -> URL the page uses
@@ -86,9 +83,9 @@ def render(store: Store, settings: GallerySettings, link: Link) -> str:
     counts = run_counts(store)
     success = json.loads(store.get(SUCCESS_KEY)) if store.exists(SUCCESS_KEY) else {}
     seen = _survey(store, settings)
-    members = _TarMembers(store)
+    browsable = run_layout(store).browsable(store)
     parts = [_head(store.uri), _totals(seen, counts, success, settings, store), _toc(seen, settings),
-             _groups(_shown(store, settings, seen), seen, settings, lambda ref: link(members.key(ref))),
+             _groups(_shown(store, settings, seen), seen, settings, lambda ref: link(browsable(ref))),
              _failures(seen, settings), "</body></html>\n"]
     return "\n".join(parts)
 
@@ -256,28 +253,4 @@ def _failures(seen: _Survey, settings: GallerySettings) -> str:
     more = (f"<p class=note>The first {len(shown):,} of {seen.failed:,}; all are in sdbatch.read_results(OUTPUT)."
             "</p>" if seen.failed > len(shown) else "")
     return f"<section id=failures><h2>Failures ({seen.failed:,})</h2>{more}<ul>{items}</ul></section>"
-
-
-class _TarMembers:
-    """Keys a page can link to: plain image keys as they are; members of webdataset tars copied out once."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self.tars: dict[str, bytes] = {}
-
-    def key(self, ref: str) -> str:
-        tar, member = split_ref(ref)
-        if member is None:
-            return ref
-        out = f"{GALLERY_FILES}/{member}"
-        if not self.store.exists(out):
-            self.store.put(out, read_member(self._tar(tar), member))
-        return out
-
-    def _tar(self, key: str) -> bytes:
-        if key not in self.tars:
-            if len(self.tars) >= TARS_CACHED:
-                self.tars.pop(next(iter(self.tars)))
-            self.tars[key] = self.store.get(key)
-        return self.tars[key]
 

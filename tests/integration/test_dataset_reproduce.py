@@ -17,7 +17,7 @@ from PIL import Image
 import sdbatch
 from sdbatch.a1111.parameters import parse_parameters, read_parameters
 from sdbatch.manifest.from_images import manifest_from_images
-from sdbatch.output.job import image_key
+from sdbatch.output.layouts.files import image_key
 from sdbatch.render.renderer import Renderer
 from sdbatch.run.gallery import GallerySettings, make_gallery
 from sdbatch.settings import RendererSettings

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from sdbatch.output.commits import commit_shard, marker_key
-from sdbatch.output.job import image_key
+from sdbatch.output.layouts.files import image_key
 from sdbatch.render.renderer import Renderer
 from sdbatch.settings import RendererSettings
 from sdbatch.store.local import LocalStore

@@ -11,7 +11,7 @@ from PIL import Image
 
 from sdbatch.a1111.parameters import parse_parameters, read_parameters
 from sdbatch.output.commits import marker_key
-from sdbatch.output.layouts.tar import tar_key
+from sdbatch.output.layouts.webdataset import tar_key
 from sdbatch.render.renderer import Renderer
 from sdbatch.settings import RendererSettings
 from sdbatch.store.local import LocalStore
