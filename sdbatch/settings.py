@@ -5,6 +5,11 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 
+# How a hires row's first pass may be enlarged (RowDefaults.hires_upscaler, the `hires_upscaler` column).
+HIRES_UPSCALERS = ("latent", "image")
+# CLIP-L, the widest-used text encoder, has 12 layers; no SD text encoder has more than OpenCLIP-bigG's 32.
+MAX_CLIP_SKIP = 32
+
 
 @dataclass(frozen=True)
 class RowDefaults:

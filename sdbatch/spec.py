@@ -14,9 +14,14 @@ import tomllib
 from sdbatch.a1111.samplers import resolve
 from sdbatch.a1111.syntax import SYNTAXES
 from sdbatch.errors import SpecError
-from sdbatch.manifest.images import HIRES_UPSCALERS
-from sdbatch.manifest.prompts import MAX_CLIP_SKIP
-from sdbatch.settings import FastPath, OutputSettings, RowDefaults, RunSettings
+from sdbatch.settings import (
+    HIRES_UPSCALERS,
+    MAX_CLIP_SKIP,
+    FastPath,
+    OutputSettings,
+    RowDefaults,
+    RunSettings,
+)
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 DEVICES = ("auto", "cuda", "cpu")

@@ -14,10 +14,9 @@ from sdbatch.manifest.columns import Column, constant, rows_where
 from sdbatch.manifest.lists import by_distinct
 from sdbatch.manifest.problems import Problems
 from sdbatch.manifest.references import Resolver
-from sdbatch.settings import RowDefaults
+from sdbatch.settings import HIRES_UPSCALERS, RowDefaults
 
 PIPELINES = ("txt2img", "img2img", "inpaint")
-HIRES_UPSCALERS = ("latent", "image")
 # Past 4x the second pass works on 16x the first pass's pixels: a different recipe (tiled upscaling).
 MAX_HIRES_SCALE = 4.0
 # The columns image_columns writes, in order.

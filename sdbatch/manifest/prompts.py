@@ -11,10 +11,8 @@ from sdbatch.a1111.syntax import SYNTAXES, problem
 from sdbatch.manifest import columns as cols
 from sdbatch.manifest.columns import rows_where
 from sdbatch.manifest.problems import Problems
-from sdbatch.settings import RowDefaults
+from sdbatch.settings import MAX_CLIP_SKIP, RowDefaults
 
-# CLIP-L, the widest-used text encoder, has 12 layers; no SD text encoder has more than OpenCLIP-bigG's 32.
-MAX_CLIP_SKIP = 32
 # Only prompts with one of these can fail to parse; the rest (most of a large manifest) are not parsed here.
 _SYNTAX_CHARS = r"[()\[\]\\]"
 

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 from sdbatch.errors import ObjectNotFound, UsageError
 from sdbatch.output.commits import RESULT_SCHEMA, get_many, json_bytes, read_markers, read_metadata
 from sdbatch.output.job import JOB_KEY, MANIFEST_KEY
-from sdbatch.plan.planned import read_batches
 from sdbatch.store.base import Store
 
 COMPACTED_KEY = "_compacted.json"
@@ -25,6 +24,13 @@ RESULTS_PREFIX = "results/"
 BATCH_ROWS = 1 << 16
 # Rows per compacted file: a few files for a million rows, each a comfortable unit for a reader's task.
 PART_ROWS = 1 << 18
+
+
+def read_batches(file: pq.ParquetFile, size: int) -> Iterator[pa.RecordBatch]:
+    """The file's rows in batches, a reader per row group: one reader over the whole file keeps memory it
+    has decoded, which grows with the rows read."""
+    for group in range(file.metadata.num_row_groups):
+        yield from file.iter_batches(batch_size=size, row_groups=[group])
 
 
 def compact(store: Store) -> dict[str, Any]:

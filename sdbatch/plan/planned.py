@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from sdbatch.errors import ManifestError, ObjectNotFound
 from sdbatch.manifest.normalize import normalize
 from sdbatch.output.job import ManifestDigest
+from sdbatch.output.results import read_batches
 from sdbatch.plan.shards import PLAN_CHUNK_ROWS, Plan, Planner, Shard
 from sdbatch.settings import RowDefaults
 from sdbatch.store import Reader, is_remote_store
@@ -179,13 +180,6 @@ def _chunks(file: pq.ParquetFile, chunk_rows: int) -> Iterator[tuple[int, pa.Tab
                 pending, held, first_row = [], 0, first_row + chunk_rows
     if held:
         yield first_row, pa.Table.from_batches(pending)
-
-
-def read_batches(file: pq.ParquetFile, size: int) -> Iterator[pa.RecordBatch]:
-    """The file's rows in batches, a reader per row group: one reader over the whole file keeps memory it
-    has decoded, which grows with the rows read."""
-    for group in range(file.metadata.num_row_groups):
-        yield from file.iter_batches(batch_size=size, row_groups=[group])
 
 
 class _IdCheck:

@@ -148,5 +148,11 @@ def test_light_modules_pull_in_nothing_heavy_transitively(module):
     assert _loaded_by(module) & LIGHT[module] == set()
 
 
+def test_nothing_in_the_output_protocol_pulls_in_torch_or_ray():
+    """Readers of a run (results, the gallery, from-images) and the layouts' tests run where no torch is installed."""
+    output = sorted(name for name in MODULES if name.startswith("sdbatch.output"))
+    assert _loaded_by(", ".join(output)) & (HEAVY | {"ray"}) == set()
+
+
 def test_the_transitive_check_sees_an_indirect_import():
     assert "torch" in _loaded_by("sdbatch.render.renderer")  # renderer imports torch through its own imports
