@@ -9,7 +9,7 @@ import sys
 import typer
 
 from sdbatch.cli import jobs_cmd, manifest_cmd, models_cmd, report_cmd, run_cmd
-from sdbatch.cli.errors import run_with_errors
+from sdbatch.cli.handler import run_with_errors
 
 app = typer.Typer(help="Render very large batches of Stable Diffusion images on Ray, resumably.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

@@ -18,7 +18,7 @@ from sdbatch.errors import ManifestError
 from sdbatch.manifest.normalize import ID_PATTERN
 from sdbatch.manifest.references import CONTROLNET_TYPE, LORA_TYPE
 from sdbatch.output.layouts import LAYOUTS
-from sdbatch.output.layouts.base import FoundImage
+from sdbatch.output.layouts.layout import FoundImage
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from sdbatch.errors import ObjectNotFound, RunMismatch
 from sdbatch.output.commits import json_bytes, read_markers
 from sdbatch.output.layouts import layout_named
-from sdbatch.output.layouts.base import Layout
+from sdbatch.output.layouts.layout import Layout
 from sdbatch.settings import OutputSettings
 from sdbatch.spec import JobSpec, fingerprint
 from sdbatch.store.base import PutResult, Store

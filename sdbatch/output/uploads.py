@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from sdbatch.output.encode import encode_image
+from sdbatch.output.formats import encode_image
 from sdbatch.store.base import Store
 
 T = TypeVar("T")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from sdbatch.output.layouts import layout_named
-from sdbatch.output.layouts.base import Outcome
+from sdbatch.output.layouts.layout import Outcome
 from sdbatch.output.records import RenderedRow
 from sdbatch.output.uploads import Uploads
 from sdbatch.tasks import ShardTask

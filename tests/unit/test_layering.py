@@ -139,7 +139,7 @@ LIGHT = {
     "sdbatch.settings": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.cli.app": HEAVY | {"ray"},
     **{f"sdbatch.cli.{name}": HEAVY | {"ray"} for name in
-       ("run_cmd", "jobs_cmd", "report_cmd", "manifest_cmd", "models_cmd", "options", "errors", "progress")},
+       ("run_cmd", "jobs_cmd", "report_cmd", "manifest_cmd", "models_cmd", "options", "handler", "progress")},
 }
 
 

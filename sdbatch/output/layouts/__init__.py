@@ -5,8 +5,8 @@ base.Layout, and a line in LAYOUTS."""
 from __future__ import annotations
 
 from sdbatch.errors import SpecError
-from sdbatch.output.layouts.base import Layout
 from sdbatch.output.layouts.files import FilesLayout
+from sdbatch.output.layouts.layout import Layout
 from sdbatch.output.layouts.webdataset import WebdatasetLayout
 
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (FilesLayout(), WebdatasetLayout())}

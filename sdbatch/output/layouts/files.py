@@ -10,8 +10,8 @@ from typing import Any
 import pyarrow as pa
 
 from sdbatch.output.commits import commit_shard
-from sdbatch.output.encode import EXTENSIONS, IMAGE_SUFFIXES
-from sdbatch.output.layouts.base import FoundImage, Outcome, pipeline_seconds
+from sdbatch.output.formats import EXTENSIONS, IMAGE_SUFFIXES
+from sdbatch.output.layouts.layout import FoundImage, Outcome, pipeline_seconds
 from sdbatch.output.records import RenderedRow, adopted_row, image_parameters, result_row
 from sdbatch.output.uploads import Uploads
 from sdbatch.store.base import PutResult, Store

@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 
 from sdbatch.errors import ManifestError
 from sdbatch.output.commits import commit_marker, commit_shard, uncommitted_metadata
-from sdbatch.output.encode import EXTENSIONS, IMAGE_SUFFIXES
-from sdbatch.output.layouts.base import FoundImage, Outcome, pipeline_seconds
+from sdbatch.output.formats import EXTENSIONS, IMAGE_SUFFIXES
+from sdbatch.output.layouts.layout import FoundImage, Outcome, pipeline_seconds
 from sdbatch.output.records import RenderedRow, failed_row, image_parameters, result_row, sample_record
 from sdbatch.output.uploads import Uploads
 from sdbatch.store.base import PutResult, Store

@@ -1,4 +1,4 @@
-"""Image encoding: a PIL image to the bytes of the chosen format, with its A1111 parameters embedded."""
+"""Image formats: a PIL image to the bytes of its format with its A1111 parameters embedded; extensions, suffixes."""
 
 from __future__ import annotations
 
