@@ -1,1 +1,1 @@
-"""The manifest, torch-free: read (local or remote), validate with row-precise errors, normalize; author, from-images."""
+"""The manifest, torch-free: read (local or remote), validate (row-precise errors), normalize; author, from-images."""

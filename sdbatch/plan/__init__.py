@@ -1,1 +1,1 @@
-"""Planning, pure and deterministic: normalized rows to variant groups to shards; the planned file read back by shard."""
+"""Planning, pure and deterministic: normalized rows to variant groups to shards; the planned file read by shard."""
