@@ -61,7 +61,7 @@ def check_local_references(table: pa.Table) -> None:
                 problems.append(Problem(column, None, problem))
     raise_if(problems, table.num_rows)
     rows = Problems(table.num_rows)
-    rows.ids = table.column("id") if "id" in table.column_names else pa.array(map(str, range(table.num_rows)))
+    rows.ids = table.column("id") if "id" in table.column_names else pa.array([str(n) for n in range(table.num_rows)])
     check_families(table, {name: table.column(name) for name in table.column_names}, rows)
     rows.raise_if()
 
@@ -94,12 +94,9 @@ def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Proble
         for name in ("width", "height"):
             if name in columns:
                 _check_sizes(family, name, columns[name], mine, problems)
-        for name in (c for c in {*columns, *table.column_names} if not family.takes(c)):
-            given = _given(name, table, columns)
-            if given is not None:
-                problems.add_rows(name, rows_where(pc.and_(mine, given)), lambda n, name=name, family=family: (
-                    f"is set, but {family.title} models (model {models[n].as_py()!r}) take no {name}; leave it empty "
-                    "for this model's rows"))
+        for name in dict.fromkeys([*columns, *table.column_names]):  # in order: the listed problems are stable
+            if not family.takes(name):
+                _check_refused(family, name, table, columns, mine, problems)
         if family.schedulers is not None and "scheduler" in columns:
             _check_schedulers(family, columns["scheduler"], mine, problems)
 
@@ -122,9 +119,18 @@ def _size_message(family: Family, value: int) -> str:
             f"{low or family.size_multiple} or {low + family.size_multiple}")
 
 
+def _check_refused(family: Family, name: str, table: pa.Table, columns: Mapping[str, Any], mine,
+                   problems: Problems) -> None:
+    given, models = _given(name, table, columns), columns["model"]
+    if given is not None:
+        problems.add_rows(name, rows_where(pc.and_(mine, given)), lambda n: (
+            f"is set, but {family.title} models (model {models[n].as_py()!r}) take no {name}; leave it empty for "
+            "this model's rows"))
+
+
 def _given(name: str, table: pa.Table, columns: Mapping[str, Any]):
     """Where a row sets the column: LoRA and ControlNet lists as normalized (a prompt's LoRA tags count), other
-    columns as the manifest has them (a job's default, filled into every row, is the neutral value). None: nowhere."""
+    columns as the manifest has them (the job's defaults fill every row: they are not a row's own). None: nowhere."""
     values = columns.get(name)
     if values is not None and (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
         return pc.greater(pc.fill_null(pc.list_value_length(values), 0), 0)
@@ -137,9 +143,8 @@ def _given(name: str, table: pa.Table, columns: Mapping[str, Any]):
 
 
 def _check_schedulers(family: Family, values, mine, problems: Problems) -> None:
-    allowed = pa.array(family.schedulers, pa.string())
-    bad = pc.and_(mine, pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(pc.is_in(values, value_set=allowed),
-                                                                             False))))
+    allowed = pc.fill_null(pc.is_in(values, value_set=pa.array(family.schedulers, pa.string())), False)
+    bad = pc.and_(mine, pc.and_(pc.is_valid(values), pc.invert(allowed)))
     problems.add_rows("scheduler", rows_where(bad), lambda n: (
         f"{values[n].as_py()!r} does not work with {family.title} models; use one of "
         f"{', '.join(family.schedulers)} or leave it empty for the model's own"))

@@ -1,4 +1,4 @@
-"""Prompts to text-encoder states as A1111 makes them: weights, 75-token chunks, clip skip, embeddings, SDXL."""
+"""Prompts to text-encoder states as A1111 makes them: weights, 75-token chunks, clip skip, embeddings, per family."""
 
 from __future__ import annotations
 
