@@ -43,15 +43,18 @@ def test_a_model_folder_of_no_family_is_refused_before_any_actor(tiny_flux, tmp_
         assert "SD1.x/2.x (StableDiffusionPipeline," in message and "SDXL (StableDiffusionXLPipeline," in message
 
 
-def test_manifest_validate_refuses_a_flux_model_with_exit_2(tiny_flux, tmp_path):
+def test_validate_and_submit_refuse_a_flux_model_with_exit_2_before_ray(tiny_flux, tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a fox", "model": str(tiny_flux)}])
     job = tmp_path / "job.toml"
     job.write_text(f'[defaults]\nmodel = "{tiny_flux}"\n')
-    for args in ((str(manifest),), (str(write_manifest(tmp_path / "n.parquet", [{"prompt": "x"}])), "--job", str(job))):
-        result = run_cli("manifest", "validate", *args)
+    plain = str(write_manifest(tmp_path / "n.parquet", [{"prompt": "x"}]))
+    for args in (("manifest", "validate", str(manifest)), ("manifest", "validate", plain, "--job", str(job)),
+                 ("submit", plain, "--job", str(job), "--output", str(tmp_path / "out"))):
+        result = run_cli(*args)
         message = " ".join(result.stderr.split())
-        assert result.returncode == 2 and "is a FluxPipeline, which sdbatch does not render" in message
-        assert "Traceback" not in result.stderr
+        assert result.returncode == 2 and "is a FluxPipeline, which sdbatch does not render" in message, args
+        assert "Traceback" not in result.stderr and "Ray" not in result.stderr + result.stdout
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture
