@@ -74,6 +74,11 @@ class StableDiffusion(RenderFamily):
     def lora_text_encoders(self, pipe) -> list[str]:
         return [encoder for _, encoder in self.text_slots if getattr(pipe, encoder, None) is not None]
 
+    def fits_controlnet(self, config: dict, pipe) -> bool:
+        # Of this family and reading text states of the model's width.
+        own = self.denoiser(pipe).config.cross_attention_dim
+        return self.claims_config(config) and config.get("cross_attention_dim") == own
+
     def load_controlnet(self, folder, dtype: torch.dtype) -> torch.nn.Module:
         from diffusers import ControlNetModel
 
