@@ -16,6 +16,8 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INT64_MAX = 2**63 - 1
 EXACT_FLOAT = 2**53  # above this a float64 no longer holds every integer
 MAX_SIZE = 8192
+# What every model's VAE needs (a power of two); a family may need a larger multiple (sdbatch.family).
+SIZE_MULTIPLE = 8
 SEED_BLOCK = 1 << 20
 # Ids per task when other processes hash: enough tasks for every worker, each worth its pickling.
 WORKER_SEED_BLOCK = 1 << 15
@@ -283,13 +285,14 @@ def floats(table: pa.Table, name: str, default: float, problems: Problems) -> Co
 
 
 def sizes(table: pa.Table, name: str, default: int | None, problems: Problems) -> Column:
-    values = ints(table, name, default, problems, low=8, high=MAX_SIZE,
-                  fix=f"use a multiple of 8 between 8 and {MAX_SIZE}")
+    values = ints(table, name, default, problems, low=SIZE_MULTIPLE, high=MAX_SIZE,
+                  fix=f"use a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and {MAX_SIZE}")
 
     def message(n: int) -> str:
         value = values[n].as_py()
-        return f"{value} is not a multiple of 8; use {value - value % 8} or {value - value % 8 + 8}"
+        low = value - value % SIZE_MULTIPLE
+        return f"{value} is not a multiple of {SIZE_MULTIPLE}; use {low} or {low + SIZE_MULTIPLE}"
 
     if values.null_count < len(values):
-        problems.add_rows(name, rows_where(pc.not_equal(pc.bit_wise_and(values, 7), 0)), message)
+        problems.add_rows(name, rows_where(pc.not_equal(pc.bit_wise_and(values, SIZE_MULTIPLE - 1), 0)), message)
     return values

@@ -16,7 +16,8 @@ from sdbatch.manifest import columns as cols
 from sdbatch.manifest.columns import ID_PATTERN, MAX_SIZE, derive_seed, duplicate_ids, rows_where
 from sdbatch.manifest.images import IMAGE_COLUMNS, image_columns
 from sdbatch.manifest.lists import Entries, entries_of, struct_field
-from sdbatch.manifest.problems import MAX_LISTED_PROBLEMS, Problem, Problems, raise_if
+from sdbatch.manifest.models import check_families
+from sdbatch.manifest.problems import MAX_LISTED_PROBLEMS, Problem, Problems
 from sdbatch.manifest.prompts import prompt_columns
 from sdbatch.manifest.references import (
     CONSUMED_COLUMNS,
@@ -29,7 +30,7 @@ from sdbatch.settings import RowDefaults
 from sdbatch.store import SCHEME_PATTERN, Reader, carries_secret, is_remote_store
 
 __all__ = ["ID_PATTERN", "MANIFEST_COLUMNS", "MAX_LISTED_PROBLEMS", "MAX_SIZE", "RESULT_COLUMNS", "Problem",
-           "check_local_references", "derive_seed", "duplicate_ids", "normalize", "read_manifest"]
+           "derive_seed", "duplicate_ids", "normalize", "read_manifest"]
 
 # The columns `normalize` writes, in order; every other column of its output is a label.
 MANIFEST_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
@@ -94,6 +95,7 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0,
     columns["controlnets"] = normalize_controlnets(table, resolver, problems.report)
     prompt_columns(table, columns, defaults, problems)  # after the LoRA tags are out of the prompts
     image_columns(table, columns, defaults, resolver, problems)
+    check_families(table, columns, problems)  # the rows against what their model's family takes
     _check_no_secrets_in_urls(columns, problems)
     _check_label_names(table, problems)
     problems.raise_if()
@@ -163,19 +165,3 @@ def _check_label_names(table: pa.Table, problems: Problems) -> None:
     for name in table.column_names:
         if name in RESULT_COLUMNS:
             problems.add(name, None, "is a name the results table uses; rename this label column")
-
-
-def check_local_references(table: pa.Table) -> None:
-    """Refuse local model and VAE paths that cannot work (missing, not a diffusers folder or .safetensors file,
-    a pickled checkpoint) before any actor starts; for runs whose actors share this machine's disk."""
-    from sdbatch.render.models.sources import local_problem  # stdlib only: no torch
-
-    problems = []
-    for column in ("model", "vae"):
-        if column not in table.column_names:
-            continue
-        for reference in sorted(v for v in pc.unique(table.column(column)).to_pylist() if v):
-            problem = local_problem(reference)
-            if problem:
-                problems.append(Problem(column, None, problem))
-    raise_if(problems, table.num_rows)

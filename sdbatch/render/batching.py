@@ -6,8 +6,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from sdbatch.plan.shards import VARIANT_COLUMNS
 from sdbatch.render.inputs import RowInputs
 from sdbatch.render.text.encode import Conditioning
@@ -82,14 +80,8 @@ def controlnets_of(row: dict[str, Any]) -> list[dict]:
 
 
 def text_arguments(batch: Batch) -> dict[str, Any]:
-    """The rows' prompt states as the pipeline takes them; SDXL's pooled vectors too."""
-    states = batch.conditioning
-    out = {"prompt_embeds": torch.cat([c.embeds for c in states]),
-           "negative_prompt_embeds": torch.cat([c.negative for c in states])}
-    if states[0].pooled is not None:
-        out["pooled_prompt_embeds"] = torch.cat([c.pooled for c in states])
-        out["negative_pooled_prompt_embeds"] = torch.cat([c.negative_pooled for c in states])
-    return out
+    """The rows' prompt states as the model's family takes them (pooled vectors too where it has them)."""
+    return batch.variant.family.text_arguments(batch.conditioning)
 
 
 def control_arguments(batch: Batch) -> dict[str, Any]:

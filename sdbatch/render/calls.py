@@ -83,9 +83,7 @@ def second_pass(batch: Batch, first: Any, size: tuple[int, int]) -> list[Image.I
     row, target = batch.rows[0], hires_size(batch.rows[0], size)
     pipeline = batch.variant.second_pass
     if row["hires_upscaler"] == "latent":
-        factor = pipeline.vae_scale_factor
-        start = torch.nn.functional.interpolate(first, size=(target[1] // factor, target[0] // factor),
-                                                mode="bilinear", antialias=False)
+        start = batch.variant.family.resize_latents(pipeline, first, target)
     else:
         start = [image.resize(target, Image.Resampling.LANCZOS) for image in first]
     strength, steps = float(row["hires_strength"]), int(row["hires_steps"] or row["steps"])

@@ -103,8 +103,8 @@ class Renderer:
                 torch.cuda.empty_cache()
             self._model = load_model(reference, self.device, self.dtype, self.settings.fast, self.settings.s3)
             self._variants = VariantCache(self._model.pipeline, self.device, self.dtype, self.settings.variants,
-                                      self._state_dicts, self._fetcher, self.settings.fast)
-            self._prompts = PromptEncoder(self._model.pipeline, self._embeddings)
+                                          self._state_dicts, self._fetcher, self.settings.fast, self._model.family)
+            self._prompts = PromptEncoder(self._model.pipeline, self._embeddings, self._model.family)
             self.model_loads += 1
         return self._model
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sdbatch.errors import UsageError, UserFacing
-from sdbatch.manifest.normalize import check_local_references
+from sdbatch.manifest.models import check_local_references
 from sdbatch.output.commits import MARKER_SCHEMA, MarkerIndex, read_markers
 from sdbatch.output.heartbeat import Heartbeat
 from sdbatch.output.job import (

@@ -26,7 +26,7 @@ OPEN_CLIP_LAYER = [("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("mlp.f
 
 def write_single_file(folder: str | os.PathLike, path: str | os.PathLike, config: str | None = None) -> pathlib.Path:
     """Write the SD1.x- or SDXL-style diffusers model in `folder` as one original-layout .safetensors file.
-    `config`: a model reference stored in the header (loading.CONFIG_METADATA) naming a model whose configs fit."""
+    `config`: a model reference stored in the header (sdbatch.family.CONFIG_METADATA) naming a model whose configs fit."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection

@@ -1,4 +1,5 @@
-"""The module boundaries the architecture promises: torch only under render/, ray only under engine/, no cycles."""
+"""The module boundaries the architecture promises: torch only under render/, ray only under engine/, no cycles,
+model families asked only of their owner."""
 
 import ast
 import re
@@ -136,6 +137,8 @@ LIGHT = {
     "sdbatch.output.results": HEAVY | {"ray", "boto3"},
     "sdbatch.run.gallery": HEAVY | {"ray", "boto3"},
     "sdbatch.errors": HEAVY | {"ray", "pyarrow", "boto3"},
+    "sdbatch.family": HEAVY | {"ray", "pyarrow", "boto3"},
+    "sdbatch.manifest.models": HEAVY | {"ray", "boto3"},
     "sdbatch.settings": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.cli.app": HEAVY | {"ray"},
     **{f"sdbatch.cli.{name}": HEAVY | {"ray"} for name in
@@ -156,3 +159,41 @@ def test_nothing_in_the_output_protocol_pulls_in_torch_or_ray():
 
 def test_the_transitive_check_sees_an_indirect_import():
     assert "torch" in _loaded_by("sdbatch.render.renderer")  # renderer imports torch through its own imports
+
+
+# Only the family owners may look at what differs between families: render/families/ (and the tiny models it is
+# tested on). Elsewhere a UNet attribute, an SDXL test or the second text encoder's name would be a family decided
+# outside its owner, and a new family (a transformer instead of a UNet) would break there silently.
+FAMILY_OWNERS = ("sdbatch.render.families", "sdbatch.render.tiny")
+FAMILY_ATTRIBUTES = {"unet"}
+FAMILY_NAMES = {"is_sdxl"}
+FAMILY_STRINGS = {"text_encoder_2", "tokenizer_2"}
+
+
+def _family_offences(source: str) -> list[str]:
+    """Where a module's code reads `.unet`, names `is_sdxl`, or spells a second-encoder attribute name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in FAMILY_ATTRIBUTES | FAMILY_NAMES:
+            found.append((node.lineno, f".{node.attr}"))
+        elif isinstance(node, ast.Name) and node.id in FAMILY_NAMES:
+            found.append((node.lineno, node.id))
+        elif isinstance(node, (ast.FunctionDef, ast.alias)) and node.name in FAMILY_NAMES:
+            found.append((node.lineno, node.name))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in FAMILY_STRINGS:
+            found.append((node.lineno, repr(node.value)))
+    return [f"line {line}: {what}" for line, what in sorted(found)]
+
+
+def test_only_the_family_owners_ask_which_family_a_pipeline_is():
+    offenders = {name: _family_offences(path.read_text()) for name, path in MODULES.items()
+                 if not name.startswith(FAMILY_OWNERS)}
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_the_family_check_sees_each_kind_of_offence():
+    planted = ("def is_sdxl(pipe):\n    return pipe.unet.config\n"
+               "from x import is_sdxl\nif is_sdxl(p): getattr(p, 'text_encoder_2'); p.tokenizer = 'tokenizer_2'\n")
+    assert _family_offences(planted) == ["line 1: is_sdxl", "line 2: .unet", "line 3: is_sdxl",
+                                         "line 4: 'text_encoder_2'", "line 4: 'tokenizer_2'", "line 4: is_sdxl"]
+    assert _family_offences("pipe.text_encoder; unet_config = 1; # pipe.unet in a comment\n") == []

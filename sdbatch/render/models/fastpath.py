@@ -1,4 +1,5 @@
-"""The fast render path: precision per device and model, memory layout, SDPA, in-place compile, threads, batch size."""
+"""The fast render path's parts: precision per device, memory layout, SDPA, the fp32 VAE, threads, batch size
+(render/families/ applies them to each family's modules)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ MAX_AUTO_BATCH = 16
 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
-    """The UNet's precision: bf16 where the card has it (SD1.5/SD2/SDXL run in it unchanged), else fp16."""
+    """The denoiser's precision: bf16 where the card has it (SD1.5/SD2/SDXL run in it unchanged), else fp16."""
     if requested != "auto":
         if requested not in DTYPES:
             raise ValueError(f"dtype {requested!r} is not known; use auto, {', '.join(DTYPES)}")
@@ -35,37 +36,8 @@ def wants_channels_last(fast: FastPath, device: torch.device) -> bool:
     return fast.channels_last if fast.channels_last is not None else device.type == "cuda"
 
 
-def is_sdxl(pipe) -> bool:
-    return getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
-
-
-def family_name(unet_config: dict) -> str:
-    """A UNet (or ControlNet) config's model family in words, for error messages."""
-    if unet_config.get("addition_embed_type") == "text_time":
-        return "SDXL"
-    return {768: "SD1.x", 1024: "SD2.x"}.get(unet_config.get("cross_attention_dim"), "SD1.x/2.x-style")
-
-
-def optimize(pipe, fast: FastPath, device: torch.device, dtype: torch.dtype) -> None:
-    """Apply the fast path to a loaded pipeline, in place (LoRA methods keep seeing the same modules)."""
-    _check_sdpa(pipe.unet)
-    if dtype == torch.float16 and is_sdxl(pipe) and pipe.vae.config.force_upcast:
-        keep_vae_in_float32(pipe.vae)
-    if wants_channels_last(fast, device):
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    # With compile, LoRAs go through hotswap.HotswapLoras, which calls enable_lora_hotswap before each
-    # slot's first load (the UNet's only: peft cannot hotswap the text encoder).
-
-
-def compile_unet(pipe, fast: FastPath) -> None:
-    """Compile the UNet in place: `pipe.unet = torch.compile(...)` would hide it from the LoRA methods."""
-    if fast.compile:
-        pipe.unet.compile(mode=fast.compile_mode)
-
-
 def keep_vae_in_float32(vae) -> None:
-    """SDXL's VAE overflows in fp16 (NaN images). Kept in fp32 for good: the pipeline's own force_upcast
+    """A VAE that overflows in fp16 (SDXL's: NaN images), kept in fp32 for good: the pipeline's own force_upcast
     would move its weights to fp32 and back on every call. Inputs are cast as they arrive."""
     vae.to(torch.float32)
     for module in (vae.post_quant_conv, vae.decoder):
@@ -77,15 +49,15 @@ def _cast_inputs_to_float32(_module, args):
     return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
-def _check_sdpa(unet) -> None:
+def use_sdpa(denoiser) -> None:
     """torch 2's fused attention (flash / memory-efficient kernels) instead of the classic processor, which
     materialises the attention matrix; other processors (IP-Adapter, custom) are left as they are."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    processors = unet.attn_processors
+    processors = denoiser.attn_processors
     if any(type(p) is AttnProcessor for p in processors.values()):
-        unet.set_attn_processor({name: AttnProcessor2_0() if type(p) is AttnProcessor else p
-                                 for name, p in processors.items()})
+        denoiser.set_attn_processor({name: AttnProcessor2_0() if type(p) is AttnProcessor else p
+                                     for name, p in processors.items()})
 
 
 def set_cpu_threads(threads: int | None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -14,19 +13,16 @@ import torch
 
 from sdbatch.a1111.samplers import BY_NAME as SCHEDULERS_BY_NAME
 from sdbatch.errors import ModelLoadError
-from sdbatch.render.models.fastpath import compile_unet, optimize, pick_dtype
+from sdbatch.family import CONFIG_METADATA, checkpoint_for, folder_class, read_header, unknown_checkpoint
+from sdbatch.render.families import RenderFamily, for_pipeline_class
+from sdbatch.render.models.fastpath import pick_dtype
 from sdbatch.render.models.sources import cache_root, hub_snapshot, resolve_source
 from sdbatch.settings import FastPath, S3Settings
 
-# A single-file checkpoint carries weights only: its configs come from the reference model of its family
-# (config files only, from the Hugging Face cache), unless the file's metadata names a config model.
-FAMILY_CONFIGS = {
-    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
-CONFIG_METADATA = "sdbatch_config"  # safetensors header key: a model reference whose configs fit the file
+# A single-file checkpoint carries weights only: its configs come from the reference repo of its kind
+# (sdbatch.family's checkpoints; config files only, from the Hugging Face cache), unless its metadata names one.
 CONFIG_FILES = ["*.json", "*.txt"]  # configs, tokenizer vocabularies and merges; no weights
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -35,6 +31,7 @@ class LoadedModel:
     model_hash: str  # cheap content identity of the files that were loaded
     native_size: tuple[int, int]  # (width, height) the model was trained at
     base_scheduler: object  # the model's own scheduler, kept because variants replace pipeline.scheduler
+    family: RenderFamily  # what varies by model family: callers ask it rather than the pipeline
 
 
 def pick_device(requested: str | None = None, dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -58,10 +55,13 @@ def model_hash(path: Path) -> str:
 
 def load_model(reference: str, device: torch.device, dtype: torch.dtype, fast: FastPath = FastPath(),
                s3: S3Settings | None = None) -> LoadedModel:
-    """The pipeline of the class the model itself names (model_index.json, or the single file's family)."""
+    """The pipeline of the class the model itself names (model_index.json, or the single file's family); a class no
+    family claims is refused before any weight is read."""
     source = resolve_source(reference, s3)
     try:
-        pipe = _from_single_file(source.path, dtype) if source.single_file else _from_folder(source.path, dtype)
+        config = single_file_config(source.path) if source.single_file else source.path
+        family = for_pipeline_class(folder_class(config) or "", f"model {reference!r}")
+        pipe = _from_single_file(source.path, config, dtype) if source.single_file else _from_folder(config, dtype)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -69,18 +69,16 @@ def load_model(reference: str, device: torch.device, dtype: torch.dtype, fast: F
         raise ModelLoadError(f"model {reference!r}{where} failed to load: {exc}") from exc
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    optimize(pipe, fast, device, dtype)
-    compile_unet(pipe, fast)
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    side = int(pipe.unet.config.sample_size) * scale  # SD1.5: 64 * 8 = 512; SDXL: 128 * 8 = 1024
-    return LoadedModel(pipe, reference, model_hash(source.path), (side, side), pipe.scheduler)
+    family.optimize(pipe, fast, device, dtype)
+    family.compile(pipe, fast)
+    return LoadedModel(pipe, reference, model_hash(source.path), family.native_size(pipe), pipe.scheduler, family)
 
 
 def pipeline_class(config_folder: Path):
     """The diffusers class model_index.json names: the model decides, not the reference's wording."""
     import diffusers
 
-    name = json.loads((config_folder / "model_index.json").read_text()).get("_class_name", "")
+    name = folder_class(config_folder) or ""
     cls = getattr(diffusers, name, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise ModelLoadError(f"{config_folder}: model_index.json names {name!r}, which this diffusers "
@@ -101,8 +99,7 @@ def _from_folder(path: Path, dtype: torch.dtype):
     return cls.from_pretrained(str(path), dtype=dtype, **_options(cls))
 
 
-def _from_single_file(path: Path, dtype: torch.dtype):
-    config = single_file_config(path)
+def _from_single_file(path: Path, config: Path, dtype: torch.dtype):
     cls = pipeline_class(config)
     if not hasattr(cls, "from_single_file"):
         raise ModelLoadError(f"{cls.__name__} cannot load single-file checkpoints; convert {path.name} to a "
@@ -114,37 +111,22 @@ def _from_single_file(path: Path, dtype: torch.dtype):
 
 def single_file_config(path: Path) -> Path:
     """A folder of configs only (no weights, so nothing is silently taken from it) that fits the checkpoint."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        named = (handle.metadata() or {}).get(CONFIG_METADATA)
-        keys = set(handle.keys())
+    header = read_header(path)
+    named = (header.get("__metadata__") or {}).get(CONFIG_METADATA)
     if named:
         return _configs_only(resolve_source(named).path)
-    family = checkpoint_family(keys)
-    if family is None:
-        raise ModelLoadError(f"{path.name} is not a Stable Diffusion 1.x/2.x or SDXL checkpoint (none of their "
-                             "tensor names); convert it to a diffusers folder")
-    repo = FAMILY_CONFIGS[family]
+    found = checkpoint_for(set(header) - {"__metadata__"})
+    if found is None:
+        raise unknown_checkpoint(path.name)
+    kind, repo = found[1].name, found[1].config_repo
     try:
         return hub_snapshot(repo, CONFIG_FILES)
     except ModelLoadError as exc:  # the message would name only the hub repo, not the user's file
         raise ModelLoadError(
-            f"{path.name} is a single-file {family} checkpoint; its configs (json and txt files, no weights) "
+            f"{path.name} is a single-file {kind} checkpoint; its configs (json and txt files, no weights) "
             f"come from the hub repo {repo}, which is not in this node's Hugging Face cache and could not be "
             f"fetched. Run `hf download {repo} --include '*.json' '*.txt'` where the actors run (or share "
             "HF_HOME), or convert the file to a diffusers folder") from exc
-
-
-def checkpoint_family(keys: set[str]) -> str | None:
-    """sd15, sd2 or sdxl from an original-layout checkpoint's tensor names."""
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):  # OpenCLIP text encoder
-        return "sd2"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd15"
-    return None
 
 
 def _configs_only(folder: Path) -> Path:

@@ -13,17 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdbatch.errors import ModelLoadError, StoreError, reading
+from sdbatch.manifest.models import (
+    TINY_PREFIX,
+    UNSAFE_SUFFIXES,
+    is_single_file,
+    local_problem,
+    looks_like_path,
+)
 from sdbatch.settings import S3Settings
-from sdbatch.store import is_remote, is_remote_store, open_store
+from sdbatch.store import is_remote_store, open_store
 from sdbatch.store.base import Store, check_key
 
-# Importing torch or diffusers here would make every light caller (the s3 download race, the driver's
-# checks) pay seconds: they are imported inside the functions that need them.
+# Importing torch or diffusers here would make every light caller (the s3 download race among processes)
+# pay seconds: they are imported inside the functions that need them.
 
-TINY_PREFIX = "tiny:"
-SINGLE_FILE_SUFFIXES = (".safetensors",)
-# Pickled checkpoints run code when loaded: refused, with the fix in the message.
-UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 DONE = "sdbatch_download.json"  # written last into a downloaded folder: its presence means complete
 
 
@@ -41,33 +44,6 @@ class ModelSource:
 def cache_root() -> Path:
     """Where sdbatch keeps models it builds or downloads on this node."""
     return Path(os.environ.get("SDBATCH_CACHE", Path.home() / ".cache" / "sdbatch"))
-
-
-def looks_like_path(reference: str) -> bool:
-    """True for references that can only mean a local path (absolute, relative, or deeper than org/name)."""
-    # A missing local path would otherwise fall through to a confusing hub lookup.
-    return reference.startswith(("/", "./", "../", "~")) or reference.count("/") > 1
-
-
-def is_single_file(reference: str) -> bool:
-    return reference.lower().endswith(SINGLE_FILE_SUFFIXES)
-
-
-def local_problem(reference: str) -> str | None:
-    """Why a local model or VAE reference cannot work (missing, wrong kind), or None; no imports, no I/O beyond stat."""
-    if reference.startswith(TINY_PREFIX) or is_remote(reference) or not looks_like_path(reference):
-        return None
-    path = Path(reference).expanduser()
-    if reference.lower().endswith(UNSAFE_SUFFIXES):
-        return f"{reference!r} is a pickled checkpoint, which can run code when loaded; convert it to .safetensors"
-    if is_single_file(reference):
-        return None if path.is_file() else f"{reference!r} does not exist; fix the path"
-    if not path.is_dir():
-        return f"{reference!r} does not exist; fix the path (a diffusers folder or a .safetensors file)"
-    if not ((path / "model_index.json").is_file() or (path / "config.json").is_file()):
-        return (f"{reference!r} is not a diffusers folder (no model_index.json or config.json); pass a folder "
-                "saved with save_pretrained or a single .safetensors file")
-    return None
 
 
 def resolve_source(reference: str, s3: S3Settings | None = None, marker: str = "model_index.json",

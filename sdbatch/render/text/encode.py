@@ -1,4 +1,4 @@
-"""Prompts to text-encoder states as A1111 makes them: weights, 75-token chunks, clip skip, embeddings, SDXL."""
+"""Prompts to text-encoder states as A1111 makes them: weights, 75-token chunks, clip skip, embeddings, per family."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 
 from sdbatch.a1111.syntax import parse
 from sdbatch.errors import InputUnavailable
+from sdbatch.render.families import for_model
+from sdbatch.render.families.base import RenderFamily
 from sdbatch.render.text.chunks import Chunk, chunked, framed
 from sdbatch.render.text.embeddings import EmbeddingLibrary
 
@@ -20,11 +22,12 @@ TOKEN_CACHE = 16384
 
 @dataclass(frozen=True)
 class Conditioning:
-    """One row's pipeline inputs: prompt and negative states padded to one length, and SDXL's pooled vectors."""
+    """One row's pipeline inputs: prompt and negative states padded to one length, and pooled vectors where the
+    family takes them."""
 
     embeds: torch.Tensor  # [1, 77 * chunks, width]
     negative: torch.Tensor
-    pooled: torch.Tensor | None  # [1, projection] for SDXL, else None
+    pooled: torch.Tensor | None  # [1, projection] where the family conditions on it (ClipText.pooled), else None
     negative_pooled: torch.Tensor | None
     embeddings_used: tuple[tuple[str, str], ...]  # (name, sha256) in order of first use
 
@@ -38,8 +41,8 @@ class Conditioning:
 class _Encoder:
     tokenizer: Any
     model: Any
-    index: int  # 0: CLIP-L (text_encoder), 1: OpenCLIP-G (text_encoder_2)
-    penultimate: bool  # SDXL takes the penultimate layer, unnormalized; SD1.x/2.x the last, normalized
+    index: int  # its slot in the family's ClipText.encoders: which vectors of an embedding file it takes
+    penultimate: bool  # the penultimate layer, unnormalized (ClipText.penultimate); else the last, normalized
     comma: int | None  # the ", " token chunks are cut after (A1111's backtrack); None if the vocabulary lacks it
 
     def layer_count(self) -> int:
@@ -49,13 +52,11 @@ class _Encoder:
 class PromptEncoder:
     """The text side of one pipeline: rows' prompts to Conditioning, each row encoded as if it were alone."""
 
-    def __init__(self, pipeline: Any, embeddings: EmbeddingLibrary):
+    def __init__(self, pipeline: Any, embeddings: EmbeddingLibrary, family: RenderFamily | None = None):
         self.embeddings = embeddings
-        self.sdxl = getattr(pipeline, "text_encoder_2", None) is not None
-        pairs = [(pipeline.tokenizer, pipeline.text_encoder), (getattr(pipeline, "tokenizer_2", None),
-                                                                 getattr(pipeline, "text_encoder_2", None))]
-        self.encoders = [_Encoder(tok, model, i, self.sdxl, _comma(tok)) for i, (tok, model) in enumerate(pairs)
-                         if tok is not None and model is not None]
+        self.text = (family or for_model(pipeline)).text(pipeline)
+        self.encoders = [_Encoder(pair[0], pair[1], i, self.text.penultimate, _comma(pair[0]))
+                         for i, pair in enumerate(self.text.encoders) if pair is not None]
         self._tokens: dict[tuple[int, str], list[int]] = {}
 
     def encode(self, rows: list[dict[str, Any]]) -> list[Conditioning | Exception]:
@@ -93,7 +94,7 @@ class PromptEncoder:
                 first, stop = at + side * plan.count, at + (side + 1) * plan.count
                 states = torch.cat([hidden[first:stop].reshape(1, -1, hidden.shape[-1]) for hidden, _ in outputs], -1)
                 pooled = outputs[-1][1]
-                sides.append((states, pooled[first:first + 1] if self.sdxl else None))
+                sides.append((states, pooled[first:first + 1] if self.text.pooled else None))
             out.append(self._conditioning(plan, sides))
             at += 2 * plan.count
         return out
@@ -123,9 +124,9 @@ class PromptEncoder:
         for name in dict.fromkeys(used):  # one of another family fails this row here, not the whole batch later
             for encoder in self.encoders:
                 self._vectors(encoder, name)
-        # A1111 zeroes an empty negative prompt's states and pooled vector on SDXL (as diffusers does for a
-        # missing one); "plain" rows keep diffusers' reading of the "" they pass: encoded.
-        zero_negative = self.sdxl and syntax == "a1111" and not row.get("negative_prompt")
+        # A1111 zeroes an empty negative prompt's states and pooled vector where the family does (as diffusers does
+        # for a missing one); "plain" rows keep diffusers' reading of the "" they pass: encoded.
+        zero_negative = self.text.zero_negative and syntax == "a1111" and not row.get("negative_prompt")
         return _RowPlan(sides, counts.pop(), self._clip_skip(row), used, zero_negative)
 
     def _token_ids(self, index: int, text: str) -> list[int]:
@@ -147,7 +148,7 @@ class PromptEncoder:
         return skip
 
     def _run(self, encoder: _Encoder, chunks: list[tuple[Chunk, int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The chunks' weighted states [chunks, 77, width] at each one's clip skip, and pooled vectors (SDXL)."""
+        """The chunks' weighted states [chunks, 77, width] at each one's clip skip, and pooled vectors if any."""
         tok, model = encoder.tokenizer, encoder.model
         framed_chunks = [framed(chunk, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) for chunk, _ in chunks]
         device = model.device
@@ -163,7 +164,7 @@ class PromptEncoder:
 
     def _vectors(self, encoder: _Encoder, name: str) -> torch.Tensor:
         width = encoder.model.get_input_embeddings().embedding_dim
-        return self.embeddings.get(name).for_encoder(encoder.index, 2 if self.sdxl else 1, width)
+        return self.embeddings.get(name).for_encoder(encoder.index, len(self.text.encoders), width)
 
     @contextlib.contextmanager
     def _substituted(self, encoder: _Encoder, chunks: list[Chunk]):
@@ -195,7 +196,7 @@ class _RowPlan:
     count: int  # chunks per side
     clip_skip: int
     used: list[str]  # embedding names, in order of use
-    zero_negative: bool  # the negative prompt's states and pooled vector are zeros (SDXL, A1111, empty)
+    zero_negative: bool  # negative states and pooled vector are zeros (the family does so, A1111, none given)
 
 
 def _comma(tokenizer: Any) -> int | None:

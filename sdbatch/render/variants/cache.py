@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from sdbatch.render.families import for_model
+from sdbatch.render.families.base import RenderFamily
 from sdbatch.render.models.fastpath import wants_channels_last
 from sdbatch.render.variants.controlnets import ControlNets, LoadedControlNet
 from sdbatch.render.variants.fetch import Fetcher
@@ -27,22 +29,26 @@ class ActiveVariant:
     scales: list[float] = field(default_factory=list)  # per ControlNet
     vae_hash: str | None = None  # the override VAE's content identity; None: the model's own VAE
     second_pass: Any = None  # hires rows: the img2img pipeline of the same modules
+    family: RenderFamily | None = None  # the model's: how the rows' text states and latents go into the pipeline
 
 
 class VariantCache:
     """LoRA adapters and ControlNets kept warm on one base pipeline (one per actor and loaded model)."""
 
     def __init__(self, base, device: torch.device, dtype: torch.dtype, settings: VariantSettings,
-                 state_dicts: StateDictCache, fetcher: Fetcher, fast: FastPath = FastPath()):
+                 state_dicts: StateDictCache, fetcher: Fetcher, fast: FastPath = FastPath(),
+                 family: RenderFamily | None = None):
         self.base = base
-        if fast.compile:  # a new adapter or set_adapters would recompile the UNet: copy into fixed slots
-            self.loras = HotswapLoras(base, state_dicts, fetcher, fast.lora_slots, fast.lora_rank)
+        self.family = family = family or for_model(base)
+        if fast.compile:  # a new adapter or set_adapters would recompile the denoiser: copy into fixed slots
+            self.loras = HotswapLoras(base, state_dicts, fetcher, fast.lora_slots, fast.lora_rank, family)
         else:
-            self.loras = LoraAdapters(base, state_dicts, fetcher, settings.max_loras_resident)
+            self.loras = LoraAdapters(base, state_dicts, fetcher, settings.max_loras_resident, family)
+        channels_last = wants_channels_last(fast, device)
         self.controlnets = ControlNets(base, device, dtype, settings.controlnets_on_device,
-                                       settings.controlnets_on_cpu, channels_last=wants_channels_last(fast, device))
-        self.vaes = Vaes(base, device, dtype, settings.vaes_resident, fetcher.s3, wants_channels_last(fast, device))
-        self.kinds = Kinds(dtype)
+                                       settings.controlnets_on_cpu, channels_last, family)
+        self.vaes = Vaes(base, device, dtype, settings.vaes_resident, fetcher.s3, channels_last, family)
+        self.kinds = Kinds(dtype, family)
 
     def activate(self, loras: list[dict], controlnets: list[dict], vae: str | None = None, kind: str = "txt2img",
                  hires: bool = False) -> ActiveVariant:
@@ -57,9 +63,10 @@ class VariantCache:
         vae_hash = self.vaes.apply(pipeline, vae)
         if second is not None:
             self.vaes.apply(second, vae)
-        # LoRAs live in the UNet and text encoder, which every derived pipeline shares with the base.
+        # LoRAs live in the denoiser and text encoders, which every derived pipeline shares with the base.
         used = self.loras.activate(loras)
-        return ActiveVariant(pipeline, used, nets, [float(c["scale"]) for c in controlnets], vae_hash, second)
+        return ActiveVariant(pipeline, used, nets, [float(c["scale"]) for c in controlnets], vae_hash, second,
+                             self.family)
 
     def resident(self) -> dict[str, Any]:
         return {"loras": self.loras.resident(), "controlnets": self.controlnets.resident(),

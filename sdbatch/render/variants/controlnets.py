@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from sdbatch.errors import VariantError
-from sdbatch.render.models.fastpath import family_name, is_sdxl
+from sdbatch.render.families import config_words, for_model
+from sdbatch.render.families.base import RenderFamily
 from sdbatch.render.models.loading import model_hash
 from sdbatch.render.variants.fetch import labelled
 from sdbatch.render.variants.resolve import resolve_controlnet_dir
@@ -26,10 +27,11 @@ class ControlNets:
     """Loads ControlNets on first use and keeps them; builds ControlNet pipelines that share the base's modules."""
 
     def __init__(self, base, device: torch.device, dtype: torch.dtype, on_device: int, on_cpu: int,
-                 channels_last: bool = False):
+                 channels_last: bool = False, family: RenderFamily | None = None):
         self.base = base
+        self.family = family or for_model(base)
         self.device, self.dtype = device, dtype
-        self.channels_last = channels_last  # as the UNet it feeds: NHWC for tensor cores
+        self.channels_last = channels_last  # as the denoiser it feeds: NHWC for tensor cores
         self.on_device, self.on_cpu = on_device, on_cpu
         self.loads = 0  # from disk, or moved back from host memory to an accelerator
         self._device: collections.OrderedDict[str, LoadedControlNet] = collections.OrderedDict()  # LRU first
@@ -41,7 +43,7 @@ class ControlNets:
         return {"device": list(self._device), "cpu": list(self._parked)}
 
     def pipeline(self, references: list[str]):
-        """A ControlNet pipeline for these models (in order), sharing UNet, VAE and text encoder with the base.
+        """A ControlNet pipeline for these models (in order), sharing denoiser, VAE and text encoders with the base.
         A model listed twice (two control images for one ControlNet, as A1111's units allow) is loaded once and
         runs once per entry."""
         distinct = list(dict.fromkeys(references))
@@ -52,22 +54,9 @@ class ControlNets:
         nets = [loaded[reference] for reference in references]
         key = tuple(id(net.model) for net in nets)
         if key != self._pipeline_models:
-            self._pipeline, self._pipeline_models = self._build([net.model for net in nets]), key
+            models = [net.model for net in nets]
+            self._pipeline, self._pipeline_models = self.family.with_controlnets(self.base, models, self.dtype), key
         return self._pipeline, nets
-
-    def _build(self, models: list[torch.nn.Module]):
-        from diffusers import (
-            StableDiffusionControlNetPipeline,
-            StableDiffusionXLControlNetPipeline,
-        )
-
-        cls = StableDiffusionXLControlNetPipeline if is_sdxl(self.base) else StableDiffusionControlNetPipeline
-        # dtype=: from_pipe otherwise casts every shared module to float32, the base's too. A list of
-        # models becomes a MultiControlNetModel inside the pipeline.
-        pipe = cls.from_pipe(
-            self.base, controlnet=models[0] if len(models) == 1 else models, dtype=self.dtype)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     def _get(self, reference: str, keep: list[str]) -> LoadedControlNet:
         if reference in self._device:
@@ -85,11 +74,13 @@ class ControlNets:
         return net
 
     def _load(self, reference: str) -> LoadedControlNet:
-        from diffusers import ControlNetModel
-
         folder = resolve_controlnet_dir(reference)
-        check_family(json.loads((folder / "config.json").read_text()), self.base.unet.config)
-        model = ControlNetModel.from_pretrained(str(folder), dtype=self.dtype).to(self.device)
+        config = json.loads((folder / "config.json").read_text())
+        # Refused before it is loaded: the call would fail deep in the denoiser with a shape error naming neither.
+        if not self.family.fits_controlnet(config, self.base):
+            raise VariantError(f"made for {config_words(config)} models, but this row's model is "
+                               f"{self.family.words(self.base)}; use a ControlNet trained for the row's model")
+        model = self.family.load_controlnet(folder, self.dtype).to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.loads += 1
@@ -104,13 +95,3 @@ class ControlNets:
             self._pipeline, self._pipeline_models = None, ()  # it may hold the parked model
         while len(self._parked) > self.on_cpu:
             self._parked.popitem(last=False)
-
-
-def check_family(config: dict, unet_config) -> None:
-    """Refuse a ControlNet made for another model family before it is loaded: the call would fail deep in
-    the UNet with a shape error that names neither."""
-    net = "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
-    base = "sdxl" if getattr(unet_config, "addition_embed_type", None) == "text_time" else "sd"
-    if net != base or config.get("cross_attention_dim") != unet_config.cross_attention_dim:
-        raise VariantError(f"made for {family_name(config)} models, but this row's model is "
-                           f"{family_name(dict(unet_config))}; use a ControlNet trained for the row's model")

@@ -8,17 +8,20 @@ from typing import Any
 import torch
 
 from sdbatch.errors import VariantError
+from sdbatch.render.families import for_model
+from sdbatch.render.families.base import RenderFamily
 
 KINDS = ("txt2img", "img2img", "inpaint")
 
 
 class Kinds:
-    """The img2img or inpaint pipeline of a base or ControlNet pipeline, sharing its UNet, VAE, text encoders and
+    """The img2img or inpaint pipeline of a base or ControlNet pipeline, sharing its denoiser, VAE, text encoders and
     ControlNets (no second copy of any weight). Each is kept while its source pipeline lives: the model and
     ControlNet caches decide that, and a ControlNet they drop is not held here."""
 
-    def __init__(self, dtype: torch.dtype):
+    def __init__(self, dtype: torch.dtype, family: RenderFamily | None = None):
         self.dtype = dtype
+        self.family = family  # None: each source's own, by its class
         self._built: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
     def of(self, source: Any, kind: str) -> Any:
@@ -30,13 +33,8 @@ class Kinds:
         return built[kind]
 
     def _build(self, source: Any, kind: str) -> Any:
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
-
-        cls = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}[kind]
+        family = self.family or for_model(source)
         try:
-            # dtype=: from_pipe otherwise casts every shared module to float32, the source's too.
-            pipeline = cls.from_pipe(source, dtype=self.dtype)
+            return family.derive(source, kind, self.dtype)
         except Exception as exc:
             raise VariantError(f"no {kind} pipeline for {type(source).__name__}: {type(exc).__name__}: {exc}") from exc
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline

@@ -13,7 +13,8 @@ import torch
 
 from sdbatch.errors import VariantError
 from sdbatch.logs import quieted
-from sdbatch.render.models.fastpath import family_name
+from sdbatch.render.families import for_model
+from sdbatch.render.families.base import RenderFamily
 from sdbatch.render.variants.fetch import Fetcher, labelled
 from sdbatch.render.variants.resolve import resolve_lora_file
 
@@ -90,8 +91,10 @@ def text_encoder_reports_off():
 class LoraAdapters:
     """The adapters resident in one pipeline: at most `max_resident`, the least recently used deleted first."""
 
-    def __init__(self, pipe, cache: StateDictCache, fetcher: Fetcher, max_resident: int):
+    def __init__(self, pipe, cache: StateDictCache, fetcher: Fetcher, max_resident: int,
+                 family: RenderFamily | None = None):
         self.pipe = pipe
+        self.family = family or for_model(pipe)
         self.cache = cache
         self.fetcher = fetcher
         self.max_resident = max_resident
@@ -171,20 +174,18 @@ class LoraAdapters:
         common = {"network_alphas": state.network_alphas, "metadata": state.metadata, "adapter_name": name,
                   "_pipeline": pipe}
         try:
-            pipe.load_lora_into_unet(dict(state.state_dict), unet=pipe.unet, **common)
-            # SDXL has a second text encoder; its LoRA keys carry the prefix "text_encoder_2".
-            for prefix in ("text_encoder", "text_encoder_2"):
-                if getattr(pipe, prefix, None) is not None:
-                    with text_encoder_reports_off():
-                        pipe.load_lora_into_text_encoder(dict(state.state_dict), text_encoder=getattr(pipe, prefix),
-                                                         prefix=prefix, lora_scale=pipe.lora_scale, **common)
+            self.family.load_denoiser_lora(pipe, dict(state.state_dict), **common)
+            for prefix in self.family.lora_text_encoders(pipe):  # a LoRA's keys for each carry its name as prefix
+                with text_encoder_reports_off():
+                    pipe.load_lora_into_text_encoder(dict(state.state_dict), text_encoder=getattr(pipe, prefix),
+                                                     prefix=prefix, lora_scale=pipe.lora_scale, **common)
         except Exception as exc:
             self._discard(name)
-            raise VariantError(f"does not fit this {family_name(dict(pipe.unet.config))} model (a LoRA for "
-                               f"another model family?) ({type(exc).__name__}: {exc})") from exc
+            raise VariantError(f"does not fit this {self.family.words(pipe)} model (a LoRA for another model "
+                               f"family?) ({type(exc).__name__}: {exc})") from exc
         if not any(name in names for names in pipe.get_list_adapters().values()):
-            raise VariantError(f"matches no layer of this {family_name(dict(pipe.unet.config))} model (a LoRA "
-                               "for another model family?)")
+            raise VariantError(f"matches no layer of this {self.family.words(pipe)} model (a LoRA for another "
+                               "model family?)")
         self._resident[name] = state.sha256
         self.loads += 1
 

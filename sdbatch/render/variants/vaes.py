@@ -11,7 +11,8 @@ import uuid
 import torch
 
 from sdbatch.errors import ModelLoadError, VariantError
-from sdbatch.render.models.fastpath import is_sdxl, keep_vae_in_float32
+from sdbatch.render.families import for_model
+from sdbatch.render.families.base import RenderFamily
 from sdbatch.render.models.loading import model_hash
 from sdbatch.render.models.sources import cache_root, resolve_source
 from sdbatch.render.variants.fetch import labelled
@@ -28,8 +29,9 @@ class Vaes:
     """The model's own VAE plus overrides by reference, at most `keep` overrides resident (LRU)."""
 
     def __init__(self, base, device: torch.device, dtype: torch.dtype, keep: int, s3: S3Settings | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, family: RenderFamily | None = None):
         self.base, self.own = base, base.vae
+        self.family = family or for_model(base)
         self.device, self.dtype, self.s3 = device, dtype, s3
         self.keep, self.channels_last = keep, channels_last
         self.loads = 0
@@ -67,8 +69,7 @@ class Vaes:
             vae = AutoencoderKL.from_pretrained(str(source.path), dtype=self.dtype)
         self._check(vae)
         vae.to(self.device)
-        if self.dtype == torch.float16 and is_sdxl(self.base) and vae.config.force_upcast:
-            keep_vae_in_float32(vae)  # as the model's own SDXL VAE; fp16-fixed VAEs set force_upcast False
+        self.family.prepare_vae(vae, self.dtype)  # as the model's own (SDXL's kept in float32 under fp16)
         if self.channels_last:
             vae.to(memory_format=torch.channels_last)
         self.loads += 1

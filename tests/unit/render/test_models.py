@@ -56,7 +56,7 @@ def test_local_references_are_checked_before_any_actor_starts(models, tmp_path):
     import pyarrow as pa
 
     from sdbatch.errors import ManifestError
-    from sdbatch.manifest.normalize import check_local_references
+    from sdbatch.manifest.models import check_local_references
 
     (tmp_path / "old.ckpt").write_bytes(b"pickle")
     ok = pa.table({"model": [str(models["single"]), str(models["folder"]), "tiny:sdxl", "org/name"],

@@ -1,10 +1,12 @@
-"""The SDXL family on the tiny SDXL-style model: class from the model, LoRA and ControlNet, wrong-family assets, switches."""
+"""The SDXL family on the tiny SDXL-style model: class from the model, text side, VAE rule, LoRA and ControlNet,
+wrong-family assets, switches."""
 
 import gc
 import weakref
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sdbatch.render.renderer import Renderer
@@ -93,7 +95,7 @@ def test_an_sdxl_single_file_checkpoint_renders_as_its_folder(renderer, tmp_path
     most SDXL checkpoints ship as: the same image as the diffusers folder they were written from."""
     from safetensors import safe_open
 
-    from sdbatch.render.models.loading import checkpoint_family
+    from sdbatch.family import checkpoint_family
     from sdbatch.render.tiny.build import write_tiny_model
     from tests.support.checkpoints import write_single_file
 
@@ -127,3 +129,53 @@ def test_a_single_file_without_configs_at_hand_names_the_file_and_the_download_t
     message = str(info.value)
     assert "xl.safetensors is a single-file sdxl checkpoint" in message
     assert "hf download stabilityai/stable-diffusion-xl-base-1.0 --include '*.json' '*.txt'" in message
+
+
+def test_sdxl_reads_two_encoders_pooled_and_penultimate_and_loras_go_into_both():
+    from sdbatch.family import SDXL
+    from sdbatch.render.families import FAMILIES
+    from sdbatch.render.tiny.build import build_pipeline
+
+    family, pipe = FAMILIES["sdxl"], build_pipeline(0, "sdxl")
+    assert family.descriptor is SDXL and family.denoiser(pipe) is pipe.unet and family.words(pipe) == "SDXL"
+    text = family.text(pipe)
+    assert text.encoders == ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))
+    assert text.penultimate and text.pooled and text.zero_negative
+    assert family.lora_text_encoders(pipe) == ["text_encoder", "text_encoder_2"]
+    state = type("C", (), {"embeds": torch.ones(1, 77, 80), "negative": torch.zeros(1, 77, 80),
+                           "pooled": torch.ones(1, 48), "negative_pooled": torch.zeros(1, 48)})()
+    assert set(family.text_arguments([state])) == {"prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                                                   "negative_pooled_prompt_embeds"}
+    # A refiner-like pipeline has only the second encoder: it keeps its slot (embedding files are read by slot).
+    pipe.text_encoder = pipe.tokenizer = None
+    assert family.text(pipe).encoders == (None, (pipe.tokenizer_2, pipe.text_encoder_2))
+    assert family.lora_text_encoders(pipe) == ["text_encoder_2"]
+
+
+def test_sdxl_kinds_are_its_own_classes_and_its_controlnets_refuse_other_families_configs():
+    from sdbatch.family import SDXL
+    from sdbatch.render.families import FAMILIES
+    from sdbatch.render.tiny.build import build_pipeline
+
+    family, pipe = FAMILIES["sdxl"], build_pipeline(0, "sdxl")
+    for kind in ("img2img", "inpaint"):
+        derived = family.derive(pipe, kind, torch.float32)
+        assert type(derived).__name__ == SDXL.pipelines.of(kind) and derived.text_encoder_2 is pipe.text_encoder_2
+    config = {"addition_embed_type": "text_time", "cross_attention_dim": pipe.unet.config.cross_attention_dim}
+    assert family.fits_controlnet(config, pipe)
+    assert not family.fits_controlnet({"cross_attention_dim": config["cross_attention_dim"]}, pipe)  # SD's
+
+
+def test_sdxl_keeps_its_vae_in_float32_under_fp16_only_where_the_vae_asks_for_it():
+    from sdbatch.render.families import FAMILIES
+    from sdbatch.render.tiny.build import build_pipeline
+
+    sdxl, sd = FAMILIES["sdxl"], FAMILIES["sd1"]
+    for family, dtype, force_upcast, expected in ((sdxl, torch.float16, True, torch.float32),
+                                                  (sdxl, torch.float16, False, torch.float16),
+                                                  (sdxl, torch.bfloat16, True, torch.bfloat16),
+                                                  (sd, torch.float16, True, torch.float16)):
+        vae = build_pipeline(0, "sdxl").vae.to(dtype)
+        vae.register_to_config(force_upcast=force_upcast)
+        family.prepare_vae(vae, dtype)
+        assert vae.dtype == expected, (family.descriptor.name, dtype, force_upcast)

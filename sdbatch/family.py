@@ -1,0 +1,193 @@
+"""Model families as data: the pipeline classes and checkpoint tensor names that claim each, its sizes, columns and
+samplers; torch-free, so the driver can check a manifest against its models before any GPU is asked for."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdbatch.a1111.samplers import BY_NAME as SCHEDULERS
+from sdbatch.errors import ModelLoadError
+
+# safetensors header key: a model reference whose configs fit the file (written by tests/support/checkpoints.py
+# and by users who convert their own checkpoints).
+CONFIG_METADATA = "sdbatch_config"
+# A safetensors file starts with the length of its JSON header; a larger one is not a file sdbatch can load.
+MAX_HEADER_BYTES = 100 << 20
+
+
+@dataclass(frozen=True)
+class Pipelines:
+    """A family's diffusers pipeline classes, one per kind of row (manifest.images.PIPELINES)."""
+
+    txt2img: str  # what a model folder of the family names in model_index.json
+    img2img: str  # rows with an init_image: built over the same modules by from_pipe
+    inpaint: str  # rows with an init_image and a mask_image
+
+    def of(self, kind: str) -> str:
+        return getattr(self, kind)
+
+    def names(self) -> tuple[str, str, str]:
+        return self.txt2img, self.img2img, self.inpaint
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A kind of single-file checkpoint (original LDM / SGM layout): weights only, configs from elsewhere."""
+
+    name: str  # how messages call it: "a single-file sdxl checkpoint"
+    prefixes: tuple[str, ...]  # a tensor name starting with one of these identifies it (its text encoder's layout)
+    config_repo: str  # the hub repo whose configs (json and txt files, no weights) fit the checkpoint
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: what claims a model for it, and what its rows may ask for."""
+
+    name: str  # the registry key; sdbatch/render/families/ has the torch side under the same name
+    title: str  # in messages: "SD1.x/2.x"
+    pipelines: Pipelines  # the classes that claim a model folder for the family, by kind
+    controlnet_pipelines: Pipelines | None  # the same with ControlNets; None: the family takes none
+    native_size: int  # the side it is trained at, where the loaded model's config does not say
+    size_multiple: int  # widths and heights must be multiples: the VAE's downscaling times any latent packing
+    refuses: tuple[str, ...] = ()  # manifest columns its pipelines have no input for: set in a row, a problem
+    schedulers: tuple[str, ...] | None = None  # scheduler names (a1111.samplers.BY_NAME) it works with; None: all
+    checkpoints: tuple[Checkpoint, ...] = ()  # single-file layouts it loads; their prefixes are disjoint
+    tiny: str | None = None  # its tiny random-weight model (`tiny:NAME`, render/tiny/), for tests and demos
+
+    def claims(self, class_name: str) -> bool:
+        return class_name in self.class_names()
+
+    def class_names(self) -> tuple[str, ...]:
+        return self.pipelines.names() + (self.controlnet_pipelines.names() if self.controlnet_pipelines else ())
+
+    def takes(self, column: str) -> bool:
+        return column not in self.refuses and (column != "controlnets" or self.controlnet_pipelines is not None)
+
+
+SD1 = Family(
+    name="sd1", title="SD1.x/2.x",
+    pipelines=Pipelines("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
+    controlnet_pipelines=Pipelines("StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline",
+                                   "StableDiffusionControlNetInpaintPipeline"),
+    native_size=512, size_multiple=8,
+    checkpoints=(Checkpoint("sd2", ("cond_stage_model.model.",), "stabilityai/stable-diffusion-2-1"),  # OpenCLIP
+                 Checkpoint("sd15", ("cond_stage_model.transformer.",), "stable-diffusion-v1-5/stable-diffusion-v1-5")),
+    tiny="sd15",
+)
+SDXL = Family(
+    name="sdxl", title="SDXL",
+    pipelines=Pipelines("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
+                        "StableDiffusionXLInpaintPipeline"),
+    controlnet_pipelines=Pipelines("StableDiffusionXLControlNetPipeline", "StableDiffusionXLControlNetImg2ImgPipeline",
+                                   "StableDiffusionXLControlNetInpaintPipeline"),
+    native_size=1024, size_multiple=8,
+    checkpoints=(Checkpoint("sdxl", ("conditioner.embedders.1.",), "stabilityai/stable-diffusion-xl-base-1.0"),),
+    tiny="sdxl",
+)
+# The registry: adding a family is an entry here and a module in sdbatch/render/families/.
+FAMILIES: tuple[Family, ...] = (SD1, SDXL)
+
+
+def by_name(name: str) -> Family:
+    return next(family for family in FAMILIES if family.name == name)
+
+
+def supported() -> str:
+    """The families and the classes that claim each, for messages."""
+    return "; ".join(f"{f.title} ({', '.join(f.class_names())})" for f in FAMILIES)
+
+
+def family_for_class(class_name: str, what: str = "the model") -> Family:
+    """The family that claims a diffusers pipeline class; ModelLoadError naming it and the supported ones if none."""
+    for family in FAMILIES:
+        if family.claims(class_name):
+            return family
+    raise ModelLoadError(f"{what} is a {class_name or 'pipeline of no class'}, which sdbatch does not render; it "
+                         f"renders these model families (pipeline classes): {supported()}. Use a model of one of them")
+
+
+def tiny_family(name: str) -> Family | None:
+    """The family of `tiny:NAME`, without building it; None for a name no family has (the actor refuses it)."""
+    return next((family for family in FAMILIES if family.tiny == name), None)
+
+
+def checkpoint_for(keys: set[str]) -> tuple[Family, Checkpoint] | None:
+    """The family and checkpoint kind an original-layout checkpoint's tensor names identify."""
+    for family in FAMILIES:
+        for checkpoint in family.checkpoints:
+            if any(key.startswith(checkpoint.prefixes) for key in keys):
+                return family, checkpoint
+    return None
+
+
+def checkpoint_family(keys: set[str]) -> str | None:
+    """sd15, sd2 or sdxl (the checkpoint kind's name) from an original-layout checkpoint's tensor names."""
+    found = checkpoint_for(keys)
+    return found[1].name if found else None
+
+
+def unknown_checkpoint(file_name: str) -> ModelLoadError:
+    titles = " or ".join(f.title for f in FAMILIES if f.checkpoints)
+    return ModelLoadError(f"{file_name} is not a single-file {titles} checkpoint (none of their tensor names); "
+                          "convert it to a diffusers folder")
+
+
+def read_header(path: Path) -> dict:
+    """A .safetensors file's JSON header (tensor names and `__metadata__`) without reading its tensors."""
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        if not 0 < size <= MAX_HEADER_BYTES:
+            raise ModelLoadError(f"{path.name} is not a safetensors file (its header length is {size} bytes); "
+                                 "pass a .safetensors checkpoint or a diffusers folder")
+        try:
+            return json.loads(handle.read(size))
+        except ValueError as exc:
+            raise ModelLoadError(f"{path.name} is not a safetensors file (its header is not JSON: {exc})") from exc
+
+
+def folder_class(folder: Path) -> str | None:
+    """The pipeline class a diffusers folder's model_index.json names; None without one (a lone component)."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        return str(json.loads(index.read_text()).get("_class_name") or "")
+    except ValueError as exc:
+        raise ModelLoadError(f"{index} is not JSON ({exc}); save the model again with save_pretrained") from exc
+
+
+def model_class(path: Path) -> str | None:
+    """The pipeline class of a local model, torch-free: a folder's model_index.json; a single file's configs named in
+    its header when they are a local folder, else the txt2img class of the family its tensor names identify. None
+    when only the actor can tell (a file whose configs are a hub id or s3:// and whose tensors name no family)."""
+    if path.is_dir():
+        return folder_class(path)
+    header = read_header(path)
+    named = (header.get("__metadata__") or {}).get(CONFIG_METADATA)
+    if named and Path(named).expanduser().is_dir():
+        return folder_class(Path(named).expanduser())
+    found = checkpoint_for(set(header) - {"__metadata__"})
+    if found:
+        return found[0].pipelines.txt2img
+    if named:
+        return None
+    raise unknown_checkpoint(path.name)
+
+
+def check_registry() -> list[str]:
+    """What makes the registry inconsistent (a class claimed twice, a sampler that does not exist, a size multiple
+    that does not divide the native size); empty when it is sound."""
+    problems, claimed = [], {}
+    for family in FAMILIES:
+        for name in family.class_names():
+            if name in claimed:
+                problems.append(f"{name} is claimed by {claimed[name]} and {family.name}")
+            claimed[name] = family.name
+        problems += [f"{family.name}: scheduler {s!r} is not in a1111.samplers" for s in family.schedulers or ()
+                     if s not in SCHEDULERS]
+        if family.native_size % family.size_multiple:
+            problems.append(f"{family.name}: native size {family.native_size} is not a multiple of "
+                            f"{family.size_multiple}")
+    return problems

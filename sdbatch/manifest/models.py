@@ -1,0 +1,151 @@
+"""The driver's model checks, torch-free: local model and VAE references that cannot work, and each readable model's
+family (sdbatch.family) with its rules on every row: sizes, columns, samplers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sdbatch.family import Family, family_for_class, model_class, tiny_family
+from sdbatch.manifest.columns import SIZE_MULTIPLE, rows_where
+from sdbatch.manifest.problems import Problem, Problems, raise_if
+from sdbatch.store import is_remote
+
+TINY_PREFIX = "tiny:"
+SINGLE_FILE_SUFFIXES = (".safetensors",)
+# Pickled checkpoints run code when loaded: refused, with the fix in the message.
+UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def looks_like_path(reference: str) -> bool:
+    """True for references that can only mean a local path (absolute, relative, or deeper than org/name)."""
+    # A missing local path would otherwise fall through to a confusing hub lookup.
+    return reference.startswith(("/", "./", "../", "~")) or reference.count("/") > 1
+
+
+def is_single_file(reference: str) -> bool:
+    return reference.lower().endswith(SINGLE_FILE_SUFFIXES)
+
+
+def local_problem(reference: str) -> str | None:
+    """Why a local model or VAE reference cannot work (missing, wrong kind), or None; no imports, no I/O beyond stat."""
+    if reference.startswith(TINY_PREFIX) or is_remote(reference) or not looks_like_path(reference):
+        return None
+    path = Path(reference).expanduser()
+    if reference.lower().endswith(UNSAFE_SUFFIXES):
+        return f"{reference!r} is a pickled checkpoint, which can run code when loaded; convert it to .safetensors"
+    if is_single_file(reference):
+        return None if path.is_file() else f"{reference!r} does not exist; fix the path"
+    if not path.is_dir():
+        return f"{reference!r} does not exist; fix the path (a diffusers folder or a .safetensors file)"
+    if not ((path / "model_index.json").is_file() or (path / "config.json").is_file()):
+        return (f"{reference!r} is not a diffusers folder (no model_index.json or config.json); pass a folder "
+                "saved with save_pretrained or a single .safetensors file")
+    return None
+
+
+def check_local_references(table: pa.Table) -> None:
+    """Refuse local model and VAE paths that cannot work (missing, not a diffusers folder or .safetensors file,
+    a pickled checkpoint), then models of no family sdbatch renders and rows their family cannot take, before any
+    actor starts; for runs whose actors share this machine's disk."""
+    problems = []
+    for column in ("model", "vae"):
+        if column not in table.column_names:
+            continue
+        for reference in sorted(v for v in pc.unique(table.column(column)).to_pylist() if v):
+            problem = local_problem(reference)
+            if problem:
+                problems.append(Problem(column, None, problem))
+    raise_if(problems, table.num_rows)
+    rows = Problems(table.num_rows)
+    rows.ids = table.column("id") if "id" in table.column_names else pa.array([str(n) for n in range(table.num_rows)])
+    check_families(table, {name: table.column(name) for name in table.column_names}, rows)
+    rows.raise_if()
+
+
+def family_of(reference: str) -> Family | None:
+    """A model reference's family where this machine can tell: tiny models by name, local folders and files by the
+    class they name (ModelLoadError for one no family claims). None for what only an actor can read: hub ids, s3://,
+    paths that are not here (local_problem's to report)."""
+    if reference.startswith(TINY_PREFIX):
+        return tiny_family(reference[len(TINY_PREFIX):])
+    path = Path(reference).expanduser()
+    if is_remote(reference) or not path.exists() or local_problem(reference):
+        return None
+    name = model_class(path)
+    return None if name is None else family_for_class(name, f"model {reference!r}")
+
+
+def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Problems) -> None:
+    """Each row checked against its model's family: sizes a multiple of what the family needs, nothing set in a
+    column the family takes no input from, a scheduler it works with. `columns`: the normalized columns by name
+    (model, sizes, scheduler, LoRA and ControlNet lists), `table` the manifest as written. A model no family claims
+    raises its ModelLoadError at once."""
+    if "model" not in columns:
+        return
+    models = columns["model"]
+    found = {ref: family_of(ref) for ref in pc.unique(models).to_pylist() if ref}
+    for family in dict.fromkeys(f for f in found.values() if f is not None):
+        refs = pa.array([ref for ref, f in found.items() if f is family], pa.string())
+        mine = pc.fill_null(pc.is_in(models, value_set=refs), False)
+        for name in ("width", "height"):
+            if name in columns:
+                _check_sizes(family, name, columns[name], mine, problems)
+        for name in dict.fromkeys([*columns, *table.column_names]):  # in order: the listed problems are stable
+            if not family.takes(name):
+                _check_refused(family, name, table, columns, mine, problems)
+        if family.schedulers is not None and "scheduler" in columns:
+            _check_schedulers(family, columns["scheduler"], mine, problems)
+
+
+def _check_sizes(family: Family, name: str, values, mine, problems: Problems) -> None:
+    multiple = family.size_multiple
+    if not pa.types.is_integer(values.type):
+        return  # a raw column of another type: columns.sizes reports it
+    # A value off the multiple every model needs is reported by columns.sizes already.
+    bad = [v for v in pc.unique(pc.filter(values, mine)).to_pylist()
+           if v is not None and v % multiple and not v % SIZE_MULTIPLE]
+    if bad:
+        rows = rows_where(pc.and_(mine, pc.fill_null(pc.is_in(values, value_set=pa.array(bad)), False)))
+        problems.add_rows(name, rows, lambda n: _size_message(family, values[n].as_py()))
+
+
+def _size_message(family: Family, value: int) -> str:
+    low = value - value % family.size_multiple
+    return (f"{value} is not a multiple of {family.size_multiple}, which {family.title} models need; use "
+            f"{low or family.size_multiple} or {low + family.size_multiple}")
+
+
+def _check_refused(family: Family, name: str, table: pa.Table, columns: Mapping[str, Any], mine,
+                   problems: Problems) -> None:
+    given, models = _given(name, table, columns), columns["model"]
+    if given is not None:
+        problems.add_rows(name, rows_where(pc.and_(mine, given)), lambda n: (
+            f"is set, but {family.title} models (model {models[n].as_py()!r}) take no {name}; leave it empty for "
+            "this model's rows"))
+
+
+def _given(name: str, table: pa.Table, columns: Mapping[str, Any]):
+    """Where a row sets the column: LoRA and ControlNet lists as normalized (a prompt's LoRA tags count), other
+    columns as the manifest has them (the job's defaults fill every row: they are not a row's own). None: nowhere."""
+    values = columns.get(name)
+    if values is not None and (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
+        return pc.greater(pc.fill_null(pc.list_value_length(values), 0), 0)
+    if name not in table.column_names:
+        return None
+    values = table.column(name)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return pc.fill_null(pc.not_equal(values, ""), False)  # "": no text, as a missing negative prompt reads
+    return pc.is_valid(values)
+
+
+def _check_schedulers(family: Family, values, mine, problems: Problems) -> None:
+    allowed = pc.fill_null(pc.is_in(values, value_set=pa.array(family.schedulers, pa.string())), False)
+    bad = pc.and_(mine, pc.and_(pc.is_valid(values), pc.invert(allowed)))
+    problems.add_rows("scheduler", rows_where(bad), lambda n: (
+        f"{values[n].as_py()!r} does not work with {family.title} models; use one of "
+        f"{', '.join(family.schedulers)} or leave it empty for the model's own"))
