@@ -41,10 +41,16 @@ class RenderActor:
         loaded, thread = self._on_device(lambda: (self.renderer.model(model), threading.get_native_id()))
         return {"pid": os.getpid(), "device": self.renderer.device_name(), "model_hash": loaded.model_hash,
                 "model_loads": self.renderer.model_loads, "device_thread": thread,
-                "node": ray.get_runtime_context().get_node_id()}  # to tell a drained node from a crash
+                "node": _node_id()}
 
     def render_shard(self, task: ShardTask) -> ShardResult:
         return self.renderer.render_shard(task, self._on_device)
+
+
+def _node_id() -> str:
+    """The node this actor runs on, to tell a drained node from a crash; "" in a plain process (asking Ray there
+    would start one)."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 # Restarts are the dispatcher's job: it replaces a dead actor and requeues its shards itself.
