@@ -81,6 +81,33 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"a"}}) == [["a"]] and _cycles({"a": {"b"}, "b": set()}) == []
 
 
+# The layers, top first: a module imports only from its own layer or those below it (docs/ARCHITECTURE.md).
+# The base is the top-level modules and a1111/.
+LAYERS = ("cli", "run", "engine", "render", "plan", "manifest", "output", "store", "base")
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "base"
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                  if LAYERS.index(_layer(t)) < LAYERS.index(_layer(m)))
+
+
+def test_imports_only_go_down_the_layers():
+    graph = {name: {m for m in _imported(path) if m in MODULES and m != "sdbatch"}
+             for name, path in MODULES.items() if name not in ("sdbatch", "sdbatch.__main__")}
+    assert _upward(graph) == []
+
+
+def test_the_layer_check_sees_an_import_going_up():
+    assert _upward({"sdbatch.output.job": {"sdbatch.render.renderer", "sdbatch.store.base"}}) == [
+        "sdbatch.output.job -> sdbatch.render.renderer"]
+    assert _layer("sdbatch.a1111.syntax") == _layer("sdbatch.spec") == "base"
+
+
 def test_ray_is_imported_only_under_engine():
     offenders = [name for name, path in MODULES.items() if not name.startswith("sdbatch.engine")
                  and "ray" in _top_levels(path)]

@@ -4,9 +4,9 @@ sdbatch.family's descriptors and found by pipeline class."""
 from __future__ import annotations
 
 from sdbatch.family import family_for_class
-from sdbatch.render.families.base import RenderFamily
-from sdbatch.render.families.sd import StableDiffusion
-from sdbatch.render.families.sdxl import StableDiffusionXL
+from sdbatch.render.families.protocol import RenderFamily
+from sdbatch.render.families.stable_diffusion import StableDiffusion
+from sdbatch.render.families.stable_diffusion_xl import StableDiffusionXL
 
 # Adding a family: its descriptor in sdbatch/family.py, its module here.
 FAMILIES: dict[str, RenderFamily] = {f.descriptor.name: f for f in (StableDiffusion(), StableDiffusionXL())}

@@ -12,7 +12,7 @@ import torch
 from sdbatch.a1111.syntax import parse
 from sdbatch.errors import InputUnavailable
 from sdbatch.render.families import for_model
-from sdbatch.render.families.base import RenderFamily
+from sdbatch.render.families.protocol import RenderFamily
 from sdbatch.render.text.chunks import Chunk, chunked, framed
 from sdbatch.render.text.embeddings import EmbeddingLibrary
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from sdbatch.render.families import for_model
-from sdbatch.render.families.base import RenderFamily
+from sdbatch.render.families.protocol import RenderFamily
 from sdbatch.render.models.fastpath import wants_channels_last
 from sdbatch.render.variants.controlnets import ControlNets, LoadedControlNet
 from sdbatch.render.variants.fetch import Fetcher

@@ -10,7 +10,7 @@ import torch
 
 from sdbatch.errors import VariantError
 from sdbatch.render.families import config_words, for_model
-from sdbatch.render.families.base import RenderFamily
+from sdbatch.render.families.protocol import RenderFamily
 from sdbatch.render.models.loading import model_hash
 from sdbatch.render.variants.fetch import labelled
 from sdbatch.render.variants.resolve import resolve_controlnet_dir

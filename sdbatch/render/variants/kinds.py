@@ -9,7 +9,7 @@ import torch
 
 from sdbatch.errors import VariantError
 from sdbatch.render.families import for_model
-from sdbatch.render.families.base import RenderFamily
+from sdbatch.render.families.protocol import RenderFamily
 
 KINDS = ("txt2img", "img2img", "inpaint")
 

@@ -14,7 +14,7 @@ import torch
 from sdbatch.errors import VariantError
 from sdbatch.logs import quieted
 from sdbatch.render.families import for_model
-from sdbatch.render.families.base import RenderFamily
+from sdbatch.render.families.protocol import RenderFamily
 from sdbatch.render.variants.fetch import Fetcher, labelled
 from sdbatch.render.variants.resolve import resolve_lora_file
 

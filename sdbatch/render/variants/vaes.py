@@ -12,7 +12,7 @@ import torch
 
 from sdbatch.errors import ModelLoadError, VariantError
 from sdbatch.render.families import for_model
-from sdbatch.render.families.base import RenderFamily
+from sdbatch.render.families.protocol import RenderFamily
 from sdbatch.render.models.loading import model_hash
 from sdbatch.render.models.sources import cache_root, resolve_source
 from sdbatch.render.variants.fetch import labelled

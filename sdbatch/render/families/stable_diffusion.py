@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from sdbatch.family import SD1
-from sdbatch.render.families.base import ClipText, RenderFamily, pair
+from sdbatch.render.families.protocol import ClipText, RenderFamily, pair
 from sdbatch.render.models.fastpath import use_sdpa, wants_channels_last
 from sdbatch.settings import FastPath
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from sdbatch.family import SDXL
-from sdbatch.render.families.base import ClipText
-from sdbatch.render.families.sd import StableDiffusion
+from sdbatch.render.families.protocol import ClipText
+from sdbatch.render.families.stable_diffusion import StableDiffusion
 from sdbatch.render.models.fastpath import keep_vae_in_float32
 
 
