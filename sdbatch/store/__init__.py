@@ -11,6 +11,7 @@ import re
 import threading
 from dataclasses import dataclass
 
+from sdbatch.errors import UsageError
 from sdbatch.settings import S3Settings
 from sdbatch.store.base import Store
 
@@ -42,11 +43,11 @@ _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
 def scheme_of(uri: str) -> Scheme:
-    """The scheme of a URI; a plain path is a local file. ValueError names the schemes there are."""
+    """The scheme of a URI; a plain path is a local file. UsageError names the schemes there are."""
     found = _SCHEME.match(uri)
     name = found.group(1).lower() if found else "file"
     if name not in SCHEMES:
-        raise ValueError(f"unsupported URI {uri!r}: use a local path or one of "
+        raise UsageError(f"unsupported URI {uri!r}: use a local path or one of "
                          f"{', '.join(s + '://' for s in SCHEMES if s != 'file')}")
     return SCHEMES[name]
 
@@ -82,7 +83,7 @@ def open_store(uri: str, s3: S3Settings | None = None) -> Store:
 def _store_module(uri: str):
     if not scheme_of(uri).writable:
         writable = ", ".join(dict.fromkeys(s.example for s in SCHEMES.values() if s.writable))
-        raise ValueError(f"unsupported storage URI {uri!r}: use one of {writable}")
+        raise UsageError(f"unsupported storage URI {uri!r}: use one of {writable}")
     return _module(uri)
 
 

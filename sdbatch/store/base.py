@@ -1,10 +1,12 @@
-"""The Store protocol every store implements, key checks and the S3 endpoint rule; stdlib only."""
+"""The Store protocol every store implements, key checks and the S3 endpoint rule; stdlib only (and errors)."""
 
 from __future__ import annotations
 
 import enum
 import os
 from typing import Protocol, runtime_checkable
+
+from sdbatch.errors import UsageError
 
 
 class PutResult(enum.Enum):
@@ -20,7 +22,7 @@ def check_key(key: str) -> str:
     # Keys come from job specs; refuse anything that could escape the root.
     parts = key.split("/")
     if key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid key {key!r}: use a relative '/'-separated path")
+        raise UsageError(f"invalid key {key!r}: use a relative '/'-separated path")
     return key
 
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
-from sdbatch.errors import ObjectNotFound, StoreError, StoreUnavailable
+from sdbatch.errors import ObjectNotFound, StoreError, StoreUnavailable, UsageError
 from sdbatch.logs import hold_at_least
 from sdbatch.settings import S3Settings
 from sdbatch.store.base import (
@@ -80,9 +80,14 @@ class S3Store(Store):
     def __init__(self, uri: str, settings: S3Settings | None = None) -> None:
         parts = urlsplit(uri)
         if parts.scheme != "s3" or not parts.netloc:
-            raise ValueError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
+            raise UsageError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
         self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
-        self.uri = f"{_S3}{self.bucket}/{check_key(self.prefix)}" if self.prefix else f"{_S3}{self.bucket}"
+        if self.prefix:
+            try:
+                check_key(self.prefix)
+            except UsageError as exc:
+                raise UsageError(f"{uri!r} is not a usable S3 URI: {exc}") from exc
+        self.uri = f"{_S3}{self.bucket}/{self.prefix}" if self.prefix else f"{_S3}{self.bucket}"
         self.settings = settings or S3Settings()
         self._client_obj = None
         self._lock = threading.Lock()

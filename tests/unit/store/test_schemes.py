@@ -10,6 +10,7 @@ from sdbatch.settings import S3Settings
 from sdbatch.store import SCHEMES, carries_secret, is_remote, is_remote_store, open_store, scheme_of
 from sdbatch.store.local import LocalStore
 from sdbatch.store.s3 import S3Store
+from tests.support.util import run_cli
 
 
 def test_open_store_dispatch(tmp_path):
@@ -50,3 +51,10 @@ def test_a_uri_carries_a_secret_only_where_its_scheme_says_so():
     assert not carries_secret("https://host/x.png?size=512")
     assert not carries_secret("s3://bucket/key?token=x") and not carries_secret("/tmp/token=x")
     assert not carries_secret("gs://bucket/x?token=x")  # not a scheme sdbatch reads: refused where it is used
+
+
+@pytest.mark.parametrize("output", ["gs://bucket/run", "https://host/run", "s3://", "s3://bkt/a/../b"])
+def test_a_uri_no_store_serves_is_a_one_line_error_with_exit_2(output):
+    done = run_cli("status", output)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: ") and output in done.stderr.replace("\n", "")
