@@ -50,8 +50,8 @@ def local_problem(reference: str) -> str | None:
 
 def check_local_references(table: pa.Table) -> None:
     """Refuse local model and VAE paths that cannot work (missing, not a diffusers folder or .safetensors file,
-    a pickled checkpoint), then models of no family sdbatch renders and rows their family cannot take, before any
-    actor starts; for runs whose actors share this machine's disk."""
+    a pickled checkpoint), then models of no family sdbatch renders, before any actor starts; for runs whose
+    actors share this machine's disk. The rows' family rules are normalize's (check_families), checked once."""
     problems = []
     for column in ("model", "vae"):
         if column not in table.column_names:
@@ -61,10 +61,10 @@ def check_local_references(table: pa.Table) -> None:
             if problem:
                 problems.append(Problem(column, None, problem))
     raise_if(problems, table.num_rows)
-    rows = Problems(table.num_rows)
-    rows.ids = table.column("id") if "id" in table.column_names else pa.array([str(n) for n in range(table.num_rows)])
-    check_families(table, {name: table.column(name) for name in table.column_names}, rows)
-    rows.raise_if()
+    if "model" in table.column_names:
+        for reference in pc.unique(table.column("model")).to_pylist():
+            if reference:
+                family_of(reference)  # ModelLoadError for a model no family claims
 
 
 def family_of(reference: str) -> Family | None:
