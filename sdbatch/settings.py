@@ -52,6 +52,16 @@ class RowDefaults:
     # None keeps the model's own VAE; a diffusers AutoencoderKL folder, single file, hub id or s3:// URI
     # replaces it (e.g. the fp16-safe SDXL VAE). A row's `vae` column overrides it.
     vae: str | None = None
+    # Limits on what a row may ask for, so that a typo (an extra zero) is refused rather than rendered for hours.
+    # Every scheduler is trained on 1000 timesteps: more steps than that only repeat them.
+    max_steps: int = 1000
+    # 4096 x 4096, the first pass or a hires pass's output: already tens of GB of VAE decode.
+    max_pixels: int = 4096 * 4096
+
+
+# Row defaults that only limit what a row may ask for: an accepted row renders the same under any limit that
+# accepts it, so they stay out of the run's identity (and a run can be resumed with a limit raised).
+LIMITS = ("max_steps", "max_pixels")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from sdbatch.a1111.syntax import SYNTAXES
 from sdbatch.errors import SpecError
 from sdbatch.settings import (
     HIRES_UPSCALERS,
+    LIMITS,
     MAX_CLIP_SKIP,
     FastPath,
     OutputSettings,
@@ -42,7 +44,7 @@ class JobSpec:
     def validate(self) -> JobSpec:
         d, o, r = self.defaults, self.output, self.run
         _check(d.steps > 0, "defaults.steps", d.steps, "use a positive number of steps, e.g. 30")
-        _check(d.guidance_scale >= 0, "defaults.guidance_scale", d.guidance_scale, "use a value >= 0")
+        _check(0 <= d.guidance_scale < math.inf, "defaults.guidance_scale", d.guidance_scale, "use a finite value >= 0")
         for name in ("width", "height"):
             value = getattr(d, name)
             _check(value is None or (value > 0 and value % 8 == 0), f"defaults.{name}", value,
@@ -61,6 +63,9 @@ class JobSpec:
         _check(1 <= d.clip_skip <= MAX_CLIP_SKIP, "defaults.clip_skip", d.clip_skip,
                f"use 1 (no skip) to {MAX_CLIP_SKIP}, as A1111 counts")
         _check(0 <= d.seed < 2**63, "defaults.seed", d.seed, "use an integer in [0, 2**63)")
+        _check(d.max_steps >= 1, "defaults.max_steps", d.max_steps, "use at least 1")
+        _check(d.steps <= d.max_steps, "defaults.steps", d.steps, f"use at most defaults.max_steps ({d.max_steps})")
+        _check(d.max_pixels >= 64 * 64, "defaults.max_pixels", d.max_pixels, "use at least 4096 (64 x 64)")
         _check(o.format in IMAGE_FORMATS, "output.format", o.format, f"use one of {', '.join(IMAGE_FORMATS)}")
         _check(1 <= o.quality <= 100, "output.quality", o.quality, "use 1..100")
         _check(o.shard_size >= 1, "output.shard_size", o.shard_size, "use at least 1")
@@ -89,7 +94,8 @@ class JobSpec:
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide what the output contains; a resume must match them."""
-        return {"defaults": dataclasses.asdict(self.defaults), "output": dataclasses.asdict(self.output)}
+        defaults = {k: v for k, v in dataclasses.asdict(self.defaults).items() if k not in LIMITS}
+        return {"defaults": defaults, "output": dataclasses.asdict(self.output)}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
-SYNTAXES = ("a1111", "plain")
+# "a1111" reads every prompt as A1111 does, stray brackets included; "a1111-strict" refuses unbalanced brackets;
+# "plain" reads the prompt as text.
+SYNTAXES = ("a1111", "a1111-strict", "plain")
 # A1111's factors for one pair of round / square brackets.
 UP, DOWN = 1.1, 1 / 1.1
 BREAK = None  # the weight of the fragment that stands for a BREAK: the next text starts a new 75-token chunk
@@ -22,7 +25,11 @@ _UNIT = re.compile(r"""
 """, re.X)
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _WHEN = re.compile(r"\s*[.\d]+\s*")  # the step of A1111's prompt editing: [from:to:when]
+_BRACKET = re.compile(r"[()\[\]]")
+_OPENER = {")": "(", "]": "["}
 _FIX = 'escape a literal bracket as \\( \\) \\[ \\], or set prompt_syntax = "plain" for this row or the job'
+_STRICT_FIX = ('escape a literal bracket as \\( \\) \\[ \\], or set prompt_syntax = "a1111" (brackets read as '
+               'A1111 reads them) or "plain" (text) for this row or the job')
 
 
 class PromptSyntaxError(ValueError):
@@ -36,37 +43,50 @@ class Fragment:
 
 
 def parse(prompt: str, syntax: str = "a1111") -> list[Fragment]:
-    """The prompt as fragments of text with their attention weight, adjacent equal weights merged."""
+    """The prompt as A1111's parse_prompt_attention reads it (texts, weights to the bit, empty entries, merges),
+    except that a BREAK inside brackets is still a BREAK; "a1111-strict" also refuses unbalanced brackets."""
     if syntax == "plain":
         return [Fragment(prompt, 1.0)]
-    if syntax != "a1111":
+    if syntax not in SYNTAXES:
         raise PromptSyntaxError(f"unknown prompt syntax {syntax!r}; use one of {', '.join(SYNTAXES)}")
-    pieces: list[list] = []  # [text, weight], weights multiplied in place as brackets close
-    opened: list[_Open] = []
+    reader = _Reader(prompt, strict=syntax == "a1111-strict")
     for unit in _UNIT.finditer(prompt):
-        token, weight = unit.group(0), unit.group("weight")
-        square = opened[-1] if opened and opened[-1].bracket == "[" else None
-        if token.startswith("\\"):
-            pieces.append([token[1:], 1.0])  # as A1111: a lone backslash is dropped
-        elif token in "([":
-            opened.append(_Open(token, len(pieces), unit.start()))
-        elif weight is not None and opened and opened[-1].bracket == "(":
-            _scale(pieces, opened.pop().first_piece, _number(weight, prompt, unit.start()))
-        elif token in ")]" or weight is not None:
-            if token == "]" and square and square.colon is not None:
-                _refuse_editing(prompt, square, unit.end())
-            _close(pieces, opened, token[-1], prompt, unit.start())
-        else:
-            if square and token == ":":
-                square.colon = unit.start()
-            elif square and "|" in token:
-                _refuse_scheduling(prompt, square.at, prompt.find("]", unit.start()) + 1)
-            _text(pieces, token)
-    if opened:
-        where = opened[-1].at
-        raise PromptSyntaxError(f"{opened[-1].bracket!r} at character {where + 1} is never closed "
-                                f"({_context(prompt, where)}); close it, or {_FIX}")
-    return _merged(pieces)
+        reader.read(unit)
+    return reader.finish()
+
+
+def stray_brackets(prompt: str) -> str | None:
+    """For an "a1111" row: the first bracket that A1111 keeps as text or closes at the prompt's end, or None."""
+    if not _BRACKET.search(prompt):
+        return None
+    opened: dict[str, list[int]] = {"(": [], "[": []}
+    stray = None
+    for unit in _UNIT.finditer(prompt):
+        token = unit.group(0)
+        if token in opened:
+            opened[token].append(unit.start())
+        elif token[0] != "\\" and token[-1] in _OPENER:  # ")", "]" or ":1.2)"
+            if opened[_OPENER[token[-1]]]:
+                opened[_OPENER[token[-1]]].pop()
+            elif stray is None:
+                stray = unit.end() - 1
+    unclosed = min(opened["("][:1] + opened["["][:1], default=None)  # a stack's first is its earliest
+    if unclosed is not None and (stray is None or unclosed < stray):
+        return (f"{prompt[unclosed]!r} at character {unclosed + 1} is never closed; A1111 closes it at the end "
+                f"({_context(prompt, unclosed)})")
+    if stray is not None:
+        return (f"{prompt[stray]!r} at character {stray + 1} closes nothing and is kept as text "
+                f"({_context(prompt, stray)})")
+    return None
+
+
+def problem(prompt: str | None, syntax: str) -> str | None:
+    """Why the prompt cannot be parsed, or None."""
+    try:
+        parse(prompt or "", syntax)
+    except PromptSyntaxError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass
@@ -77,6 +97,84 @@ class _Open:
     first_piece: int  # the first of the pieces it weighs
     at: int  # its character offset
     colon: int | None = None  # the offset of the last ':' directly inside it
+
+
+class _Reader:
+    """One pass of A1111's parse_prompt_attention over the prompt's units, with sdbatch's refusals."""
+
+    def __init__(self, prompt: str, strict: bool):
+        self.prompt, self.strict = prompt, strict
+        self.pieces: list[list] = []  # [text, weight, offset]; weights multiplied in place as brackets close
+        self.opened: dict[str, list[_Open]] = {"(": [], "[": []}  # A1111 keeps one stack per bracket kind
+
+    def read(self, unit: re.Match) -> None:
+        token, weight, at = unit.group(0), unit.group("weight"), unit.start()
+        if token[0] == "\\":
+            self.pieces.append([token[1:], 1.0, at])  # a lone backslash gives "", kept as A1111 keeps it
+        elif token in self.opened:
+            self.opened[token].append(_Open(token, len(self.pieces), at))
+        elif weight is not None and self.opened["("]:
+            self._close("(", unit.end() - 1, _number(weight, self.prompt, at))
+        elif token in _OPENER and self.opened[_OPENER[token]]:
+            self._close(_OPENER[token], at, UP if token == ")" else DOWN)
+        else:
+            self._text(token, at, unit.end())
+
+    def finish(self) -> list[Fragment]:
+        innermost = self._innermost()
+        if self.strict and innermost:
+            raise PromptSyntaxError(f"{innermost.bracket!r} at character {innermost.at + 1} is never closed "
+                                    f"({_context(self.prompt, innermost.at)}); close it, or {_STRICT_FIX}")
+        # A1111 closes what is left at the end: all round brackets, then all square ones, each in push order.
+        for bracket, factor in (("(", UP), ("[", DOWN)):
+            for left in self.opened[bracket]:
+                _scale(self.pieces, left.first_piece, factor)
+        self._check_finite()
+        return _merged(self.pieces)
+
+    def _innermost(self) -> _Open | None:
+        tops = [stack[-1] for stack in self.opened.values() if stack]
+        return max(tops, key=lambda o: o.at, default=None)
+
+    def _close(self, bracket: str, at: int, factor: float) -> None:
+        """Close the last `bracket` opened, which A1111 does even when another kind was opened inside it."""
+        innermost = self._innermost()
+        if self.strict and innermost.bracket != bracket:
+            self._refuse_stray(at, innermost)
+        closed = self.opened[bracket].pop()
+        if closed.colon is not None:  # only a square bracket has one
+            _refuse_editing(self.prompt, closed, at + 1)
+        _scale(self.pieces, closed.first_piece, factor)
+
+    def _text(self, token: str, at: int, end: int) -> None:
+        """Text, a colon, or a closer with nothing of its kind open: A1111 reads all three as text."""
+        innermost = self._innermost()
+        if self.strict and token[-1] in _OPENER:
+            self._refuse_stray(end - 1, innermost)
+        if innermost and innermost.bracket == "[":
+            if token == ":":
+                innermost.colon = at
+            elif "|" in token:
+                _refuse_scheduling(self.prompt, innermost.at, self.prompt.find("]", at) + 1)
+        start = 0
+        for brk in _BREAK.finditer(token):  # as re.split: the parts around a BREAK are kept even when empty
+            self.pieces += [[token[start:brk.start()], 1.0, at + start], ["", BREAK, at + brk.start()]]
+            start = brk.end()
+        self.pieces.append([token[start:], 1.0, at + start])
+
+    def _refuse_stray(self, at: int, innermost: _Open | None) -> None:
+        what = f"does not match {innermost.bracket!r}" if innermost else "closes nothing"
+        raise PromptSyntaxError(f"{self.prompt[at]!r} at character {at + 1} {what} "
+                                f"({_context(self.prompt, at)}); {_STRICT_FIX}")
+
+    def _check_finite(self) -> None:
+        """Enough brackets (1.1 ** 8000) or a huge weight overflow to infinity, which makes the states NaN; a weight
+        on empty text reaches no token and is let be."""
+        for text, weight, at in self.pieces:
+            if weight is not BREAK and text and not math.isfinite(weight):
+                raise PromptSyntaxError(f"the weight of {_short(text)!r} at character {at + 1} is {weight}: the "
+                                        "brackets and weights around it multiply to infinity; use fewer brackets "
+                                        "or a smaller weight")
 
 
 def _refuse_editing(prompt: str, square: _Open, end: int) -> None:
@@ -94,54 +192,35 @@ def _refuse_scheduling(prompt: str, start: int, end: int) -> None:
                             f"sdbatch does not render; write the prompt without it, or {_FIX}")
 
 
-def _close(pieces: list[list], opened: list[_Open], bracket: str, prompt: str, where: int) -> None:
-    expected = {")": "(", "]": "["}[bracket]
-    if not opened or opened[-1].bracket != expected:
-        what = f"does not match {opened[-1].bracket!r}" if opened else "closes nothing"
-        raise PromptSyntaxError(f"{bracket!r} at character {where + 1} {what} ({_context(prompt, where)}); {_FIX}")
-    _scale(pieces, opened.pop().first_piece, UP if bracket == ")" else DOWN)
-
-
 def _number(text: str, prompt: str, where: int) -> float:
     try:
         return float(text)
-    except ValueError:
+    except ValueError:  # A1111 itself fails on these
         raise PromptSyntaxError(f"weight {text!r} at character {where + 2} is not a number "
                                 f"({_context(prompt, where)}); write it as (word:1.2)") from None
 
 
 def _scale(pieces: list[list], start: int, factor: float) -> None:
     for piece in pieces[start:]:
-        if piece[1] is not BREAK:
+        if piece[1] is not BREAK:  # a BREAK inside brackets stays a BREAK; A1111 turns it into weighted text
             piece[1] *= factor
 
 
-def _text(pieces: list[list], text: str) -> None:
-    for i, part in enumerate(_BREAK.split(text)):
-        if i:
-            pieces.append(["", BREAK])
-        pieces.append([part, 1.0])
-
-
 def _merged(pieces: list[list]) -> list[Fragment]:
+    """A1111's merge of neighbours with equal weights; an empty entry is an entry, so it can keep two apart."""
     out: list[list] = []
-    for text, weight in pieces:
+    for text, weight, _ in pieces:
         if out and weight is not BREAK and out[-1][1] == weight:
             out[-1][0] += text
-        elif text or weight is BREAK:
+        else:
             out.append([text, weight])
     return [Fragment(text, weight) for text, weight in out] or [Fragment("", 1.0)]
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 30 else text[:27] + "..."
 
 
 def _context(prompt: str, where: int) -> str:
     start = max(0, where - 20)
     return f"...{prompt[start:where + 20]}..." if len(prompt) > 40 else prompt
-
-
-def problem(prompt: str | None, syntax: str) -> str | None:
-    """Why the prompt cannot be parsed, or None."""
-    try:
-        parse(prompt or "", syntax)
-    except PromptSyntaxError as exc:
-        return str(exc)
-    return None

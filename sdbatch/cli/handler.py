@@ -1,4 +1,5 @@
-"""The one error handler: known errors become a one-paragraph message and their exit code (2: fix the input)."""
+"""The one error handler: known errors become a one-paragraph message and their exit code (2: fix the input);
+and the one way warnings about accepted input are said."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from sdbatch.errors import UserFacing
+from sdbatch.manifest.problems import Notes, clipped
 
 # A missing local file (a manifest, a job file) is the user's to fix too, and says which.
 USAGE_ERRORS = (UserFacing, FileNotFoundError)
@@ -26,6 +28,14 @@ def run_with_errors(app: Callable[..., int | None]) -> int:
         exc.show()
         return 2
     except USAGE_ERRORS as exc:
-        Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(exc)))
+        # A message may quote a manifest's or a store's text: its control characters must not reach the terminal.
+        Console(stderr=True).print(Text("error: ", style="bold red") + Text(clipped(str(exc), 20_000)))
         return getattr(exc, "exit_code", 2)
     return code if isinstance(code, int) else 0
+
+
+def print_notes(notes: Notes, console: Console | None = None) -> None:
+    """Each kind of warning once, with its count and a few examples."""
+    console = console or Console(stderr=True)
+    for line in notes.lines():
+        console.print(Text("warning: ", style="bold yellow") + Text(line))

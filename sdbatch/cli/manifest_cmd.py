@@ -12,19 +12,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sdbatch.cli.handler import print_notes
 from sdbatch.cli.options import (
     ClipSkip,
     EmbeddingDir,
     JobFile,
     LoraDir,
+    MaxPixels,
+    MaxSteps,
     PromptSyntax,
     S3Endpoint,
     job_spec,
+    limit_overrides,
     prompt_overrides,
     s3_settings,
 )
 from sdbatch.manifest.authoring import AuthoringOptions, build_manifest
 from sdbatch.manifest.normalize import normalize, read_manifest
+from sdbatch.manifest.problems import Notes
 from sdbatch.plan.shards import plan_shards
 
 app = typer.Typer(help="Validate, inspect and create manifests.", no_args_is_help=True)
@@ -34,26 +39,33 @@ SHOWN_ROWS = 5
 @app.command("validate")
 def validate(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None, lora_dir: LoraDir = None,
              embedding_dir: EmbeddingDir = None, prompt_syntax: PromptSyntax = None,
-             clip_skip: ClipSkip = None) -> None:
+             clip_skip: ClipSkip = None, max_steps: MaxSteps = None, max_pixels: MaxPixels = None) -> None:
     """Check a manifest against the schema; exit 2 with the column, row and fix if it is invalid."""
     from sdbatch.plan.planned import plan_manifest
 
-    spec = job_spec(job, **{"defaults.lora_dir": lora_dir}, **prompt_overrides(embedding_dir, prompt_syntax, clip_skip))
+    spec = job_spec(job, **{"defaults.lora_dir": lora_dir}, **prompt_overrides(embedding_dir, prompt_syntax, clip_skip),
+                    **limit_overrides(max_steps, max_pixels))
     with tempfile.TemporaryDirectory(prefix="sdbatch-validate-") as workdir:
-        plan = plan_manifest(manifest, spec.defaults, spec.output.shard_size, workdir, s3_settings(s3_endpoint),
-                             write=False).plan
+        planned = plan_manifest(manifest, spec.defaults, spec.output.shard_size, workdir, s3_settings(s3_endpoint),
+                                write=False)
+    print_notes(planned.notes)
+    plan = planned.plan
     typer.echo(f"ok: {plan.rows_total} rows, {len(plan.variants())} variant(s), {len(plan.shards)} shard(s)")
 
 
 @app.command("show")
 def show(manifest: str, job: JobFile = None, s3_endpoint: S3Endpoint = None, lora_dir: LoraDir = None,
          embedding_dir: EmbeddingDir = None, prompt_syntax: PromptSyntax = None, clip_skip: ClipSkip = None,
+         max_steps: MaxSteps = None, max_pixels: MaxPixels = None,
          rows: Annotated[int, typer.Option(help="How many rows to print.")] = SHOWN_ROWS) -> None:
     """Row count, columns, a few rows and the distinct variants (with the job's defaults applied)."""
     console = Console()
-    spec = job_spec(job, **{"defaults.lora_dir": lora_dir}, **prompt_overrides(embedding_dir, prompt_syntax, clip_skip))
+    spec = job_spec(job, **{"defaults.lora_dir": lora_dir}, **prompt_overrides(embedding_dir, prompt_syntax, clip_skip),
+                    **limit_overrides(max_steps, max_pixels))
     raw = read_manifest(manifest, s3_settings(s3_endpoint))
-    table = normalize(raw, spec.defaults)
+    notes = Notes()
+    table = normalize(raw, spec.defaults, notes=notes)
+    print_notes(notes)
     console.print(f"[bold]{manifest}[/]: {raw.num_rows} rows")
     console.print("columns: " + ", ".join(f"{f.name} ({f.type})" for f in raw.schema))
     console.print(_rows_table(table.slice(0, rows)))

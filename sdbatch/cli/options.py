@@ -27,6 +27,10 @@ PromptSyntax = Annotated[Optional[str], typer.Option(help="Default prompt syntax
                                                      "or plain (brackets are text).")]
 ClipSkip = Annotated[Optional[int], typer.Option(help="Default clip skip, as A1111 counts: 1 none, 2 the "
                                                  "penultimate layer.")]
+MaxSteps = Annotated[Optional[int], typer.Option(help="Refuse rows that ask for more denoising steps than this "
+                                              "(default 1000).")]
+MaxPixels = Annotated[Optional[int], typer.Option(help="Refuse rows whose image, or hires image, has more pixels "
+                                                "than this (default 4096 x 4096).")]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output folder or s3://bucket/prefix.")]
 Manifest = Annotated[str, typer.Argument(help="Manifest: a local .parquet file or s3://bucket/key.")]
 
@@ -59,6 +63,11 @@ def prompt_overrides(embedding_dir, prompt_syntax, clip_skip) -> dict:
     """The `defaults.*` overrides of the flags on how prompts are read (None: not given)."""
     return {"defaults.embedding_dir": embedding_dir, "defaults.prompt_syntax": prompt_syntax,
             "defaults.clip_skip": clip_skip}
+
+
+def limit_overrides(max_steps, max_pixels) -> dict:
+    """The `defaults.*` overrides of the flags that limit what a row may ask for (None: not given)."""
+    return {"defaults.max_steps": max_steps, "defaults.max_pixels": max_pixels}
 
 
 def s3_settings(endpoint: Optional[str]) -> S3Settings:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sdbatch.cli.handler import print_notes
 from sdbatch.cli.options import (
     Affinity,
     ClipSkip,
@@ -19,6 +20,8 @@ from sdbatch.cli.options import (
     JobFile,
     LoraDir,
     Manifest,
+    MaxPixels,
+    MaxSteps,
     Model,
     Price,
     PromptSyntax,
@@ -29,6 +32,7 @@ from sdbatch.cli.options import (
     Vae,
     Width,
     job_spec,
+    limit_overrides,
     prompt_overrides,
     row_overrides,
     s3_settings,
@@ -50,6 +54,8 @@ def plan(
     embedding_dir: EmbeddingDir = None,
     prompt_syntax: PromptSyntax = None,
     clip_skip: ClipSkip = None,
+    max_steps: MaxSteps = None,
+    max_pixels: MaxPixels = None,
     model: Model = None,
     vae: Vae = None,
     steps: Steps = None,
@@ -73,12 +79,14 @@ def plan(
     from sdbatch.run.estimate import Rates, estimate
 
     overrides = {**row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir),
-                 **prompt_overrides(embedding_dir, prompt_syntax, clip_skip),
+                 **prompt_overrides(embedding_dir, prompt_syntax, clip_skip), **limit_overrides(max_steps, max_pixels),
                  "output.shard_size": shard_size, "run.affinity": affinity}
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)
     with tempfile.TemporaryDirectory(prefix="sdbatch-plan-") as workdir:
-        shards = plan_manifest(manifest, spec.defaults, spec.output.shard_size, workdir, s3, write=False).plan
+        planned = plan_manifest(manifest, spec.defaults, spec.output.shard_size, workdir, s3, write=False)
+    print_notes(planned.notes)
+    shards = planned.plan
     result = estimate(shards, gpus or spec.run.actors or 1, Rates(images_per_second, gpu_hour_price, load_seconds),
                       spec.run.affinity, spec.run.shards_in_flight)
     Console().print(_estimate_table(result, spec.output.shard_size))

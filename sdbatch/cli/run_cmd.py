@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sdbatch.cli.handler import print_notes
 from sdbatch.cli.options import (
     Affinity,
     ClipSkip,
@@ -19,6 +20,8 @@ from sdbatch.cli.options import (
     JobFile,
     LoraDir,
     Manifest,
+    MaxPixels,
+    MaxSteps,
     Model,
     Output,
     Price,
@@ -30,6 +33,7 @@ from sdbatch.cli.options import (
     Vae,
     Width,
     job_spec,
+    limit_overrides,
     prompt_overrides,
     row_overrides,
     s3_settings,
@@ -94,13 +98,15 @@ def submit(
     embedding_dir: EmbeddingDir = None,
     prompt_syntax: PromptSyntax = None,
     clip_skip: ClipSkip = None,
+    max_steps: MaxSteps = None,
+    max_pixels: MaxPixels = None,
     affinity: Affinity = None,
     gpu_hour_price: Price = None,
 ) -> int:
     """Render every row of a manifest into OUTPUT; rerun the same command to resume."""
     overrides = {
         **row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir), "defaults.seed": seed,
-        **prompt_overrides(embedding_dir, prompt_syntax, clip_skip),
+        **prompt_overrides(embedding_dir, prompt_syntax, clip_skip), **limit_overrides(max_steps, max_pixels),
         "output.format": image_format, "output.quality": quality, "output.layout": layout,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
         "run.affinity": affinity, "run.device": device, "render.dtype": dtype, "render.compile": compile,
@@ -118,6 +124,7 @@ def submit_and_follow(request: SubmitRequest, console: Console, follow: bool) ->
     from sdbatch.output.job import run_counts
 
     with prepare(request) as prepared:
+        print_notes(prepared.planned.notes, console)
         remote = submit_to_cluster(prepared)
     verb = "submitted" if remote.new else f"is already there ({remote.status}); not submitted again"
     console.print(f"Ray Job {remote.submission_id} {verb} at {remote.address}; output {prepared.store.uri}")
@@ -137,6 +144,7 @@ def run_and_report(request: SubmitRequest, console: Console, gpu_hour_price: flo
     from sdbatch.cli.progress import RunProgress
 
     with prepare(request) as prepared:
+        print_notes(prepared.planned.notes, console)
         console.print(f"{prepared.plan.rows_total} rows in {len(prepared.plan.shards)} shards -> {prepared.store.uri}")
         summary = execute(prepared, lambda total, done: RunProgress(console, total, done))
     print_summary(console, summary, gpu_hour_price)

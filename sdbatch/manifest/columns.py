@@ -10,7 +10,7 @@ from concurrent.futures import Executor
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.manifest.problems import Problems
+from sdbatch.manifest.problems import Problems, shown
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INT64_MAX = 2**63 - 1
@@ -86,6 +86,7 @@ def normalize_ids(table: pa.Table, problems: Problems, first_row: int = 0,
     ids = column.cast(pa.string())
     # RE2's $ is stricter than Python's (no trailing newline), so its misses are only suspects.
     suspect = pc.invert(pc.fill_null(pc.match_substring_regex(ids, ID_PATTERN.pattern), False))
+    suspect = pc.or_(suspect, pc.fill_null(pc.match_substring(ids, ".."), False))
     repeated = duplicate_ids(ids)
     if len(repeated):
         suspect = pc.or_(suspect, pc.is_in(ids, value_set=repeated))
@@ -109,13 +110,19 @@ def _check_ids(rows: list[int], values: list[str | None], first_row: int, proble
         n += first_row
         if value is None:
             problems.add("id", f"row {n}", "is null; give every row an id or drop the column")
-        elif not ID_PATTERN.match(value):
-            problems.add("id", f"row id {value!r} (row {n})",
-                         "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ (no '/', '..', spaces); rename it")
+        elif not is_valid_id(value):
+            problems.add("id", f"row id {shown(value)} (row {n})",
+                         "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ without '..' (no '/', spaces, line breaks); "
+                         "rename it")
         elif value in seen:
-            problems.add("id", f"row id {value!r} (row {n})", f"duplicates row {seen[value]}; ids must be unique")
+            problems.add("id", f"row id {shown(value)} (row {n})", f"duplicates row {seen[value]}; ids must be unique")
         else:
             seen[value] = n
+
+
+def is_valid_id(value: str) -> bool:
+    """An id that is safe as a file name in every layout: the whole of it matches, and no '..' in it."""
+    return bool(ID_PATTERN.fullmatch(value)) and ".." not in value
 
 
 def typed_column(table: pa.Table, name: str, kind: str, problems: Problems) -> pa.ChunkedArray | None:
@@ -176,7 +183,7 @@ def strings(table: pa.Table, name: str, default: str | None, problems: Problems,
 
 def string_problem(value: str | None, name: str, allowed, nonempty: bool, nonempty_if_set: bool) -> str | None:
     if allowed is not None and value is not None and value not in allowed:
-        return f"{value!r} is not known; use one of {', '.join(allowed)}"
+        return f"{shown(value)} is not known; use one of {', '.join(allowed)}"
     if (nonempty or (nonempty_if_set and value is not None)) and not value:
         return f"is empty; name a {name} or leave it null for the job's"
     return None
@@ -267,7 +274,8 @@ def seeds(table: pa.Table, ids: Column, job_seed: int, problems: Problems,
 
 
 def optional_floats(table: pa.Table, name: str, problems: Problems) -> Column | None:
-    """The column as float64 with NaN as null (pandas writes a missing float as NaN); None if it is absent."""
+    """The column as float64 with NaN as null (pandas writes a missing float as NaN); None if it is absent.
+    Infinities are kept: each caller's range check refuses them."""
     column = typed_column(table, name, "float", problems)
     if column is None or pa.types.is_null(column.type):
         return None
@@ -279,9 +287,10 @@ def floats(table: pa.Table, name: str, default: float, problems: Problems) -> Co
     x = optional_floats(table, name, problems)
     if x is None:
         return constant(float(default), pa.float64(), table.num_rows)
-    negative = pc.less(x, 0.0)
-    problems.add_rows(name, rows_where(negative), lambda n: f"{x[n].as_py()} is negative; use a value >= 0 (e.g. 7.5)")
-    return pc.if_else(pc.fill_null(negative, True), pa.scalar(float(default), pa.float64()), x)
+    bad = pc.or_(pc.less(x, 0.0), pc.invert(pc.is_finite(x)))
+    problems.add_rows(name, rows_where(bad), lambda n: (
+        f"{x[n].as_py()} is {'negative' if x[n].as_py() < 0 else 'not finite'}; use a value >= 0 (e.g. 7.5)"))
+    return pc.if_else(pc.fill_null(bad, True), pa.scalar(float(default), pa.float64()), x)
 
 
 def sizes(table: pa.Table, name: str, default: int | None, problems: Problems) -> Column:

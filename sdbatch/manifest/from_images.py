@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 
 from sdbatch.a1111.parameters import hashes_of, parse_parameters, read_parameters, row_from_parameters, unused_fields
 from sdbatch.errors import ManifestError
-from sdbatch.manifest.normalize import ID_PATTERN
-from sdbatch.manifest.references import CONTROLNET_TYPE, LORA_TYPE
+from sdbatch.manifest.columns import is_valid_id
+from sdbatch.manifest.controlnets import CONTROLNET_TYPE
+from sdbatch.manifest.references import LORA_TYPE
 from sdbatch.output.layouts import LAYOUTS
 from sdbatch.output.layouts.layout import FoundImage
 from sdbatch.settings import S3Settings
@@ -109,6 +110,6 @@ def _row(found: FoundImage, fields: dict[str, Any], position: int) -> dict[str, 
     row = row_from_parameters(fields)
     if not row.get("id"):
         stem = Path(found.name).stem
-        row["id"] = stem if ID_PATTERN.match(stem) else f"img{position:06d}"
+        row["id"] = stem if is_valid_id(stem) else f"img{position:06d}"
     row["source_image"] = found.ref  # a label: which file this row reproduces
     return row

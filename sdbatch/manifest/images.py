@@ -38,8 +38,10 @@ def image_columns(table: pa.Table, columns: dict[str, Any], defaults: RowDefault
     scale = _hires_scales(table, has_init, problems)
     has_hires = pc.is_valid(scale)
     _check_scaled_sizes(columns, scale, problems)
+    _check_pixels(columns, scale, defaults.max_pixels, problems)
     columns["hires_scale"] = scale
-    steps = cols.ints(table, "hires_steps", None, problems, low=1, fix="use 1 or more, or leave it null for `steps`")
+    steps = cols.ints(table, "hires_steps", None, problems, low=1, high=defaults.max_steps,
+                      fix=f"use 1 to {defaults.max_steps} ([defaults] max_steps raises it), or null for `steps`")
     _refuse_where(table, "hires_steps", pc.and_not(pc.is_valid(steps), has_hires), "hires_scale", problems)
     columns["hires_steps"] = pc.if_else(has_hires, steps, pa.scalar(None, pa.int64()))
     columns["hires_strength"] = _fraction(table, "hires_strength", defaults.hires_strength, has_hires,
@@ -114,6 +116,24 @@ def _check_scaled_sizes(columns: dict[str, Any], scale: Column, problems: Proble
         checked = (base > 0) & (base % 8 == 0)  # a size that is no multiple of 8 is reported as such already
         bad = checked & ((np.abs(scaled - np.round(scaled)) > 1e-6) | (np.round(scaled) % 8 != 0))
         problems.add_rows(name, pa.array(rows[bad], pa.int64()), partial(_scaled_problem, columns[name], scale))
+
+
+def _check_pixels(columns: dict[str, Any], scale: Column, limit: int, problems: Problems) -> None:
+    """Width x height, and a hires row's output, at most the job's max_pixels (a native size, null, is the
+    model's own and always fits)."""
+    width, height = (pc.cast(columns[name], pa.float64()) for name in ("width", "height"))
+    pixels = pc.multiply(width, height)
+    hires = pc.multiply(pixels, pc.multiply(scale, scale))
+    too_big = pc.or_(pc.fill_null(pc.greater(pixels, limit), False), pc.fill_null(pc.greater(hires, limit), False))
+    limit_text = f"{limit:,} pixels ([defaults] max_pixels or --max-pixels raises it)"
+
+    def message(n: int) -> str:
+        w, h, factor = width[n].as_py(), height[n].as_py(), scale[n].as_py()
+        if w * h > limit:
+            return f"{w:g} x {h:g} is more than {limit_text}; use a smaller size"
+        return f"the hires pass's {w * factor:g} x {h * factor:g} is more than {limit_text}; use a smaller hires_scale"
+
+    problems.add_rows("width", rows_where(too_big), message)
 
 
 def _scaled_problem(sizes: Column, scale: Column, n: int) -> str:

@@ -14,30 +14,24 @@ from sdbatch.a1111.samplers import resolve
 from sdbatch.errors import ManifestError, ObjectNotFound
 from sdbatch.manifest import columns as cols
 from sdbatch.manifest.columns import ID_PATTERN, MAX_SIZE, derive_seed, duplicate_ids, rows_where
-from sdbatch.manifest.images import IMAGE_COLUMNS, image_columns
+from sdbatch.manifest.controlnets import SIMPLE_CONTROLNET_COLUMNS, normalize_controlnets
+from sdbatch.manifest.images import image_columns
+from sdbatch.manifest.labels import MANIFEST_COLUMNS, RESULT_COLUMNS, check_label_names
 from sdbatch.manifest.lists import Entries, entries_of, struct_field
 from sdbatch.manifest.models import check_families
-from sdbatch.manifest.problems import MAX_LISTED_PROBLEMS, Problem, Problems
+from sdbatch.manifest.problems import MAX_LISTED_PROBLEMS, Notes, Problem, Problems, shown
 from sdbatch.manifest.prompts import prompt_columns
-from sdbatch.manifest.references import (
-    CONSUMED_COLUMNS,
-    Resolver,
-    normalize_controlnets,
-    normalize_loras,
-)
-from sdbatch.output.commits import RESULT_SCHEMA
+from sdbatch.manifest.readable import readable
+from sdbatch.manifest.references import Resolver, normalize_loras
 from sdbatch.settings import RowDefaults
 from sdbatch.store import SCHEME_PATTERN, Reader, carries_secret, is_remote_store
 
 __all__ = ["ID_PATTERN", "MANIFEST_COLUMNS", "MAX_LISTED_PROBLEMS", "MAX_SIZE", "RESULT_COLUMNS", "Problem",
            "derive_seed", "duplicate_ids", "normalize", "read_manifest"]
 
-# The columns `normalize` writes, in order; every other column of its output is a label.
-MANIFEST_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-                    "scheduler", "model", "vae", "loras", "controlnets", "prompt_syntax", "clip_skip", *IMAGE_COLUMNS)
-# Columns only the results table has: read_results joins them onto the manifest's, so a label of the same
-# name would be shadowed.
-RESULT_COLUMNS = tuple(name for name in RESULT_SCHEMA.names if name not in MANIFEST_COLUMNS)
+# Columns normalize reads into others (the list columns, the schedule type): they are not kept as labels.
+CONSUMED_COLUMNS = ("loras", "controlnets", *SIMPLE_CONTROLNET_COLUMNS, "schedule")
+
 
 
 def read_manifest(uri: str, s3_settings: Any = None) -> pa.Table:
@@ -62,27 +56,56 @@ def _read_remote(uri: str, s3_settings: Any) -> bytes:
 def _parse_parquet(data: bytes, uri: str) -> pa.Table:
     try:
         return pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise ManifestError(f"manifest {uri} is not a Parquet file ({exc}); "
                             "write it with pyarrow or pandas.DataFrame.to_parquet, "
                             "or build one with `sdbatch manifest new`") from exc
 
 
-def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0,
-              total_rows: int | None = None, seed_workers: Executor | None = None) -> pa.Table:
+def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0, total_rows: int | None = None,
+              seed_workers: Executor | None = None, notes: Notes | None = None) -> pa.Table:
     """Validate every row and return the manifest with ids, seeds, defaults, LoRAs and ControlNets filled in.
 
     A chunk of a bigger manifest can be normalized alone: first_row is its first row's position there (for
     messages and default ids) and total_rows that manifest's size (for the default ids' width). Ids are
-    checked for uniqueness within `table` only. seed_workers: processes that derive seeds in parallel."""
+    checked for uniqueness within `table` only. seed_workers: processes that derive seeds in parallel. Warnings
+    about what is accepted (prompts A1111 reads leniently, labels that look like settings) go to `notes`."""
     problems = Problems(table.num_rows, first_row)
-    ids = cols.normalize_ids(table, problems, first_row, total_rows)
+    notes = Notes() if notes is None else notes
+    table = readable(table, problems)
+    with problems.stage("id"):
+        ids = cols.normalize_ids(table, problems, first_row, total_rows)
     problems.raise_if()
     problems.ids = ids
+    with problems.stage("settings"):
+        columns = _settings(table, ids, defaults, problems, seed_workers)
+    with problems.stage("prompt"):
+        resolver = Resolver(defaults.lora_dir)
+        columns["prompt"], columns["loras"] = normalize_loras(table, columns["prompt"], resolver, problems.report)
+    with problems.stage("controlnets"):
+        columns["controlnets"] = normalize_controlnets(table, resolver, problems.report)
+    with problems.stage("prompt_syntax"):
+        prompt_columns(table, columns, defaults, problems, notes)  # after the LoRA tags are out of the prompts
+    with problems.stage("init_image"):
+        image_columns(table, columns, defaults, resolver, problems)
+    with problems.stage("model"):
+        check_families(table, columns, problems)  # the rows against what their model's family takes
+        _check_no_secrets_in_urls(columns, problems)
+    labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in CONSUMED_COLUMNS}
+    check_label_names(labels, problems, notes)
+    problems.raise_if()
+    return pa.table({**columns, **labels})
+
+
+def _settings(table: pa.Table, ids: Any, defaults: RowDefaults, problems: Problems,
+              seed_workers: Executor | None) -> dict[str, Any]:
+    """The scalar columns: prompts, seeds, steps, guidance, sizes, scheduler, model and VAE."""
     columns: dict[str, Any] = {"id": ids, "prompt": cols.prompts(table, problems)}
     columns["negative_prompt"] = cols.strings(table, "negative_prompt", defaults.negative_prompt, problems)
     columns["seed"] = cols.seeds(table, ids, defaults.seed, problems, seed_workers)
-    columns["steps"] = cols.ints(table, "steps", defaults.steps, problems, low=1, fix="use steps >= 1")
+    columns["steps"] = cols.ints(table, "steps", defaults.steps, problems, low=1, high=defaults.max_steps,
+                                 fix=f"use 1 to {defaults.max_steps} steps ([defaults] max_steps or --max-steps "
+                                     "raises the limit)")
     columns["guidance_scale"] = cols.floats(table, "guidance_scale", defaults.guidance_scale, problems)
     for name in ("width", "height"):
         columns[name] = cols.sizes(table, name, getattr(defaults, name), problems)
@@ -90,18 +113,7 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0,
     columns["model"] = cols.strings(table, "model", defaults.model, problems, nonempty=True)
     # None (null): the model's own VAE; the column is always written, so every run's manifest has one shape.
     columns["vae"] = cols.strings(table, "vae", defaults.vae, problems, nonempty_if_set=True)
-    resolver = Resolver(defaults.lora_dir)
-    columns["prompt"], columns["loras"] = normalize_loras(table, columns["prompt"], resolver, problems.report)
-    columns["controlnets"] = normalize_controlnets(table, resolver, problems.report)
-    prompt_columns(table, columns, defaults, problems)  # after the LoRA tags are out of the prompts
-    image_columns(table, columns, defaults, resolver, problems)
-    check_families(table, columns, problems)  # the rows against what their model's family takes
-    _check_no_secrets_in_urls(columns, problems)
-    _check_label_names(table, problems)
-    problems.raise_if()
-    consumed = (*CONSUMED_COLUMNS, "schedule")
-    labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in consumed}
-    return pa.table({**columns, **labels})
+    return columns
 
 
 def _schedulers(table: pa.Table, default: str | None, problems: Problems) -> Any:
@@ -109,6 +121,10 @@ def _schedulers(table: pa.Table, default: str | None, problems: Problems) -> Any
     `schedule` column ("Karras"); each distinct pair resolved once."""
     names = cols.strings(table, "scheduler", default, problems)
     schedules = cols.strings(table, "schedule", None, problems)
+    problems.add_rows("schedule", rows_where(pc.and_(pc.is_null(names), pc.fill_null(pc.not_equal(schedules, ""),
+                                                                                     False))), lambda n: (
+        f"is {shown(schedules[n].as_py())} but the row has no scheduler to apply it to (the model's own is kept); "
+        "set `scheduler` (or --scheduler), or drop the schedule"))
     pairs = pc.binary_join_element_wise(pc.fill_null(names, ""), pc.fill_null(schedules, ""), "\x00")
     distinct = pc.unique(pairs).to_pylist()
     resolved, errors = [], {}
@@ -159,9 +175,3 @@ def _check_controlnet_urls(nets: Entries, problems: Problems) -> None:
         for bad in (model, image):
             if bad:
                 problems.report("controlnets", n, SECRET_URL)
-
-
-def _check_label_names(table: pa.Table, problems: Problems) -> None:
-    for name in table.column_names:
-        if name in RESULT_COLUMNS:
-            problems.add(name, None, "is a name the results table uses; rename this label column")

@@ -7,35 +7,45 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.a1111.syntax import SYNTAXES, problem
+from sdbatch.a1111.syntax import SYNTAXES, problem, stray_brackets
 from sdbatch.manifest import columns as cols
 from sdbatch.manifest.columns import rows_where
-from sdbatch.manifest.problems import Problems
+from sdbatch.manifest.problems import Notes, Problems
 from sdbatch.settings import MAX_CLIP_SKIP, RowDefaults
 
 # Only prompts with one of these can fail to parse; the rest (most of a large manifest) are not parsed here.
 _SYNTAX_CHARS = r"[()\[\]\\]"
+STRAY_WARNING = ("{count} prompt(s) have unbalanced brackets, read as A1111 reads them (an unclosed bracket "
+                 "closes at the end, a stray closer is text); prompt_syntax = \"a1111-strict\" refuses them")
 
 
-def prompt_columns(table: pa.Table, columns: dict[str, Any], defaults: RowDefaults, problems: Problems) -> None:
-    """Add prompt_syntax and clip_skip to `columns`; report prompts and negative prompts that do not parse."""
+def prompt_columns(table: pa.Table, columns: dict[str, Any], defaults: RowDefaults, problems: Problems,
+                   notes: Notes) -> None:
+    """Add prompt_syntax and clip_skip to `columns`; report prompts and negative prompts that do not parse, and
+    note those read leniently."""
     syntax = cols.strings(table, "prompt_syntax", defaults.prompt_syntax, problems, allowed=SYNTAXES)
     columns["prompt_syntax"] = syntax
     columns["clip_skip"] = cols.ints(table, "clip_skip", defaults.clip_skip, problems, low=1, high=MAX_CLIP_SKIP,
                                      fix="use 1 (the last layer, no skip) or more; A1111's `Clip skip: 2` is 2")
-    a1111 = pc.fill_null(pc.equal(syntax, "a1111"), False)
     for name in ("prompt", "negative_prompt"):
-        _check_parses(columns[name], a1111, name, problems)
+        _check_parses(columns[name], syntax, name, problems, notes)
     if defaults.embedding_dir is None:
         _check_no_embeddings_pinned(table, problems)
 
 
-def _check_parses(prompts: Any, a1111: Any, name: str, problems: Problems) -> None:
-    candidates = pc.and_(a1111, pc.fill_null(pc.match_substring_regex(prompts, _SYNTAX_CHARS), False))
+def _check_parses(prompts: Any, syntax: Any, name: str, problems: Problems, notes: Notes) -> None:
+    parsed = pc.fill_null(pc.not_equal(syntax, "plain"), False)
+    candidates = pc.and_(parsed, pc.fill_null(pc.match_substring_regex(prompts, _SYNTAX_CHARS), False))
+    stray = []
     for n in rows_where(candidates).to_pylist():
-        reason = problem(prompts[n].as_py(), "a1111")
-        if reason:
-            problems.report(name, n, reason)
+        with problems.guard(name, n):
+            prompt, mode = prompts[n].as_py(), syntax[n].as_py()
+            reason = problem(prompt, mode)
+            if reason:
+                problems.report(name, n, reason)
+            elif mode == "a1111" and (where := stray_brackets(prompt)):
+                stray.append(f"{problems.where(n)}, {name}: {where}")
+    notes.add(STRAY_WARNING, len(stray), stray)
 
 
 def _check_no_embeddings_pinned(table: pa.Table, problems: Problems) -> None:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from sdbatch.errors import ManifestError, ObjectNotFound
 from sdbatch.manifest.normalize import normalize
+from sdbatch.manifest.problems import Notes
 from sdbatch.output.job import ManifestDigest
 from sdbatch.output.results import read_batches
 from sdbatch.plan.shards import PLAN_CHUNK_ROWS, Plan, Planner, Shard
@@ -44,6 +45,7 @@ class PlannedManifest:
     fingerprint: str  # of the normalized manifest (ManifestDigest)
     source: str  # the manifest file as read: the user's path, or a local copy of an s3:// one
     planned: str | None  # the normalized manifest in shard order, with its `shard` column
+    notes: Notes = field(default_factory=Notes)  # warnings about what was accepted, to show once
 
 
 def plan_manifest(uri: str, defaults: RowDefaults, shard_size: int, workdir: str, s3: Any = None,
@@ -58,16 +60,17 @@ def plan_manifest(uri: str, defaults: RowDefaults, shard_size: int, workdir: str
         raise ManifestError(f"manifest {uri} has no rows; add at least one prompt")
     ids = _IdCheck(workdir) if "id" in file.schema_arrow.names and total > chunk_rows else None
     sink = _ChunkSink(shard_size, check, ids, os.path.join(workdir, "planned.parquet") if write else None)
+    notes = Notes()
     try:
         with _seed_workers(total > chunk_rows) as workers:
-            for first_row, chunk in _chunks(file, chunk_rows):
-                sink.add(normalize(chunk, defaults, first_row=first_row, total_rows=total, seed_workers=workers),
-                         first_row)
+            for first_row, chunk in _chunks(file, chunk_rows, uri):
+                sink.add(normalize(chunk, defaults, first_row=first_row, total_rows=total, seed_workers=workers,
+                                   notes=notes), first_row)
     finally:
         sink.close()
     if ids is not None:
         ids.check(file)
-    return PlannedManifest(sink.planner.plan(), sink.digest.hexdigest(), source, sink.path)
+    return PlannedManifest(sink.planner.plan(), sink.digest.hexdigest(), source, sink.path, notes)
 
 
 class _ChunkSink:
@@ -159,18 +162,18 @@ def _local_copy(uri: str, workdir: str, s3: Any) -> str:
 def _open_parquet(path: str, uri: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise ManifestError(f"manifest {uri} is not a Parquet file ({exc}); "
                             "write it with pyarrow or pandas.DataFrame.to_parquet, "
                             "or build one with `sdbatch manifest new`") from exc
 
 
-def _chunks(file: pq.ParquetFile, chunk_rows: int) -> Iterator[tuple[int, pa.Table]]:
+def _chunks(file: pq.ParquetFile, chunk_rows: int, uri: str) -> Iterator[tuple[int, pa.Table]]:
     """(first row, table) of exactly chunk_rows rows (the last may be shorter), whatever the file's row
     groups: the plan must not depend on how the manifest was written."""
     pending: list[pa.RecordBatch] = []
     held = first_row = 0
-    for batch in read_batches(file, min(chunk_rows, 1 << 16)):
+    for batch in _readable_batches(file, min(chunk_rows, 1 << 16), uri):
         while batch.num_rows:
             take = min(batch.num_rows, chunk_rows - held)
             pending.append(batch.slice(0, take))
@@ -180,6 +183,23 @@ def _chunks(file: pq.ParquetFile, chunk_rows: int) -> Iterator[tuple[int, pa.Tab
                 pending, held, first_row = [], 0, first_row + chunk_rows
     if held:
         yield first_row, pa.Table.from_batches(pending)
+
+
+def _readable_batches(file: pq.ParquetFile, size: int, uri: str) -> Iterator[pa.RecordBatch]:
+    """The file's batches; a page that cannot be decoded (a damaged file whose footer is whole) is a manifest
+    error that says where, not a reader's traceback."""
+    batches = read_batches(file, size)
+    row = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(f"manifest {uri} cannot be read after row {row} ({exc}); the file is damaged: "
+                                "write it again (or copy it again if it was transferred)") from exc
+        row += batch.num_rows
+        yield batch
 
 
 class _IdCheck:

@@ -1,8 +1,10 @@
-"""The pipeline calls of a micro-batch, by kind: txt2img, img2img, inpaint, and a hires row's two passes."""
+"""The pipeline calls of a micro-batch, by kind: txt2img, img2img, inpaint, and a hires row's two passes.
+Each returns one outcome per row: its PIL image, or the NonFiniteOutput of a row whose output overflowed."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,6 +12,25 @@ from PIL import Image
 
 from sdbatch.logs import quieted
 from sdbatch.render.batching import Batch, control_arguments, text_arguments
+from sdbatch.render.finite import NonFiniteOutput, finite_rows, overflowed
+
+Outcome = Image.Image | NonFiniteOutput  # a row's: its image, or why it has none
+
+
+def images_of(batch: Batch, images: torch.Tensor, what: str, steps: Callable[[dict], int]) -> list[Outcome]:
+    """The batch's images (N, C, H, W) as PIL, each checked first: quantising turns NaN into a black image that
+    would pass for one. `steps(row)`: the denoising steps the row ran, for its error."""
+    finite = finite_rows(images)
+    kept = iter(to_pil(images if all(finite) else images[_where(finite)]))
+    return [next(kept) if ok else _overflowed(batch, row, what, steps) for row, ok in zip(batch.rows, finite)]
+
+
+def _where(flags: list[bool]) -> list[int]:
+    return [n for n, flag in enumerate(flags) if flag]
+
+
+def _overflowed(batch: Batch, row: dict, what: str, steps: Callable[[dict], int]) -> NonFiniteOutput:
+    return overflowed(what, steps(row), batch.variant.family.denoiser(batch.variant.pipeline).dtype)
 
 
 def to_pil(images) -> list[Image.Image]:
@@ -72,12 +93,38 @@ def hires_size(row: dict[str, Any], size: tuple[int, int]) -> tuple[int, int]:
     return round(size[0] * scale), round(size[1] * scale)
 
 
-def hires_first_output(row: dict[str, Any]) -> str:
-    """The first pass's output: latents to scale (A1111's "Latent"), or images to scale with Lanczos."""
-    return "latent" if row["hires_upscaler"] == "latent" else "pil"
+def steps_run(row: dict[str, Any]) -> int:
+    """The denoising steps of a row's one call (a hires row's first): int(steps x strength) for an image's
+    row, at least one (see _steps)."""
+    strength = row.get("strength")
+    return int(row["steps"]) if strength is None else max(1, int(int(row["steps"]) * strength))
 
 
-def second_pass(batch: Batch, first: Any, size: tuple[int, int]) -> list[Image.Image]:
+def hires(batch: Batch, size: tuple[int, int], second: Callable | None = None) -> list[Outcome]:
+    """A hires batch's two passes (`second`: second_pass, unless a caller wraps it). A row whose first pass
+    overflowed fails there; the others go on to the second pass together."""
+    outcomes, kept = _hires_first_pass(batch, size)
+    keep = [n for n, x in enumerate(outcomes) if not isinstance(x, NonFiniteOutput)]
+    if not keep:
+        return outcomes
+    images = iter((second or second_pass)(batch.pick(keep), kept, size))
+    return [x if isinstance(x, NonFiniteOutput) else next(images) for x in outcomes]
+
+
+def _hires_first_pass(batch: Batch, size: tuple[int, int]) -> tuple[list, Any]:
+    """The first pass's outcome per row (None for finite latents) and the finite rows' output, checked before
+    it is scaled: latents (A1111's "Latent" upscaler), or images to scale with Lanczos."""
+    if batch.rows[0]["hires_upscaler"] != "latent":
+        outcomes = images_of(batch, first_pass(batch, size), "the first pass's image", steps_run)
+        return outcomes, [x for x in outcomes if not isinstance(x, NonFiniteOutput)]
+    latents = first_pass(batch, size, "latent")
+    finite = finite_rows(latents)
+    outcomes = [None if ok else _overflowed(batch, row, "the first pass's latents", steps_run)
+                for row, ok in zip(batch.rows, finite)]
+    return outcomes, latents if all(finite) else latents[_where(finite)]
+
+
+def second_pass(batch: Batch, first: Any, size: tuple[int, int]) -> list[Outcome]:
     """A hires row's second pass: the first pass's output scaled to the hires size, then img2img there with
     `hires_strength`, running `hires_steps` denoising steps (the row's steps when null), as A1111 does."""
     row, target = batch.rows[0], hires_size(batch.rows[0], size)
@@ -95,7 +142,7 @@ def second_pass(batch: Batch, first: Any, size: tuple[int, int]) -> list[Image.I
                        num_inference_steps=schedule_length(steps, strength),
                        guidance_scale=float(row["guidance_scale"]), generator=generators(batch), output_type="pt",
                        **_renamed(control))
-    return to_pil(out.images)
+    return images_of(batch, out.images, "the hires pass's image", lambda _row: steps)
 
 
 def _vae_casts_quiet():
@@ -117,8 +164,14 @@ def _resized(images: list, size: tuple[int, int]) -> list:
     return [_resized(x, size) if isinstance(x, list) else x.resize(size, Image.Resampling.BICUBIC) for x in images]
 
 
-def overlaid(batch: Batch, images: list[Image.Image]) -> list[Image.Image]:
+def overlaid(batch: Batch, images: list[Outcome]) -> list[Outcome]:
     """Inpainted rows: the init image's own pixels outside the mask (as A1111 pastes them back), so only the
     masked part changes, whatever the VAE's round trip does to the rest."""
     processor = batch.variant.pipeline.image_processor
-    return [processor.apply_overlay(x.mask, x.init, image) for x, image in zip(batch.inputs, images)]
+    return [image if isinstance(image, NonFiniteOutput) else processor.apply_overlay(x.mask, x.init, image)
+            for x, image in zip(batch.inputs, images)]
+
+
+def size_of(images: list[Outcome]) -> tuple[int, int]:
+    """The batch's image size, from any row that has an image: (0, 0) when none has."""
+    return next((x.size for x in images if not isinstance(x, NonFiniteOutput)), (0, 0))

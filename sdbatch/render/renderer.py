@@ -208,8 +208,10 @@ class Renderer:
 
     def _rendered(self, batch: Batch, images: list, width: int, height: int, scheduler: str,
                   seconds: float) -> list[RenderedRow]:
+        """Each row's image, or its failure where its output came out non-finite."""
         share, variant = seconds / len(batch.rows), batch.variant
-        return [RenderedRow(row, image, None, share, len(batch.rows), width, height, scheduler,
+        return [failed(row, image, share) if isinstance(image, Exception) else
+                RenderedRow(row, image, None, share, len(batch.rows), width, height, scheduler,
                             variant.loras_used, controlnets_used(row, variant, inputs.control_hashes),
                             variant.vae_hash, [{"name": name, "sha256": sha} for name, sha in text.embeddings_used],
                             {"init_image_sha256": inputs.init_sha256, "mask_image_sha256": inputs.mask_sha256})
@@ -227,16 +229,16 @@ class Renderer:
         size = _size(model, first)
         with torch.inference_mode():
             if first.get("hires_scale") is None:
-                images = calls.to_pil(calls.first_pass(batch, size))
+                images = calls.images_of(batch, calls.first_pass(batch, size), "the image", calls.steps_run)
             else:
-                images = self._second_pass(batch, calls.first_pass(batch, size, calls.hires_first_output(first)), size)
+                images = calls.hires(batch, size, self._second_pass)
         if first.get("pipeline") == "inpaint":
             images = calls.overlaid(batch, images)
-        return images, images[0].size, type(batch.variant.pipeline.scheduler).__name__
+        return images, calls.size_of(images), type(batch.variant.pipeline.scheduler).__name__
 
     def _second_pass(self, batch: Batch, first: Any, size: tuple[int, int]) -> list:
-        """A hires batch's second pass over its first pass's output (latents, or decoded images); a method so
-        that a test can keep the first pass."""
+        """A hires batch's second pass over its first pass's finite rows (their latents, or decoded images); a
+        method so that a test can keep the first pass."""
         return calls.second_pass(batch, first, size)
 
     def render_shard(self, task: ShardTask, on_device: OnDevice = inline) -> ShardResult:

@@ -126,7 +126,7 @@ class PromptEncoder:
                 self._vectors(encoder, name)
         # A1111 zeroes an empty negative prompt's states and pooled vector where the family does (as diffusers does
         # for a missing one); "plain" rows keep diffusers' reading of the "" they pass: encoded.
-        zero_negative = self.text.zero_negative and syntax == "a1111" and not row.get("negative_prompt")
+        zero_negative = self.text.zero_negative and syntax != "plain" and not row.get("negative_prompt")
         return _RowPlan(sides, counts.pop(), self._clip_skip(row), used, zero_negative)
 
     def _token_ids(self, index: int, text: str) -> list[int]:

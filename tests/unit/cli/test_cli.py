@@ -21,7 +21,7 @@ BAD_MANIFESTS = {
     "slash_id": ([{"id": "x/y", "prompt": "x"}], ["column 'id'", "row id 'x/y'", "rename it"]),
     "dotdot_id": ([{"id": "..", "prompt": "x"}], ["column 'id'", "row id '..'", "rename it"]),
     "width": ([{"id": "w", "prompt": "x", "width": 100}], ["column 'width'", "row id 'w'", "use 96 or 104"]),
-    "steps": ([{"id": "s", "prompt": "x", "steps": 0}], ["column 'steps'", "row id 's'", "steps >= 1"]),
+    "steps": ([{"id": "s", "prompt": "x", "steps": 0}], ["column 'steps'", "row id 's'", "use 1 to 1000 steps"]),
 }
 
 

@@ -17,6 +17,7 @@ from sdbatch.manifest.normalize import (
     normalize,
     read_manifest,
 )
+from sdbatch.manifest.problems import Notes
 from sdbatch.manifest.references import LORA_TAG
 from sdbatch.output.commits import RESULT_SCHEMA
 from sdbatch.settings import RowDefaults
@@ -85,8 +86,8 @@ def test_pandas_nan_in_integer_columns_means_default():
     ([{"id": "a/b", "prompt": "x"}], "id", "row id 'a/b'", "rename it"),
     ([{"id": "..", "prompt": "x"}], "id", "row id '..'", "rename it"),
     ([{"id": "ok", "prompt": "x", "width": 500}], "width", "row id 'ok'", "use 496 or 504"),
-    ([{"id": "ok", "prompt": "x", "steps": 0}], "steps", "row id 'ok'", "use steps >= 1"),
-    ([{"id": "ok", "prompt": "x", "steps": -3}], "steps", "row id 'ok'", "use steps >= 1"),
+    ([{"id": "ok", "prompt": "x", "steps": 0}], "steps", "row id 'ok'", "use 1 to 1000 steps"),
+    ([{"id": "ok", "prompt": "x", "steps": -3}], "steps", "row id 'ok'", "use 1 to 1000 steps"),
     ([{"id": "ok", "prompt": None}], "prompt", "row id 'ok'", "use ''"),
     ([{"id": "ok", "prompt": "x", "steps": "ten"}], "steps", None, "expected int"),
     ([{"id": "ok", "prompt": "x", "scheduler": "magic"}], "scheduler", "row id 'ok'", "euler_a"),
@@ -157,8 +158,8 @@ KNOWN = ", ".join(f"{s.a1111} ({s.name})" for s in SAMPLERS.values())
 MIXED_PROBLEMS = [
     "column 'prompt', row id 'r2' (row 2): is null; use '' for an unconditional image",
     "column 'seed', row id 'r5' (row 5): -1 is out of range; use an integer in [0, 2**63) or null to derive one",
-    "column 'steps', row id 'r1' (row 1): 0 is out of range; use steps >= 1",
-    "column 'steps', row id 'r3' (row 3): 12.5 is not a whole number; use steps >= 1",
+    "column 'steps', row id 'r1' (row 1): 0 is out of range; use 1 to 1000 steps ([defaults] max_steps or --max-steps raises the limit)",
+    "column 'steps', row id 'r3' (row 3): 12.5 is not a whole number; use 1 to 1000 steps ([defaults] max_steps or --max-steps raises the limit)",
     "column 'guidance_scale', row id 'r7' (row 7): -1.0 is negative; use a value >= 0 (e.g. 7.5)",
     "column 'width', row id 'r5' (row 5): 9000 is out of range; use a multiple of 8 between 8 and 8192",
     "column 'width', row id 'r4' (row 4): 500 is not a multiple of 8; use 496 or 504",
@@ -201,16 +202,19 @@ def test_the_listing_is_capped_but_the_count_is_exact():
 
 
 def test_id_problems_name_the_first_valid_occurrence_of_a_duplicate():
-    table = pa.table({"id": ["b", "a/x", "a", "b", None, "a", "abc\n"], "prompt": ["p"] * 7})
+    table = pa.table({"id": ["b", "a/x", "a", "b", None, "a", "abc\n", "a..b", "a.b"], "prompt": ["p"] * 9})
     with pytest.raises(ManifestError) as info:
         normalize(table, DEFAULTS, first_row=10)
+    pattern = ("must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ without '..' (no '/', spaces, line breaks); "
+               "rename it")
     assert _problems(info) == [
-        "column 'id', row id 'a/x' (row 11): must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ (no '/', '..', "
-        "spaces); rename it",
+        f"column 'id', row id 'a/x' (row 11): {pattern}",
         "column 'id', row id 'b' (row 13): duplicates row 10; ids must be unique",
         "column 'id', row 14: is null; give every row an id or drop the column",
         "column 'id', row id 'a' (row 15): duplicates row 12; ids must be unique",
-    ]  # 'abc\n' passes, as Python's $ lets it
+        f"column 'id', row id 'abc\\n' (row 16): {pattern}",  # the whole id must match: no trailing newline
+        f"column 'id', row id 'a..b' (row 17): {pattern}",
+    ]
     assert duplicate_ids(pa.array(["c", "a", None, "c", None])).to_pylist() == ["c"]
     assert duplicate_ids(pa.chunked_array([["a", "b"], ["c", "d"]])).to_pylist() == []
 
@@ -244,7 +248,7 @@ def test_derived_seeds_keep_their_exact_values():
 
 def test_unsigned_seeds_and_sizes_beyond_int64_are_refused_not_crashed():
     table = pa.table({"prompt": ["a", "b"], "steps": pa.array([2**64 - 1, 4], pa.uint64())})
-    with pytest.raises(ManifestError, match=r"18446744073709551615 is out of range; use steps >= 1"):
+    with pytest.raises(ManifestError, match=r"18446744073709551615 is out of range; use 1 to 1000 steps"):
         normalize(table, DEFAULTS)
 
 
@@ -321,19 +325,23 @@ def test_prompts_are_checked_against_their_syntax_and_clip_skip_and_syntax_colum
             {"id": "open", "prompt": "a (fox", "negative_prompt": None},
             {"id": "text", "prompt": "a (fox", "negative_prompt": "x)", "prompt_syntax": "plain", "clip_skip": 2},
             {"id": "neg", "prompt": "a", "negative_prompt": "lowres)"}]
+    notes = Notes()
+    table = normalize(_table(rows), DEFAULTS, notes=notes)  # A1111 reads unbalanced brackets: so does sdbatch
+    assert table.column("prompt_syntax").to_pylist() == ["a1111", "a1111", "plain", "a1111"]
+    assert table.column("clip_skip").to_pylist() == [1, 1, 2, 1]
+    (line,) = notes.lines()
+    assert line.startswith("2 prompt(s) have unbalanced brackets") and 'prompt_syntax = "a1111-strict"' in line
+    assert "row id 'open' (row 1), prompt: '(' at character 3" in line and "row id 'neg' (row 3), negative_prompt" in line
     with pytest.raises(ManifestError) as info:
-        normalize(_table(rows), DEFAULTS)
+        normalize(_table(rows), RowDefaults(model="m", prompt_syntax="a1111-strict"))
     problems = _problems(info)
     assert len(problems) == 2
     assert "column 'prompt'" in problems[0] and "row id 'open'" in problems[0] and "never closed" in problems[0]
     assert "column 'negative_prompt'" in problems[1] and "row id 'neg'" in problems[1]
-    assert 'prompt_syntax = "plain"' in problems[1]
-    table = normalize(_table([rows[0], rows[2]]), DEFAULTS)
-    assert table.column("prompt_syntax").to_pylist() == ["a1111", "plain"]
-    assert table.column("clip_skip").to_pylist() == [1, 2]
+    assert 'prompt_syntax = "a1111"' in problems[1]
     with pytest.raises(ManifestError, match="column 'clip_skip'.*use 1"):
         _normalize([{"prompt": "a", "clip_skip": 0}])
-    with pytest.raises(ManifestError, match="column 'prompt_syntax'.*use one of a1111, plain"):
+    with pytest.raises(ManifestError, match="column 'prompt_syntax'.*use one of a1111, a1111-strict, plain"):
         _normalize([{"prompt": "a", "prompt_syntax": "compel"}])
     assert normalize(pa.Table.from_pylist([rows[1]]), RowDefaults(prompt_syntax="plain", clip_skip=3)).column(
         "clip_skip").to_pylist() == [3]

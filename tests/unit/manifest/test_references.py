@@ -118,7 +118,8 @@ def test_a_rows_list_entries_are_reported_before_its_tags_and_rows_in_order(asse
     lines = str(info.value).splitlines()[1:]
     root = assets["loras"]
     assert lines == [
-        "  - column 'loras', row id 'b' (row 1): each entry needs a 'path' (and optionally a 'weight')",
+        "  - column 'loras', row id 'b' (row 1): each entry needs a 'path' (and optionally a 'weight'); "
+        "got {'path': '', 'weight': 1.0}",
         f"  - column 'prompt', row id 'b' (row 1): LoRA 'gone' is not in --lora-dir {root} (looked for "
         f"{root / 'gone'}.safetensors); fix the name",
         "  - column 'prompt', row id 'b' (row 1): <lora:style:lots> has a weight that is not a number; write e.g. "
@@ -161,7 +162,7 @@ def test_many_rows_sharing_references_resolve_each_once_and_keep_their_lists(ass
 
 def test_simple_controlnet_columns_of_any_shape_keep_row_by_row_results(assets):
     rows = [{"id": f"r{i}", "prompt": "x", "controlnet": [None, "", str(assets["cn"])][i % 3],
-             "control_image": str(assets["image"])} for i in range(7)]
+             "control_image": str(assets["image"]) if i % 3 == 2 else None} for i in range(7)]
     nets = _norm(rows, assets).column("controlnets").to_pylist()
     assert [len(n) for n in nets] == [0, 0, 1, 0, 0, 1, 0]
     rows[5]["control_image"] = None

@@ -91,6 +91,25 @@ def test_chunks_break_at_75_tokens_after_a_nearby_comma_and_at_break():
     assert ids[:4] == [1, 97, 98, 2] and len(ids) == CHUNK_TOKENS + 2 and weights[1:3] == [1.5, 1.5]
 
 
+def test_empty_fragments_add_no_tokens_and_a_break_inside_brackets_still_cuts():
+    def tokenize(text):
+        return [ord(c) for c in text.replace(" ", "")]
+
+    kept = chunked(parse("(a)(\\:0.5)(b)"), tokenize, COMMA)  # an empty fragment at 0.5 between the two
+    assert [c.tokens for c in kept] == [[97, 98]] and kept[0].weights == [1.1, 1.1]
+    cut = chunked(parse("(a BREAK b)"), tokenize, COMMA)
+    assert [c.tokens for c in cut] == [[97], [98]] and cut[1].weights == [1.1]
+
+
+@torch.inference_mode()
+def test_a1111_strict_rows_encode_exactly_as_a1111_rows(pipelines):
+    encoder = PromptEncoder(pipelines["sdxl"], EmbeddingLibrary(None))
+    prompt = "a (red:1.3) fox BREAK [snow]"
+    lenient, strict = (encoder.encode([{"prompt": prompt, "prompt_syntax": s}])[0] for s in ("a1111", "a1111-strict"))
+    assert torch.equal(lenient.embeds, strict.embeds) and torch.equal(lenient.pooled, strict.pooled)
+    assert not strict.negative.any() and not strict.negative_pooled.any()  # no negative prompt: zeros, as a1111
+
+
 def test_an_embedding_takes_its_vector_count_of_slots_and_moves_whole_to_the_next_chunk():
     def find(tokens, position):
         return ("emb", 2, 5) if tokens[position:position + 2] == [ord("x"), ord("y")] else None
