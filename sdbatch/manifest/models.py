@@ -4,15 +4,15 @@ family (sdbatch.family) with its rules on every row: sizes, columns, samplers.""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sdbatch.family import Family, family_for_class, model_class, tiny_family
+from sdbatch.manifest import paths
 from sdbatch.manifest.columns import SIZE_MULTIPLE, rows_where
-from sdbatch.manifest.problems import Problem, Problems, raise_if
+from sdbatch.manifest.problems import Problem, Problems, raise_if, shown
 from sdbatch.store import is_remote
 
 TINY_PREFIX = "tiny:"
@@ -35,14 +35,16 @@ def local_problem(reference: str) -> str | None:
     """Why a local model or VAE reference cannot work (missing, wrong kind), or None; no imports, no I/O beyond stat."""
     if reference.startswith(TINY_PREFIX) or is_remote(reference) or not looks_like_path(reference):
         return None
-    path = Path(reference).expanduser()
+    path = paths.local_path(reference)
+    if path is None:
+        return f"{shown(reference, 60)} {paths.path_problem(reference)}"
     if reference.lower().endswith(UNSAFE_SUFFIXES):
         return f"{reference!r} is a pickled checkpoint, which can run code when loaded; convert it to .safetensors"
     if is_single_file(reference):
-        return None if path.is_file() else f"{reference!r} does not exist; fix the path"
-    if not path.is_dir():
+        return None if paths.is_file(path) else f"{reference!r} does not exist; fix the path"
+    if not paths.is_dir(path):
         return f"{reference!r} does not exist; fix the path (a diffusers folder or a .safetensors file)"
-    if not ((path / "model_index.json").is_file() or (path / "config.json").is_file()):
+    if not (paths.is_file(path / "model_index.json") or paths.is_file(path / "config.json")):
         return (f"{reference!r} is not a diffusers folder (no model_index.json or config.json); pass a folder "
                 "saved with save_pretrained or a single .safetensors file")
     return None
@@ -73,8 +75,7 @@ def family_of(reference: str) -> Family | None:
     paths that are not here (local_problem's to report)."""
     if reference.startswith(TINY_PREFIX):
         return tiny_family(reference[len(TINY_PREFIX):])
-    path = Path(reference).expanduser()
-    if is_remote(reference) or not path.exists() or local_problem(reference):
+    if is_remote(reference) or local_problem(reference) or not paths.exists(path := paths.local_path(reference)):
         return None
     name = model_class(path)
     return None if name is None else family_for_class(name, f"model {reference!r}")

@@ -29,6 +29,8 @@ from sdbatch.store import SCHEME_PATTERN, Reader, carries_secret, is_remote_stor
 __all__ = ["ID_PATTERN", "MANIFEST_COLUMNS", "MAX_LISTED_PROBLEMS", "MAX_SIZE", "RESULT_COLUMNS", "Problem",
            "derive_seed", "duplicate_ids", "normalize", "read_manifest"]
 
+# Longer than any sampler's or schedule's name, A1111's included: judged without quoting it whole.
+MAX_SAMPLER_NAME = 64
 # Columns normalize reads into others (the list columns, the schedule type): they are not kept as labels.
 CONSUMED_COLUMNS = ("loras", "controlnets", *SIMPLE_CONTROLNET_COLUMNS, "schedule")
 
@@ -131,6 +133,8 @@ def _schedulers(table: pa.Table, default: str | None, problems: Problems) -> Any
     for pair in distinct:
         name, _, schedule = pair.partition("\x00")
         try:
+            if len(name) > MAX_SAMPLER_NAME or len(schedule) > MAX_SAMPLER_NAME:
+                raise ValueError(f"{shown(name)} / {shown(schedule)} is not a sampler sdbatch knows")
             resolved.append(resolve(name, schedule) if name else None)
         except ValueError as exc:
             resolved.append(None)

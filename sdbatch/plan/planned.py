@@ -196,7 +196,8 @@ def _readable_batches(file: pq.ParquetFile, size: int, uri: str) -> Iterator[pa.
         except StopIteration:
             return
         except (pa.ArrowException, OSError) as exc:
-            raise ManifestError(f"manifest {uri} cannot be read after row {row} ({exc}); the file is damaged: "
+            reason = " ".join(str(exc).split())
+            raise ManifestError(f"manifest {uri} cannot be read after row {row} ({reason}); the file is damaged: "
                                 "write it again (or copy it again if it was transferred)") from exc
         row += batch.num_rows
         yield batch
