@@ -23,8 +23,9 @@ LoraDir = Annotated[Optional[str], typer.Option("--lora-dir", help="Folder where
 EmbeddingDir = Annotated[Optional[str], typer.Option("--embedding-dir", help="Folder or s3:// prefix of textual "
                                                      "inversion files; a prompt word that names one (EasyNegative) "
                                                      "uses it, as in A1111.")]
-PromptSyntax = Annotated[Optional[str], typer.Option(help="Default prompt syntax: a1111 ((word:1.2), \\[word], BREAK) "
-                                                     "or plain (brackets are text).")]
+PromptSyntax = Annotated[Optional[str], typer.Option(help="Default prompt syntax: a1111 ((word:1.2), \\[word], BREAK, "
+                                                     "as A1111 reads them), a1111-strict (unbalanced brackets "
+                                                     "refused) or plain (brackets are text).")]
 ClipSkip = Annotated[Optional[int], typer.Option(help="Default clip skip, as A1111 counts: 1 none, 2 the "
                                                  "penultimate layer.")]
 MaxSteps = Annotated[Optional[int], typer.Option(help="Refuse rows that ask for more denoising steps than this "

@@ -5,6 +5,7 @@ import socket
 import pyarrow.parquet as pq
 import pytest
 
+from tests.support.odd_manifests import REFUSED, write_damaged_page, write_refused, write_repeated_column
 from tests.support.util import run_cli, tiny_rows, write_manifest
 
 
@@ -125,3 +126,41 @@ def test_the_summary_prints_errors_as_they_are_and_groups_shards_not_done_by_rea
     assert ("6 shards (000001, 000002, 000003, 000004, 000005 and 1 more) not done: ModelLoadError: model 'x' "
             "failed to load: [red]size mismatch[/red] torch.Size([4, 8]); rerun the same command to retry") in said
     assert "shard 000007 not done: OSError: disk [full]; rerun" in said
+
+
+def _odd_files(folder) -> dict:
+    files = {name: write_refused(name, folder) for name in REFUSED}
+    return {**files, "repeated": write_repeated_column(folder), "damaged": write_damaged_page(folder)}
+
+
+def test_no_odd_manifest_gets_a_traceback_from_validate(tmp_path):
+    for name, path in _odd_files(tmp_path).items():
+        result = run_cli("manifest", "validate", str(path))
+        assert result.returncode == 2, (name, result.stderr)
+        assert result.stderr.startswith("error: manifest"), (name, result.stderr)
+        assert "Traceback" not in result.stderr and "\x1b[31mred" not in result.stderr, name
+
+
+@pytest.mark.parametrize("name", ["not_utf8", "damaged", "repeated", "long_path_component", "loras_not_a_list",
+                                  "terminal_controls"])
+def test_a_refused_submit_writes_nothing(tmp_path, name):
+    """Text that is not UTF-8 once passed validation and left an output that could never finish."""
+    path = _odd_files(tmp_path)[name]
+    out = tmp_path / "out"
+    result = run_cli("submit", str(path), "--output", str(out), "--model", "tiny:sd15")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_unbalanced_brackets_are_a_warning_and_a1111_strict_refuses_them(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a (fox"}, {"id": "b", "prompt": "x)"}])
+    result = run_cli("manifest", "validate", str(manifest))
+    assert result.returncode == 0, result.stderr
+    assert "warning: 2 prompt(s) have unbalanced brackets" in " ".join(result.stderr.split())
+    result = run_cli("manifest", "validate", str(manifest), "--prompt-syntax", "a1111-strict")
+    assert result.returncode == 2 and "row id 'a'" in result.stderr and "never closed" in result.stderr
+
+
+def test_an_unknown_option_is_a_usage_error_not_a_traceback(tmp_path):
+    result = run_cli("manifest", "validate", str(tmp_path / "m.parquet"), "--no-such-flag")
+    assert result.returncode == 2 and "No such option" in result.stderr and "Traceback" not in result.stderr
