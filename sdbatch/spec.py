@@ -116,9 +116,12 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
     raw: dict[str, Any] = {}
     if path is not None and text is None:
         path = Path(path)
-        if not path.is_file():
-            raise SpecError(f"job file {path} does not exist; pass an existing TOML file to --job")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, ValueError) as exc:  # missing, a folder, a name too long, not text
+            missing = isinstance(exc, FileNotFoundError)
+            what = "does not exist" if missing else f"cannot be read ({exc.__class__.__name__})"
+            raise SpecError(f"job file {path} {what}; pass an existing TOML file to --job") from exc
     if text is not None:
         raw = _parse_job_text(text, str(path))
     sections = {name: dict(raw.pop(name, {}) or {}) for name in _SECTIONS}

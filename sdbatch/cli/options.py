@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from sdbatch.errors import SpecError
+from sdbatch.manifest import paths
+from sdbatch.manifest.problems import shown
 from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec, load_spec
 from sdbatch.store import Reader, is_remote, is_remote_store
@@ -88,8 +89,11 @@ def _local_paths(spec: JobSpec) -> JobSpec:
     folder = spec.defaults.embedding_dir
     if not folder or is_remote(folder):
         return spec
-    path = Path(folder).expanduser().resolve()
-    if not path.is_dir():
+    path = paths.local_path(folder)
+    if path is None:
+        raise SpecError(f"job setting defaults.embedding_dir = {shown(folder)} {paths.path_problem(folder)}")
+    path = path.resolve()
+    if not paths.is_dir(path):
         raise SpecError(f"job setting defaults.embedding_dir = {folder!r} is not a folder; pass the folder that "
                         "holds the textual inversion files (or an s3:// prefix)")
     return dataclasses.replace(spec, defaults=dataclasses.replace(spec.defaults, embedding_dir=str(path)))

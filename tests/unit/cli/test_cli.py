@@ -164,3 +164,13 @@ def test_unbalanced_brackets_are_a_warning_and_a1111_strict_refuses_them(tmp_pat
 def test_an_unknown_option_is_a_usage_error_not_a_traceback(tmp_path):
     result = run_cli("manifest", "validate", str(tmp_path / "m.parquet"), "--no-such-flag")
     assert result.returncode == 2 and "No such option" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_paths_no_machine_can_hold_are_usage_errors_in_flags_too(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "x"}])
+    for flags, needle in ((["--embedding-dir", "~nosuchuser/e"], "a user this machine does not have"),
+                          (["--job", str(tmp_path / ("j" * 300 + ".toml"))], "cannot be read (OSError)"),
+                          (["--job", str(tmp_path)], "cannot be read (IsADirectoryError)")):
+        result = run_cli("manifest", "validate", str(manifest), *flags)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert needle in " ".join(result.stderr.split())
