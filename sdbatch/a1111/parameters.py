@@ -144,8 +144,9 @@ def read_parameters(data: bytes) -> str | None:
 # Any other (Hires upscale, Denoising strength, Variation seed, ENSD, ADetailer ...) is
 # not rendered: `manifest from-images` reports it, and refuses it with --strict.
 # TI hashes are used as a check: the embeddings render through the words in the prompts (--embedding-dir).
+# A1111's VAE is a file name: rendered when `manifest from-images` finds it (--vae-dir), else reported.
 USED_FIELDS = frozenset({"prompt", "negative_prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed",
-                         "Size", "Model", "Model hash", "VAE", "VAE hash", "Lora hashes", "Version", SDBATCH_KEY,
+                         "Size", "Model", "Model hash", "VAE hash", "Lora hashes", "Version", SDBATCH_KEY,
                          "Clip skip", "TI hashes", "Pad conds"})
 
 
@@ -153,7 +154,7 @@ def unused_fields(fields: dict[str, Any]) -> list[str]:
     """The fields of a parsed `parameters` text that row_from_parameters does not render. A hires image's fields
     are rendered (its upscaler only if sdbatch has it); an img2img image's strength only with its init image,
     which only sdbatch's own images name."""
-    used = set(USED_FIELDS)
+    used = set(USED_FIELDS) | ({"VAE"} if SDBATCH_KEY in fields else set())
     if "Hires upscale" in fields:
         used |= {"Hires upscale", "Hires steps", "Denoising strength"}
         if fields.get("Hires upscaler", "Latent") in FROM_A1111_UPSCALER:

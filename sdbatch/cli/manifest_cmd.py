@@ -117,15 +117,23 @@ def from_images(location: Annotated[str, typer.Argument(help="A folder or s3://b
                 output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.parquet).")],
                 s3_endpoint: S3Endpoint = None,
                 strict: Annotated[bool, typer.Option(help=(
-                    "Refuse images whose parameters ask for what sdbatch does not render (hires fix, "
-                    "variation seeds, ...) instead of reporting them."))] = False) -> None:
-    """A manifest that renders the images again, from the A1111 parameters embedded in each file."""
-    from sdbatch.manifest.from_images import write_manifest_from_images
+                    "Refuse images whose metadata asks for what sdbatch does not render (hires upscalers, "
+                    "variation seeds, a sampler diffusers lacks, ...) instead of reporting them."))] = False,
+                vae_dir: Annotated[Optional[str], typer.Option(help=(
+                    "Folder where A1111's `VAE: name.safetensors` is looked up; without it the field is "
+                    "reported, not rendered."))] = None) -> None:
+    """A manifest that renders the images again, from what their generator embedded (A1111/Forge, ComfyUI,
+    NovelAI, InvokeAI, Fooocus, sdbatch)."""
+    from sdbatch.manifest.from_images import ReadOptions, write_manifest_from_images
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    read = write_manifest_from_images(location, str(output), s3_settings(s3_endpoint), strict=strict)
-    note = f"; {read.skipped} image(s) without parameters skipped" if read.skipped else ""
-    typer.echo(f"wrote {output}: {read.rows} rows{note}")
+    read = write_manifest_from_images(location, str(output), s3_settings(s3_endpoint), strict=strict,
+                                      options=ReadOptions(vae_dir=vae_dir))
+    note = f"; {read.skipped} image(s) without generation metadata skipped" if read.skipped else ""
+    made = ", ".join(f"{name} {count}" for name, count in read.generators.most_common())
+    typer.echo(f"wrote {output}: {read.rows} rows ({made}){note}")
+    if read.unreadable_count:
+        typer.echo(f"skipped, not whole images: {read.skips()}")
     if read.dropped:
         typer.echo(f"not rendered, so left out of the manifest: {read.summary()} (--strict refuses them)")
     if read.embeddings:

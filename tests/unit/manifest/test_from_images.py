@@ -81,3 +81,63 @@ def test_from_images_takes_what_it_renders_and_reports_each_field_it_does_not(tm
         said.stdout.split())
     assert "not rendered, so left out of the manifest: Denoising strength in 1 image(s); Hires upscaler in 1" in " ".join(
         said.stdout.split())
+
+
+def test_a_folder_with_files_that_are_not_whole_images_still_yields_its_manifest(tmp_path):
+    """An empty file, a truncated PNG, a text file named .png and a broken tar are skipped by name; the rest goes
+    on, every generator's images among it."""
+    from tests.support.generator_images import comfyui_graph, comfyui_png, fooocus_png, novelai_png
+    from tests.support.util import run_cli
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _image(folder / "a1111.png", 7)
+    (folder / "comfy.png").write_bytes(comfyui_png(comfyui_graph()))
+    (folder / "nai.png").write_bytes(novelai_png())
+    (folder / "fooocus.png").write_bytes(fooocus_png())
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "cut.png").write_bytes((folder / "a1111.png").read_bytes()[:-40])
+    (folder / "notes.png").write_text("not an image at all")
+    (folder / "broken.tar").write_bytes(b"\x00" * 100)
+    out = tmp_path / "m.parquet"
+    read = write_manifest_from_images(str(folder), str(out))
+    table = pq.read_table(out)
+    assert sorted(table.column("generator").to_pylist()) == ["A1111", "ComfyUI", "Fooocus", "NovelAI"]
+    assert sorted(table.column("id").to_pylist()) == ["a1111", "comfy", "fooocus", "nai"]
+    assert dict(read.unreadable_count) == {"empty": 1, "truncated": 1, "not an image": 1, "not readable": 1}
+    assert "1 empty (empty.png)" in read.skips() and "1 truncated (cut.png)" in read.skips()
+    assert "1 not readable (broken.tar)" in read.skips()
+    said = run_cli("manifest", "from-images", str(folder), "-o", str(out))
+    text = " ".join(said.stdout.split())
+    assert said.returncode == 0 and "Traceback" not in said.stderr, said.stderr
+    assert "4 rows (" in text and "skipped, not whole images: 1 empty (empty.png)" in text
+    assert "Model (NovelAI's own: NovelAI Diffusion V3 7BCCAA2C) in 1 image(s)" in text
+
+
+def test_a1111s_vae_renders_from_the_vae_folder_or_is_reported(tmp_path):
+    from sdbatch.manifest.from_images import ReadOptions
+
+    folder, vaes = tmp_path / "images", tmp_path / "vaes"
+    folder.mkdir()
+    vaes.mkdir()
+    text = PARAMETERS.format(n=1) + ", VAE: vae-ft-mse.safetensors"
+    Image.new("RGB", (8, 8)).save(folder / "a.png", "PNG", **save_options("png", text))
+    table, _ = manifest_from_images(str(folder))
+    assert table.column("vae").to_pylist() == [None]
+    read = write_manifest_from_images(str(folder), str(tmp_path / "m.parquet"))
+    assert dict(read.dropped) == {"VAE": 1}
+    (vaes / "vae-ft-mse.safetensors").write_bytes(b"x")
+    read = write_manifest_from_images(str(folder), str(tmp_path / "m.parquet"), options=ReadOptions(str(vaes)))
+    assert dict(read.dropped) == {}
+    assert pq.read_table(tmp_path / "m.parquet").column("vae").to_pylist() == [
+        str((vaes / "vae-ft-mse.safetensors").resolve())]
+
+
+def test_strict_refuses_a_sampler_that_would_fall_back_to_the_models_own(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    text = PARAMETERS.format(n=1).replace("Sampler: Euler", "Sampler: DPM++ SDE Karras")
+    Image.new("RGB", (8, 8)).save(folder / "a.png", "PNG", **save_options("png", text))
+    with pytest.raises(ManifestError, match=r"Sampler \(DPM\+\+ SDE Karras\) in 1 image"):
+        write_manifest_from_images(str(folder), str(tmp_path / "m.parquet"), strict=True)
+    assert not (tmp_path / "m.parquet").exists()
