@@ -89,9 +89,10 @@ class _GraphReader:
 
     def _model(self, link: Any, row: dict[str, Any]) -> None:
         """Down the model input: LoRA loaders (the first in the chain is applied last), then the checkpoint."""
-        loras = []
-        node = self._node(link)
-        while node is not None and node["class_type"] in LORA_LOADERS:
+        loras: list[dict[str, Any]] = []
+        node, seen = self._node(link), set()
+        while node is not None and node["class_type"] in LORA_LOADERS and id(node) not in seen:  # a loop must end
+            seen.add(id(node))
             inputs = node["inputs"]
             weight = number(self._value(inputs.get("strength_model")))
             clip = number(self._value(inputs.get("strength_clip", weight)))
