@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 from pathlib import PurePosixPath
@@ -124,20 +123,6 @@ def save_options(image_format: str, parameters: str) -> dict[str, Any]:
 
 def _user_comment(parameters: str) -> bytes:
     return b"UNICODE\x00" + parameters.encode("utf-16-be")
-
-
-def read_parameters(data: bytes) -> str | None:
-    """The parameters text embedded in image bytes, or None."""
-    with Image.open(io.BytesIO(data)) as image:
-        text = image.info.get("parameters")
-        if text:
-            return str(text)
-        raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
-    if not raw:
-        return None
-    if raw.startswith(b"UNICODE\x00"):
-        return raw[8:].decode("utf-16-be", errors="replace")
-    return raw[8:].decode("utf-8", errors="replace") if raw[:8].startswith(b"ASCII") else None
 
 
 # The fields of a `parameters` text a manifest row renders, or that only describe the image (hashes, versions).

@@ -15,7 +15,7 @@ import webdataset as wds
 from PIL import Image
 
 import sdbatch
-from sdbatch.a1111.parameters import parse_parameters, read_parameters
+from sdbatch.a1111.parameters import parse_parameters
 from sdbatch.manifest.from_images import manifest_from_images
 from sdbatch.output.layouts.files import image_key
 from sdbatch.render.renderer import Renderer
@@ -23,6 +23,7 @@ from sdbatch.run.gallery import GallerySettings, make_gallery
 from sdbatch.settings import RendererSettings
 from sdbatch.store.local import LocalStore
 from sdbatch.tasks import ShardTask
+from tests.support.generator_images import embedded_parameters
 from tests.support.tiny_variants import write_tiny_lora
 from tests.support.util import REPO, run_cli
 
@@ -96,7 +97,7 @@ def _samples(output: Path) -> dict[str, dict]:
 
 def test_every_image_carries_a1111_parameters(original):
     for row in original.rows:
-        text = read_parameters(original.store.get(image_key("000000", row["id"], "png")))
+        text = embedded_parameters(original.store.get(image_key("000000", row["id"], "png")))
         settings = text.split("\n")[-1]
         assert settings.startswith(f"Steps: {row['steps']}, Sampler: "), text
         fields = parse_parameters(text)
@@ -104,9 +105,9 @@ def test_every_image_carries_a1111_parameters(original):
         assert fields["CFG scale"] == f"{row['guidance_scale']:g}" and fields["Model"] == "tiny:sd15"
         assert len(fields["Model hash"]) == 10
         assert ("Lora hashes" in fields) == bool(row["loras"])
-    assert "Negative prompt: fog" in read_parameters(original.store.get(image_key("000000", "p0", "png")))
+    assert "Negative prompt: fog" in embedded_parameters(original.store.get(image_key("000000", "p0", "png")))
     for fmt, ext in (("jpeg", "jpg"), ("webp", "webp")):
-        fields = parse_parameters(read_parameters(original.store.get(image_key(fmt, "p0", fmt))) or "")
+        fields = parse_parameters(embedded_parameters(original.store.get(image_key(fmt, "p0", fmt))) or "")
         assert (fields["prompt"], fields["Seed"], fields["Sampler"]) == ("a tiny lighthouse 0", "900", "Euler a"), ext
 
 

@@ -87,7 +87,8 @@ def test_corrupt_lora_and_unreadable_control_image_fail_only_their_rows(tmp_path
     import torch
     from safetensors.torch import save_file
 
-    from sdbatch.a1111.parameters import parse_parameters, read_parameters
+    from sdbatch.a1111.parameters import parse_parameters
+    from tests.support.generator_images import embedded_parameters
 
     (tmp_path / "embeddings").mkdir()
     save_file({"emb_params": torch.randn(2, 32)}, tmp_path / "embeddings" / "fuzzyfox.safetensors")
@@ -110,6 +111,6 @@ def test_corrupt_lora_and_unreadable_control_image_fail_only_their_rows(tmp_path
     assert table["good1"]["embeddings_used"] == [] and table["good1"]["prompt_syntax"] == "a1111"
     store = open_store(str(tmp_path / "out"))
     assert len(store.list("images/")) == 4
-    fields = parse_parameters(read_parameters(store.get(table["good0"]["image"])))
+    fields = parse_parameters(embedded_parameters(store.get(table["good0"]["image"])))
     assert fields["TI hashes"] == f"fuzzyfox: {table['good0']['embeddings_used'][0]['sha256'][:12]}"
     assert fields["prompt"].startswith("a (cat:1.3) 0")

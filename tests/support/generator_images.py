@@ -138,3 +138,10 @@ def sd_parsers_view(data: bytes) -> dict:
             "negative": str(sampler.negative_prompts[0]) if sampler.negative_prompts else "",
             "seed": int(params["seed"]), "steps": int(params["steps"]) if "steps" in params else None,
             "cfg": float(params["cfg_scale"]), "sampler": sampler.name}
+
+
+def embedded_parameters(data: bytes) -> str | None:
+    """The `parameters` text an image carries (PNG text chunk, or EXIF UserComment), as from-images finds it."""
+    from sdbatch.metadata import image_texts
+
+    return image_texts(data).texts.get("parameters")

@@ -8,10 +8,10 @@ from PIL import Image
 from sdbatch.a1111.parameters import (
     format_parameters,
     parse_parameters,
-    read_parameters,
     row_from_parameters,
     save_options,
 )
+from tests.support.generator_images import embedded_parameters
 
 ROW = {"id": "cat-1", "prompt": "a cat, in a hat", "negative_prompt": "blurry", "steps": 20,
        "scheduler": "dpmpp_2m_karras", "scheduler_class": "DPMSolverMultistepScheduler", "guidance_scale": 7.5,
@@ -117,13 +117,13 @@ def test_embedded_in_each_format(fmt):
     text = format_parameters({**ROW, "prompt": "unicode ✓ café"})
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), "blue").save(buffer, format=fmt.upper(), **save_options(fmt, text))
-    assert read_parameters(buffer.getvalue()) == text
+    assert embedded_parameters(buffer.getvalue()) == text
 
 
 def test_image_without_parameters_reads_none():
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG")
-    assert read_parameters(buffer.getvalue()) is None
+    assert embedded_parameters(buffer.getvalue()) is None
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "webp"])
@@ -133,7 +133,7 @@ def test_a_very_long_prompt_still_encodes_with_what_fits(fmt):
     row = {**ROW, "prompt": "a cat " * 4000}
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format=fmt.upper(), **save_options(fmt, format_parameters(row)))
-    text = read_parameters(buffer.getvalue())
+    text = embedded_parameters(buffer.getvalue())
     assert text.startswith("a cat a cat") and 20_000 < len(text) < 33_000
 
 

@@ -9,13 +9,14 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from sdbatch.a1111.parameters import parse_parameters, read_parameters
+from sdbatch.a1111.parameters import parse_parameters
 from sdbatch.output.commits import marker_key
 from sdbatch.output.layouts.webdataset import tar_key
 from sdbatch.render.renderer import Renderer
 from sdbatch.settings import RendererSettings
 from sdbatch.store.local import LocalStore
 from sdbatch.tasks import ShardTask
+from tests.support.generator_images import embedded_parameters
 from tests.support.tiny_variants import write_tiny_lora
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
@@ -88,11 +89,11 @@ def test_shard_tar_has_one_sample_per_ok_row_with_labels_and_parameters(renderer
         assert record["image"] == f"shards/000000.tar#{row['id']}.png" and record["model_hash"]
         assert sample["txt"].decode() == row["prompt"]
         assert Image.open(io.BytesIO(sample["png"])).size == (64, 48)
-        fields = parse_parameters(read_parameters(sample["png"]))
+        fields = parse_parameters(embedded_parameters(sample["png"]))
         assert (fields["prompt"].split(" <lora:")[0], fields["negative_prompt"]) == (row["prompt"], "blurry")
         assert (fields["Seed"], fields["Size"], fields["Model hash"]) == (str(row["seed"]), "64x48",
                                                                            record["model_hash"][:10])
-    assert "Lora hashes" in parse_parameters(read_parameters(samples[1]["png"]))
+    assert "Lora hashes" in parse_parameters(embedded_parameters(samples[1]["png"]))
     meta = _metadata(store, "000000")
     assert meta["r2"]["status"] == "failed" and "safetensors" in meta["r2"]["error"] and meta["r2"]["image"] is None
     assert meta["r1"]["image"] == "shards/000000.tar#r1.png"

@@ -6,11 +6,12 @@ import json
 import pyarrow as pa
 from PIL import Image
 
-from sdbatch.a1111.parameters import parse_parameters, read_parameters
+from sdbatch.a1111.parameters import parse_parameters
 from sdbatch.output.commits import marker_key
 from sdbatch.output.layouts import layout_named
 from sdbatch.output.layouts.files import image_key
 from sdbatch.store.local import LocalStore
+from tests.support.generator_images import embedded_parameters
 from tests.support.shard_outputs import attempt, rows
 
 
@@ -21,7 +22,7 @@ def test_each_ok_row_is_one_image_with_its_parameters_and_a_failed_row_none(tmp_
     assert store.list("images/") == [image_key("000000", "r0", "png"), image_key("000000", "r2", "png")]
     image = store.get(image_key("000000", "r2", "png"))
     assert Image.open(io.BytesIO(image)).getpixel((0, 0)) == (12, 0, 0)
-    assert parse_parameters(read_parameters(image))["Seed"] == "12"
+    assert parse_parameters(embedded_parameters(image))["Seed"] == "12"
     by_id = {r["id"]: r for r in outcome.results}
     assert by_id["r1"]["status"] == "failed" and by_id["r1"]["image"] is None
     assert json.loads(store.get(marker_key("000000")))["attempt"] == "a1"
