@@ -21,7 +21,7 @@ from sdbatch.manifest import paths
 from sdbatch.manifest.columns import is_valid_id
 from sdbatch.manifest.controlnets import CONTROLNET_TYPE
 from sdbatch.manifest.references import LORA_TYPE
-from sdbatch.metadata import Reading, UnreadableImage, read_image
+from sdbatch.metadata import GENERATORS, Reading, UnreadableImage, read_image
 from sdbatch.output.layouts import LAYOUTS
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
@@ -134,8 +134,9 @@ def _batches(location: str, s3: S3Settings | None, tally: ImagesRead,
         raise ManifestError(f"no .png/.jpg/.webp images (or .tar shards of them) under {location}")
     if not tally.rows:
         skips = f" ({tally.skips()})" if tally.unreadable_count else ""
+        known = ", ".join(generator.name for generator in GENERATORS)
         raise ManifestError(f"none of the {tally.seen} images under {location} carries generation metadata sdbatch "
-                            f"reads (A1111/Forge, ComfyUI, NovelAI, InvokeAI, Fooocus){skips}")
+                            f"reads ({known}){skips}")
 
 
 def _found(store) -> Iterator[_Found]:
