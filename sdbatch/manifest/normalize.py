@@ -79,9 +79,8 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0, tot
         ids = cols.normalize_ids(table, problems, first_row, total_rows)
     problems.raise_if()
     problems.ids = ids
-    with problems.stage("settings"):
-        columns = _settings(table, ids, defaults, problems, seed_workers)
-    with problems.stage("prompt"):
+    columns = _settings(table, ids, defaults, problems, seed_workers)
+    with problems.stage("loras"):
         resolver = Resolver(defaults.lora_dir)
         columns["prompt"], columns["loras"] = normalize_loras(table, columns["prompt"], resolver, problems.report)
     with problems.stage("controlnets"):
@@ -101,20 +100,27 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0, tot
 
 def _settings(table: pa.Table, ids: Any, defaults: RowDefaults, problems: Problems,
               seed_workers: Executor | None) -> dict[str, Any]:
-    """The scalar columns: prompts, seeds, steps, guidance, sizes, scheduler, model and VAE."""
-    columns: dict[str, Any] = {"id": ids, "prompt": cols.prompts(table, problems)}
-    columns["negative_prompt"] = cols.strings(table, "negative_prompt", defaults.negative_prompt, problems)
-    columns["seed"] = cols.seeds(table, ids, defaults.seed, problems, seed_workers)
-    columns["steps"] = cols.ints(table, "steps", defaults.steps, problems, low=1, high=defaults.max_steps,
-                                 fix=f"use 1 to {defaults.max_steps} steps ([defaults] max_steps or --max-steps "
-                                     "raises the limit)")
-    columns["guidance_scale"] = cols.floats(table, "guidance_scale", defaults.guidance_scale, problems)
-    for name in ("width", "height"):
-        columns[name] = cols.sizes(table, name, getattr(defaults, name), problems)
-    columns["scheduler"] = _schedulers(table, defaults.scheduler, problems)
-    columns["model"] = cols.strings(table, "model", defaults.model, problems, nonempty=True)
-    # None (null): the model's own VAE; the column is always written, so every run's manifest has one shape.
-    columns["vae"] = cols.strings(table, "vae", defaults.vae, problems, nonempty_if_set=True)
+    """The scalar columns: prompts, seeds, steps, guidance, sizes, scheduler, model and VAE; each checked in a
+    stage of its own, so an error no check foresaw names its column."""
+    steps_fix = f"use 1 to {defaults.max_steps} steps ([defaults] max_steps or --max-steps raises the limit)"
+    checks = {
+        "prompt": lambda: cols.prompts(table, problems),
+        "negative_prompt": lambda: cols.strings(table, "negative_prompt", defaults.negative_prompt, problems),
+        "seed": lambda: cols.seeds(table, ids, defaults.seed, problems, seed_workers),
+        "steps": lambda: cols.ints(table, "steps", defaults.steps, problems, low=1, high=defaults.max_steps,
+                                   fix=steps_fix),
+        "guidance_scale": lambda: cols.floats(table, "guidance_scale", defaults.guidance_scale, problems),
+        "width": lambda: cols.sizes(table, "width", defaults.width, problems),
+        "height": lambda: cols.sizes(table, "height", defaults.height, problems),
+        "scheduler": lambda: _schedulers(table, defaults.scheduler, problems),
+        "model": lambda: cols.strings(table, "model", defaults.model, problems, nonempty=True),
+        # None (null): the model's own VAE; the column is always written, so every run's manifest has one shape.
+        "vae": lambda: cols.strings(table, "vae", defaults.vae, problems, nonempty_if_set=True),
+    }
+    columns: dict[str, Any] = {"id": ids}
+    for name, check in checks.items():
+        with problems.stage(name):
+            columns[name] = check()
     return columns
 
 

@@ -66,6 +66,9 @@ def test_a_check_that_meets_input_it_did_not_foresee_refuses_it_with_its_place(m
     with pytest.raises(ManifestError, match=r"column 'controlnets': could not be checked \(ZeroDivisionError: "
                                             r"nobody thought of this\); fix or drop the value"):
         normalize(pa.table({"prompt": ["a"]}), DEFAULTS)
+    monkeypatch.setattr("sdbatch.manifest.columns.seeds", choke)
+    with pytest.raises(ManifestError, match=r"column 'seed': could not be checked \(ZeroDivisionError"):
+        normalize(pa.table({"prompt": ["a"]}), DEFAULTS)
 
 
 def test_labels_named_like_settings_are_kept_and_pointed_out():
