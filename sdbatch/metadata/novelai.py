@@ -54,4 +54,5 @@ def _comment(image: ImageTexts) -> dict[str, Any]:
 
 
 def _set(value: Any, neutral: Any) -> bool:
-    return value not in (neutral, None, [], {}, "", False, 0) or (neutral == 1.0 and value not in (1, 1.0, None))
+    """Whether a Comment key asks for something: a value other than its neutral one, and not an empty one."""
+    return value != neutral and value not in (None, "", [], {})
