@@ -22,14 +22,14 @@ class Pipelines:
     """A family's diffusers pipeline classes, one per kind of row (manifest.images.PIPELINES)."""
 
     txt2img: str  # what a model folder of the family names in model_index.json
-    img2img: str  # rows with an init_image: built over the same modules by from_pipe
-    inpaint: str  # rows with an init_image and a mask_image
+    img2img: str | None  # rows with an init_image: built over the same modules by from_pipe; None: diffusers has none
+    inpaint: str | None  # rows with an init_image and a mask_image
 
-    def of(self, kind: str) -> str:
+    def of(self, kind: str) -> str | None:
         return getattr(self, kind)
 
-    def names(self) -> tuple[str, str, str]:
-        return self.txt2img, self.img2img, self.inpaint
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name in (self.txt2img, self.img2img, self.inpaint) if name)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,14 @@ class Family:
     schedulers: tuple[str, ...] | None = None  # scheduler names (a1111.samplers.BY_NAME) it works with; None: all
     checkpoints: tuple[Checkpoint, ...] = ()  # single-file layouts it loads; their prefixes are disjoint
     tiny: str | None = None  # its tiny random-weight model (`tiny:NAME`, render/tiny/), for tests and demos
+    # guidance_scale is a distilled-guidance input of the denoiser (FLUX.1-dev), not classifier-free guidance;
+    # true CFG with the negative prompt is then true_cfg_scale. A1111/Forge `parameters` say which they were.
+    distilled_guidance: bool = False
+    # The T5 encoder's token count when a row sets no max_sequence_length (diffusers' pipeline default);
+    # None: the family has no T5 encoder and refuses the column.
+    max_sequence_length: int | None = None
+    # The guidance_scale a row gets when neither it nor the job sets one: what the family is used at.
+    guidance_scale: float | None = None
 
     def claims(self, class_name: str) -> bool:
         return class_name in self.class_names()
@@ -63,7 +71,10 @@ class Family:
         return self.pipelines.names() + (self.controlnet_pipelines.names() if self.controlnet_pipelines else ())
 
     def takes(self, column: str) -> bool:
-        return column not in self.refuses and (column != "controlnets" or self.controlnet_pipelines is not None)
+        needs = {"controlnets": self.controlnet_pipelines is not None,
+                 "max_sequence_length": self.max_sequence_length is not None,
+                 "true_cfg_scale": self.distilled_guidance}  # true CFG is the separate knob beside distilled
+        return column not in self.refuses and needs.get(column, True)
 
 
 SD1 = Family(
@@ -86,8 +97,36 @@ SDXL = Family(
     checkpoints=(Checkpoint("sdxl", ("conditioner.embedders.1.",), "stabilityai/stable-diffusion-xl-base-1.0"),),
     tiny="sdxl",
 )
+# Flow-matching families step with diffusers' flow-match Euler; these are its A1111/Forge names (Forge writes
+# "Euler" with "Simple" for FLUX), the sigma schedules it takes, and null for the model's own.
+FLOW_SCHEDULERS = ("euler", "euler_simple", "euler_karras", "euler_exponential")
+# Columns a family without CLIP-only conditioning has no input for: clip skip is a CLIP-stack setting.
+DIT_REFUSES = ("clip_skip",)
+SD3 = Family(
+    name="sd3", title="SD3/3.5",
+    pipelines=Pipelines("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
+                        "StableDiffusion3InpaintPipeline"),
+    # diffusers has SD3 ControlNets for txt2img only (its inpainting one is an inpainting ControlNet, not this).
+    controlnet_pipelines=Pipelines("StableDiffusion3ControlNetPipeline", None, None),
+    native_size=1024, size_multiple=16,  # VAE 8x, transformer patches of 2
+    refuses=DIT_REFUSES, schedulers=FLOW_SCHEDULERS,
+    checkpoints=(Checkpoint("sd35", ("model.diffusion_model.joint_blocks.",),
+                            "stabilityai/stable-diffusion-3.5-medium"),),
+    tiny="sd3", max_sequence_length=256,
+)
+FLUX = Family(
+    name="flux", title="FLUX.1",
+    pipelines=Pipelines("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+    controlnet_pipelines=Pipelines("FluxControlNetPipeline", "FluxControlNetImg2ImgPipeline",
+                                   "FluxControlNetInpaintPipeline"),
+    native_size=1024, size_multiple=16,  # VAE 8x, latents packed 2x2
+    refuses=DIT_REFUSES, schedulers=FLOW_SCHEDULERS,
+    checkpoints=(Checkpoint("flux", ("double_blocks.", "model.diffusion_model.double_blocks."),
+                            "black-forest-labs/FLUX.1-dev"),),
+    tiny="flux", distilled_guidance=True, max_sequence_length=512, guidance_scale=3.5,
+)
 # The registry: adding a family is an entry here and a module in sdbatch/render/families/.
-FAMILIES: tuple[Family, ...] = (SD1, SDXL)
+FAMILIES: tuple[Family, ...] = (SD1, SDXL, SD3, FLUX)
 
 
 def by_name(name: str) -> Family:

@@ -52,6 +52,12 @@ class RowDefaults:
     # None keeps the model's own VAE; a diffusers AutoencoderKL folder, single file, hub id or s3:// URI
     # replaces it (e.g. the fp16-safe SDXL VAE). A row's `vae` column overrides it.
     vae: str | None = None
+    # FLUX.1's true classifier-free guidance with the negative prompt (the transformer runs twice a step); None
+    # leaves it off (1), the distilled guidance alone, as FLUX.1-dev is meant to run.
+    true_cfg_scale: float | None = None
+    # T5's token count for families with a T5 encoder (SD3, FLUX); None: the family pipeline's default (SD3 256,
+    # FLUX 512), which is what the model cards show.
+    max_sequence_length: int | None = None
     # Limits on what a row may ask for, so that a typo (an extra zero) is refused rather than rendered for hours.
     # Every scheduler is trained on 1000 timesteps: more steps than that only repeat them.
     max_steps: int = 1000
@@ -62,6 +68,8 @@ class RowDefaults:
 # Row defaults that only limit what a row may ask for: an accepted row renders the same under any limit that
 # accepts it, so they stay out of the run's identity (and a run can be resumed with a limit raised).
 LIMITS = ("max_steps", "max_pixels")
+# Defaults added after runs exist: out of the run identity while unset, so an earlier run stays the same run.
+ADDED_DEFAULTS = ("true_cfg_scale", "max_sequence_length")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sdbatch.a1111.samplers import resolve
 from sdbatch.a1111.syntax import SYNTAXES
 from sdbatch.errors import SpecError
 from sdbatch.settings import (
+    ADDED_DEFAULTS,
     HIRES_UPSCALERS,
     LIMITS,
     MAX_CLIP_SKIP,
@@ -94,7 +95,8 @@ class JobSpec:
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide what the output contains; a resume must match them."""
-        defaults = {k: v for k, v in dataclasses.asdict(self.defaults).items() if k not in LIMITS}
+        defaults = {k: v for k, v in dataclasses.asdict(self.defaults).items()
+                    if k not in LIMITS and not (k in ADDED_DEFAULTS and v is None)}
         return {"defaults": defaults, "output": dataclasses.asdict(self.output)}
 
     def to_dict(self) -> dict[str, Any]:

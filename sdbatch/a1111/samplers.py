@@ -38,11 +38,14 @@ SCHEDULES = {s.name: s for s in (
     Schedule("exponential", "Exponential", {"use_exponential_sigmas": True}),
     # diffusers' own mapping of A1111's "SGM Uniform": timesteps spaced from the end of the schedule.
     Schedule("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}),
+    # Forge/ComfyUI's "Simple": every (train steps / steps)-th sigma counted from the end, which is diffusers'
+    # trailing spacing; on a flow-matching model, the flow-match Euler's own schedule (what Forge writes for FLUX).
+    Schedule("simple", "Simple", {"timestep_spacing": "trailing"}),
 )}
 SIGMAS = ("karras", "exponential", "sgm_uniform")  # for classes that take custom sigmas
 SPACING = ("sgm_uniform",)  # for classes that only space their timesteps
 SAMPLERS = {s.name: s for s in (
-    Sampler("euler", "Euler", "EulerDiscreteScheduler", schedules=SIGMAS),
+    Sampler("euler", "Euler", "EulerDiscreteScheduler", schedules=(*SIGMAS, "simple")),
     Sampler("euler_a", "Euler a", "EulerAncestralDiscreteScheduler", schedules=SPACING),
     Sampler("heun", "Heun", "HeunDiscreteScheduler", schedules=SIGMAS),
     Sampler("dpm2", "DPM2", "KDPM2DiscreteScheduler", schedules=SIGMAS),
@@ -69,7 +72,7 @@ NOT_AVAILABLE = {
     "DPM++ 2M SDE Heun": "diffusers has no Heun-corrected DPM++ SDE",
 }
 # Beta: diffusers' beta sigmas need scipy, which sdbatch does not install.
-SCHEDULE_NOT_AVAILABLE = ("Uniform", "Polyexponential", "KL Optimal", "Align Your Steps", "Simple", "Normal",
+SCHEDULE_NOT_AVAILABLE = ("Uniform", "Polyexponential", "KL Optimal", "Align Your Steps", "Normal",
                           "DDIM", "Beta")
 AUTOMATIC = ("", "automatic")  # A1111's "Automatic": the sampler's own schedule
 

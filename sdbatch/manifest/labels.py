@@ -14,7 +14,8 @@ from sdbatch.output.commits import RESULT_SCHEMA
 
 # The columns `normalize` writes, in order; every other column of its output is a label.
 MANIFEST_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-                    "scheduler", "model", "vae", "loras", "controlnets", "prompt_syntax", "clip_skip", *IMAGE_COLUMNS)
+                    "scheduler", "model", "vae", "loras", "controlnets", "prompt_syntax", "clip_skip", *IMAGE_COLUMNS,
+                    "true_cfg_scale", "max_sequence_length")
 # Columns only the results table has: read_results joins them onto the manifest's, so a label of the same
 # name would be shadowed.
 RESULT_COLUMNS = tuple(name for name in RESULT_SCHEMA.names if name not in MANIFEST_COLUMNS)
@@ -28,6 +29,7 @@ ALIASES = {
     "checkpoint": "model", "model_name": "model", "sd_model_checkpoint": "model", "hr_scale": "hires_scale",
     "hr_second_pass_steps": "hires_steps", "hr_upscaler": "hires_upscaler", "init_images": "init_image",
     "mask": "mask_image", "clip_skip_layers": "clip_skip", "controlnet_model": "controlnet",
+    "distilled_cfg_scale": "guidance_scale", "t5_max_length": "max_sequence_length",
 }
 LABEL_WARNING = ("{count} label column(s) look like a setting but are kept as labels, which nothing reads; "
                  "rename them if they were meant as settings")

@@ -15,6 +15,7 @@ from sdbatch.errors import ManifestError, ObjectNotFound
 from sdbatch.manifest import columns as cols
 from sdbatch.manifest.columns import ID_PATTERN, MAX_SIZE, derive_seed, duplicate_ids, rows_where
 from sdbatch.manifest.controlnets import SIMPLE_CONTROLNET_COLUMNS, normalize_controlnets
+from sdbatch.manifest.guidance import family_guidance, guidance_columns
 from sdbatch.manifest.images import image_columns
 from sdbatch.manifest.labels import MANIFEST_COLUMNS, RESULT_COLUMNS, check_label_names
 from sdbatch.manifest.lists import Entries, entries_of, struct_field
@@ -89,7 +90,10 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0, tot
         prompt_columns(table, columns, defaults, problems, notes)  # after the LoRA tags are out of the prompts
     with problems.stage("init_image"):
         image_columns(table, columns, defaults, resolver, problems)
+    with problems.stage("true_cfg_scale"):
+        guidance_columns(table, columns, defaults, problems)
     with problems.stage("model"):
+        family_guidance(table, columns, defaults)
         check_families(table, columns, problems)  # the rows against what their model's family takes
         _check_no_secrets_in_urls(columns, problems)
     labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in CONSUMED_COLUMNS}

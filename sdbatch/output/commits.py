@@ -42,6 +42,8 @@ RESULT_SCHEMA = pa.schema([
                                              ("scale", pa.float64())]))),
     ("embeddings_used", pa.list_(pa.struct([("name", pa.string()), ("sha256", pa.string())]))),
     ("init_image_sha256", pa.string()), ("mask_image_sha256", pa.string()),
+    # The model's family (sdbatch.family) and what it resolved: the T5 length used, the true CFG scale.
+    ("family", pa.string()), ("max_sequence_length", pa.int64()), ("true_cfg_scale", pa.float64()),
 ])
 
 MARKER_SCHEMA = pa.schema([

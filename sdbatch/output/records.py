@@ -29,6 +29,7 @@ class RenderedRow:
     vae_hash: str | None = None  # the row's override VAE, by content; None: the model's own VAE
     embeddings_used: list[dict] | None = None  # textual inversion files the prompts used: name, sha256
     sources: dict | None = None  # init_image_sha256, mask_image_sha256 (None where the row has none)
+    recorded: dict | None = None  # what the model's family resolved: family, max_sequence_length, true_cfg_scale
 
     @property
     def ok(self) -> bool:
@@ -62,7 +63,7 @@ def result_row(task: ShardTask, rendered: RenderedRow, image: str | None, proven
         "render_seconds": rendered.seconds, "batch_size": rendered.batch_size,
         "loras_used": rendered.loras_used, "controlnets_used": rendered.controlnets_used,
         "vae_hash": rendered.vae_hash, "embeddings_used": rendered.embeddings_used, "adopted": False,
-        **(rendered.sources or {}),
+        **(rendered.sources or {}), **(rendered.recorded or {}),
     }
 
 

@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 # Rows that agree on these can share one pipeline call (prompts, negatives, seeds and control images
 # may differ); for ControlNets only the model and scale count, each row brings its own image.
 VARIANT_COLUMNS = ("model", "width", "height", "steps", "scheduler", "guidance_scale", "loras", "controlnets", "vae",
-                   "pipeline", "strength", "hires_scale", "hires_steps", "hires_strength", "hires_upscaler")
+                   "pipeline", "strength", "hires_scale", "hires_steps", "hires_strength", "hires_upscaler",
+                   "true_cfg_scale", "max_sequence_length")
 # Rows planned together: variant groups and their shards are cut inside each chunk of this many manifest
 # rows, so planning holds one chunk at a time. The run fingerprint hashes the manifest chunk by chunk too:
 # a change here changes it, and a resume across the change is refused rather than planned differently.
@@ -37,6 +38,8 @@ class Variant:
     pipeline: str = "txt2img"  # or img2img, inpaint: from the row's init and mask images
     strength: float | None = None  # img2img and inpaint
     hires: Hires | None = None  # a second pass at a larger size
+    true_cfg_scale: float | None = None  # FLUX's true CFG; None: off
+    max_sequence_length: int | None = None  # T5 tokens; None: the family's default
 
     def describe(self) -> str:
         size = f"{self.width or 'native'}x{self.height or 'native'}"
@@ -46,6 +49,8 @@ class Variant:
         text += "".join(f" controlnet={m.rsplit('/', 1)[-1]}:{s:g}" for m, s in self.controlnets)
         text += f" {self.pipeline} strength={self.strength:g}" if self.strength is not None else ""
         text += f" {self.hires.describe()}" if self.hires else ""
+        text += f" true_cfg={self.true_cfg_scale:g}" if self.true_cfg_scale is not None else ""
+        text += f" t5_tokens={self.max_sequence_length}" if self.max_sequence_length is not None else ""
         return text + (f" vae={self.vae.rstrip('/').rsplit('/', 1)[-1]}" if self.vae else "")
 
     def cost(self) -> float:
@@ -78,7 +83,8 @@ def variant_of(row: dict[str, Any]) -> Variant:
                    row["guidance_scale"],
                    tuple((x["path"], x["weight"]) for x in row.get("loras") or ()),
                    tuple((x["model"], x["scale"]) for x in row.get("controlnets") or ()), row.get("vae"),
-                   row.get("pipeline") or "txt2img", row.get("strength"), hires)
+                   row.get("pipeline") or "txt2img", row.get("strength"), hires, row.get("true_cfg_scale"),
+                   row.get("max_sequence_length"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,18 +84,13 @@ def text_arguments(batch: Batch) -> dict[str, Any]:
     return batch.variant.family.text_arguments(batch.conditioning)
 
 
-def control_arguments(batch: Batch) -> dict[str, Any]:
-    """diffusers' form: one ControlNet takes one image per row; several take, per row, one image per ControlNet."""
-    count = len(batch.variant.controlnets)
-    if not count:
+def control_arguments(batch: Batch, kind: str, images: list[list] | None = None) -> dict[str, Any]:
+    """The rows' control images (`images`: per row, one per ControlNet; the decoded ones when None) and scales
+    as the family's ControlNet pipeline of `kind` takes them."""
+    if not batch.variant.controlnets:
         return {}
-    if count == 1:
-        return {"image": [x.controls[0] for x in batch.inputs],
-                "controlnet_conditioning_scale": batch.variant.scales[0]}
-    # Row-major on purpose: diffusers 0.42 transposes a nested list itself. A list per ControlNet would
-    # pass its checks whenever rows == ControlNets and silently give each row another row's image.
-    return {"image": [list(x.controls) for x in batch.inputs],
-            "controlnet_conditioning_scale": list(batch.variant.scales)}
+    images = images if images is not None else [list(x.controls) for x in batch.inputs]
+    return batch.variant.family.control_arguments(kind, images, list(batch.variant.scales))
 
 
 def controlnets_used(row: dict[str, Any], variant: ActiveVariant, digests: list[str]) -> list[dict]:

@@ -53,9 +53,14 @@ def first_pass(batch: Batch, size: tuple[int, int], output_type: str = "pt") -> 
     first = batch.rows[0]
     arguments = {**text_arguments(batch), "num_inference_steps": _steps(first),
                  "guidance_scale": float(first["guidance_scale"]), "generator": generators(batch),
-                 **image_arguments(batch, size)}
+                 **image_arguments(batch, size), **family_arguments(batch, batch.variant.pipeline)}
     with _vae_casts_quiet():
         return batch.variant.pipeline(**arguments, output_type=output_type).images
+
+
+def family_arguments(batch: Batch, pipeline) -> dict[str, Any]:
+    """What the model's family takes from the rows beyond the shared arguments (true CFG, T5 length)."""
+    return batch.variant.family.call_arguments(pipeline, batch.rows[0])
 
 
 def _steps(row: dict[str, Any]) -> int:
@@ -69,23 +74,16 @@ def _steps(row: dict[str, Any]) -> int:
 
 def image_arguments(batch: Batch, size: tuple[int, int]) -> dict[str, Any]:
     """What each kind's pipeline takes besides the text: the size, init images and masks, strength, and the
-    control images under the name that kind uses (`image` for txt2img, `control_image` for the others)."""
-    first, width, height = batch.rows[0], *size
-    control = control_arguments(batch)
+    control images, each as the model's family names them for that kind."""
+    first = batch.rows[0]
     kind = first.get("pipeline") or "txt2img"
+    given = {**control_arguments(batch, kind), **batch.variant.family.size_arguments(kind, size)}
     if kind == "txt2img":
-        return {**control, "width": width, "height": height}
-    out = {"image": [x.init for x in batch.inputs], "strength": float(first["strength"]), **_renamed(control)}
+        return given
+    out = {"image": [x.init for x in batch.inputs], "strength": float(first["strength"]), **given}
     if kind == "inpaint":
-        out.update(mask_image=[x.mask for x in batch.inputs], width=width, height=height)
+        out["mask_image"] = [x.mask for x in batch.inputs]
     return out
-
-
-def _renamed(control: dict[str, Any]) -> dict[str, Any]:
-    if not control:
-        return {}
-    return {"control_image": control["image"],
-            "controlnet_conditioning_scale": control["controlnet_conditioning_scale"]}
 
 
 def hires_size(row: dict[str, Any], size: tuple[int, int]) -> tuple[int, int]:
@@ -130,18 +128,18 @@ def second_pass(batch: Batch, first: Any, size: tuple[int, int]) -> list[Outcome
     row, target = batch.rows[0], hires_size(batch.rows[0], size)
     pipeline = batch.variant.second_pass
     if row["hires_upscaler"] == "latent":
-        start = batch.variant.family.resize_latents(pipeline, first, target)
+        start = batch.variant.family.resize_latents(pipeline, first, size, target)
     else:
         start = [image.resize(target, Image.Resampling.LANCZOS) for image in first]
     strength, steps = float(row["hires_strength"]), int(row["hires_steps"] or row["steps"])
-    control = control_arguments(batch)
-    if control:  # the control images, decoded at the first pass's size, again at the second's
-        control["image"] = _resized(control["image"], target)
+    # The control images, decoded at the first pass's size, again at the second's.
+    control = control_arguments(batch, "img2img", [_resized(list(x.controls), target) for x in batch.inputs])
     with _vae_casts_quiet():
         out = pipeline(**text_arguments(batch), image=start, strength=strength,
                        num_inference_steps=schedule_length(steps, strength),
                        guidance_scale=float(row["guidance_scale"]), generator=generators(batch), output_type="pt",
-                       **_renamed(control))
+                       **control, **batch.variant.family.size_arguments("img2img", target),
+                       **family_arguments(batch, pipeline))
     return images_of(batch, out.images, "the hires pass's image", lambda _row: steps)
 
 

@@ -36,6 +36,7 @@ from sdbatch.render.models.loading import (
 )
 from sdbatch.render.text.embeddings import EmbeddingLibrary
 from sdbatch.render.text.encode import PromptEncoder
+from sdbatch.render.text.native import PipelinePrompts
 from sdbatch.render.variants.cache import VariantCache
 from sdbatch.render.variants.fetch import Fetcher, Prefetcher
 from sdbatch.render.variants.loras import StateDictCache
@@ -82,7 +83,7 @@ class Renderer:
         self._state_dicts = StateDictCache(settings.variants.lora_cache_bytes)
         self._fetcher = Fetcher(settings.s3, settings.variants.fetch_timeout)
         self._embeddings = EmbeddingLibrary(settings.embedding_dir, settings.s3)  # outlives model switches too
-        self._prompts: PromptEncoder | None = None  # the loaded model's text side
+        self._prompts: PromptEncoder | PipelinePrompts | None = None  # the loaded model's text side
         self.uploads = Uploads(store, settings.io_threads)
         self.versions = json.dumps(versions(), sort_keys=True)
 
@@ -104,7 +105,7 @@ class Renderer:
             self._model = load_model(reference, self.device, self.dtype, self.settings.fast, self.settings.s3)
             self._variants = VariantCache(self._model.pipeline, self.device, self.dtype, self.settings.variants,
                                           self._state_dicts, self._fetcher, self.settings.fast, self._model.family)
-            self._prompts = PromptEncoder(self._model.pipeline, self._embeddings, self._model.family)
+            self._prompts = prompt_encoder(self._model, self._embeddings)
             self.model_loads += 1
         return self._model
 
@@ -214,7 +215,8 @@ class Renderer:
                 RenderedRow(row, image, None, share, len(batch.rows), width, height, scheduler,
                             variant.loras_used, controlnets_used(row, variant, inputs.control_hashes),
                             variant.vae_hash, [{"name": name, "sha256": sha} for name, sha in text.embeddings_used],
-                            {"init_image_sha256": inputs.init_sha256, "mask_image_sha256": inputs.mask_sha256})
+                            {"init_image_sha256": inputs.init_sha256, "mask_image_sha256": inputs.mask_sha256},
+                            variant.family.recorded(row))
                 for row, image, inputs, text in zip(batch.rows, images, batch.inputs, batch.conditioning)]
 
     def _call_pipeline(self, batch: Batch):
@@ -285,6 +287,13 @@ class Renderer:
 
     def close(self) -> None:
         self.uploads.close()
+
+
+def prompt_encoder(model: LoadedModel, embeddings: EmbeddingLibrary) -> PromptEncoder | PipelinePrompts:
+    """A1111's CLIP machinery where the family has it (ClipText), else the pipeline's own encoder."""
+    if model.family.text(model.pipeline) is None:
+        return PipelinePrompts(model.pipeline, model.family)
+    return PromptEncoder(model.pipeline, embeddings, model.family)
 
 
 def _size(model: LoadedModel, row: dict[str, Any]) -> tuple[int, int]:

@@ -4,12 +4,15 @@ sdbatch.family's descriptors and found by pipeline class."""
 from __future__ import annotations
 
 from sdbatch.family import family_for_class
+from sdbatch.render.families.flux import Flux
 from sdbatch.render.families.protocol import RenderFamily
+from sdbatch.render.families.sd3 import StableDiffusion3
 from sdbatch.render.families.stable_diffusion import StableDiffusion
 from sdbatch.render.families.stable_diffusion_xl import StableDiffusionXL
 
 # Adding a family: its descriptor in sdbatch/family.py, its module here.
-FAMILIES: dict[str, RenderFamily] = {f.descriptor.name: f for f in (StableDiffusion(), StableDiffusionXL())}
+FAMILIES: dict[str, RenderFamily] = {f.descriptor.name: f for f in (StableDiffusion(), StableDiffusionXL(),
+                                                                    StableDiffusion3(), Flux())}
 
 
 def for_pipeline_class(class_name: str, what: str = "the model") -> RenderFamily:

@@ -67,16 +67,62 @@ class RenderFamily(abc.ABC):
         return self.words_for_config(dict(self.denoiser(pipe).config))
 
     @abc.abstractmethod
-    def text(self, pipe) -> ClipText:
-        """The pipeline's text encoders and how their states become conditioning."""
+    def text(self, pipe) -> ClipText | None:
+        """The pipeline's CLIP text encoders and how their states become conditioning (A1111's weighting and
+        chunks); None for a family whose prompts its pipeline encodes itself (encode_prompts)."""
+
+    def encode_prompts(self, pipe, prompts: list[str], negatives: list[str] | None,
+                       max_sequence_length: int) -> tuple:
+        """Prompts as plain text through the pipeline's own encoder, batched: (embeds, pooled, negative embeds,
+        negative pooled), the negatives None when not asked for. Only for families whose text() is None."""
+        raise NotImplementedError(f"{self.descriptor.title} prompts go through ClipText")
+
+    def call_arguments(self, pipe, row: dict[str, Any]) -> dict[str, Any]:
+        """What the family's pipeline call takes from a row beyond the shared arguments (true CFG, T5 length)."""
+        return {}
+
+    def recorded(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Settings the family resolved for a row, recorded in its result row: the family, and the T5 length
+        used where the family has a T5 encoder."""
+        length = self.descriptor.max_sequence_length
+        return {"family": self.descriptor.name,
+                "max_sequence_length": None if length is None else int(row.get("max_sequence_length") or length)}
+
+    def size_arguments(self, kind: str, size: tuple[int, int]) -> dict[str, Any]:
+        """The output size as the family's pipeline of `kind` takes it: SD's img2img takes its init image's."""
+        return {} if kind == "img2img" else {"width": size[0], "height": size[1]}
+
+    def control_arguments(self, kind: str, images: list[list], scales: list[float]) -> dict[str, Any]:
+        """Control images (per row, one per ControlNet) and scales as the family's ControlNet pipeline of `kind`
+        takes them. SD's txt2img pipeline calls them `image` and its other kinds `control_image`; several
+        ControlNets take, per row, one image per ControlNet: row-major on purpose, since diffusers 0.42 transposes
+        a nested list itself, and a list per ControlNet would pass its checks whenever rows == ControlNets and
+        silently give each row another row's image."""
+        name = "image" if kind == "txt2img" else "control_image"
+        if len(scales) == 1:
+            return {name: [x[0] for x in images], "controlnet_conditioning_scale": scales[0]}
+        return {name: [list(x) for x in images], "controlnet_conditioning_scale": list(scales)}
+
+    def scheduler(self, base, named):
+        """The scheduler a row names (a1111.samplers.Scheduler) built from the model's own scheduler config."""
+        import diffusers
+
+        return getattr(diffusers, named.diffusers_class).from_config(base.config, **named.options)
+
+    def lora_state_dict(self, pipeline_class, tensors: dict) -> tuple[dict, dict | None]:
+        """A LoRA file's tensors in diffusers' layout (kohya and other trainers' files converted where diffusers
+        converts them) and kohya's per-module alphas."""
+        return pipeline_class.lora_state_dict(tensors)
 
     @abc.abstractmethod
     def text_arguments(self, states: list) -> dict[str, Any]:
         """Rows' encoded prompts (text.encode.Conditioning) as the family's pipelines take them."""
 
     @abc.abstractmethod
-    def resize_latents(self, pipe, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """A first pass's latents scaled to an image of `size` (A1111's "Latent" hires upscaler)."""
+    def resize_latents(self, pipe, latents: torch.Tensor, first: tuple[int, int],
+                       size: tuple[int, int]) -> torch.Tensor:
+        """A first pass's latents (of an image of size `first`) scaled to an image of `size`, as the family's
+        img2img pipeline takes them (A1111's "Latent" hires upscaler)."""
 
     @abc.abstractmethod
     def load_denoiser_lora(self, pipe, state_dict: dict, **options) -> None:
@@ -102,6 +148,9 @@ class RenderFamily(abc.ABC):
         classes = self.descriptor.controlnet_pipelines if controlnets else self.descriptor.pipelines
         if classes is None:
             raise VariantError(f"{self.descriptor.title} models take no ControlNets; remove the row's controlnets")
+        if classes.of(kind) is None:
+            raise VariantError(f"diffusers has no {kind} pipeline with ControlNets for {self.descriptor.title} "
+                               "models; render these rows without ControlNets, or as txt2img")
         return from_pipe(classes.of(kind), source, dtype, **components)
 
     def with_controlnets(self, base, models: list[torch.nn.Module], dtype: torch.dtype):

@@ -63,7 +63,8 @@ class StableDiffusion(RenderFamily):
         return {"prompt_embeds": torch.cat([c.embeds for c in states]),
                 "negative_prompt_embeds": torch.cat([c.negative for c in states])}
 
-    def resize_latents(self, pipe, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def resize_latents(self, pipe, latents: torch.Tensor, first: tuple[int, int],
+                       size: tuple[int, int]) -> torch.Tensor:
         factor = pipe.vae_scale_factor
         return torch.nn.functional.interpolate(latents, size=(size[1] // factor, size[0] // factor), mode="bilinear",
                                                antialias=False)

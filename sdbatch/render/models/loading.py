@@ -148,11 +148,8 @@ def _configs_only(folder: Path) -> Path:
 
 
 def make_scheduler(model: LoadedModel, name: str | None):
-    """The model's own scheduler for None, else the named one built from the model's scheduler config."""
+    """The model's own scheduler for None, else the named one as the model's family builds it from the model's
+    scheduler config (a flow-matching family's Euler is the flow-match Euler)."""
     if name is None:
         return model.base_scheduler
-    import diffusers
-
-    scheduler = SCHEDULERS_BY_NAME[name]
-    return getattr(diffusers, scheduler.diffusers_class).from_config(model.base_scheduler.config,
-                                                                     **scheduler.options)
+    return model.family.scheduler(model.base_scheduler, SCHEDULERS_BY_NAME[name])

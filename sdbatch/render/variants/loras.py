@@ -13,7 +13,7 @@ import torch
 
 from sdbatch.errors import VariantError
 from sdbatch.logs import quieted
-from sdbatch.render.families import for_model
+from sdbatch.render.families import for_model, for_pipeline_class
 from sdbatch.render.families.protocol import RenderFamily
 from sdbatch.render.variants.fetch import Fetcher, labelled
 from sdbatch.render.variants.resolve import resolve_lora_file
@@ -62,7 +62,7 @@ class StateDictCache:
             self._states.popitem(last=False)
 
 
-def parse_lora(data: bytes, sha256: str, pipeline_class) -> LoraState:
+def parse_lora(data: bytes, sha256: str, pipeline_class, family: RenderFamily | None = None) -> LoraState:
     """Tensors and adapter metadata from safetensors bytes; kohya / A1111 keys converted by diffusers."""
     from safetensors.torch import load
 
@@ -73,7 +73,8 @@ def parse_lora(data: bytes, sha256: str, pipeline_class) -> LoraState:
         raise VariantError(f"not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
     raw = (header.get("__metadata__") or {}).get("lora_adapter_metadata")
     try:
-        state, alphas = pipeline_class.lora_state_dict(tensors)
+        state, alphas = (family or for_pipeline_class(pipeline_class.__name__)).lora_state_dict(pipeline_class,
+                                                                                               tensors)
     except Exception as exc:
         raise VariantError(f"not a LoRA diffusers can convert ({type(exc).__name__}: {exc})") from exc
     if not state or not all("lora" in key for key in state):
@@ -156,7 +157,7 @@ class LoraAdapters:
         self._hashes[file] = ((stat.st_size, stat.st_mtime_ns), sha)
         if adapter_name(sha) in self._resident:  # same content under another path
             return sha, None
-        state = self.cache.get(sha) or parse_lora(data, sha, type(self.pipe))
+        state = self.cache.get(sha) or parse_lora(data, sha, type(self.pipe), self.family)
         self.cache.put(state)
         return sha, state
 

@@ -41,7 +41,7 @@ def test_the_family_reads_the_denoiser_size_text_side_and_lora_targets_from_the_
     states = [type("C", (), {"embeds": torch.ones(1, 77, 32), "negative": torch.zeros(1, 77, 32)})()] * 2
     assert {k: tuple(v.shape) for k, v in SD.text_arguments(states).items()} == {
         "prompt_embeds": (2, 77, 32), "negative_prompt_embeds": (2, 77, 32)}
-    latents = SD.resize_latents(base, torch.randn(1, 4, 32, 32), (96, 80))
+    latents = SD.resize_latents(base, torch.randn(1, 4, 32, 32), (64, 64), (96, 80))
     assert tuple(latents.shape) == (1, 4, 40, 48)  # (height, width) / the VAE's factor 2
 
 
