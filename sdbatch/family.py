@@ -63,6 +63,9 @@ class Family:
     max_sequence_length: int | None = None
     # The guidance_scale a row gets when neither it nor the job sets one: what the family is used at.
     guidance_scale: float | None = None
+    # Tensor-name prefixes of LoRA files made for this family's denoiser and no other (trainers' and diffusers'
+    # namings); a file with another family's and none of these is refused for the family's rows at validation.
+    lora_marks: tuple[str, ...] = ()
 
     def claims(self, class_name: str) -> bool:
         return class_name in self.class_names()
@@ -77,6 +80,9 @@ class Family:
         return column not in self.refuses and needs.get(column, True)
 
 
+# kohya/A1111 and diffusers names of UNet blocks: SD1.x/2.x and SDXL LoRAs (told apart only by their shapes).
+UNET_LORA_MARKS = ("lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_", "lora_unet_input_blocks_",
+                   "lora_unet_output_blocks_", "lora_unet_middle_block_", "unet.")
 SD1 = Family(
     name="sd1", title="SD1.x/2.x",
     pipelines=Pipelines("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
@@ -85,7 +91,7 @@ SD1 = Family(
     native_size=512, size_multiple=8,
     checkpoints=(Checkpoint("sd2", ("cond_stage_model.model.",), "stabilityai/stable-diffusion-2-1"),  # OpenCLIP
                  Checkpoint("sd15", ("cond_stage_model.transformer.",), "stable-diffusion-v1-5/stable-diffusion-v1-5")),
-    tiny="sd15",
+    tiny="sd15", lora_marks=UNET_LORA_MARKS,
 )
 SDXL = Family(
     name="sdxl", title="SDXL",
@@ -95,7 +101,7 @@ SDXL = Family(
                                    "StableDiffusionXLControlNetInpaintPipeline"),
     native_size=1024, size_multiple=8,
     checkpoints=(Checkpoint("sdxl", ("conditioner.embedders.1.",), "stabilityai/stable-diffusion-xl-base-1.0"),),
-    tiny="sdxl",
+    tiny="sdxl", lora_marks=UNET_LORA_MARKS,
 )
 # Flow-matching families step with diffusers' flow-match Euler; these are its A1111/Forge names (Forge writes
 # "Euler" with "Simple" for FLUX), the sigma schedules it takes, and null for the model's own.
@@ -113,6 +119,7 @@ SD3 = Family(
     checkpoints=(Checkpoint("sd35", ("model.diffusion_model.joint_blocks.",),
                             "stabilityai/stable-diffusion-3.5-medium"),),
     tiny="sd3", max_sequence_length=256,
+    lora_marks=("lora_unet_joint_blocks_", "diffusion_model.joint_blocks.", "lora_transformer_joint_blocks_"),
 )
 FLUX = Family(
     name="flux", title="FLUX.1",
@@ -124,6 +131,10 @@ FLUX = Family(
     checkpoints=(Checkpoint("flux", ("double_blocks.", "model.diffusion_model.double_blocks."),
                             "black-forest-labs/FLUX.1-dev"),),
     tiny="flux", distilled_guidance=True, max_sequence_length=512, guidance_scale=3.5,
+    # Single-stream blocks are FLUX's alone, in BFL's, kohya's and diffusers' namings.
+    lora_marks=("lora_unet_double_blocks_", "lora_unet_single_blocks_", "diffusion_model.double_blocks.",
+                "diffusion_model.single_blocks.", "transformer.single_transformer_blocks.",
+                "lora_transformer_single_transformer_blocks_"),
 )
 # The registry: adding a family is an entry here and a module in sdbatch/render/families/.
 FAMILIES: tuple[Family, ...] = (SD1, SDXL, SD3, FLUX)
@@ -165,6 +176,12 @@ def checkpoint_family(keys: set[str]) -> str | None:
     """sd15, sd2 or sdxl (the checkpoint kind's name) from an original-layout checkpoint's tensor names."""
     found = checkpoint_for(keys)
     return found[1].name if found else None
+
+
+def lora_families(keys: set[str]) -> tuple[Family, ...]:
+    """The families whose LoRA tensor names a file's keys carry; empty when they name none (as diffusers' own SD3
+    and FLUX files that target only the blocks both families have)."""
+    return tuple(f for f in FAMILIES if f.lora_marks and any(key.startswith(f.lora_marks) for key in keys))
 
 
 def unknown_checkpoint(file_name: str) -> ModelLoadError:

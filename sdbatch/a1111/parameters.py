@@ -1,4 +1,4 @@
-"""A1111 image metadata: the `parameters` text embedded in PNG/JPEG/WebP, and read back into manifest rows."""
+"""A1111 and Forge image metadata: the `parameters` text embedded in PNG/JPEG/WebP, and read back into rows."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from sdbatch.a1111.samplers import A1111_BY_CLASS, BY_NAME, resolve
+from sdbatch.family import FAMILIES, Family, by_name
 
 # A1111's own pattern for "Key: value, Key: "quoted, value"" pairs.
 PAIR = re.compile(r'\s*([\w][\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -18,6 +19,15 @@ EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 # Pillow refuses EXIF blocks over 65,533 bytes; the rest of the block needs a few hundred.
 EXIF_LIMIT = 65_000
 SDBATCH_KEY = "sdbatch"  # our exact row (paths, weights, ids), which A1111 ignores; base64 of its JSON
+EXACT_KEYS = ("id", "prompt", "negative_prompt", "model", "scheduler", "vae", "prompt_syntax", "init_image",
+              "mask_image")
+# Settings in the exact row only where the result row has them (with its family), so rows of runs without them
+# keep their text byte for byte. Neither A1111 nor Forge writes a T5 token count: max_sequence_length lives only here.
+EXACT_SETTINGS = ("true_cfg_scale", "max_sequence_length")
+# Forge's field for a distilled-guidance model's guidance (FLUX.1-dev); its "CFG scale" is then true CFG.
+DISTILLED = "Distilled CFG Scale"
+# Columns a family may take no input from; a row read back for such a family leaves them empty.
+FAMILY_COLUMNS = ("clip_skip", "true_cfg_scale", "max_sequence_length")
 
 
 def format_parameters(row: dict[str, Any]) -> str:
@@ -30,13 +40,15 @@ def format_parameters(row: dict[str, Any]) -> str:
     named = BY_NAME.get(row.get("scheduler") or "")
     sampler = named.a1111 if named else A1111_BY_CLASS.get(row.get("scheduler_class") or "")
     schedule = (named.schedule or "Automatic") if named else None  # as A1111 1.10 writes it: apart
+    family = _family(row.get("family"))
     pairs = [("Steps", row["steps"]), ("Sampler", sampler), ("Schedule type", schedule),
-             ("CFG scale", f"{row['guidance_scale']:g}"),
+             *_guidance_pairs(row, family),
              ("Seed", row["seed"]), ("Size", "x".join(str(n) for n in _first_pass_size(row))),
              ("Model hash", (row.get("model_hash") or "")[:10] or None), ("Model", _name(row["model"]))]
     if row.get("vae"):
         pairs += [("VAE hash", (row.get("vae_hash") or "")[:10] or None), ("VAE", _name(row["vae"]))]
-    if int(row.get("clip_skip") or 1) > 1:  # A1111 writes it only when it skips
+    # A1111 writes it only when it skips; a family without a CLIP-only stack never has it.
+    if int(row.get("clip_skip") or 1) > 1 and (family is None or family.takes("clip_skip")):
         pairs.append(("Clip skip", int(row["clip_skip"])))
     pairs += _image_pairs(row)
     if loras:
@@ -47,14 +59,7 @@ def format_parameters(row: dict[str, Any]) -> str:
     # sdbatch pads the prompt and the negative prompt to one chunk count, as A1111 does with this option on.
     pairs.append(("Pad conds", "True"))
     pairs.append(("Version", f"sdbatch {row.get('sdbatch_version', '')}".strip()))
-    exact = {k: row.get(k) for k in ("id", "prompt", "negative_prompt", "model", "scheduler", "vae",
-                                     "prompt_syntax", "init_image", "mask_image")}
-    exact["loras"] = [{"path": x["path"], "weight": x["weight"]} for x in loras]
-    exact["controlnets"] = [{"model": c["model"], "image": c["image"], "scale": c["scale"]}
-                            for c in row.get("controlnets_used") or []]
-    # base64: A1111 readers split the settings line on commas, and JSON is full of them.
-    packed = json.dumps(exact, sort_keys=True, separators=(",", ":")).encode()
-    pairs.append((SDBATCH_KEY, base64.urlsafe_b64encode(packed).decode()))
+    pairs.append((SDBATCH_KEY, _exact_entry(row, loras)))
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs if v is not None))
     return "\n".join(lines)
 
@@ -63,6 +68,32 @@ def format_parameters(row: dict[str, Any]) -> str:
 # latent upscaler does; Lanczos (and "None", which A1111 then resizes with Lanczos) scale the decoded image.
 FROM_A1111_UPSCALER = {"Latent": "latent", "Lanczos": "image", "None": "image"}
 A1111_UPSCALER = {"latent": "Latent", "image": "Lanczos"}
+
+
+def _exact_entry(row: dict[str, Any], loras: list[dict[str, Any]]) -> str:
+    """The row's exact references and the settings A1111 has no field for, as base64 of their JSON: A1111 readers
+    split the settings line on commas, and JSON is full of them."""
+    exact = {k: row.get(k) for k in EXACT_KEYS} | {k: row[k] for k in ("family", *EXACT_SETTINGS)
+                                                    if row.get(k) is not None}
+    exact["loras"] = [{"path": x["path"], "weight": x["weight"]} for x in loras]
+    exact["controlnets"] = [{"model": c["model"], "image": c["image"], "scale": c["scale"]}
+                            for c in row.get("controlnets_used") or []]
+    packed = json.dumps(exact, sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(packed).decode()
+
+
+def _family(name: str | None) -> Family | None:
+    """The family a row names; None where it names none (rows of earlier runs) or one this version lacks."""
+    return by_name(name) if name in {family.name for family in FAMILIES} else None
+
+
+def _guidance_pairs(row: dict[str, Any], family: Family | None) -> list[tuple[str, str]]:
+    """A1111's CFG scale; for a distilled-guidance family, as Forge writes FLUX: true CFG (1: off), then the
+    distilled guidance."""
+    if family is None or not family.distilled_guidance:
+        return [("CFG scale", f"{row['guidance_scale']:g}")]
+    true_cfg = row.get("true_cfg_scale")
+    return [("CFG scale", f"{1 if true_cfg is None else true_cfg:g}"), (DISTILLED, f"{row['guidance_scale']:g}")]
 
 
 def _first_pass_size(row: dict[str, Any]) -> tuple[int, int]:
@@ -132,7 +163,7 @@ def _user_comment(parameters: str) -> bytes:
 # A1111's VAE is a file name: rendered when `manifest from-images` finds it (--vae-dir), else reported.
 USED_FIELDS = frozenset({"prompt", "negative_prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed",
                          "Size", "Model", "Model hash", "VAE hash", "Lora hashes", "Version", SDBATCH_KEY,
-                         "Clip skip", "TI hashes", "Pad conds"})
+                         "Clip skip", "TI hashes", "Pad conds", DISTILLED})
 
 
 def unused_fields(fields: dict[str, Any]) -> list[str]:
@@ -146,6 +177,9 @@ def unused_fields(fields: dict[str, Any]) -> list[str]:
             used.add("Hires upscaler")
     elif SDBATCH_KEY in fields and _exact(fields[SDBATCH_KEY]).get("init_image"):
         used.add("Denoising strength")
+    family = _image_family(fields)
+    if family is not None and not family.takes("clip_skip"):
+        used.discard("Clip skip")  # Forge writes it for FLUX's CLIP-L, which sdbatch's family takes no skip for
     return sorted(key for key in fields if key not in used)
 
 
@@ -155,7 +189,7 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "prompt": fields["prompt"], "negative_prompt": fields.get("negative_prompt") or None,
         "seed": _int(fields.get("Seed")), "steps": _int(fields.get("Steps")),
-        "guidance_scale": _float(fields.get("CFG scale")), "width": _int(width), "height": _int(height),
+        **_guidance(fields), "width": _int(width), "height": _int(height),
         "scheduler": _scheduler(fields.get("Sampler"), fields.get("Schedule type")),
         "prompt_syntax": "a1111", "clip_skip": _int(fields.get("Clip skip")) or 1,
         # A label: which embedding files (by hash) the image was made with; --embedding-dir supplies them.
@@ -168,12 +202,32 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
                                           "controlnets")})
         # Keys that images written by earlier sdbatch versions do not carry.
         row.update({k: exact.get(k) for k in ("vae", "init_image", "mask_image")})
+        row.update({k: exact[k] for k in EXACT_SETTINGS if k in exact})
         row["prompt_syntax"] = exact.get("prompt_syntax") or "plain"  # earlier versions read prompts as text
         if row["init_image"]:
             row["strength"] = _float(fields.get("Denoising strength"))
     elif fields.get("Model"):
         row["model"] = fields["Model"]
+    family = _image_family(fields)
+    if family is not None:  # a column the family takes no input from is left empty, not refused later
+        row.update({k: None for k in FAMILY_COLUMNS if k in row and not family.takes(k)})
     return row
+
+
+def _guidance(fields: dict[str, Any]) -> dict[str, Any]:
+    """guidance_scale; from Forge's distilled-guidance images, the distilled scale, with CFG scale as true CFG."""
+    if DISTILLED not in fields:
+        return {"guidance_scale": _float(fields.get("CFG scale"))}
+    return {"guidance_scale": _float(fields[DISTILLED]), "true_cfg_scale": _float(fields.get("CFG scale"))}
+
+
+def _image_family(fields: dict[str, Any]) -> Family | None:
+    """The family an image's text tells: sdbatch's own row names it; Forge writes a distilled CFG scale only for a
+    distilled-guidance model. None: the text does not tell (the model's family decides when it renders)."""
+    named = _family(_exact(fields[SDBATCH_KEY]).get("family")) if SDBATCH_KEY in fields else None
+    if named is None and DISTILLED in fields:
+        return next((family for family in FAMILIES if family.distilled_guidance), None)
+    return named
 
 
 def _hires_fields(fields: dict[str, Any]) -> dict[str, Any]:

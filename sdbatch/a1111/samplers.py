@@ -94,6 +94,7 @@ SCHEDULERS = tuple(BY_NAME)
 # A model's own scheduler (scheduler = null) by class, so its sampler is named all the same: the first
 # sampler of a class names it (DPMSolverMultistepScheduler without other options is "DPM++ 2M").
 A1111_BY_CLASS = {s.diffusers_class: s.a1111 for s in reversed(SAMPLERS.values())}
+A1111_BY_CLASS["FlowMatchEulerDiscreteScheduler"] = "Euler"  # SD3's and FLUX's own: Euler on flow matching
 _BY_A1111 = {s.a1111.lower(): s for s in SAMPLERS.values()}
 _SCHEDULE_BY_A1111 = {s.a1111.lower(): s for s in SCHEDULES.values()}
 

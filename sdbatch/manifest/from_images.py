@@ -34,9 +34,10 @@ READERS = 16
 LISTED_SKIPS = 5
 SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
                     ("seed", pa.int64()), ("steps", pa.int64()), ("guidance_scale", pa.float64()),
-                    ("width", pa.int64()), ("height", pa.int64()), ("scheduler", pa.string()),
-                    ("model", pa.string()), ("vae", pa.string()), ("loras", LORA_TYPE),
+                    ("true_cfg_scale", pa.float64()), ("width", pa.int64()), ("height", pa.int64()),
+                    ("scheduler", pa.string()), ("model", pa.string()), ("vae", pa.string()), ("loras", LORA_TYPE),
                     ("controlnets", CONTROLNET_TYPE), ("prompt_syntax", pa.string()), ("clip_skip", pa.int64()),
+                    ("max_sequence_length", pa.int64()),
                     ("ti_hashes", pa.string()), ("init_image", pa.string()), ("mask_image", pa.string()),
                     ("strength", pa.float64()), ("hires_scale", pa.float64()), ("hires_steps", pa.int64()),
                     ("hires_strength", pa.float64()), ("hires_upscaler", pa.string()), ("generator", pa.string()),

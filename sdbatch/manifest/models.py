@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from sdbatch.family import Family, family_for_class, model_class, tiny_family
 from sdbatch.manifest import paths
 from sdbatch.manifest.columns import SIZE_MULTIPLE, rows_where
+from sdbatch.manifest.family_assets import check_assets
 from sdbatch.manifest.problems import Problem, Problems, raise_if, shown
 from sdbatch.store import is_remote
 
@@ -101,6 +102,7 @@ def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Proble
                 _check_refused(family, name, table, columns, mine, problems)
         if family.schedulers is not None and "scheduler" in columns:
             _check_schedulers(family, columns["scheduler"], mine, problems)
+        check_assets(family, columns, mine, problems)
 
 
 def _check_sizes(family: Family, name: str, values, mine, problems: Problems) -> None:

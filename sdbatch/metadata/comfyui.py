@@ -35,7 +35,10 @@ def _graph(image: ImageTexts) -> dict[str, Any] | None:
         return None
     if not isinstance(graph, dict) or not any(isinstance(n, dict) and "class_type" in n for n in graph.values()):
         return None
-    return graph
+    # Every node as the readers below expect it (a class and an inputs mapping), whatever a damaged file holds.
+    return {key: {"class_type": node.get("class_type"),
+                  "inputs": node["inputs"] if isinstance(node.get("inputs"), dict) else {}}
+            for key, node in graph.items() if isinstance(node, dict)}
 
 
 class _GraphReader:

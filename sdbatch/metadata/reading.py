@@ -37,7 +37,7 @@ SAMPLER_ALIASES = {
     "unipc": "unipc", "lcm": "lcm", "ddpm": "ddpm", "deis": "deis", "pndm": "pndm", "plms": "pndm",
 }
 SCHEDULE_ALIASES = {"": "", "normal": "", "automatic": "", "native": "", "karras": "karras",
-                    "exponential": "exponential", "sgm_uniform": "sgm_uniform"}
+                    "exponential": "exponential", "sgm_uniform": "sgm_uniform", "simple": "simple"}
 
 
 def scheduler_of(sampler: str | None, schedule: str | None, field_name: str, unrendered: list[str]) -> str | None:
@@ -45,8 +45,8 @@ def scheduler_of(sampler: str | None, schedule: str | None, field_name: str, unr
     the field reported when sdbatch has no such sampler."""
     if not sampler:
         return None
-    name = SAMPLER_ALIASES.get(sampler.lower())
-    kind = SCHEDULE_ALIASES.get((schedule or "").lower())
+    name = SAMPLER_ALIASES.get(str(sampler).lower())  # str: a damaged graph may hold a list or a number here
+    kind = SCHEDULE_ALIASES.get(str(schedule or "").lower())
     try:
         if name is None or kind is None:
             raise ValueError(sampler)

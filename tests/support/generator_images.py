@@ -125,6 +125,23 @@ def fooocus_png(legacy: bool = False) -> bytes:
     return png({"parameters": json.dumps(meta), "fooocus_scheme": "fooocus"}, size=(1152, 896))
 
 
+# Forge 2 (f2.0.1) on FLUX.1-dev, as it writes the settings line: true CFG as "CFG scale" (1: off), the distilled
+# guidance apart, then the low-bit storage and the VAE and text encoder files as "Module N".
+FORGE_FLUX = ("a corgi in sunglasses on a beach, golden hour{negative}\n"
+              "Steps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: {cfg}, Distilled CFG Scale: 3.5, "
+              "Seed: 2563081402, Size: 896x1152, Model hash: 2f3c5caac0, Model: flux1-dev-bnb-nf4-v2{extra}, "
+              "Version: f2.0.1v1.10.1-previous-313-g8a042934, Diffusion in Low Bits: bnb-nf4 (fp16 LoRA), "
+              "Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16")
+
+
+def forge_flux_png(cfg: float = 1, negative: str = "", extra: str = "") -> bytes:
+    """A Forge FLUX.1-dev image: `cfg` above 1 is true CFG with the negative prompt; `extra` joins the settings
+    before Version (", Clip skip: 2")."""
+    text = FORGE_FLUX.format(cfg=f"{cfg:g}", negative=f"\nNegative prompt: {negative}" if negative else "",
+                             extra=extra)
+    return png({"parameters": text})
+
+
 def sd_parsers_view(data: bytes) -> dict:
     """What sd-parsers (a reader that is not ours) finds in an image: generator, prompt, negative, seed, steps,
     cfg and sampler name, for cross-checking our reader."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -29,3 +30,15 @@ def model_row(i, model="tiny:sd15", vae=None) -> dict:
     return {"id": f"r{i}", "prompt": "a red cube", "negative_prompt": "", "seed": 3, "model": model, "vae": vae,
             "width": None, "height": None, "steps": 2, "scheduler": None, "guidance_scale": 5.0,
             "loras": [], "controlnets": []}
+
+
+# A diffusers pipeline class of a family sdbatch does not render: what a user's unsupported model folder names.
+UNSUPPORTED_CLASS = "PixArtSigmaPipeline"
+
+
+def write_unsupported_model(folder: Path) -> Path:
+    """A model folder whose model_index.json names a pipeline of no family sdbatch renders; no weights are needed:
+    sdbatch refuses it from that file alone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": UNSUPPORTED_CLASS}))
+    return folder

@@ -10,6 +10,7 @@ from sdbatch.a1111.parameters import (
     parse_parameters,
     row_from_parameters,
     save_options,
+    unused_fields,
 )
 from tests.support.generator_images import embedded_parameters
 
@@ -151,3 +152,64 @@ def test_image_rows_are_written_as_a1111_writes_them_and_read_back():
     assert fields["Denoising strength"] == "0.6" and "Hires upscale" not in fields
     back = row_from_parameters(fields)
     assert (back["init_image"], back["mask_image"], back["strength"]) == ("s3://b/in.png", "s3://b/mask.png", 0.6)
+
+
+# ROW's text as sdbatch wrote it before model families were recorded: SD1.5 images keep it to the byte.
+SD15_TEXT = (
+    "a cat, in a hat <lora:ink:0.8>\nNegative prompt: blurry\n"
+    "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1234567890123, Size: 512x768, "
+    'Model hash: 0123456789, Model: sd15, Lora hashes: "ink: abababababab", Pad conds: True, Version: sdbatch 0.1.0, '
+    "sdbatch: eyJjb250cm9sbmV0cyI6W3siaW1hZ2UiOiJzMzovL2IvYy5wbmciLCJtb2RlbCI6Ii9jbi9jYW5ueSIsInNjYWxlIjowLjV9XSwia"
+    "WQiOiJjYXQtMSIsImluaXRfaW1hZ2UiOm51bGwsImxvcmFzIjpbeyJwYXRoIjoiL2xvcmFzL2luay5zYWZldGVuc29ycyIsIndlaWdodCI6MC"
+    "44fV0sIm1hc2tfaW1hZ2UiOm51bGwsIm1vZGVsIjoiL21vZGVscy9zZDE1IiwibmVnYXRpdmVfcHJvbXB0IjoiYmx1cnJ5IiwicHJvbXB0Ijo"
+    "iYSBjYXQsIGluIGEgaGF0IiwicHJvbXB0X3N5bnRheCI6bnVsbCwic2NoZWR1bGVyIjoiZHBtcHBfMm1fa2FycmFzIiwidmFlIjpudWxsfQ==")
+FLUX_ROW = {"id": "corgi-1", "prompt": "a corgi, on a beach", "negative_prompt": "blurry", "steps": 28,
+            "scheduler": "euler_simple", "scheduler_class": "FlowMatchEulerDiscreteScheduler", "guidance_scale": 3.5,
+            "true_cfg_scale": None, "max_sequence_length": 512, "family": "flux", "seed": 42, "width": 1024,
+            "height": 768, "model": "/models/flux1-dev", "model_hash": "2f3c5caac0aa", "clip_skip": None,
+            "sdbatch_version": "0.2.0"}
+
+
+def _settings(text: str) -> str:
+    return text.split("\n")[-1]
+
+
+def test_an_sd15_row_is_written_as_before_and_its_family_only_joins_the_exact_row():
+    assert format_parameters(ROW) == SD15_TEXT
+    named = format_parameters({**ROW, "family": "sd1", "true_cfg_scale": None, "max_sequence_length": None})
+    assert named.partition(", sdbatch: ")[0] == SD15_TEXT.partition(", sdbatch: ")[0]
+    assert format_parameters({**ROW, "family": "a-family-of-later-versions"}).startswith(SD15_TEXT[:200])
+
+
+def test_a_flux_row_is_written_as_forge_writes_flux():
+    settings = _settings(format_parameters({**FLUX_ROW, "clip_skip": 2}))
+    assert settings.startswith("Steps: 28, Sampler: Euler, Schedule type: Simple, CFG scale: 1, "
+                               "Distilled CFG Scale: 3.5, Seed: 42, Size: 1024x768, Model hash: 2f3c5caac0, "
+                               "Model: flux1-dev, ")
+    assert "Clip skip" not in settings and "512" not in settings  # no field for the T5 length: only the exact row
+    assert "CFG scale: 4, Distilled CFG Scale: 3.5" in format_parameters({**FLUX_ROW, "true_cfg_scale": 4.0})
+
+
+@pytest.mark.parametrize("true_cfg, read", [(None, 1.0), (1.0, 1.0), (4.25, 4.25), (1.23456789, 1.23456789)])
+def test_a_flux_row_comes_back_the_same(true_cfg, read):
+    fields = parse_parameters(format_parameters({**FLUX_ROW, "true_cfg_scale": true_cfg}))
+    back = row_from_parameters(fields)
+    assert {k: back[k] for k in ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "scheduler",
+                                 "width", "height", "model", "max_sequence_length")} == {
+        k: FLUX_ROW[k] for k in ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "scheduler",
+                                 "width", "height", "model", "max_sequence_length")}
+    assert back["true_cfg_scale"] == read and back["clip_skip"] is None  # CFG scale 1: true CFG off
+    assert unused_fields(fields) == []
+    assert "family" not in back  # the model's family decides when it renders; a row has no such column
+
+
+def test_an_sd3_row_writes_its_cfg_as_cfg_and_comes_back_the_same():
+    sd3 = {**FLUX_ROW, "family": "sd3", "guidance_scale": 5.0, "max_sequence_length": 256, "clip_skip": 2,
+           "scheduler": "euler", "model": "/models/sd3.5-medium"}
+    fields = parse_parameters(format_parameters(sd3))
+    assert (fields["Sampler"], fields["Schedule type"], fields["CFG scale"]) == ("Euler", "Automatic", "5")
+    assert "Distilled CFG Scale" not in fields and "Clip skip" not in fields
+    back = row_from_parameters(fields)
+    assert (back["guidance_scale"], back["max_sequence_length"], back["scheduler"], back["model"]) == (
+        5.0, 256, "euler", "/models/sd3.5-medium")
+    assert back["clip_skip"] is None and back.get("true_cfg_scale") is None

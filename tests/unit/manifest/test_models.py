@@ -13,6 +13,7 @@ from sdbatch.family import SD1, SDXL
 from sdbatch.manifest.models import check_local_references, family_of
 from sdbatch.manifest.normalize import MANIFEST_COLUMNS, normalize
 from sdbatch.settings import RowDefaults
+from tests.support.model_files import UNSUPPORTED_CLASS, write_unsupported_model
 from tests.support.util import run_cli, write_manifest
 
 
@@ -32,27 +33,29 @@ def test_each_readable_model_gets_its_family_and_tiny_ones_are_not_built(tmp_pat
         assert family_of(reference) is None
 
 
-def test_a_model_folder_of_no_family_is_refused_before_any_actor(tiny_flux, tmp_path):
-    """The tiny FLUX folder: refused at validation, naming its class and what sdbatch renders."""
-    table = pa.table({"id": ["a", "b"], "prompt": ["x", "y"], "model": [str(tiny_flux), "tiny:sd15"]})
+def test_a_model_folder_of_no_family_is_refused_before_any_actor(tmp_path):
+    """Refused at validation, naming its class and what sdbatch renders."""
+    unsupported = write_unsupported_model(tmp_path / "pixart")
+    table = pa.table({"id": ["a", "b"], "prompt": ["x", "y"], "model": [str(unsupported), "tiny:sd15"]})
     for check in (check_local_references, lambda t: normalize(t, RowDefaults())):
         with pytest.raises(ModelLoadError) as info:
             check(table)
         message = str(info.value)
-        assert f"model '{tiny_flux}' is a FluxPipeline, which sdbatch does not render" in message
-        assert "SD1.x/2.x (StableDiffusionPipeline," in message and "SDXL (StableDiffusionXLPipeline," in message
+        assert f"model '{unsupported}' is a {UNSUPPORTED_CLASS}, which sdbatch does not render" in message
+        assert "SD1.x/2.x (StableDiffusionPipeline," in message and "FLUX.1 (FluxPipeline," in message
 
 
-def test_validate_and_submit_refuse_a_flux_model_with_exit_2_before_ray(tiny_flux, tmp_path):
-    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a fox", "model": str(tiny_flux)}])
+def test_validate_and_submit_refuse_a_model_of_no_family_with_exit_2_before_ray(tmp_path):
+    unsupported = write_unsupported_model(tmp_path / "pixart")
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a fox", "model": str(unsupported)}])
     job = tmp_path / "job.toml"
-    job.write_text(f'[defaults]\nmodel = "{tiny_flux}"\n')
+    job.write_text(f'[defaults]\nmodel = "{unsupported}"\n')
     plain = str(write_manifest(tmp_path / "n.parquet", [{"prompt": "x"}]))
     for args in (("manifest", "validate", str(manifest)), ("manifest", "validate", plain, "--job", str(job)),
                  ("submit", plain, "--job", str(job), "--output", str(tmp_path / "out"))):
         result = run_cli(*args)
         message = " ".join(result.stderr.split())
-        assert result.returncode == 2 and "is a FluxPipeline, which sdbatch does not render" in message, args
+        assert result.returncode == 2 and f"is a {UNSUPPORTED_CLASS}, which sdbatch does not render" in message, args
         assert "Traceback" not in result.stderr and "Ray" not in result.stderr + result.stdout
     assert not (tmp_path / "out").exists()
 

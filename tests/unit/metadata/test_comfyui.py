@@ -47,3 +47,11 @@ def test_values_wired_from_primitive_nodes_are_followed():
 def test_a_prompt_text_that_is_not_a_graph_is_not_comfyui():
     for text in (json.dumps([1, 2]), json.dumps({"3": {"inputs": {}}}), "a fox, not JSON"):
         assert read_image(png({"prompt": text})) is None
+
+
+def test_comfyuis_simple_schedule_is_eulers_and_no_other_samplers():
+    graph = comfyui_graph()
+    graph["3"]["inputs"].update(sampler_name="euler", scheduler="simple")
+    assert read_image(comfyui_png(graph)).row["scheduler"] == "euler_simple"
+    graph["3"]["inputs"].update(sampler_name="dpmpp_2m")
+    assert "sampler_name (dpmpp_2m simple)" in read_image(comfyui_png(graph)).unrendered

@@ -57,3 +57,13 @@ def test_bytes_that_are_no_image_are_unreadable_not_a_crash(data, kind):
     with pytest.raises(UnreadableImage) as info:
         read_image(data)
     assert info.value.kind == kind
+
+
+@pytest.mark.parametrize("graph", [
+    {"3": {"class_type": "KSampler", "inputs": {"sampler_name": [None], "scheduler": 7}}},  # a link to nothing
+    {"3": {"class_type": "KSampler", "widgets": {}}},  # no inputs at all
+    {"1": 5, "2": [], "3": {"class_type": "KSampler", "inputs": ["not", "a", "mapping"]}},
+])
+def test_a_damaged_graph_reads_as_a_row_with_what_it_lacks_reported(graph):
+    reading = read_image(png({"prompt": json.dumps(graph)}))
+    assert reading.generator == "ComfyUI" and reading.row["scheduler"] is None and reading.unrendered

@@ -1,0 +1,68 @@
+"""A row's LoRA files and ControlNet kind against its model's family, before any GPU: a local LoRA made for another
+family (its tensor names say so) and a ControlNet row of a kind the family has no ControlNet pipeline for."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from sdbatch.errors import ModelLoadError
+from sdbatch.family import Family, lora_families, read_header
+from sdbatch.manifest import paths
+from sdbatch.manifest.columns import rows_where
+from sdbatch.manifest.lists import entries_of, struct_field
+from sdbatch.manifest.problems import Problems, shown
+from sdbatch.store import is_remote
+
+
+def check_assets(family: Family, columns: Mapping[str, Any], mine, problems: Problems) -> None:
+    if "loras" in columns:
+        _check_loras(family, columns["loras"], mine, problems)
+    if "controlnets" in columns and "pipeline" in columns and family.controlnet_pipelines is not None:
+        _check_controlnet_kinds(family, columns, mine, problems)
+
+
+def _check_loras(family: Family, loras, mine, problems: Problems) -> None:
+    entries = entries_of(loras)
+    if not len(entries.values):
+        return
+    ours = pc.take(mine, entries.rows)
+    picked = pc.filter(struct_field(entries.values, "path"), pc.fill_null(ours, False))
+    made_for = {path: _made_for(path) for path in pc.unique(picked).drop_null().to_pylist()}
+    wrong = {path: others for path, others in made_for.items() if others and family not in others}
+    if not wrong:
+        return
+    rows, values = entries.rows.to_pylist(), struct_field(entries.values, "path").to_pylist()
+    for row, path in zip(rows, values):
+        if path in wrong and mine[row].as_py():
+            titles = " or ".join(f.title for f in wrong[path])
+            problems.report("loras", row, f"{shown(path, 80)} is a LoRA for {titles} models (its tensor names), but "
+                            f"the row's model is {family.title}; use a LoRA trained for the row's model")
+
+
+def _made_for(path: str) -> tuple[Family, ...]:
+    """The families a local LoRA file's tensor names belong to; () for what only an actor reads or cannot tell."""
+    if is_remote(path) or not path.endswith(".safetensors"):
+        return ()
+    local = paths.local_path(path)
+    if local is None or not paths.is_file(local):
+        return ()  # the Resolver has reported it, or the actor resolves it
+    try:
+        header = read_header(Path(local))
+    except (ModelLoadError, OSError):
+        return ()  # unreadable: the actor's load fails the row with the reason
+    return lora_families(set(header) - {"__metadata__"})
+
+
+def _check_controlnet_kinds(family: Family, columns: Mapping[str, Any], mine, problems: Problems) -> None:
+    kinds, nets = columns["pipeline"], columns["controlnets"]
+    controlled = pc.and_(mine, pc.greater(pc.fill_null(pc.list_value_length(nets), 0), 0))
+    for kind in ("img2img", "inpaint"):
+        if family.controlnet_pipelines.of(kind) is None:
+            bad = pc.and_(controlled, pc.fill_null(pc.equal(kinds, kind), False))
+            problems.add_rows("controlnets", rows_where(bad), lambda n, kind=kind: (
+                f"diffusers has no {kind} pipeline with ControlNets for {family.title} models; render this row "
+                "without ControlNets, or as txt2img (no init_image)"))

@@ -1,0 +1,128 @@
+"""What every diffusion-transformer family must show on its tiny model, called by each family's test module: a plain
+prompt rendered as diffusers' own pipeline renders it, LoRAs and ControlNets that act (and weight 0 that does not),
+assets of another family refused by row, image rows as on SD1.x."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdbatch.render.renderer import Renderer
+from sdbatch.settings import RendererSettings
+from sdbatch.store.local import LocalStore
+
+CHANGED = 8  # out of 255: a LoRA or ControlNet moves pixels by far more than this
+NOISE = 1  # CPU float noise between one call and another of the same rows
+SIZE = 64
+
+
+def new_renderer(root: Path, **settings) -> Renderer:
+    return Renderer(LocalStore(str(root)), RendererSettings(cpu_threads=2, io_threads=1, **settings))
+
+
+def write_inputs(root: Path) -> dict[str, str]:
+    """An init image of noise, a mask whose white square is repainted, two control images."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / "init.png")
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    mask[16:48, 16:48] = 255
+    Image.fromarray(mask).save(root / "mask.png")
+    Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / "edges.png")
+    Image.fromarray(np.full((SIZE, SIZE, 3), 255, dtype=np.uint8)).save(root / "white.png")
+    return {name: str(root / f"{name}.png") for name in ("init", "mask", "edges", "white")}
+
+
+def row(i: int, model: str, **extra) -> dict:
+    """A renderer row as normalize writes it: every column, the family's own settings left null."""
+    base = {"id": f"r{i}", "prompt": "a small test picture", "negative_prompt": "", "seed": 5, "model": model,
+            "width": SIZE, "height": SIZE, "steps": 3, "scheduler": None, "guidance_scale": 4.0, "loras": [],
+            "controlnets": [], "pipeline": "txt2img", "strength": None, "hires_scale": None,
+            "prompt_syntax": "a1111"}
+    return {**base, **extra}
+
+
+def render(renderer: Renderer, *rows: dict) -> dict:
+    return {r.row["id"]: r for r in renderer.render_rows(list(rows))}
+
+
+def pixels(rendered) -> np.ndarray:
+    assert rendered.error is None, rendered.error
+    return np.asarray(rendered.image.convert("RGB"), dtype=np.int16)
+
+
+def diffusers_image(pipeline_class, folder: Path, row: dict, **call) -> np.ndarray:
+    """The row rendered by diffusers' own pipeline, loaded afresh from the model's folder: floats in [0, 1]."""
+    pipe = pipeline_class.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(prompt=row["prompt"], negative_prompt=row["negative_prompt"] or None,
+                 num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"], width=row["width"],
+                 height=row["height"], generator=torch.Generator("cpu").manual_seed(row["seed"]), output_type="np",
+                 **call).images[0]
+    return image
+
+
+def check_renders_as_diffusers(renderer: Renderer, pipeline_class, folder: Path, model: str, **settings) -> None:
+    """A plain prompt, with and without a T5 length of its own: within 1/255 of diffusers' pipeline."""
+    for length in (None, 48):
+        ours_row = row(0, model, negative_prompt="blurry", max_sequence_length=length, **settings)
+        rendered = render(renderer, ours_row)["r0"]
+        call = {"max_sequence_length": length} if length else {}
+        theirs = diffusers_image(pipeline_class, folder, ours_row, **call)
+        assert np.abs(pixels(rendered) / 255 - theirs).max() <= 1 / 255, length
+        expected = length or renderer.model(model).family.descriptor.max_sequence_length
+        assert rendered.recorded["max_sequence_length"] == expected
+
+
+def check_loras(renderer: Renderer, model: str, lora: str, other_lora: str, words: str) -> None:
+    """Weight 0 is the base image, weight 1 changes it, the LoRA is off again after; another family's fails."""
+    def with_lora(i, path, weight):
+        return row(i, model, loras=[{"path": path, "weight": weight}])
+
+    out = render(renderer, row(0, model), with_lora(1, lora, 0.0), with_lora(2, lora, 1.0),
+                 with_lora(3, other_lora, 1.0), row(4, model))
+    base = pixels(out["r0"])
+    assert np.abs(pixels(out["r1"]) - base).max() <= NOISE
+    assert np.abs(pixels(out["r2"]) - base).max() > CHANGED
+    assert np.abs(pixels(out["r4"]) - base).max() <= NOISE
+    assert f"does not fit this {words} model" in out["r3"].error or f"matches no layer of this {words} model" in \
+        out["r3"].error, out["r3"].error
+
+
+def check_controlnets(renderer: Renderer, model: str, net: str, other_net: str, images: dict, words: str) -> None:
+    """A ControlNet changes the image, its image matters, two run together, another family's fails its row."""
+    def controlled(i, nets, image="edges"):
+        return row(i, model, controlnets=[{"model": m, "image": images[image], "scale": 1.0} for m in nets])
+
+    out = render(renderer, row(0, model), controlled(1, [net]), controlled(2, [net], "white"),
+                 controlled(3, [net, net]), controlled(4, [other_net]))
+    base = pixels(out["r0"])
+    assert np.abs(pixels(out["r1"]) - base).max() > CHANGED
+    assert np.abs(pixels(out["r2"]) - pixels(out["r1"])).max() > CHANGED
+    assert np.abs(pixels(out["r3"]) - pixels(out["r1"])).max() > CHANGED  # the second unit adds its residuals
+    assert f"but this row's model is {words}" in out["r4"].error, out["r4"].error
+
+
+def check_image_rows(renderer: Renderer, model: str, images: dict) -> None:
+    """img2img keeps more of the init image at a low strength, inpainting keeps every pixel outside the mask, a
+    hires row renders at the scaled size with either upscaler."""
+    init = np.asarray(Image.open(images["init"]).convert("RGB"), dtype=np.int16)
+
+    def image_row(i, **extra):
+        return row(i, model, init_image=images["init"], **extra)
+
+    out = render(renderer, image_row(0, pipeline="img2img", strength=0.3),
+                 image_row(1, pipeline="img2img", strength=1.0),
+                 image_row(2, pipeline="inpaint", strength=0.9, mask_image=images["mask"]))
+    kept, repainted = (np.abs(pixels(out[n]) - init).mean() for n in ("r0", "r1"))
+    assert kept < repainted
+    outside = np.ones((SIZE, SIZE), dtype=bool)
+    outside[16:48, 16:48] = False
+    inpainted = np.abs(pixels(out["r2"]) - init)
+    assert inpainted[outside].max() <= NOISE and inpainted[~outside].mean() > 20
+    for upscaler in ("latent", "image"):
+        hires = render(renderer, row(9, model, hires_scale=1.5, hires_steps=None, hires_strength=0.6,
+                                     hires_upscaler=upscaler))["r9"]
+        assert hires.image.size == (96, 96) and (hires.width, hires.height) == (96, 96), upscaler

@@ -1,0 +1,88 @@
+"""The FLUX.1 family on the tiny FLUX model: diffusers' own pipeline reproduced, distilled guidance and true CFG,
+flow-match schedulers, LoRAs (diffusers and kohya files), ControlNets, image rows, other families' assets refused."""
+
+import numpy as np
+import pytest
+
+from sdbatch.a1111.samplers import BY_NAME
+from sdbatch.errors import VariantError
+from sdbatch.render.families import FAMILIES
+from sdbatch.render.models.loading import make_scheduler
+from sdbatch.render.models.sources import tiny_model_path
+from tests.support import family_checks as checks
+
+pytestmark = pytest.mark.usefixtures("tiny_cache")
+MODEL = "tiny:flux"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_lora
+
+    root = tmp_path_factory.mktemp("flux-assets")
+    return {"lora": str(write_tiny_lora(root / "flux.safetensors", seed=1, family="flux")),
+            "sd15_lora": str(write_tiny_lora(root / "sd15.safetensors", seed=1)),
+            "cn": str(write_tiny_controlnet(root / "cn-flux", seed=1, family="flux")),
+            "sd15_cn": str(write_tiny_controlnet(root / "cn-sd15", seed=1)),
+            **checks.write_inputs(root)}
+
+
+@pytest.fixture(scope="module")
+def renderer(tmp_path_factory):
+    r = checks.new_renderer(tmp_path_factory.mktemp("flux-out"))
+    yield r
+    r.close()
+
+
+def test_a_plain_prompt_renders_as_diffusers_flux_pipeline(renderer):
+    from diffusers import FluxPipeline
+
+    checks.check_renders_as_diffusers(renderer, FluxPipeline, tiny_model_path("flux"), MODEL)
+    model = renderer.model(MODEL)
+    assert type(model.pipeline).__name__ == "FluxPipeline" and model.family is FAMILIES["flux"]
+
+
+def test_guidance_is_distilled_and_true_cfg_guides_with_the_negative_prompt(renderer):
+    from diffusers import FluxPipeline
+
+    def flux(i, **extra):
+        return checks.row(i, MODEL, negative_prompt="blurry", **extra)
+
+    out = checks.render(renderer, flux(0), flux(1, guidance_scale=1.0), flux(2, true_cfg_scale=3.0))
+    base = checks.pixels(out["r0"])
+    assert np.abs(checks.pixels(out["r1"]) - base).max() > checks.CHANGED  # the guidance embedding is an input
+    assert np.abs(checks.pixels(out["r2"]) - base).max() > checks.CHANGED
+    assert out["r0"].recorded == {"family": "flux", "max_sequence_length": 512, "true_cfg_scale": 1.0}
+    assert out["r2"].recorded["true_cfg_scale"] == 3.0
+    theirs = checks.diffusers_image(FluxPipeline, tiny_model_path("flux"), flux(2), true_cfg_scale=3.0)
+    assert np.abs(checks.pixels(out["r2"]) / 255 - theirs).max() <= 1 / 255
+
+
+def test_flow_match_schedulers_under_their_a1111_names(renderer):
+    out = checks.render(renderer, *(checks.row(n, MODEL, scheduler=name) for n, name in
+                                    enumerate([None, "euler", "euler_simple", "euler_karras"])))
+    base = checks.pixels(out["r0"])
+    assert {r.scheduler_class for r in out.values()} == {"FlowMatchEulerDiscreteScheduler"}
+    assert np.abs(checks.pixels(out["r1"]) - base).max() <= checks.NOISE  # Euler is the model's own
+    assert np.abs(checks.pixels(out["r2"]) - base).max() <= checks.NOISE  # Forge's Simple: the same schedule
+    assert np.abs(checks.pixels(out["r3"]) - base).max() > checks.NOISE
+    model = renderer.model(MODEL)
+    karras, own = make_scheduler(model, "euler_karras"), make_scheduler(model, None)
+    for scheduler in (karras, own):
+        scheduler.set_timesteps(3, mu=0.5)  # mu: the dynamic shift FLUX computes from the image size
+    assert karras.config.use_karras_sigmas and not np.allclose(karras.sigmas.numpy(), own.sigmas.numpy())
+    with pytest.raises(VariantError, match="does not work with FLUX.1 models"):
+        FAMILIES["flux"].scheduler(renderer.model(MODEL).base_scheduler, BY_NAME["dpmpp_2m"])
+
+
+def test_loras_act_by_weight_and_another_familys_fails_its_row(renderer, assets):
+    checks.check_loras(renderer, MODEL, assets["lora"], assets["sd15_lora"], "FLUX.1-dev")
+
+
+def test_controlnets_single_and_multi_and_another_familys_fails_its_row(renderer, assets):
+    checks.check_controlnets(renderer, MODEL, assets["cn"], assets["sd15_cn"], assets, "FLUX.1-dev")
+    assert type(renderer._variants.controlnets._pipeline).__name__ == "FluxControlNetPipeline"
+
+
+def test_img2img_inpainting_and_hires_rows(renderer, assets):
+    checks.check_image_rows(renderer, MODEL, assets)
