@@ -1,0 +1,109 @@
+"""Rows of SD3 and FLUX models checked against their family before any GPU: sizes, columns, schedulers, the T5
+length and true CFG, LoRA files of another family, ControlNet kinds; each family's own guidance where unset."""
+
+import pyarrow as pa
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sdbatch.errors import ManifestError
+from sdbatch.manifest.normalize import normalize
+from sdbatch.settings import RowDefaults
+from tests.support.util import run_cli, write_manifest
+
+# A tensor name each kind of LoRA file has: kohya's for an SD1.5 UNet, BFL/kohya's for FLUX, diffusers' for FLUX's
+# single-stream blocks, and one that both SD3 and FLUX files share (diffusers' joint blocks), which names neither.
+LORA_KEYS = {"sd15": "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+             "flux_kohya": "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+             "flux": "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight",
+             "shared": "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"}
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    for name, key in LORA_KEYS.items():
+        save_file({key: torch.zeros(2, 2)}, root / f"{name}.safetensors")
+    return {name: str(root / f"{name}.safetensors") for name in LORA_KEYS}
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    names = dict.fromkeys(name for row in rows for name in row)  # from_pylist takes the first row's keys only
+    return pa.Table.from_pylist([{"prompt": "a fox", **dict.fromkeys(names), **row} for row in rows])
+
+
+def _messages(rows: list[dict], defaults=RowDefaults()) -> str:
+    with pytest.raises(ManifestError) as info:
+        normalize(_table(rows), defaults)
+    return " ".join(str(info.value).split())
+
+
+def test_flux_and_sd3_rows_break_their_familys_rules_each_named_with_its_fix(tmp_path):
+    image = tmp_path / "edges.png"
+    image.write_bytes(b"png")
+    rows = [{"id": "flux-size", "model": "tiny:flux", "width": 72},
+            {"id": "flux-skip", "model": "tiny:flux", "clip_skip": 2},
+            {"id": "flux-sampler", "model": "tiny:flux", "scheduler": "dpmpp_2m_karras"},
+            {"id": "flux-t5", "model": "tiny:flux", "max_sequence_length": 600},
+            {"id": "sd3-true-cfg", "model": "tiny:sd3", "true_cfg_scale": 4.0},
+            {"id": "sd15-t5", "model": "tiny:sd15", "max_sequence_length": 77},
+            {"id": "sd3-cn-img2img", "model": "tiny:sd3", "controlnet": "org/cn", "control_image": str(image),
+             "init_image": str(image)},
+            {"id": "flux-low-cfg", "model": "tiny:flux", "true_cfg_scale": 0.5},
+            {"id": "fine", "model": "tiny:flux", "width": 80, "scheduler": "Euler", "schedule": "Simple",
+             "true_cfg_scale": 3.5, "max_sequence_length": 256, "negative_prompt": "blurry"},
+            {"id": "sd3-fine", "model": "tiny:sd3", "width": 96, "scheduler": "euler_karras",
+             "max_sequence_length": 77}]
+    message = _messages(rows)
+    assert "manifest has 8 problem(s) in 10 rows" in message
+    assert "row id 'flux-size' (row 0): 72 is not a multiple of 16, which FLUX.1 models need; use 64 or 80" in message
+    assert ("column 'clip_skip', row id 'flux-skip' (row 1): is set, but FLUX.1 models (model 'tiny:flux') take no "
+            "clip_skip") in message
+    assert ("row id 'flux-sampler' (row 2): 'dpmpp_2m_karras' does not work with FLUX.1 models; use one of euler, "
+            "euler_simple, euler_karras, euler_exponential") in message
+    assert "column 'max_sequence_length', row id 'flux-t5' (row 3): 600" in message and "1 to 512" in message
+    assert "column 'true_cfg_scale', row id 'sd3-true-cfg' (row 4): is set, but SD3/3.5 models" in message
+    assert "column 'max_sequence_length', row id 'sd15-t5' (row 5): is set, but SD1.x/2.x models" in message
+    assert ("column 'controlnets', row id 'sd3-cn-img2img' (row 6): diffusers has no img2img pipeline with "
+            "ControlNets for SD3/3.5 models") in message
+    assert "column 'true_cfg_scale', row id 'flux-low-cfg' (row 7): 0.5 is under 1" in message
+    assert "'fine'" not in message and "sd3-fine" not in message
+
+
+def test_a_lora_file_of_another_family_is_refused_by_its_tensor_names(loras):
+    rows = [{"id": "flux-sd15", "model": "tiny:flux", "loras": [{"path": loras["sd15"], "weight": 1.0}]},
+            {"id": "sd15-flux", "model": "tiny:sd15", "loras": [{"path": loras["flux_kohya"], "weight": 1.0}]},
+            {"id": "sd3-flux", "model": "tiny:sd3", "loras": [{"path": loras["flux"], "weight": 0.5}]},
+            {"id": "flux-ok", "model": "tiny:flux", "loras": [{"path": loras["flux_kohya"], "weight": 1.0}]},
+            {"id": "sd3-shared", "model": "tiny:sd3", "loras": [{"path": loras["shared"], "weight": 1.0}]},
+            {"id": "xl-sd15", "model": "tiny:sdxl", "loras": [{"path": loras["sd15"], "weight": 1.0}]}]
+    message = _messages(rows)
+    assert "manifest has 3 problem(s) in 6 rows" in message
+    assert (f"row id 'flux-sd15' (row 0): '{loras['sd15']}' is a LoRA for SD1.x/2.x or SDXL models (its tensor "
+            "names), but the row's model is FLUX.1; use a LoRA trained for the row's model") in message
+    assert "row id 'sd15-flux' (row 1)" in message and "is a LoRA for FLUX.1 models" in message
+    assert "row id 'sd3-flux' (row 2)" in message
+    # Files whose names fit the row's family, or name no family (the actor's load judges them), pass.
+    assert all(f"'{name}'" not in message for name in ("flux-ok", "sd3-shared", "xl-sd15"))
+
+
+def test_each_family_gets_its_own_guidance_unless_the_row_or_the_job_sets_one():
+    rows = [{"id": "flux", "model": "tiny:flux"}, {"id": "sd", "model": "tiny:sd15"},
+            {"id": "flux-set", "model": "tiny:flux", "guidance_scale": 2.0}, {"id": "sd3", "model": "tiny:sd3"}]
+    table = normalize(_table(rows), RowDefaults())
+    assert table.column("guidance_scale").to_pylist() == [3.5, 7.5, 2.0, 7.5]
+    assert "true_cfg_scale" not in table.column_names and "max_sequence_length" not in table.column_names
+    job = normalize(_table(rows), RowDefaults(guidance_scale=5.0, max_sequence_length=128))
+    assert job.column("guidance_scale").to_pylist() == [5.0, 5.0, 2.0, 5.0]
+    assert job.column("max_sequence_length").to_pylist() == [128] * 4  # the job's default is no row's own
+
+
+def test_validate_and_submit_refuse_a_bad_flux_row_with_exit_2_and_write_nothing(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", _table([{"id": "a", "model": "tiny:flux", "width": 72}]))
+    for args in (("manifest", "validate", str(manifest)),
+                 ("submit", str(manifest), "--output", str(tmp_path / "out"))):
+        result = run_cli(*args)
+        message = " ".join(result.stderr.split())
+        assert result.returncode == 2 and "not a multiple of 16, which FLUX.1 models need" in message, args
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
