@@ -63,6 +63,9 @@ class Family:
     max_sequence_length: int | None = None
     # The guidance_scale a row gets when neither it nor the job sets one: what the family is used at.
     guidance_scale: float | None = None
+    # A1111's attention weights ((word:1.3), [word]) act on its text states; False: the family's pipeline encodes
+    # the prompt's words as plain text and weights are noted at validation as not applied.
+    prompt_weights: bool = True
     # Tensor-name prefixes of LoRA files made for this family's denoiser and no other (trainers' and diffusers'
     # namings); a file with another family's and none of these is refused for the family's rows at validation.
     lora_marks: tuple[str, ...] = ()
@@ -118,7 +121,7 @@ SD3 = Family(
     refuses=DIT_REFUSES, schedulers=FLOW_SCHEDULERS,
     checkpoints=(Checkpoint("sd35", ("model.diffusion_model.joint_blocks.",),
                             "stabilityai/stable-diffusion-3.5-medium"),),
-    tiny="sd3", max_sequence_length=256,
+    tiny="sd3", max_sequence_length=256, prompt_weights=False,
     lora_marks=("lora_unet_joint_blocks_", "diffusion_model.joint_blocks.", "lora_transformer_joint_blocks_"),
 )
 FLUX = Family(
@@ -130,7 +133,7 @@ FLUX = Family(
     refuses=DIT_REFUSES, schedulers=FLOW_SCHEDULERS,
     checkpoints=(Checkpoint("flux", ("double_blocks.", "model.diffusion_model.double_blocks."),
                             "black-forest-labs/FLUX.1-dev"),),
-    tiny="flux", distilled_guidance=True, max_sequence_length=512, guidance_scale=3.5,
+    tiny="flux", distilled_guidance=True, max_sequence_length=512, guidance_scale=3.5, prompt_weights=False,
     # Single-stream blocks are FLUX's alone, in BFL's, kohya's and diffusers' namings.
     lora_marks=("lora_unet_double_blocks_", "lora_unet_single_blocks_", "diffusion_model.double_blocks.",
                 "diffusion_model.single_blocks.", "transformer.single_transformer_blocks.",

@@ -13,7 +13,8 @@ from sdbatch.family import Family, family_for_class, model_class, tiny_family
 from sdbatch.manifest import paths
 from sdbatch.manifest.columns import SIZE_MULTIPLE, rows_where
 from sdbatch.manifest.family_assets import check_assets
-from sdbatch.manifest.problems import Problem, Problems, raise_if, shown
+from sdbatch.manifest.problems import Notes, Problem, Problems, raise_if, shown
+from sdbatch.manifest.prompts import note_unweighted
 from sdbatch.store import is_remote
 
 TINY_PREFIX = "tiny:"
@@ -82,7 +83,7 @@ def family_of(reference: str) -> Family | None:
     return None if name is None else family_for_class(name, f"model {reference!r}")
 
 
-def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Problems) -> None:
+def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Problems, notes: Notes | None = None) -> None:
     """Each row checked against its model's family: sizes a multiple of what the family needs, nothing set in a
     column the family takes no input from, a scheduler it works with. `columns`: the normalized columns by name
     (model, sizes, scheduler, LoRA and ControlNet lists), `table` the manifest as written. A model no family claims
@@ -103,6 +104,9 @@ def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Proble
         if family.schedulers is not None and "scheduler" in columns:
             _check_schedulers(family, columns["scheduler"], mine, problems)
         check_assets(family, columns, mine, problems)
+        if not family.prompt_weights and notes is not None and "prompt_syntax" in columns:
+            for name in ("prompt", "negative_prompt"):
+                note_unweighted(family.title, columns[name], columns["prompt_syntax"], mine, problems, notes)
 
 
 def _check_sizes(family: Family, name: str, values, mine, problems: Problems) -> None:

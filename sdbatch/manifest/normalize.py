@@ -94,7 +94,7 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0, tot
         guidance_columns(table, columns, defaults, problems)
     with problems.stage("model"):
         family_guidance(table, columns, defaults)
-        check_families(table, columns, problems)  # the rows against what their model's family takes
+        check_families(table, columns, problems, notes)  # the rows against what their model's family takes
         _check_no_secrets_in_urls(columns, problems)
     labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in CONSUMED_COLUMNS}
     check_label_names(labels, problems, notes)

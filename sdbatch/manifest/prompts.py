@@ -7,10 +7,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.a1111.syntax import SYNTAXES, problem, stray_brackets
+from sdbatch.a1111.syntax import SYNTAXES, parse, problem, stray_brackets
 from sdbatch.manifest import columns as cols
 from sdbatch.manifest.columns import rows_where
-from sdbatch.manifest.problems import Notes, Problems
+from sdbatch.manifest.problems import Notes, Problems, shown
 from sdbatch.settings import MAX_CLIP_SKIP, RowDefaults
 
 # Only prompts with one of these can fail to parse; the rest (most of a large manifest) are not parsed here.
@@ -31,6 +31,26 @@ def prompt_columns(table: pa.Table, columns: dict[str, Any], defaults: RowDefaul
         _check_parses(columns[name], syntax, name, problems, notes)
     if defaults.embedding_dir is None:
         _check_no_embeddings_pinned(table, problems)
+
+
+WEIGHTS_WARNING = ("{count} prompt(s) of models whose pipeline encodes plain text (SD3, FLUX) carry A1111 weights, "
+                   "which are not applied: the words are encoded, the weights dropped (docs/PROMPTS.md)")
+
+
+def note_unweighted(family_title: str, prompts: Any, syntax: Any, mine: Any, problems: Problems,
+                    notes: Notes) -> None:
+    """Rows of a family without A1111 weighting whose prompts weigh words: rendered, and said once."""
+    candidates = pc.and_(pc.fill_null(mine, False), pc.fill_null(pc.not_equal(syntax, "plain"), False))
+    candidates = pc.and_(candidates, pc.fill_null(pc.match_substring_regex(prompts, _SYNTAX_CHARS), False))
+    weighted = []
+    for n in rows_where(candidates).to_pylist():
+        try:
+            parts = parse(prompts[n].as_py(), syntax[n].as_py())
+        except ValueError:
+            continue  # a prompt that does not parse is a problem of its own (_check_parses)
+        if any(part.weight not in (None, 1.0) for part in parts):
+            weighted.append(f"{problems.where(n)} ({family_title}): {shown(prompts[n].as_py(), 60)}")
+    notes.add(WEIGHTS_WARNING, len(weighted), weighted)
 
 
 def _check_parses(prompts: Any, syntax: Any, name: str, problems: Problems, notes: Notes) -> None:

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from sdbatch.errors import ManifestError
 from sdbatch.manifest.normalize import normalize
+from sdbatch.manifest.problems import Notes
 from sdbatch.settings import RowDefaults
 from tests.support.util import run_cli, write_manifest
 
@@ -107,3 +108,16 @@ def test_validate_and_submit_refuse_a_bad_flux_row_with_exit_2_and_write_nothing
         assert result.returncode == 2 and "not a multiple of 16, which FLUX.1 models need" in message, args
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_weights_in_a_flux_prompt_are_noted_as_not_applied_and_the_row_is_kept():
+    notes = Notes()
+    rows = [{"id": "w", "model": "tiny:flux", "prompt": "a (red:1.3) fox"},
+            {"id": "p", "model": "tiny:flux", "prompt": "a (red) fox", "prompt_syntax": "plain"},
+            {"id": "sd", "model": "tiny:sd15", "prompt": "a (red:1.3) fox"},
+            {"id": "neg", "model": "tiny:sd3", "prompt": "a fox", "negative_prompt": "[blurry]"}]
+    table = normalize(_table(rows), RowDefaults(), notes=notes)
+    assert table.num_rows == 4
+    [note] = notes.lines()
+    assert note.startswith("2 prompt(s) of models whose pipeline encodes plain text (SD3, FLUX) carry A1111 weights")
+    assert "row id 'w' (row 0) (FLUX.1)" in note and "row id 'neg' (row 3) (SD3/3.5)" in note and "'sd'" not in note
