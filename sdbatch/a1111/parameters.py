@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from sdbatch.a1111.samplers import A1111_BY_CLASS, BY_NAME, resolve
+from sdbatch.a1111.samplers import A1111_BY_CLASS, A1111_SCHEDULE_BY_CLASS, BY_NAME, resolve
 from sdbatch.family import FAMILIES, Family, by_name
 
 # A1111's own pattern for "Key: value, Key: "quoted, value"" pairs.
@@ -39,7 +39,8 @@ def format_parameters(row: dict[str, Any]) -> str:
         lines.append(f"Negative prompt: {row['negative_prompt']}")
     named = BY_NAME.get(row.get("scheduler") or "")
     sampler = named.a1111 if named else A1111_BY_CLASS.get(row.get("scheduler_class") or "")
-    schedule = (named.schedule or "Automatic") if named else None  # as A1111 1.10 writes it: apart
+    # As A1111 1.10 writes it: apart from the sampler.
+    schedule = (named.schedule or "Automatic") if named else A1111_SCHEDULE_BY_CLASS.get(row.get("scheduler_class"))
     family = _family(row.get("family"))
     pairs = [("Steps", row["steps"]), ("Sampler", sampler), ("Schedule type", schedule),
              *_guidance_pairs(row, family),
@@ -57,7 +58,8 @@ def format_parameters(row: dict[str, Any]) -> str:
     if embeddings:  # A1111's TI hash: the file's sha256, first 12 hex digits
         pairs.append(("TI hashes", _quote(", ".join(f"{x['name']}: {x['sha256'][:12]}" for x in embeddings))))
     # sdbatch pads the prompt and the negative prompt to one chunk count, as A1111 does with this option on.
-    pairs.append(("Pad conds", "True"))
+    if family is None or family.prompt_weights:  # CLIP chunks; a pipeline's own encoder pads to its T5 length
+        pairs.append(("Pad conds", "True"))
     pairs.append(("Version", f"sdbatch {row.get('sdbatch_version', '')}".strip()))
     pairs.append((SDBATCH_KEY, _exact_entry(row, loras)))
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs if v is not None))

@@ -95,6 +95,9 @@ SCHEDULERS = tuple(BY_NAME)
 # sampler of a class names it (DPMSolverMultistepScheduler without other options is "DPM++ 2M").
 A1111_BY_CLASS = {s.diffusers_class: s.a1111 for s in reversed(SAMPLERS.values())}
 A1111_BY_CLASS["FlowMatchEulerDiscreteScheduler"] = "Euler"  # SD3's and FLUX's own: Euler on flow matching
+# The schedule type of a model's own scheduler where it is not the sampler's "Automatic": Forge calls the flow-match
+# Euler's own spacing "Simple".
+A1111_SCHEDULE_BY_CLASS = {"FlowMatchEulerDiscreteScheduler": "Simple"}
 _BY_A1111 = {s.a1111.lower(): s for s in SAMPLERS.values()}
 _SCHEDULE_BY_A1111 = {s.a1111.lower(): s for s in SCHEDULES.values()}
 

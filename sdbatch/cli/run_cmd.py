@@ -38,6 +38,7 @@ from sdbatch.cli.options import (
     row_overrides,
     s3_settings,
 )
+from sdbatch.family import FAMILIES
 from sdbatch.run.driver import (
     RunSummary,
     SubmitRequest,
@@ -186,21 +187,34 @@ def print_summary(console: Console, summary: RunSummary, gpu_hour_price: float |
 
 
 def demo(output: Annotated[Path, Opt("--output", "-o", help="Where to write the demo run.")] = Path("demo-output/run"),
-         job: JobFile = None) -> int:
+         job: JobFile = None,
+         family: Annotated[Optional[str], Opt(help="The model family whose tiny model renders the demo: "
+                                                   f"{', '.join(f.name for f in FAMILIES)} (default: the job's model)")]
+         = None) -> int:
     """Build the tiny offline model, write a sample manifest and render it on a local Ray."""
     import pyarrow.parquet as pq
 
     from sdbatch.manifest.authoring import prompts_table
 
     job_file = job or str(_find_demo_job())
+    overrides = _family_model(family) if family else {}
     prompts = [f"{subject}, {style}" for subject in DEMO_SUBJECTS for style in DEMO_STYLES]
     manifest = output.parent / "demo-manifest.parquet"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(prompts_table(prompts, seeds=2), manifest)
     console = Console()
     console.print(f"demo: {len(prompts) * 2} rows from {manifest}, settings from {job_file}")
-    request = SubmitRequest(str(manifest), str(output), job_spec(job_file))
+    request = SubmitRequest(str(manifest), str(output), job_spec(job_file, **overrides))
     return run_and_report(request, console)
+
+
+def _family_model(name: str) -> dict:
+    """The job's model and guidance replaced by a family's tiny model and the guidance it is used at."""
+    found = next((f for f in FAMILIES if f.name == name), None)
+    if found is None or found.tiny is None:
+        raise typer.BadParameter(f"{name!r} is not a family with a tiny model; use one of "
+                                 f"{', '.join(f.name for f in FAMILIES if f.tiny)}", param_hint="--family")
+    return {"defaults.model": f"tiny:{found.tiny}", "defaults.guidance_scale": found.guidance_scale}
 
 
 def _find_demo_job() -> Path:
