@@ -3,7 +3,9 @@ samplers; torch-free, so the driver can check a manifest against its models befo
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from sdbatch.errors import ModelLoadError
 CONFIG_METADATA = "sdbatch_config"
 # A safetensors file starts with the length of its JSON header; a larger one is not a file sdbatch can load.
 MAX_HEADER_BYTES = 100 << 20
+# Seconds the driver waits for the hub's answer about one model_index.json: a slow or unreachable hub must not
+# stall validation (set HF_HUB_OFFLINE=1 where it is never reachable).
+HUB_TIMEOUT = 5
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,8 @@ def lora_families(keys: set[str]) -> tuple[Family, ...]:
 
 
 def unknown_checkpoint(file_name: str) -> ModelLoadError:
-    titles = " or ".join(f.title for f in FAMILIES if f.checkpoints)
+    named = [f.title for f in FAMILIES if f.checkpoints]
+    titles = f"{', '.join(named[:-1])} or {named[-1]}" if len(named) > 1 else named[0]
     return ModelLoadError(f"{file_name} is not a single-file {titles} checkpoint (none of their tensor names); "
                           "convert it to a diffusers folder")
 
@@ -215,6 +221,36 @@ def folder_class(folder: Path) -> str | None:
         return str(json.loads(index.read_text()).get("_class_name") or "")
     except ValueError as exc:
         raise ModelLoadError(f"{index} is not JSON ({exc}); save the model again with save_pretrained") from exc
+
+
+@functools.lru_cache(maxsize=1024)  # asked once per plan chunk: the hub is asked once per process
+def hub_model_class(repo: str) -> str | None:
+    """The pipeline class a hub model names, from its model_index.json alone: the Hugging Face cache, else the hub
+    (that one file, waited for HUB_TIMEOUT seconds) unless HF_HUB_OFFLINE is set. None when neither answers: the
+    actor's warm-up then tells."""
+    import huggingface_hub  # here: a check of local models never needs it
+
+    found = huggingface_hub.try_to_load_from_cache(repo, "model_index.json")
+    if not isinstance(found, str) and not huggingface_hub.constants.HF_HUB_OFFLINE:
+        found = _within(HUB_TIMEOUT, lambda: huggingface_hub.hf_hub_download(repo, "model_index.json"))
+    return folder_class(Path(found).parent) if isinstance(found, str) else None
+
+
+def _within(seconds: float, call):
+    """call()'s value, or None if it raises or has not returned in time: huggingface_hub retries an unreachable
+    hub for about half a minute, which validation does not wait for (the thread is left to finish alone)."""
+    box: list = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except Exception:  # noqa: BLE001 - unreachable, gated, no such repo: all leave the check to the actor
+            box.append(None)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return box[0] if box else None
 
 
 def model_class(path: Path) -> str | None:

@@ -20,6 +20,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offline_hub():
+    """No test reaches the hub (this machine has no internet; a driver would wait for it): offline everywhere,
+    subprocesses and Ray workers included. Tests of hub lookups set what they need themselves."""
+    import os
+
+    import huggingface_hub.constants  # it reads the variable once, when first imported
+
+    saved = os.environ.get("HF_HUB_OFFLINE"), huggingface_hub.constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"], huggingface_hub.constants.HF_HUB_OFFLINE = "1", True
+    yield
+    if saved[0] is None:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = saved[0]
+    huggingface_hub.constants.HF_HUB_OFFLINE = saved[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     """SDBATCH_CACHE for this session (inherited by CLI subprocesses and Ray workers), offline,

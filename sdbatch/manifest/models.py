@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.family import Family, family_for_class, model_class, tiny_family
+from sdbatch.family import Family, family_for_class, hub_model_class, model_class, tiny_family
 from sdbatch.manifest import paths
 from sdbatch.manifest.columns import SIZE_MULTIPLE, rows_where
 from sdbatch.manifest.family_assets import check_assets
@@ -27,6 +27,13 @@ def looks_like_path(reference: str) -> bool:
     """True for references that can only mean a local path (absolute, relative, or deeper than org/name)."""
     # A missing local path would otherwise fall through to a confusing hub lookup.
     return reference.startswith(("/", "./", "../", "~")) or reference.count("/") > 1
+
+
+def is_hub_id(reference: str) -> bool:
+    """org/name (a Hugging Face repo), unless a local folder of that name is here (local paths win, as diffusers
+    reads them)."""
+    return (reference.count("/") == 1 and not looks_like_path(reference) and not is_remote(reference)
+            and not reference.lower().endswith(SINGLE_FILE_SUFFIXES) and not paths.exists(paths.local_path(reference)))
 
 
 def is_single_file(reference: str) -> bool:
@@ -77,6 +84,9 @@ def family_of(reference: str) -> Family | None:
     paths that are not here (local_problem's to report)."""
     if reference.startswith(TINY_PREFIX):
         return tiny_family(reference[len(TINY_PREFIX):])
+    if is_hub_id(reference):
+        name = hub_model_class(reference)
+        return None if name is None else family_for_class(name, f"model {reference!r}")
     if is_remote(reference) or local_problem(reference) or not paths.exists(path := paths.local_path(reference)):
         return None
     name = model_class(path)

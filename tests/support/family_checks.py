@@ -87,8 +87,7 @@ def check_loras(renderer: Renderer, model: str, lora: str, other_lora: str, word
     assert np.abs(pixels(out["r1"]) - base).max() <= NOISE
     assert np.abs(pixels(out["r2"]) - base).max() > CHANGED
     assert np.abs(pixels(out["r4"]) - base).max() <= NOISE
-    assert f"does not fit this {words} model" in out["r3"].error or f"matches no layer of this {words} model" in \
-        out["r3"].error, out["r3"].error
+    assert "(a LoRA for another model family?)" in (out["r3"].error or ""), out["r3"].error
 
 
 def check_controlnets(renderer: Renderer, model: str, net: str, other_net: str, images: dict, words: str) -> None:
@@ -105,19 +104,30 @@ def check_controlnets(renderer: Renderer, model: str, net: str, other_net: str, 
     assert f"but this row's model is {words}" in out["r4"].error, out["r4"].error
 
 
+def vae_round_trip(renderer: Renderer, model: str, path: str) -> np.ndarray:
+    """The init image as the model's VAE gives it back: all that any strength can keep of it (a tiny VAE has random
+    weights, so this is far from the file's pixels)."""
+    pipe = renderer.model(model).pipeline
+    with torch.inference_mode():
+        latents = pipe.vae.encode(pipe.image_processor.preprocess(Image.open(path).convert("RGB"))).latent_dist.mode()
+        decoded = pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0]
+    return np.asarray(decoded.convert("RGB"), dtype=np.int16)
+
+
 def check_image_rows(renderer: Renderer, model: str, images: dict) -> None:
-    """img2img keeps more of the init image at a low strength, inpainting keeps every pixel outside the mask, a
-    hires row renders at the scaled size with either upscaler."""
+    """img2img keeps the init image at a low strength and repaints it at a high one, inpainting keeps every pixel
+    outside the mask, a hires row renders at the scaled size with either upscaler."""
     init = np.asarray(Image.open(images["init"]).convert("RGB"), dtype=np.int16)
 
     def image_row(i, **extra):
-        return row(i, model, init_image=images["init"], **extra)
+        return row(i, model, init_image=images["init"], steps=6, **extra)
 
-    out = render(renderer, image_row(0, pipeline="img2img", strength=0.3),
+    out = render(renderer, image_row(0, pipeline="img2img", strength=0.1),
                  image_row(1, pipeline="img2img", strength=1.0),
                  image_row(2, pipeline="inpaint", strength=0.9, mask_image=images["mask"]))
-    kept, repainted = (np.abs(pixels(out[n]) - init).mean() for n in ("r0", "r1"))
-    assert kept < repainted
+    kept = vae_round_trip(renderer, model, images["init"])
+    assert np.abs(pixels(out["r0"]) - kept).mean() < 15
+    assert np.abs(pixels(out["r1"]) - kept).mean() > 30
     outside = np.ones((SIZE, SIZE), dtype=bool)
     outside[16:48, 16:48] = False
     inpainted = np.abs(pixels(out["r2"]) - init)

@@ -1,4 +1,4 @@
-"""Tiny random-weight LoRAs (diffusers and kohya formats) and ControlNets for the tiny SD1.5- and SDXL-style models."""
+"""Tiny random-weight LoRAs (diffusers and kohya formats) and ControlNets for the tiny models of every family."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from sdbatch.render.tiny.build import build_pipeline
 
 # The attention projections every SD1.5 LoRA trainer targets, in the UNet and in CLIP.
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# The same in a FLUX or SD3 transformer, with the text stream's projections (diffusers' trainers' defaults); in
+# FLUX's single-stream blocks only to_q, to_k and to_v exist.
+TRANSFORMER_TARGETS = [*UNET_TARGETS, "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 RANK = 4
 # alpha != rank on purpose: the scale alpha/rank lives only in the file's metadata (or kohya's .alpha
@@ -24,33 +27,42 @@ EMBEDDING_STD = 0.3
 
 
 def write_tiny_lora(path: str | os.PathLike, seed: int, unet: bool = True, text_encoder: bool = True,
-                    family: str = "sd15") -> pathlib.Path:
+                    family: str = "sd15", single_blocks: bool = True) -> pathlib.Path:
     """A diffusers-format LoRA .safetensors (with its adapter metadata) for the tiny model of `family`; same
-    seed, same tensors. For SDXL the text encoder part covers both text encoders."""
+    seed, same tensors. `unet` is the denoiser (a transformer for sd3 and flux); the text encoder part covers
+    the CLIP encoders the family's pipeline loads LoRAs into: both for SDXL and SD3, CLIP (not T5) for FLUX.
+    single_blocks=False leaves FLUX's single-stream blocks out, as a kohya file of this width must."""
     from peft import LoraConfig
 
     if not (unet or text_encoder):
         raise ValueError("a LoRA needs unet=True or text_encoder=True")
     target = pathlib.Path(path)
     pipe = build_pipeline(0, family)  # any seed: only the module names and shapes matter
-    parts = [("unet", pipe.unet, UNET_TARGETS, unet),
-             ("text_encoder", pipe.text_encoder, TEXT_ENCODER_TARGETS, text_encoder),
-             ("text_encoder_2", getattr(pipe, "text_encoder_2", None), TEXT_ENCODER_TARGETS, text_encoder)]
     layers, metadata = {}, {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for name, module, targets, wanted in parts:
-            if wanted and module is not None:
-                config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets)
-                layers[f"{name}_lora_layers"] = _lora_layers(module, config)
-                metadata[f"{name}_lora_adapter_metadata"] = config.to_dict()
+        # The pipeline's own list of what its load_lora_weights fills, denoiser first.
+        for name in type(pipe)._lora_loadable_modules:
+            if not (text_encoder if name.startswith("text_encoder") else unet):
+                continue
+            targets = {"unet": UNET_TARGETS, "transformer": TRANSFORMER_TARGETS}.get(name, TEXT_ENCODER_TARGETS)
+            if name == "transformer" and family == "flux" and not single_blocks:
+                # fullmatch: single_transformer_blocks.* does not start with transformer_blocks.
+                targets = rf"transformer_blocks\.\d+\.attn\.({'|'.join(t.replace('.', '[.]') for t in targets)})"
+            config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets)
+            # Peft's names (lora_A), as diffusers' SD3 and FLUX trainers save: the old-style renaming would turn
+            # to_q into to_q.lora.down but leave add_q_proj, a mix that loaded only in part with FLUX's regex.
+            peft_names = family in ("sd3", "flux")
+            layers[f"{name}_lora_layers"] = _lora_layers(getattr(pipe, name), config, peft_names)
+            metadata[f"{name}_lora_adapter_metadata"] = config.to_dict()
     target.parent.mkdir(parents=True, exist_ok=True)
     type(pipe).save_lora_weights(target.parent, weight_name=target.name, **layers, **metadata)
     return target
 
 
-def _lora_layers(module: torch.nn.Module, config) -> dict[str, torch.Tensor]:
-    """Inject a LoRA with peft, make lora_B non-zero (peft starts it at zero: no effect), return it diffusers-style."""
+def _lora_layers(module: torch.nn.Module, config, peft_names: bool = False) -> dict[str, torch.Tensor]:
+    """Inject a LoRA with peft, make lora_B non-zero (peft starts it at zero: no effect), return it diffusers-style
+    (to_q.lora.down, as diffusers' SD1.5/SDXL trainers save) or with peft's names (lora_A, as its SD3/FLUX ones)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import get_peft_model_state_dict, inject_adapter_in_model
 
@@ -60,7 +72,8 @@ def _lora_layers(module: torch.nn.Module, config) -> dict[str, torch.Tensor]:
         if "lora_" in name:
             std = LORA_B_STD if "lora_B" in name else 1.0 / RANK
             parameter.data = torch.randn(parameter.shape) * std
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+    state = get_peft_model_state_dict(module)
+    return state if peft_names else convert_state_dict_to_diffusers(state)
 
 
 def convert_lora_to_kohya(src: str | os.PathLike, dst: str | os.PathLike) -> pathlib.Path:
@@ -94,24 +107,116 @@ def convert_lora_to_kohya(src: str | os.PathLike, dst: str | os.PathLike) -> pat
     return target
 
 
-def write_tiny_controlnet(path: str | os.PathLike, seed: int, family: str = "sd15") -> pathlib.Path:
-    """A diffusers ControlNet folder for the tiny model of `family` whose zero-initialised convolutions are
-    randomised. For SDXL, from_unet carries over the text_time embedding the SDXL ControlNet pipeline feeds."""
-    from diffusers import ControlNetModel
+# kohya sd-scripts' names for a FLUX double block's attention: q, k and v are one fused Linear there.
+KOHYA_FLUX_QKV = {"img_attn_qkv": ("to_q", "to_k", "to_v"), "txt_attn_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
+KOHYA_FLUX_PROJ = {"img_attn_proj": "to_out.0", "txt_attn_proj": "to_add_out"}
 
+
+def convert_flux_lora_to_kohya(src: str | os.PathLike, dst: str | os.PathLike) -> pathlib.Path:
+    """Rewrite a tiny:flux diffusers LoRA file in kohya sd-scripts form (lora_unet_double_blocks_*, lora_te1_*,
+    .alpha), same effect: diffusers' FluxLoraLoaderMixin converts it back on load."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(src)
+    with safe_open(src, framework="pt") as handle:
+        metadata = json.loads((handle.metadata() or {}).get("lora_adapter_metadata", "{}"))
+    if any(k.startswith("transformer.single_transformer_blocks.") for k in state):
+        # kohya fuses a single block's q, k, v and MLP into linear1, and diffusers splits it at FLUX.1's widths
+        # (3072, 12288) only: a tiny model's linear1 fails its shape check.
+        raise ValueError(f"{src} has single-block layers, which kohya form cannot carry at this width; "
+                         "write it with single_blocks=False")
+
+    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return state[f"{prefix}.lora_A.weight"], state[f"{prefix}.lora_B.weight"]
+
+    kohya = {}
+
+    def put(name: str, down: torch.Tensor, up: torch.Tensor, part: str) -> None:
+        # kohya's scale is alpha / (this module's rank); a fused module's rank is its parts' ranks summed.
+        scale = metadata[f"{part}.lora_alpha"] / metadata[f"{part}.r"]
+        kohya.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                      f"{name}.alpha": torch.tensor(scale * down.shape[0])})
+
+    blocks = sorted({int(k.split(".")[2]) for k in state if k.startswith("transformer.transformer_blocks.")})
+    for i in blocks:
+        attn = f"transformer.transformer_blocks.{i}.attn"
+        for name, parts in KOHYA_FLUX_QKV.items():
+            if f"{attn}.{parts[0]}.lora_A.weight" in state:
+                downs, ups = zip(*(pair(f"{attn}.{part}") for part in parts))
+                # Block-diagonal up: each of q, k, v sees only its own rows of down, which diffusers'
+                # converter detects ("sparse") and splits back exactly.
+                put(f"lora_unet_double_blocks_{i}_{name}", torch.cat(downs), torch.block_diag(*ups), "transformer")
+        for name, part in KOHYA_FLUX_PROJ.items():
+            if f"{attn}.{part}.lora_A.weight" in state:
+                put(f"lora_unet_double_blocks_{i}_{name}", *pair(f"{attn}.{part}"), "transformer")
+    for key in state:
+        if key.startswith("text_encoder.") and key.endswith(".lora_A.weight"):
+            prefix = key.removesuffix(".lora_A.weight")
+            module = prefix.removeprefix("text_encoder.").removeprefix("text_model.")
+            # Real kohya files name CLIP modules from the text_model root; diffusers strips it for transformers 5.
+            put(f"lora_te1_text_model_{module.replace('.', '_')}", *pair(prefix), "text_encoder")
+    target = pathlib.Path(dst)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(kohya, target, metadata={"ss_network_module": "networks.lora_flux"})
+    return target
+
+
+def write_tiny_controlnet(path: str | os.PathLike, seed: int, family: str = "sd15") -> pathlib.Path:
+    """A diffusers ControlNet folder for the tiny model of `family` whose zero-initialised layers are randomised.
+    For SDXL, from_unet carries over the text_time embedding the SDXL ControlNet pipeline feeds; for SD3 and FLUX
+    the net is the transformer's first blocks (one of each kind), their outputs added to the transformer's."""
     target = pathlib.Path(path)
     pipe = build_pipeline(0, family)
+    build = {"sd3": _sd3_controlnet, "flux": _flux_controlnet}.get(family, _unet_controlnet)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
-        # from_unet zeroes these so training starts as a no-op; random weights make the net matter.
-        embedding = net.controlnet_cond_embedding
-        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, embedding.conv_out]:
-            torch.nn.init.normal_(conv.weight, std=CONTROLNET_STD)
-            torch.nn.init.normal_(conv.bias, std=CONTROLNET_STD)
-        # With default init the control image itself barely matters (black vs white: 2/255); wider
-        # weights here make each image's content show, so a row given another row's image is caught.
-        for conv in [embedding.conv_in, *embedding.blocks]:
-            torch.nn.init.normal_(conv.weight, std=EMBEDDING_STD)
+        net = build(pipe)
     net.save_pretrained(target, safe_serialization=True)
     return target
+
+
+def _unet_controlnet(pipe):
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
+    # from_unet zeroes these so training starts as a no-op; random weights make the net matter.
+    embedding = net.controlnet_cond_embedding
+    for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, embedding.conv_out]:
+        torch.nn.init.normal_(conv.weight, std=CONTROLNET_STD)
+        torch.nn.init.normal_(conv.bias, std=CONTROLNET_STD)
+    # With default init the control image itself barely matters (black vs white: 2/255); wider
+    # weights here make each image's content show, so a row given another row's image is caught.
+    for conv in [embedding.conv_in, *embedding.blocks]:
+        torch.nn.init.normal_(conv.weight, std=EMBEDDING_STD)
+    return net
+
+
+def _flux_controlnet(pipe):
+    from diffusers import FluxControlNetModel
+
+    config = pipe.transformer.config
+    net = FluxControlNetModel.from_transformer(
+        pipe.transformer, num_layers=1, num_single_layers=1, attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads)
+    # Zeroed so training starts as a no-op: the blocks' outputs, and the control latents' embedding.
+    _randomise([*net.controlnet_blocks, *net.controlnet_single_blocks], net.controlnet_x_embedder)
+    return net
+
+
+def _sd3_controlnet(pipe):
+    from diffusers import SD3ControlNetModel
+
+    # No extra channels: the control latents alone, as InstantX's SD3 ControlNets take them.
+    net = SD3ControlNetModel.from_transformer(pipe.transformer, num_layers=1, num_extra_conditioning_channels=0)
+    _randomise(list(net.controlnet_blocks), net.pos_embed_input.proj)
+    return net
+
+
+def _randomise(outputs: list[torch.nn.Module], embedding: torch.nn.Module) -> None:
+    for layer in outputs:
+        torch.nn.init.normal_(layer.weight, std=CONTROLNET_STD)
+        torch.nn.init.normal_(layer.bias, std=CONTROLNET_STD)
+    # Wider, so the control image's content shows and not only that there is one.
+    torch.nn.init.normal_(embedding.weight, std=EMBEDDING_STD)
+    torch.nn.init.normal_(embedding.bias, std=CONTROLNET_STD)

@@ -48,10 +48,11 @@ def test_every_kind_of_pipeline_class_is_claimed_by_its_family():
 
 def test_a_class_no_family_claims_is_refused_naming_it_and_the_supported_families_and_classes():
     with pytest.raises(ModelLoadError) as info:
-        family_for_class("FluxPipeline", "model '/m/flux'")
+        family_for_class("PixArtSigmaPipeline", "model '/m/pixart'")
     message = str(info.value)
-    assert message.startswith("model '/m/flux' is a FluxPipeline, which sdbatch does not render")
+    assert message.startswith("model '/m/pixart' is a PixArtSigmaPipeline, which sdbatch does not render")
     for needle in ("SD1.x/2.x (StableDiffusionPipeline,", "SDXL (StableDiffusionXLPipeline,",
+                   "SD3/3.5 (StableDiffusion3Pipeline,", "FLUX.1 (FluxPipeline,",
                    "StableDiffusionXLControlNetInpaintPipeline", "Use a model of one of them"):
         assert needle in message
 
@@ -82,7 +83,7 @@ def test_a_local_models_class_is_read_from_its_index_or_its_header_without_torch
 
 
 def test_a_single_file_of_no_family_or_not_safetensors_at_all_is_refused_with_the_fix(tmp_path):
-    with pytest.raises(ModelLoadError, match="other.safetensors is not a single-file SD1.x/2.x or SDXL checkpoint "
+    with pytest.raises(ModelLoadError, match="other.safetensors is not a single-file SD1.x/2.x, SDXL, SD3/3.5 or FLUX.1 checkpoint "
                                              r"\(none of their tensor names\); convert it to a diffusers folder"):
         model_class(write_header(tmp_path / "other.safetensors", ["transformer.x"]))
     (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
@@ -108,3 +109,34 @@ def test_the_registry_is_sound_and_the_check_sees_what_would_break_it(monkeypatc
     assert "StableDiffusionPipeline is claimed by sd1 and twin" in problems
     assert "twin: scheduler 'no_such_sampler' is not in a1111.samplers" in problems
     assert "twin: native size 512 is not a multiple of 24" in problems
+
+
+def test_the_hub_is_asked_for_one_config_and_not_waited_for_past_the_timeout(tmp_path, monkeypatch):
+    import threading
+
+    import huggingface_hub
+
+    from sdbatch import family as families
+
+    asked, release = [], threading.Event()
+    index = tmp_path / "model_index.json"
+    index.write_text('{"_class_name": "FluxPipeline"}')
+
+    def download(repo, filename):
+        asked.append((repo, filename))
+        if repo == "org/slow":
+            release.wait()  # a hub that does not answer (retrying an unreachable host)
+        return str(index)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(families, "HUB_TIMEOUT", 0.2)
+    families.hub_model_class.cache_clear()
+    try:
+        assert families.hub_model_class("org/fast") == "FluxPipeline"
+        assert families.hub_model_class("org/slow") is None  # left to the actor's warm-up
+        assert families.hub_model_class("org/fast") == "FluxPipeline" and asked.count(("org/fast", "model_index.json")) == 1
+    finally:
+        release.set()
+        families.hub_model_class.cache_clear()

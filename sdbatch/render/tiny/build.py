@@ -1,7 +1,8 @@
-"""Tiny random-weight models by family (SD1.5- or SDXL-style), offline: built in memory or as a diffusers folder."""
+"""Tiny random-weight models by family (SD1.5, SDXL, SD3, FLUX.1), offline: built in memory or as a diffusers folder."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
@@ -13,22 +14,24 @@ import uuid
 
 # Written last, inside the temp folder, so its presence means every other file is complete.
 MARKER = "sdbatch_tiny.json"
-FAMILIES = ("sd15", "sdxl")
+# Each family's builder, as module and function: imported on first use.
+BUILDERS = {
+    "sd15": ("sdbatch.render.tiny.sd15", "build_sd15_pipeline"),
+    "sdxl": ("sdbatch.render.tiny.sdxl", "build_sdxl_pipeline"),
+    "sd3": ("sdbatch.render.tiny.sd3", "build_sd3_pipeline"),
+    "flux": ("sdbatch.render.tiny.flux", "build_flux_pipeline"),
+}
+FAMILIES = tuple(BUILDERS)
 # Part of the node copy's folder name: a change to how tiny models are built gets a new folder, never a stale copy.
 TINY_VERSION = 2
 
 
 def build_pipeline(seed: int, family: str = "sd15"):
     """Build the pipeline of `family` in memory, its weights drawn from a private RNG stream seeded with `seed`."""
-    if family not in FAMILIES:
+    if family not in BUILDERS:
         raise ValueError(f"tiny family {family!r} is not known; use one of {', '.join(FAMILIES)}")
-    if family == "sdxl":
-        from sdbatch.render.tiny.sdxl import build_sdxl_pipeline
-
-        return build_sdxl_pipeline(seed)
-    from sdbatch.render.tiny.sd15 import build_sd15_pipeline
-
-    return build_sd15_pipeline(seed)
+    module, function = BUILDERS[family]
+    return getattr(importlib.import_module(module), function)(seed)
 
 
 def list_files(root: pathlib.Path) -> dict[str, int]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from sdbatch.errors import VariantError
+from sdbatch.family import lora_families
 from sdbatch.logs import quieted
 from sdbatch.render.families import for_model, for_pipeline_class
 from sdbatch.render.families.protocol import RenderFamily
@@ -28,6 +29,7 @@ class LoraState:
     network_alphas: dict[str, float] | None  # kohya's per-module .alpha
     metadata: dict[str, Any] | None  # diffusers' LoraConfig per part (holds lora_alpha)
     nbytes: int
+    family: str = ""  # the model family whose loader converted it: another family converts the same file otherwise
 
 
 def adapter_name(sha256: str) -> str:
@@ -40,7 +42,7 @@ class StateDictCache:
 
     def __init__(self, budget: int):
         self.budget = budget
-        self._states: collections.OrderedDict[str, LoraState] = collections.OrderedDict()
+        self._states: collections.OrderedDict[tuple[str, str], LoraState] = collections.OrderedDict()
 
     @property
     def nbytes(self) -> int:
@@ -49,21 +51,23 @@ class StateDictCache:
     def __len__(self) -> int:
         return len(self._states)
 
-    def get(self, sha256: str) -> LoraState | None:
-        if sha256 in self._states:
-            self._states.move_to_end(sha256)
-        return self._states.get(sha256)
+    def get(self, sha256: str, family: str = "") -> LoraState | None:
+        key = (sha256, family)
+        if key in self._states:
+            self._states.move_to_end(key)
+        return self._states.get(key)
 
     def put(self, state: LoraState) -> None:
         if state.nbytes > self.budget:
             return  # larger than the whole budget: loaded, but read again when next needed
-        self._states[state.sha256] = state
+        self._states[(state.sha256, state.family)] = state
         while self.nbytes > self.budget:
             self._states.popitem(last=False)
 
 
 def parse_lora(data: bytes, sha256: str, pipeline_class, family: RenderFamily | None = None) -> LoraState:
-    """Tensors and adapter metadata from safetensors bytes; kohya / A1111 keys converted by diffusers."""
+    """Tensors and adapter metadata from safetensors bytes, as the model's family loads them (kohya / A1111 keys
+    converted by diffusers); VariantError for a file with layers of a part the family's models lack."""
     from safetensors.torch import load
 
     try:
@@ -72,15 +76,25 @@ def parse_lora(data: bytes, sha256: str, pipeline_class, family: RenderFamily | 
     except Exception as exc:
         raise VariantError(f"not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
     raw = (header.get("__metadata__") or {}).get("lora_adapter_metadata")
+    family = family or for_pipeline_class(pipeline_class.__name__)
+    made_for = lora_families(set(tensors))
+    if made_for and family.descriptor not in made_for:  # the same rule as validation's, for remote files too
+        raise VariantError(f"is a LoRA for {' or '.join(f.title for f in made_for)} models (its tensor names), not "
+                           f"{family.descriptor.title} (a LoRA for another model family?)")
     try:
-        state, alphas = (family or for_pipeline_class(pipeline_class.__name__)).lora_state_dict(pipeline_class,
-                                                                                               tensors)
+        state, alphas = family.lora_state_dict(pipeline_class, tensors)
     except Exception as exc:
         raise VariantError(f"not a LoRA diffusers can convert ({type(exc).__name__}: {exc})") from exc
     if not state or not all("lora" in key for key in state):
         raise VariantError("not a LoRA file (its tensor names do not name LoRA layers)")
+    # A part no loader of this family reads (an SD UNet's layers on FLUX) would be dropped without a word.
+    foreign = {key.split(".", 1)[0] for key in state} - {family.denoiser_lora_prefix}
+    foreign = sorted(part for part in foreign if not part.startswith("text_encoder"))
+    if foreign:
+        raise VariantError(f"has layers for {', '.join(foreign)}, which {family.descriptor.title} models do not have "
+                           "(a LoRA for another model family?)")
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
-    return LoraState(sha256, state, alphas or None, json.loads(raw) if raw else None, nbytes)
+    return LoraState(sha256, state, alphas or None, json.loads(raw) if raw else None, nbytes, family.descriptor.name)
 
 
 def text_encoder_reports_off():
@@ -142,7 +156,7 @@ class LoraAdapters:
             known = self._known_sha(file)
             if known and adapter_name(known) in self._resident:
                 return known, None
-            state = self.cache.get(known) if known else None
+            state = self.cache.get(known, self.family.descriptor.name) if known else None
             return (known, state) if state else self._read(file)
 
     def _known_sha(self, file: pathlib.Path) -> str | None:
@@ -157,7 +171,7 @@ class LoraAdapters:
         self._hashes[file] = ((stat.st_size, stat.st_mtime_ns), sha)
         if adapter_name(sha) in self._resident:  # same content under another path
             return sha, None
-        state = self.cache.get(sha) or parse_lora(data, sha, type(self.pipe), self.family)
+        state = self.cache.get(sha, self.family.descriptor.name) or parse_lora(data, sha, type(self.pipe), self.family)
         self.cache.put(state)
         return sha, state
 

@@ -1,12 +1,16 @@
 """Rows of SD3 and FLUX models checked against their family before any GPU: sizes, columns, schedulers, the T5
 length and true CFG, LoRA files of another family, ControlNet kinds; each family's own guidance where unset."""
 
+import json
+
 import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdbatch.errors import ManifestError
+from sdbatch.errors import ManifestError, ModelLoadError
+from sdbatch.family import FLUX
+from sdbatch.manifest.models import family_of
 from sdbatch.manifest.normalize import normalize
 from sdbatch.manifest.problems import Notes
 from sdbatch.settings import RowDefaults
@@ -121,3 +125,25 @@ def test_weights_in_a_flux_prompt_are_noted_as_not_applied_and_the_row_is_kept()
     [note] = notes.lines()
     assert note.startswith("2 prompt(s) of models whose pipeline encodes plain text (SD3, FLUX) carry A1111 weights")
     assert "row id 'w' (row 0) (FLUX.1)" in note and "row id 'neg' (row 3) (SD3/3.5)" in note and "'sd'" not in note
+
+
+def _cached_hub_model(cache, repo: str, class_name: str) -> None:
+    """A hub model's model_index.json in a Hugging Face cache, laid out as huggingface_hub writes it."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("abc123")
+    (folder / "snapshots" / "abc123").mkdir(parents=True)
+    (folder / "snapshots" / "abc123" / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+
+
+def test_a_hub_models_family_comes_from_its_cached_configs_before_any_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    _cached_hub_model(tmp_path, "org/flux-dev", "FluxPipeline")
+    _cached_hub_model(tmp_path, "org/pixart", "PixArtSigmaPipeline")
+    assert family_of("org/flux-dev") is FLUX
+    assert family_of("org/not-cached") is None  # offline and not cached: the actor's warm-up tells
+    message = _messages([{"id": "a", "model": "org/flux-dev", "width": 72, "clip_skip": 2}])
+    assert "72 is not a multiple of 16, which FLUX.1 models need" in message and "take no clip_skip" in message
+    with pytest.raises(ModelLoadError, match="model 'org/pixart' is a PixArtSigmaPipeline, which sdbatch does not"):
+        normalize(_table([{"id": "a", "model": "org/pixart"}]), RowDefaults())

@@ -183,3 +183,186 @@ def test_tiny_lora_and_controlnet_are_deterministic_per_seed(tmp_path):
     nets = [load_file(write_tiny_controlnet(tmp_path / name, seed) / "diffusion_pytorch_model.safetensors")
             for name, seed in (("cn", 1), ("cn-again", 1), ("cn-other", 2))]
     assert same(nets[0], nets[1]) and not same(nets[0], nets[2])
+
+
+# The families with a transformer, T5 and a 16-channel VAE, and the pipeline class their folder names.
+TRANSFORMER_FAMILIES = {"flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline"}
+SIDE = 64  # FLUX's default size is 128 * vae_scale_factor, a constant: 64 px must be asked for
+
+
+def render_64(pipe, prompt="a red cube", seed=1, steps=2, **kwargs) -> np.ndarray:
+    return render(pipe, prompt, seed, steps, width=SIDE, height=SIDE, **kwargs)[1].astype(np.int16)
+
+
+@pytest.fixture(scope="module", params=sorted(TRANSFORMER_FAMILIES))
+def family_model(request, tmp_path_factory):
+    """(family, folder, the folder loaded offline, the same pipeline built in memory)."""
+    from diffusers import DiffusionPipeline
+
+    from sdbatch.render.tiny.build import build_pipeline
+
+    family = request.param
+    folder = write_tiny_model(tmp_path_factory.mktemp(family) / "model", seed=0, family=family)
+    with pytest.MonkeyPatch.context() as mp:
+        go_offline(mp)
+        loaded = DiffusionPipeline.from_pretrained(folder)
+    built = build_pipeline(0, family)
+    for pipeline in (loaded, built):
+        pipeline.set_progress_bar_config(disable=True)
+    return family, folder, loaded, built
+
+
+def test_transformer_family_folder_names_its_pipeline_and_loads_offline(family_model):
+    import json
+
+    family, folder, loaded, _ = family_model
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == TRANSFORMER_FAMILIES[family]
+    assert type(loaded).__name__ == TRANSFORMER_FAMILIES[family]
+    assert is_tiny_model_dir(folder)
+    assert loaded.vae.config.latent_channels == 16
+    assert loaded.vae.config.shift_factor is not None  # normalised as (z - shift) * scale, as FLUX's and SD3's
+    t5 = loaded.tokenizer_2 if family == "flux" else loaded.tokenizer_3
+    assert (t5.pad_token_id, t5.eos_token_id, t5.unk_token_id) == (0, 1, 2)
+    assert t5.model_max_length == 512
+
+
+def test_scheduler_mirrors_flux_dev_and_sd3(family_model):
+    family, _, loaded, _ = family_model
+    config = loaded.scheduler.config
+    assert config.shift == 3.0
+    if family == "flux":
+        assert loaded.transformer.config.guidance_embeds
+        assert (config.use_dynamic_shifting, config.base_shift, config.max_shift) == (True, 0.5, 1.15)
+        assert (config.base_image_seq_len, config.max_image_seq_len) == (256, 4096)
+    else:
+        assert not config.use_dynamic_shifting
+
+
+def test_transformer_family_renders_64px_deterministically_as_built(family_model):
+    _, _, loaded, built = family_model
+    image, _ = render(loaded, width=SIDE, height=SIDE)
+    assert image.size == (SIDE, SIDE) and image.mode == "RGB"
+    first = render_64(loaded)
+    assert first.std() > 1.0
+    assert np.array_equal(first, render_64(loaded))
+    assert np.array_equal(first, render_64(built))  # the folder holds exactly what build_pipeline makes
+    assert not np.array_equal(first, render_64(loaded, seed=2))
+    assert not np.array_equal(first, render_64(loaded, prompt="a photo of a cat"))
+
+
+def test_default_size_and_t5_length(family_model):
+    family, _, loaded, _ = family_model
+    # SD3 takes its default from the transformer's sample_size; FLUX from a constant 128 latents.
+    assert loaded.default_sample_size * loaded.vae_scale_factor == {"sd3": SIDE, "flux": 256}[family]
+    if family == "sd3":
+        assert render(loaded)[0].size == (SIDE, SIDE)
+    # The default max_sequence_length (FLUX 512, SD3 256) pads T5 to that length; SD3 puts CLIP's 77 before it.
+    embeds = loaded.encode_prompt("a red cube", prompt_2=None, **({"prompt_3": None} if family == "sd3" else {}))[0]
+    assert embeds.shape[1] == {"flux": 512, "sd3": 77 + 256}[family]
+
+
+def test_t5_prompt_past_its_length_and_unknown_symbols_render(family_model):
+    family, _, loaded, _ = family_model
+    t5 = loaded.tokenizer_2 if family == "flux" else loaded.tokenizer_3
+    ids = t5("a café at dusk").input_ids
+    assert ids[-1] == t5.eos_token_id and t5.unk_token_id not in ids
+    assert t5.unk_token_id in t5("🐱").input_ids  # as in T5's real vocabulary
+    render_64(loaded, prompt="a café 🐱 at dusk " * 60)  # past 512 T5 tokens and 77 CLIP tokens: truncated
+
+
+@pytest.mark.parametrize("family", sorted(TRANSFORMER_FAMILIES))
+def test_transformer_family_weights_depend_on_the_seed_only(family):
+    from sdbatch.render.tiny.build import build_pipeline
+
+    rng_before = torch.get_rng_state()
+    first, again, other = (build_pipeline(seed, family).transformer.state_dict() for seed in (0, 0, 1))
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.parametrize("family", sorted(TRANSFORMER_FAMILIES))
+def test_tiny_lora_changes_the_image_and_weight_zero_gives_it_back(family, tmp_path):
+    from sdbatch.render.tiny.build import build_pipeline
+    from tests.support.tiny_variants import write_tiny_lora
+
+    pipe = build_pipeline(0, family)
+    pipe.set_progress_bar_config(disable=True)
+    base = render_64(pipe)
+    for part in ({}, {"text_encoder": False}, {"unet": False}):
+        pipe.load_lora_weights(write_tiny_lora(tmp_path / "lora.safetensors", 1, family=family, **part), "style")
+        assert np.abs(render_64(pipe) - base).mean() > 2, part
+        pipe.set_adapters(["style"], [0.0])
+        assert np.array_equal(render_64(pipe), base), part
+        pipe.unload_lora_weights()
+
+
+def test_kohya_flux_lora_renders_as_its_diffusers_original(tmp_path):
+    from sdbatch.render.tiny.build import build_pipeline
+    from tests.support.tiny_variants import convert_flux_lora_to_kohya, write_tiny_lora
+
+    pipe = build_pipeline(0, "flux")
+    pipe.set_progress_bar_config(disable=True)
+    base = render_64(pipe)
+    original = write_tiny_lora(tmp_path / "d.safetensors", 1, family="flux", single_blocks=False)
+    kohya = convert_flux_lora_to_kohya(original, tmp_path / "k.safetensors")
+    assert any(k.startswith("lora_unet_double_blocks_0_img_attn_qkv") for k in load_file(kohya))
+    images = []
+    for path in (original, kohya):
+        pipe.load_lora_weights(path, "style")
+        images.append(render_64(pipe))
+        pipe.unload_lora_weights()
+    assert np.abs(images[1] - base).mean() > 2
+    assert np.abs(images[1] - images[0]).max() <= 1
+    with pytest.raises(ValueError, match="single_blocks=False"):
+        convert_flux_lora_to_kohya(write_tiny_lora(tmp_path / "s.safetensors", 1, family="flux"), tmp_path / "x")
+
+
+@pytest.mark.parametrize("family", sorted(TRANSFORMER_FAMILIES))
+def test_tiny_controlnet_follows_its_control_image(family, tmp_path):
+    from diffusers import (
+        FluxControlNetModel,
+        FluxControlNetPipeline,
+        SD3ControlNetModel,
+        StableDiffusion3ControlNetPipeline,
+    )
+    from PIL import Image
+
+    from sdbatch.render.tiny.build import build_pipeline
+    from tests.support.tiny_variants import write_tiny_controlnet
+
+    net_class, pipe_class = {"flux": (FluxControlNetModel, FluxControlNetPipeline),
+                             "sd3": (SD3ControlNetModel, StableDiffusion3ControlNetPipeline)}[family]
+    base = build_pipeline(0, family)
+    nets = [net_class.from_pretrained(write_tiny_controlnet(tmp_path / f"cn{seed}", seed, family=family))
+            for seed in (1, 2)]
+    black, white = Image.new("RGB", (SIDE, SIDE)), Image.new("RGB", (SIDE, SIDE), "white")
+    pipe = pipe_class.from_pipe(base, controlnet=nets[0])
+    pipe.set_progress_bar_config(disable=True)
+    on_black, on_white = (render_64(pipe, control_image=image) for image in (black, white))
+    assert np.abs(on_white - render_64(base)).mean() > 10
+    assert np.abs(on_white - on_black).mean() > 10
+    # Two nets: control_image is a list per net, each a list per row (a single image serves every row).
+    multi = pipe_class.from_pipe(base, controlnet=nets)
+    multi.set_progress_bar_config(disable=True)
+    rows = multi(["a red cube", "a cat"], control_image=[[white, black], [black, white]], width=SIDE, height=SIDE,
+                 controlnet_conditioning_scale=[1.0, 0.5], num_inference_steps=2,
+                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in (1, 2)]).images
+    alone = render_64(multi, prompt="a cat", seed=2, control_image=[[black], [white]],
+                      controlnet_conditioning_scale=[1.0, 0.5])
+    assert np.abs(np.asarray(rows[1]).astype(np.int16) - alone).max() <= 1  # row 1 got the images listed second
+
+
+@pytest.mark.parametrize("family", sorted(TRANSFORMER_FAMILIES))
+def test_transformer_family_lora_and_controlnet_are_deterministic_per_seed(family, tmp_path):
+    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_lora
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    loras = [load_file(write_tiny_lora(tmp_path / f"{n}.safetensors", seed, family=family))
+             for n, seed in enumerate((1, 1, 2))]
+    assert same(loras[0], loras[1]) and not same(loras[0], loras[2])
+    nets = [load_file(write_tiny_controlnet(tmp_path / f"cn{n}", seed, family=family) /
+                      "diffusion_pytorch_model.safetensors") for n, seed in enumerate((1, 1, 2))]
+    assert same(nets[0], nets[1]) and not same(nets[0], nets[2])

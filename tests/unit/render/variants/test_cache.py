@@ -241,11 +241,12 @@ def test_state_dict_cache_is_bounded_and_never_mutated(fresh, assets):
     for state in states:
         cache.put(state)
         assert cache.nbytes <= cache.budget
-    assert len(cache) == 1 and cache.get(states[2].sha256) is states[2] and cache.get(states[0].sha256) is None
+    assert len(cache) == 1 and cache.get(states[2].sha256, "sd1") is states[2]
+    assert cache.get(states[0].sha256, "sd1") is None and cache.get(states[2].sha256, "flux") is None
     # Through a renderer: the cached tensors are the file's tensors even after loading and rendering.
     renderer = fresh(lora_cache_bytes=int(states[0].nbytes * 1.5))
     render_all(renderer, variant_row(0, loras=[(assets["a"], 1.0)]), variant_row(1, loras=[(assets["b"], 1.0)]))
-    cached = renderer._state_dicts.get(sha256_of(assets["b"]))
+    cached = renderer._state_dicts.get(sha256_of(assets["b"]), "sd1")
     assert len(renderer._state_dicts) == 1 and cached.state_dict.keys() == states[1].state_dict.keys()
     assert all(np.array_equal(cached.state_dict[k], states[1].state_dict[k]) for k in cached.state_dict)
 
