@@ -1,4 +1,4 @@
-"""Fixtures for every kind of test (tiny_cache, tiny_flux) and the skip of `gpu` tests (markers: pyproject.toml)."""
+"""Fixtures for every kind of test (offline_hub, tiny_cache) and the skip of `gpu` tests (markers: pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -56,11 +56,3 @@ def tiny_cache(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-@pytest.fixture(scope="session")
-def tiny_flux(tmp_path_factory):
-    """A tiny FLUX folder (a family sdbatch does not render), written once per session."""
-    from tests.support.tiny_flux import write_tiny_flux
-
-    return write_tiny_flux(tmp_path_factory.mktemp("flux") / "tiny-flux")
