@@ -54,7 +54,7 @@ def test_four_families_in_one_manifest_render_exactly_once_with_few_loads_and_a_
     assert "4 shards (" in said and "failed to load" in said and str(flux) in said, said
     assert said.count("cannot be loaded") == 1, said  # once, not per shard
     assert not (out / "_SUCCESS.json").exists()
-    loads = re.search(r"loads │ (\d+) model, (\d+) LoRA", first.stdout)
+    loads = re.search(r"loads\s*│\s*(\d+) model, (\d+) LoRA", first.stdout)
     assert loads and int(loads[1]) <= 3 + 2 and int(loads[2]) <= 3 + 2, first.stdout  # models (LoRAs) + actors
     done = sdbatch.read_results(str(out))
     assert sorted(done.column("id").to_pylist()) == sorted(r["id"] for r in rows if r["model"] != str(flux))
