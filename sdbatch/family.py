@@ -68,6 +68,8 @@ class Family:
     max_sequence_length: int | None = None
     # The guidance_scale a row gets when neither it nor the job sets one: what the family is used at.
     guidance_scale: float | None = None
+    # A hires row with ControlNets may start its second pass from latents (its ControlNet img2img pipeline takes them).
+    controlnet_latent_hires: bool = True
     # A1111's attention weights ((word:1.3), [word]) act on its text states; False: the family's pipeline encodes
     # the prompt's words as plain text and weights are noted at validation as not applied.
     prompt_weights: bool = True
@@ -139,6 +141,7 @@ FLUX = Family(
     checkpoints=(Checkpoint("flux", ("double_blocks.", "model.diffusion_model.double_blocks."),
                             "black-forest-labs/FLUX.1-dev"),),
     tiny="flux", distilled_guidance=True, max_sequence_length=512, guidance_scale=3.5, prompt_weights=False,
+    controlnet_latent_hires=False,
     # Single-stream blocks are FLUX's alone, in BFL's, kohya's and diffusers' namings.
     lora_marks=("lora_unet_double_blocks_", "lora_unet_single_blocks_", "diffusion_model.double_blocks.",
                 "diffusion_model.single_blocks.", "transformer.single_transformer_blocks.",

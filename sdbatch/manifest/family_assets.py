@@ -58,11 +58,27 @@ def _made_for(path: str) -> tuple[Family, ...]:
 
 
 def _check_controlnet_kinds(family: Family, columns: Mapping[str, Any], mine, problems: Problems) -> None:
+    """ControlNet rows whose call (or a hires row's second, an img2img call) has no ControlNet pipeline in
+    diffusers, or one without what the row asks of it."""
     kinds, nets = columns["pipeline"], columns["controlnets"]
     controlled = pc.and_(mine, pc.greater(pc.fill_null(pc.list_value_length(nets), 0), 0))
+    hires = pc.is_valid(columns["hires_scale"]) if "hires_scale" in columns else pc.scalar(False)
     for kind in ("img2img", "inpaint"):
         if family.controlnet_pipelines.of(kind) is None:
             bad = pc.and_(controlled, pc.fill_null(pc.equal(kinds, kind), False))
+            if kind == "img2img":
+                bad = pc.or_(bad, pc.and_(controlled, hires))
             problems.add_rows("controlnets", rows_where(bad), lambda n, kind=kind: (
-                f"diffusers has no {kind} pipeline with ControlNets for {family.title} models; render this row "
-                "without ControlNets, or as txt2img (no init_image)"))
+                f"diffusers has no {kind} pipeline with ControlNets for {family.title} models (a hires pass is "
+                "one); render this row without ControlNets, or as txt2img without a hires pass"))
+    if not family.controlnet_latent_hires and "hires_upscaler" in columns:
+        latent = pc.and_(pc.and_(controlled, hires), pc.fill_null(pc.equal(columns["hires_upscaler"], "latent"), False))
+        problems.add_rows("hires_upscaler", rows_where(latent), lambda n: (
+            f"is latent, but {family.title}'s ControlNet img2img pipeline takes images, not latents; use "
+            "hires_upscaler = \"image\" for rows with ControlNets"))
+    if family.distilled_guidance and "true_cfg_scale" in columns:
+        guided = pc.and_(controlled, pc.fill_null(pc.greater(columns["true_cfg_scale"], 1.0), False))
+        second = pc.or_(pc.fill_null(pc.not_equal(kinds, "txt2img"), False), hires)
+        problems.add_rows("true_cfg_scale", rows_where(pc.and_(guided, second)), lambda n: (
+            f"is above 1, but diffusers' {family.title} ControlNet pipelines for image rows and hires passes have "
+            "no true CFG; use 1 for this row, or render it without ControlNets"))

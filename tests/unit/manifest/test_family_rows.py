@@ -147,3 +147,23 @@ def test_a_hub_models_family_comes_from_its_cached_configs_before_any_gpu(tmp_pa
     assert "72 is not a multiple of 16, which FLUX.1 models need" in message and "take no clip_skip" in message
     with pytest.raises(ModelLoadError, match="model 'org/pixart' is a PixArtSigmaPipeline, which sdbatch does not"):
         normalize(_table([{"id": "a", "model": "org/pixart"}]), RowDefaults())
+
+
+def test_controlnet_rows_a_familys_pipelines_cannot_take_are_refused(tmp_path):
+    image = tmp_path / "edges.png"
+    image.write_bytes(b"png")
+    control = {"controlnet": "org/cn", "control_image": str(image)}
+    hires = {"hires_scale": 1.5, "width": 64, "height": 64}
+    rows = [{"id": "flux-latent", "model": "tiny:flux", **control, **hires},
+            {"id": "flux-image", "model": "tiny:flux", **control, **hires, "hires_upscaler": "image"},
+            {"id": "flux-cfg-img2img", "model": "tiny:flux", **control, "init_image": str(image),
+             "true_cfg_scale": 3.0},
+            {"id": "flux-cfg", "model": "tiny:flux", **control, "true_cfg_scale": 3.0},
+            {"id": "sd3-hires", "model": "tiny:sd3", **control, **hires, "hires_upscaler": "image"}]
+    message = _messages(rows)
+    assert "manifest has 3 problem(s) in 5 rows" in message
+    assert ("column 'hires_upscaler', row id 'flux-latent' (row 0): is latent, but FLUX.1's ControlNet img2img "
+            "pipeline takes images") in message
+    assert "column 'true_cfg_scale', row id 'flux-cfg-img2img' (row 2): is above 1" in message
+    assert ("column 'controlnets', row id 'sd3-hires' (row 4): diffusers has no img2img pipeline with ControlNets "
+            "for SD3/3.5 models (a hires pass is one)") in message
