@@ -3,6 +3,7 @@ Each returns one outcome per row: its PIL image, or the NonFiniteOutput of a row
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -54,7 +55,7 @@ def first_pass(batch: Batch, size: tuple[int, int], output_type: str = "pt") -> 
     arguments = {**text_arguments(batch), "num_inference_steps": _steps(first),
                  "guidance_scale": float(first["guidance_scale"]), "generator": generators(batch),
                  **image_arguments(batch, size), **family_arguments(batch, batch.variant.pipeline)}
-    with _vae_casts_quiet():
+    with _vae_casts_quiet(), pinned_global_rng(batch):
         return batch.variant.pipeline(**arguments, output_type=output_type).images
 
 
@@ -134,13 +135,22 @@ def second_pass(batch: Batch, first: Any, size: tuple[int, int]) -> list[Outcome
     strength, steps = float(row["hires_strength"]), int(row["hires_steps"] or row["steps"])
     # The control images, decoded at the first pass's size, again at the second's.
     control = control_arguments(batch, "img2img", [_resized(list(x.controls), target) for x in batch.inputs])
-    with _vae_casts_quiet():
+    with _vae_casts_quiet(), pinned_global_rng(batch):
         out = pipeline(**text_arguments(batch), image=start, strength=strength,
                        num_inference_steps=schedule_length(steps, strength),
                        guidance_scale=float(row["guidance_scale"]), generator=generators(batch), output_type="pt",
                        **control, **batch.variant.family.size_arguments("img2img", target),
                        **family_arguments(batch, pipeline))
     return images_of(batch, out.images, "the hires pass's image", lambda _row: steps)
+
+
+@contextlib.contextmanager
+def pinned_global_rng(batch: Batch):
+    """torch's global generator seeded from the batch's first row for the call, then put back: a pipeline that draws
+    from it (SD3's ControlNet pipeline samples its control image's latents so) still renders the same image twice."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(batch.rows[0]["seed"]))
+        yield
 
 
 def _vae_casts_quiet():
