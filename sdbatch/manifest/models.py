@@ -79,18 +79,23 @@ def check_local_references(table: pa.Table) -> None:
 
 
 def family_of(reference: str) -> Family | None:
-    """A model reference's family where this machine can tell: tiny models by name, local folders and files by the
-    class they name (ModelLoadError for one no family claims). None for what only an actor can read: hub ids, s3://,
-    paths that are not here (local_problem's to report)."""
+    """A model reference's family where this machine can tell: tiny models by name, local folders and files and
+    cached (or reachable) hub models by the class they name (ModelLoadError for one no family claims). None for what
+    only an actor can read: s3://, hub models neither cached nor reachable, paths that are not here (local_problem's
+    to report)."""
     if reference.startswith(TINY_PREFIX):
         return tiny_family(reference[len(TINY_PREFIX):])
+    name = class_of(reference)
+    return None if name is None else family_for_class(name, f"model {reference!r}")
+
+
+def class_of(reference: str) -> str | None:
+    """The pipeline class a hub id or a local model names, torch-free; None where this machine cannot tell."""
     if is_hub_id(reference):
-        name = hub_model_class(reference)
-        return None if name is None else family_for_class(name, f"model {reference!r}")
+        return hub_model_class(reference)
     if is_remote(reference) or local_problem(reference) or not paths.exists(path := paths.local_path(reference)):
         return None
-    name = model_class(path)
-    return None if name is None else family_for_class(name, f"model {reference!r}")
+    return model_class(path)
 
 
 def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Problems, notes: Notes | None = None) -> None:
@@ -113,6 +118,8 @@ def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Proble
                 _check_refused(family, name, table, columns, mine, problems)
         if family.schedulers is not None and "scheduler" in columns:
             _check_schedulers(family, columns["scheduler"], mine, problems)
+        if family.inpaint_models and "pipeline" in columns:
+            _check_inpaint_models(family, [ref for ref, f in found.items() if f is family], columns, problems)
         check_assets(family, columns, mine, problems)
         if not family.prompt_weights and notes is not None and "prompt_syntax" in columns:
             for name in ("prompt", "negative_prompt"):
@@ -158,6 +165,24 @@ def _given(name: str, table: pa.Table, columns: Mapping[str, Any]):
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return pc.fill_null(pc.not_equal(values, ""), False)  # "": no text, as a missing negative prompt reads
     return pc.is_valid(values)
+
+
+def _check_inpaint_models(family: Family, references: list[str], columns: Mapping[str, Any],
+                          problems: Problems) -> None:
+    """Rows of an inpainting-only model (FLUX.1 Fill) that are not inpainting rows, or bring ControlNets."""
+    only = [ref for ref in references if not ref.startswith(TINY_PREFIX) and class_of(ref) in family.inpaint_models]
+    if not only:
+        return
+    models, kinds = columns["model"], columns["pipeline"]
+    nets = pc.fill_null(pc.list_value_length(columns["controlnets"]), 0) if "controlnets" in columns else None
+    mine = pc.fill_null(pc.is_in(models, value_set=pa.array(only, pa.string())), False)
+    wrong = pc.fill_null(pc.not_equal(kinds, "inpaint"), True)
+    if nets is not None:
+        wrong = pc.or_(wrong, pc.greater(nets, 0))
+    problems.add_rows("model", rows_where(pc.and_(mine, wrong)), lambda n: (
+        f"{shown(models[n].as_py(), 80)} is an inpainting-only {family.title} model ({class_of(models[n].as_py())}), "
+        "which renders rows with an init_image and a mask_image, without ControlNets; give the row both, or use "
+        "the base model"))
 
 
 def _check_schedulers(family: Family, values, mine, problems: Problems) -> None:

@@ -53,6 +53,10 @@ def pixels(rendered) -> np.ndarray:
     return np.asarray(rendered.image.convert("RGB"), dtype=np.int16)
 
 
+def pixels_of_file(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
 def diffusers_image(pipeline_class, folder: Path, row: dict, **call) -> np.ndarray:
     """The row rendered by diffusers' own pipeline, loaded afresh from the model's folder: floats in [0, 1]."""
     pipe = pipeline_class.from_pretrained(str(folder))
@@ -117,7 +121,7 @@ def vae_round_trip(renderer: Renderer, model: str, path: str) -> np.ndarray:
 def check_image_rows(renderer: Renderer, model: str, images: dict) -> None:
     """img2img keeps the init image at a low strength and repaints it at a high one, inpainting keeps every pixel
     outside the mask, a hires row renders at the scaled size with either upscaler."""
-    init = np.asarray(Image.open(images["init"]).convert("RGB"), dtype=np.int16)
+    init = pixels_of_file(images["init"])
 
     def image_row(i, **extra):
         return row(i, model, init_image=images["init"], steps=6, **extra)

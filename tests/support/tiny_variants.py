@@ -220,3 +220,21 @@ def _randomise(outputs: list[torch.nn.Module], embedding: torch.nn.Module) -> No
     # Wider, so the control image's content shows and not only that there is one.
     torch.nn.init.normal_(embedding.weight, std=EMBEDDING_STD)
     torch.nn.init.normal_(embedding.bias, std=CONTROLNET_STD)
+
+
+def write_tiny_flux_fill(path: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """A FLUX.1 Fill-style folder (model_index.json names FluxFillPipeline): the tiny FLUX model with a transformer
+    that reads the masked image's packed latents and the packed mask beside the noise."""
+    from diffusers import FluxFillPipeline, FluxTransformer2DModel
+
+    base = build_pipeline(0, "flux")
+    config = {k: v for k, v in base.transformer.config.items() if not k.startswith("_")}
+    latent = base.transformer.config.in_channels  # 2x2-packed latents
+    mask = base.vae_scale_factor ** 2 * 4  # one channel per pixel of a packed latent's patch
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(**{**config, "in_channels": 2 * latent + mask, "out_channels": latent})
+    parts = {k: v for k, v in base.components.items() if k in FluxFillPipeline._get_signature_keys(FluxFillPipeline)[0]}
+    target = pathlib.Path(path)
+    FluxFillPipeline(**{**parts, "transformer": transformer}).save_pretrained(target, safe_serialization=True)
+    return target

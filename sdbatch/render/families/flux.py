@@ -20,6 +20,15 @@ class Flux(DiffusionTransformer):
         # dev is guidance-distilled (its transformer embeds the guidance); schnell is not.
         return "FLUX.1-dev" if config.get("guidance_embeds") else "FLUX.1-schnell"
 
+    def derive(self, source, kind: str, dtype: torch.dtype, **components):
+        # A Fill model's transformer reads the masked image beside the noise: no other pipeline can run it.
+        if type(source).__name__ in self.descriptor.inpaint_models:
+            if kind == "inpaint" and not components:
+                return source
+            raise VariantError(f"{type(source).__name__} renders inpainting rows only (an init_image and a "
+                               "mask_image), without ControlNets; use the base FLUX.1 model for this row")
+        return super().derive(source, kind, dtype, **components)
+
     def needs_negative(self, row: dict[str, Any]) -> bool:
         return float(row.get("true_cfg_scale") or 1) > 1
 

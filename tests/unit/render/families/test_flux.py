@@ -2,13 +2,16 @@
 flow-match schedulers, LoRAs (diffusers and kohya files), ControlNets, image rows, other families' assets refused."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from sdbatch.a1111.samplers import BY_NAME
-from sdbatch.errors import VariantError
+from sdbatch.errors import ManifestError, VariantError
+from sdbatch.manifest.normalize import normalize
 from sdbatch.render.families import FAMILIES
 from sdbatch.render.models.loading import make_scheduler
 from sdbatch.render.models.sources import tiny_model_path
+from sdbatch.settings import RowDefaults
 from tests.support import family_checks as checks
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
@@ -17,10 +20,10 @@ MODEL = "tiny:flux"
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_lora
+    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_flux_fill, write_tiny_lora
 
     root = tmp_path_factory.mktemp("flux-assets")
-    return {"lora": str(write_tiny_lora(root / "flux.safetensors", seed=1, family="flux")),
+    return {"fill": str(write_tiny_flux_fill(root / "fill")),"lora": str(write_tiny_lora(root / "flux.safetensors", seed=1, family="flux")),
             "sd15_lora": str(write_tiny_lora(root / "sd15.safetensors", seed=1)),
             "cn": str(write_tiny_controlnet(root / "cn-flux", seed=1, family="flux")),
             "sd15_cn": str(write_tiny_controlnet(root / "cn-sd15", seed=1)),
@@ -86,3 +89,17 @@ def test_controlnets_single_and_multi_and_another_familys_fails_its_row(renderer
 
 def test_img2img_inpainting_and_hires_rows(renderer, assets):
     checks.check_image_rows(renderer, MODEL, assets)
+
+
+def test_a_fill_model_inpaints_keeping_every_pixel_outside_the_mask_and_refuses_other_rows(renderer, assets):
+    fill = assets["fill"]
+    out = checks.render(renderer, checks.row(0, fill, pipeline="inpaint", strength=1.0, init_image=assets["init"],
+                                             mask_image=assets["mask"]))["r0"]
+    init = checks.pixels_of_file(assets["init"])
+    outside = np.ones((checks.SIZE, checks.SIZE), dtype=bool)
+    outside[16:48, 16:48] = False
+    assert np.abs(checks.pixels(out) - init)[outside].max() <= checks.NOISE
+    assert np.abs(checks.pixels(out) - init)[~outside].mean() > 20
+    assert type(renderer.model(fill).pipeline).__name__ == "FluxFillPipeline"
+    with pytest.raises(ManifestError, match="is an inpainting-only FLUX.1 model \\(FluxFillPipeline\\)"):
+        normalize(pa.table({"prompt": ["a fox"], "model": [fill]}), RowDefaults())
