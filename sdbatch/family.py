@@ -60,6 +60,9 @@ class Family:
     schedulers: tuple[str, ...] | None = None  # scheduler names (a1111.samplers.BY_NAME) it works with; None: all
     checkpoints: tuple[Checkpoint, ...] = ()  # single-file layouts it loads; their prefixes are disjoint
     tiny: str | None = None  # its tiny random-weight model (`tiny:NAME`, render/tiny/), for tests and demos
+    # Pipeline classes of the family's inpainting-only models (FLUX.1 Fill): they render inpainting rows alone, each
+    # by that class itself, and take no ControlNets.
+    inpaint_models: tuple[str, ...] = ()
     # guidance_scale is a distilled-guidance input of the denoiser (FLUX.1-dev), not classifier-free guidance;
     # true CFG with the negative prompt is then true_cfg_scale. A1111/Forge `parameters` say which they were.
     distilled_guidance: bool = False
@@ -81,7 +84,8 @@ class Family:
         return class_name in self.class_names()
 
     def class_names(self) -> tuple[str, ...]:
-        return self.pipelines.names() + (self.controlnet_pipelines.names() if self.controlnet_pipelines else ())
+        nets = self.controlnet_pipelines.names() if self.controlnet_pipelines else ()
+        return self.pipelines.names() + nets + self.inpaint_models
 
     def takes(self, column: str) -> bool:
         needs = {"controlnets": self.controlnet_pipelines is not None,
@@ -126,8 +130,15 @@ SD3 = Family(
     controlnet_pipelines=Pipelines("StableDiffusion3ControlNetPipeline", None, None),
     native_size=1024, size_multiple=16,  # VAE 8x, transformer patches of 2
     refuses=DIT_REFUSES, schedulers=FLOW_SCHEDULERS,
-    checkpoints=(Checkpoint("sd35", ("model.diffusion_model.joint_blocks.",),
-                            "stabilityai/stable-diffusion-3.5-medium"),),
+    # Stability's files keep the MMDiT under model.diffusion_model. (transformer-only ones bare). First match wins:
+    # 3.5 Large by its 38th block, 3.5 Medium by its second image attention (MMDiT-X), else SD3 Medium.
+    checkpoints=(Checkpoint("sd35-large", ("model.diffusion_model.joint_blocks.37.", "joint_blocks.37."),
+                            "stabilityai/stable-diffusion-3.5-large"),
+                 Checkpoint("sd35-medium", ("model.diffusion_model.joint_blocks.0.x_block.attn2.",
+                                            "joint_blocks.0.x_block.attn2."),
+                            "stabilityai/stable-diffusion-3.5-medium"),
+                 Checkpoint("sd3-medium", ("model.diffusion_model.joint_blocks.", "joint_blocks."),
+                            "stabilityai/stable-diffusion-3-medium-diffusers")),
     tiny="sd3", max_sequence_length=256, prompt_weights=False,
     lora_marks=("lora_unet_joint_blocks_", "diffusion_model.joint_blocks.", "lora_transformer_joint_blocks_"),
 )
@@ -138,10 +149,14 @@ FLUX = Family(
                                    "FluxControlNetInpaintPipeline"),
     native_size=1024, size_multiple=16,  # VAE 8x, latents packed 2x2
     refuses=DIT_REFUSES, schedulers=FLOW_SCHEDULERS,
-    checkpoints=(Checkpoint("flux", ("double_blocks.", "model.diffusion_model.double_blocks."),
-                            "black-forest-labs/FLUX.1-dev"),),
+    # BFL's files are bare, ComfyUI's and Forge's under model.diffusion_model. First match wins: dev by its guidance
+    # embedder, which schnell lacks (their configs differ in it and in the scheduler's shift).
+    checkpoints=(Checkpoint("flux-dev", ("guidance_in.", "model.diffusion_model.guidance_in."),
+                            "black-forest-labs/FLUX.1-dev"),
+                 Checkpoint("flux-schnell", ("double_blocks.", "model.diffusion_model.double_blocks."),
+                            "black-forest-labs/FLUX.1-schnell")),
     tiny="flux", distilled_guidance=True, max_sequence_length=512, guidance_scale=3.5, prompt_weights=False,
-    controlnet_latent_hires=False,
+    controlnet_latent_hires=False, inpaint_models=("FluxFillPipeline",),
     # Single-stream blocks are FLUX's alone, in BFL's, kohya's and diffusers' namings.
     lora_marks=("lora_unet_double_blocks_", "lora_unet_single_blocks_", "diffusion_model.double_blocks.",
                 "diffusion_model.single_blocks.", "transformer.single_transformer_blocks.",
@@ -175,7 +190,9 @@ def tiny_family(name: str) -> Family | None:
 
 
 def checkpoint_for(keys: set[str]) -> tuple[Family, Checkpoint] | None:
-    """The family and checkpoint kind an original-layout checkpoint's tensor names identify."""
+    """The family and checkpoint kind a single file's tensor names identify: the first kind, in registry order, with
+    a tensor name starting with one of its prefixes (SD1.x/SDXL files by their text encoders, whose
+    model.diffusion_model.input_blocks never start an SD3 or FLUX prefix)."""
     for family in FAMILIES:
         for checkpoint in family.checkpoints:
             if any(key.startswith(checkpoint.prefixes) for key in keys):
