@@ -62,7 +62,8 @@ def test_validate_and_submit_refuse_a_model_of_no_family_with_exit_2_before_ray(
 
 @pytest.fixture
 def picky(monkeypatch):
-    """SDXL as a family like FLUX will be: sizes in 16s, no clip_skip or negative prompt or ControlNets, one sampler."""
+    """SDXL made stricter than any real family: sizes in 16s, no clip_skip or negative prompt or ControlNets, two
+    samplers; the checks' machinery on one family, whatever the real ones refuse."""
     strict = dataclasses.replace(SDXL, size_multiple=16, refuses=("clip_skip", "negative_prompt"),
                                  controlnet_pipelines=None, schedulers=("euler", "euler_karras"))
     monkeypatch.setattr(families, "FAMILIES", (SD1, strict))
