@@ -23,6 +23,24 @@ def new_renderer(root: Path, **settings) -> Renderer:
     return Renderer(LocalStore(str(root)), RendererSettings(cpu_threads=2, io_threads=1, **settings))
 
 
+def module_renderer(tmp_path_factory, family: str):
+    """A renderer for one test module (its body is a fixture's): closed when the module is done."""
+    renderer = new_renderer(tmp_path_factory.mktemp(f"{family}-out"))
+    yield renderer
+    renderer.close()
+
+
+def write_assets(root: Path, family: str, other: str) -> dict[str, str]:
+    """A LoRA and a ControlNet of the tiny model of `family` and of `other`'s (to be refused), and the inputs."""
+    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_lora
+
+    return {"lora": str(write_tiny_lora(root / f"{family}.safetensors", seed=1, family=family)),
+            "other_lora": str(write_tiny_lora(root / f"{other}.safetensors", seed=1, family=other)),
+            "cn": str(write_tiny_controlnet(root / f"cn-{family}", seed=1, family=family)),
+            "other_cn": str(write_tiny_controlnet(root / f"cn-{other}", seed=1, family=other)),
+            **write_inputs(root)}
+
+
 def write_inputs(root: Path) -> dict[str, str]:
     """An init image of noise, a mask whose white square is repainted, two control images."""
     rng = np.random.default_rng(0)

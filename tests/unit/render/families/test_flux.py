@@ -20,21 +20,15 @@ MODEL = "tiny:flux"
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_flux_fill, write_tiny_lora
+    from tests.support.tiny_variants import write_tiny_flux_fill
 
     root = tmp_path_factory.mktemp("flux-assets")
-    return {"fill": str(write_tiny_flux_fill(root / "fill")),"lora": str(write_tiny_lora(root / "flux.safetensors", seed=1, family="flux")),
-            "sd15_lora": str(write_tiny_lora(root / "sd15.safetensors", seed=1)),
-            "cn": str(write_tiny_controlnet(root / "cn-flux", seed=1, family="flux")),
-            "sd15_cn": str(write_tiny_controlnet(root / "cn-sd15", seed=1)),
-            **checks.write_inputs(root)}
+    return {**checks.write_assets(root, "flux", "sd15"), "fill": str(write_tiny_flux_fill(root / "fill"))}
 
 
 @pytest.fixture(scope="module")
 def renderer(tmp_path_factory):
-    r = checks.new_renderer(tmp_path_factory.mktemp("flux-out"))
-    yield r
-    r.close()
+    yield from checks.module_renderer(tmp_path_factory, "flux")
 
 
 def test_a_plain_prompt_renders_as_diffusers_flux_pipeline(renderer):
@@ -79,11 +73,11 @@ def test_flow_match_schedulers_under_their_a1111_names(renderer):
 
 
 def test_loras_act_by_weight_and_another_familys_fails_its_row(renderer, assets):
-    checks.check_loras(renderer, MODEL, assets["lora"], assets["sd15_lora"], "FLUX.1-dev")
+    checks.check_loras(renderer, MODEL, assets["lora"], assets["other_lora"], "FLUX.1-dev")
 
 
 def test_controlnets_single_and_multi_and_another_familys_fails_its_row(renderer, assets):
-    checks.check_controlnets(renderer, MODEL, assets["cn"], assets["sd15_cn"], assets, "FLUX.1-dev")
+    checks.check_controlnets(renderer, MODEL, assets["cn"], assets["other_cn"], assets, "FLUX.1-dev")
     assert type(renderer._variants.controlnets._pipeline).__name__ == "FluxControlNetPipeline"
 
 

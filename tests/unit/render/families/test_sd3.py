@@ -14,21 +14,12 @@ MODEL = "tiny:sd3"
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from tests.support.tiny_variants import write_tiny_controlnet, write_tiny_lora
-
-    root = tmp_path_factory.mktemp("sd3-assets")
-    return {"lora": str(write_tiny_lora(root / "sd3.safetensors", seed=1, family="sd3")),
-            "flux_lora": str(write_tiny_lora(root / "flux.safetensors", seed=1, family="flux")),
-            "cn": str(write_tiny_controlnet(root / "cn-sd3", seed=1, family="sd3")),
-            "flux_cn": str(write_tiny_controlnet(root / "cn-flux", seed=1, family="flux")),
-            **checks.write_inputs(root)}
+    return checks.write_assets(tmp_path_factory.mktemp("sd3-assets"), "sd3", "flux")
 
 
 @pytest.fixture(scope="module")
 def renderer(tmp_path_factory):
-    r = checks.new_renderer(tmp_path_factory.mktemp("sd3-out"))
-    yield r
-    r.close()
+    yield from checks.module_renderer(tmp_path_factory, "sd3")
 
 
 def test_a_plain_prompt_renders_as_diffusers_sd3_pipeline(renderer):
@@ -44,11 +35,11 @@ def test_a_plain_prompt_renders_as_diffusers_sd3_pipeline(renderer):
 
 
 def test_loras_act_by_weight_and_another_familys_fails_its_row(renderer, assets):
-    checks.check_loras(renderer, MODEL, assets["lora"], assets["flux_lora"], "SD3/3.5")
+    checks.check_loras(renderer, MODEL, assets["lora"], assets["other_lora"], "SD3/3.5")
 
 
 def test_controlnets_single_and_multi_and_another_familys_fails_its_row(renderer, assets):
-    checks.check_controlnets(renderer, MODEL, assets["cn"], assets["flux_cn"], assets, "SD3/3.5")
+    checks.check_controlnets(renderer, MODEL, assets["cn"], assets["other_cn"], assets, "SD3/3.5")
     assert type(renderer._variants.controlnets._pipeline).__name__ == "StableDiffusion3ControlNetPipeline"
     img2img = checks.row(5, MODEL, pipeline="img2img", strength=0.5, init_image=assets["init"],
                          controlnets=[{"model": assets["cn"], "image": assets["edges"], "scale": 1.0}])
