@@ -54,11 +54,12 @@ def write_inputs(root: Path) -> dict[str, str]:
 
 
 def row(i: int, model: str, **extra) -> dict:
-    """A renderer row as normalize writes it: every column, the family's own settings left null."""
+    """A renderer row as normalize writes it: every column. T5 reads 32 tokens (the pipelines' default, hundreds, is
+    most of a tiny model's time); tests of the default pass max_sequence_length=None."""
     base = {"id": f"r{i}", "prompt": "a small test picture", "negative_prompt": "", "seed": 5, "model": model,
             "width": SIZE, "height": SIZE, "steps": 3, "scheduler": None, "guidance_scale": 4.0, "loras": [],
             "controlnets": [], "pipeline": "txt2img", "strength": None, "hires_scale": None,
-            "prompt_syntax": "a1111"}
+            "prompt_syntax": "a1111", "max_sequence_length": 32}
     return {**base, **extra}
 
 

@@ -43,7 +43,7 @@ def test_guidance_is_distilled_and_true_cfg_guides_with_the_negative_prompt(rend
     from diffusers import FluxPipeline
 
     def flux(i, **extra):
-        return checks.row(i, MODEL, negative_prompt="blurry", **extra)
+        return checks.row(i, MODEL, negative_prompt="blurry", max_sequence_length=None, **extra)
 
     out = checks.render(renderer, flux(0), flux(1, guidance_scale=1.0), flux(2, true_cfg_scale=3.0))
     base = checks.pixels(out["r0"])
