@@ -76,6 +76,8 @@ class Family:
     # A1111's attention weights ((word:1.3), [word]) act on its text states; False: the family's pipeline encodes
     # the prompt's words as plain text and weights are noted at validation as not applied.
     prompt_weights: bool = True
+    # diffusers converts kohya/A1111-format LoRA files (lora_unet_*, lora_te*_*) for this family's models.
+    kohya_loras: bool = True
     # Tensor-name prefixes of LoRA files made for this family's denoiser and no other (trainers' and diffusers'
     # namings); a file with another family's and none of these is refused for the family's rows at validation.
     lora_marks: tuple[str, ...] = ()
@@ -94,6 +96,7 @@ class Family:
         return column not in self.refuses and needs.get(column, True)
 
 
+KOHYA_LORA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
 # kohya/A1111 and diffusers names of UNet blocks: SD1.x/2.x and SDXL LoRAs (told apart only by their shapes).
 UNET_LORA_MARKS = ("lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_", "lora_unet_input_blocks_",
                    "lora_unet_output_blocks_", "lora_unet_middle_block_", "unet.")
@@ -139,7 +142,7 @@ SD3 = Family(
                             "stabilityai/stable-diffusion-3.5-medium"),
                  Checkpoint("sd3-medium", ("model.diffusion_model.joint_blocks.", "joint_blocks."),
                             "stabilityai/stable-diffusion-3-medium-diffusers")),
-    tiny="sd3", max_sequence_length=256, prompt_weights=False,
+    tiny="sd3", max_sequence_length=256, prompt_weights=False, kohya_loras=False,
     lora_marks=("lora_unet_joint_blocks_", "diffusion_model.joint_blocks.", "lora_transformer_joint_blocks_"),
 )
 FLUX = Family(
@@ -204,6 +207,11 @@ def checkpoint_family(keys: set[str]) -> str | None:
     """sd15, sd2 or sdxl (the checkpoint kind's name) from an original-layout checkpoint's tensor names."""
     found = checkpoint_for(keys)
     return found[1].name if found else None
+
+
+def is_kohya_lora(keys: set[str]) -> bool:
+    """A LoRA file in kohya/A1111's naming (what Civitai serves), which only some families' loaders convert."""
+    return any(key.startswith(KOHYA_LORA_PREFIXES) for key in keys)
 
 
 def lora_families(keys: set[str]) -> tuple[Family, ...]:

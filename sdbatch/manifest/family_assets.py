@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from sdbatch.errors import ModelLoadError
-from sdbatch.family import Family, lora_families, read_header
+from sdbatch.family import Family, is_kohya_lora, lora_families, read_header
 from sdbatch.manifest import paths
 from sdbatch.manifest.columns import rows_where
 from sdbatch.manifest.lists import entries_of, struct_field
@@ -31,30 +31,40 @@ def _check_loras(family: Family, loras, mine, problems: Problems) -> None:
         return
     ours = pc.take(mine, entries.rows)
     picked = pc.filter(struct_field(entries.values, "path"), pc.fill_null(ours, False))
-    made_for = {path: _made_for(path) for path in pc.unique(picked).drop_null().to_pylist()}
-    wrong = {path: others for path, others in made_for.items() if others and family not in others}
+    wrong = {path: why for path in pc.unique(picked).drop_null().to_pylist() if (why := _unfit(path, family))}
     if not wrong:
         return
     rows, values = entries.rows.to_pylist(), struct_field(entries.values, "path").to_pylist()
     for row, path in zip(rows, values):
         if path in wrong and mine[row].as_py():
-            titles = " or ".join(f.title for f in wrong[path])
-            problems.report("loras", row, f"{shown(path, 80)} is a LoRA for {titles} models (its tensor names), but "
-                            f"the row's model is {family.title}; use a LoRA trained for the row's model")
+            problems.report("loras", row, f"{shown(path, 80)} {wrong[path]}")
 
 
-def _made_for(path: str) -> tuple[Family, ...]:
-    """The families a local LoRA file's tensor names belong to; () for what only an actor reads or cannot tell."""
+def _unfit(path: str, family: Family) -> str | None:
+    """Why a LoRA file cannot go into the family's models, from its tensor names; None if it may (or only an actor
+    can tell)."""
+    keys = _tensor_names(path)
+    others = lora_families(keys)
+    if others and family not in others:
+        return (f"is a LoRA for {' or '.join(f.title for f in others)} models (its tensor names), but the row's model "
+                f"is {family.title}; use a LoRA trained for the row's model")
+    if not family.kohya_loras and is_kohya_lora(keys):
+        return (f"is in kohya/A1111 format, which diffusers does not convert for {family.title} models; use a "
+                "diffusers/PEFT-format file of this LoRA")
+    return None
+
+
+def _tensor_names(path: str) -> set[str]:
+    """A local LoRA file's tensor names; empty for what only an actor reads or cannot be read here."""
     if is_remote(path) or not path.endswith(".safetensors"):
-        return ()
+        return set()
     local = paths.local_path(path)
     if local is None or not paths.is_file(local):
-        return ()  # the Resolver has reported it, or the actor resolves it
+        return set()  # the Resolver has reported it, or the actor resolves it
     try:
-        header = read_header(Path(local))
+        return set(read_header(Path(local))) - {"__metadata__"}
     except (ModelLoadError, OSError):
-        return ()  # unreadable: the actor's load fails the row with the reason
-    return lora_families(set(header) - {"__metadata__"})
+        return set()  # unreadable: the actor's load fails the row with the reason
 
 
 def _check_controlnet_kinds(family: Family, columns: Mapping[str, Any], mine, problems: Problems) -> None:

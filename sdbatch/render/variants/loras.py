@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from sdbatch.errors import VariantError
-from sdbatch.family import lora_families
+from sdbatch.family import is_kohya_lora, lora_families
 from sdbatch.logs import quieted
 from sdbatch.render.families import for_model, for_pipeline_class
 from sdbatch.render.families.protocol import RenderFamily
@@ -81,6 +81,9 @@ def parse_lora(data: bytes, sha256: str, pipeline_class, family: RenderFamily | 
     if made_for and family.descriptor not in made_for:  # the same rule as validation's, for remote files too
         raise VariantError(f"is a LoRA for {' or '.join(f.title for f in made_for)} models (its tensor names), not "
                            f"{family.descriptor.title} (a LoRA for another model family?)")
+    if not family.descriptor.kohya_loras and is_kohya_lora(set(tensors)):
+        raise VariantError(f"is in kohya/A1111 format, which diffusers does not convert for {family.descriptor.title} "
+                           "models; use a diffusers/PEFT-format file of this LoRA")
     try:
         state, alphas = family.lora_state_dict(pipeline_class, tensors)
     except Exception as exc:

@@ -21,7 +21,8 @@ from tests.support.util import run_cli, write_manifest
 LORA_KEYS = {"sd15": "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
              "flux_kohya": "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
              "flux": "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight",
-             "shared": "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"}
+             "shared": "transformer.transformer_blocks.0.attn.to_q.lora_A.weight",
+             "sd3_kohya": "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight"}
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +82,12 @@ def test_a_lora_file_of_another_family_is_refused_by_its_tensor_names(loras):
             {"id": "sd3-flux", "model": "tiny:sd3", "loras": [{"path": loras["flux"], "weight": 0.5}]},
             {"id": "flux-ok", "model": "tiny:flux", "loras": [{"path": loras["flux_kohya"], "weight": 1.0}]},
             {"id": "sd3-shared", "model": "tiny:sd3", "loras": [{"path": loras["shared"], "weight": 1.0}]},
-            {"id": "xl-sd15", "model": "tiny:sdxl", "loras": [{"path": loras["sd15"], "weight": 1.0}]}]
+            {"id": "xl-sd15", "model": "tiny:sdxl", "loras": [{"path": loras["sd15"], "weight": 1.0}]},
+            {"id": "sd3-kohya", "model": "tiny:sd3", "loras": [{"path": loras["sd3_kohya"], "weight": 1.0}]}]
     message = _messages(rows)
-    assert "manifest has 3 problem(s) in 6 rows" in message
+    assert "manifest has 4 problem(s) in 7 rows" in message
+    assert ("row id 'sd3-kohya' (row 6): " + repr(loras["sd3_kohya"]) + " is in kohya/A1111 format, which diffusers "
+            "does not convert for SD3/3.5 models; use a diffusers/PEFT-format file of this LoRA") in message
     assert (f"row id 'flux-sd15' (row 0): '{loras['sd15']}' is a LoRA for SD1.x/2.x or SDXL models (its tensor "
             "names), but the row's model is FLUX.1; use a LoRA trained for the row's model") in message
     assert "row id 'sd15-flux' (row 1)" in message and "is a LoRA for FLUX.1 models" in message

@@ -76,6 +76,22 @@ def test_loras_act_by_weight_and_another_familys_fails_its_row(renderer, assets)
     checks.check_loras(renderer, MODEL, assets["lora"], assets["other_lora"], "FLUX.1-dev")
 
 
+def test_a_kohya_lora_renders_as_its_diffusers_original(renderer, tmp_path):
+    from tests.support.tiny_variants import convert_flux_lora_to_kohya, write_tiny_lora
+
+    # kohya's FLUX files fuse single-block projections at FLUX.1's real widths, which the tiny model lacks: the
+    # double blocks and CLIP carry it.
+    original = write_tiny_lora(tmp_path / "lora.safetensors", seed=3, family="flux", single_blocks=False)
+    kohya = convert_flux_lora_to_kohya(original, tmp_path / "kohya.safetensors")
+
+    def with_lora(i, path):
+        return checks.row(i, MODEL, loras=[{"path": str(path), "weight": 0.8}])
+
+    out = checks.render(renderer, checks.row(0, MODEL), with_lora(1, original), with_lora(2, kohya))
+    assert np.abs(checks.pixels(out["r1"]) - checks.pixels(out["r0"])).max() > checks.CHANGED
+    assert np.abs(checks.pixels(out["r2"]) - checks.pixels(out["r1"])).max() <= checks.NOISE
+
+
 def test_controlnets_single_and_multi_and_another_familys_fails_its_row(renderer, assets):
     checks.check_controlnets(renderer, MODEL, assets["cn"], assets["other_cn"], assets, "FLUX.1-dev")
     assert type(renderer._variants.controlnets._pipeline).__name__ == "FluxControlNetPipeline"
