@@ -132,7 +132,7 @@ def _from_single_file(path: Path, single: SingleFile, dtype: torch.dtype):
         raise ModelLoadError(f"{cls.__name__} cannot load single-file checkpoints; convert {path.name} to a "
                              "diffusers folder")
     parts = {name: _base_part(single.config, name, dtype) for name in single.from_base}
-    # torch_dtype: from_single_file does not take dtype= in diffusers 0.42.
+    # torch_dtype: what from_single_file hands on to every component (dtype= is only its newer alias).
     pipe = cls.from_single_file(str(path), config=str(single.config), torch_dtype=dtype, local_files_only=True,
                                 **parts, **_options(cls))
     _settle(pipe, path)
@@ -168,7 +168,8 @@ def _empty(module: torch.nn.Module) -> list[str]:
 
 
 def single_file_sources(path: Path) -> SingleFile:
-    """The configs that fit a single file and, for an SD3 or FLUX file that lacks components, its base model."""
+    """The configs that fit a single file, or its base model where it lacks components (an SD3 file its text
+    encoders, a FLUX file all but its transformer)."""
     header = read_header(path)
     keys = set(header) - {"__metadata__"}
     named = (header.get("__metadata__") or {}).get(CONFIG_METADATA)
