@@ -43,7 +43,9 @@ class Checkpoint:
 
     name: str  # how messages call it: "a single-file sdxl checkpoint"
     prefixes: tuple[str, ...]  # a tensor name starting with one of these identifies it (its text encoder's layout)
-    config_repo: str  # the hub repo whose configs (json and txt files, no weights) fit the checkpoint
+    # The hub repo whose configs (json and txt files) fit the checkpoint, and whose weights give what the file lacks
+    # (a FLUX file's VAE and text encoders).
+    config_repo: str
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Family:
     size_multiple: int  # widths and heights must be multiples: the VAE's downscaling times any latent packing
     refuses: tuple[str, ...] = ()  # manifest columns its pipelines have no input for: set in a row, a problem
     schedulers: tuple[str, ...] | None = None  # scheduler names (a1111.samplers.BY_NAME) it works with; None: all
-    checkpoints: tuple[Checkpoint, ...] = ()  # single-file layouts it loads; their prefixes are disjoint
+    checkpoints: tuple[Checkpoint, ...] = ()  # single-file layouts it loads; the first whose prefixes match wins
     tiny: str | None = None  # its tiny random-weight model (`tiny:NAME`, render/tiny/), for tests and demos
     # Pipeline classes of the family's inpainting-only models (FLUX.1 Fill): they render inpainting rows alone, each
     # by that class itself, and take no ControlNets.
@@ -204,7 +206,7 @@ def checkpoint_for(keys: set[str]) -> tuple[Family, Checkpoint] | None:
 
 
 def checkpoint_family(keys: set[str]) -> str | None:
-    """sd15, sd2 or sdxl (the checkpoint kind's name) from an original-layout checkpoint's tensor names."""
+    """The checkpoint kind's name (sd15, sdxl, sd35-medium, flux-dev, ...) from a single file's tensor names."""
     found = checkpoint_for(keys)
     return found[1].name if found else None
 
