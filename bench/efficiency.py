@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -164,16 +165,81 @@ def child_b(config: Config, out: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------ parent
 
-def run_side(side: str, config: Config, work: Path, timeout: float) -> dict:
-    """One side's fresh process; `wall_seconds` is launch to exit, timed here."""
+MARK = "SDBATCH_BENCH_RUN"  # in a run's environment, and so in its Ray daemons' and workers'
+
+
+def cpu_ticks(pid: str) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+class Others(threading.Thread):
+    """CPU seconds of the processes outside a run (this one and those with the run's mark in their environment
+    left out), sampled twice a second: what other work took from the run. A process that ends between samples
+    loses its last half second."""
+
+    def __init__(self, mark: str):
+        super().__init__(daemon=True)
+        self.mark, self.stop, self.ticks = f"{MARK}={mark}".encode(), threading.Event(), 0
+        self.seen: dict[str, int | None] = {}  # pid: last ticks, None for a process of the run (or this one)
+        self.sample(count=False)
+
+    def sample(self, count: bool = True) -> None:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if self.seen.get(pid, 0) is None:
+                    continue
+                # Looked at each time: a child's environment is its parent's until it execs.
+                if int(pid) == os.getpid() or self.mark in Path(f"/proc/{pid}/environ").read_bytes():
+                    self.seen[pid] = None
+                    continue
+                ticks = cpu_ticks(pid)
+            except OSError:  # gone, or not ours to read
+                continue
+            self.ticks += ticks - self.seen.get(pid, 0) if count else 0  # born since the last sample: all of it
+            self.seen[pid] = ticks
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.sample()
+
+    def seconds(self) -> float:
+        self.stop.set()
+        if self.ident is not None:  # started: sampling while the run goes, else only at both ends
+            self.join()
+        self.sample()
+        return self.ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(limit: float, cores: float = 0.25, span: float = 5.0) -> float:
+    """Wait (at most `limit` s) until other processes have used under `cores` CPUs for `span` s in a row: other
+    work on a 2-core box slows a 2-thread render of a tiny model many times over (each operator's threads wait
+    for each other). Returns the seconds waited."""
+    started = time.monotonic()
+    quiet_since = started
+    while time.monotonic() - started < limit:
+        others = Others("none")
+        time.sleep(1.0)
+        if others.seconds() > cores:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= span:
+            break
+    return time.monotonic() - started
+
+
+def run_side(side: str, config: Config, work: Path, timeout: float, quiet_wait: float = 0) -> dict:
+    """One side's fresh process; `wall_seconds` is launch to exit, timed here. `others_cores`: the CPUs the rest of
+    the machine used meanwhile."""
+    waited = wait_quiet(quiet_wait) if quiet_wait else 0.0
     out = work / f"{side}-{time.time_ns()}"
-    load_before = os.getloadavg()[0]
+    load_before, others = os.getloadavg()[0], Others(out.name)
+    others.start()
     launched = time.time()
     proc = subprocess.run([sys.executable, __file__, "--child", side, "--config", json.dumps(asdict(config)),
                            "--out", str(out)], capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", MARK: out.name})
     wall = time.time() - launched
-    load_after = os.getloadavg()[0]
+    load_after, others_cores = os.getloadavg()[0], others.seconds() / wall
     if proc.returncode != 0:
         raise RuntimeError(f"side {side} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -182,7 +248,8 @@ def run_side(side: str, config: Config, work: Path, timeout: float) -> dict:
         raise RuntimeError(f"side {side} wrote {len(pngs)} PNGs, expected {config.images}")
     return {**result, "side": side, "out": str(out), "wall_seconds": wall,
             "first_image_seconds": min(p.stat().st_mtime for p in pngs) - launched,
-            "load_before": load_before, "load_after": load_after}
+            "load_before": load_before, "load_after": load_after, "others_cores": others_cores,
+            "waited_seconds": waited}
 
 
 def call_seconds(run: dict, batch: int) -> list[float]:
@@ -203,7 +270,7 @@ def phase_figures(run: dict, config: Config) -> dict:
             "steady_images_per_second": steady, "render_seconds": run["render_seconds"],
             "peak_gib": run.get("peak_gib", float("nan")),  # A on CUDA: calibrates fastpath.auto_batch_size
             "wall_seconds": run["wall_seconds"], "first_image_seconds": run["first_image_seconds"],
-            "load_before": run["load_before"], "load_after": run["load_after"]}
+            "load_before": run["load_before"], "load_after": run["load_after"], "others_cores": run["others_cores"]}
 
 
 def configs(args, model: str, model_dir: str) -> list[Config]:
@@ -254,10 +321,11 @@ def measure(args, plan: list[Config], work: Path) -> list[dict]:
                 continue
             pair = {}
             for side in ("AB" if round_ % 2 == 0 else "BA"):
-                pair[side] = r = phase_figures(run_side(side, config, work, args.timeout), config)
+                pair[side] = r = phase_figures(run_side(side, config, work, args.timeout, args.quiet_wait), config)
                 print(f"round {round_ + 1} {config.label():16s} {side}: {r['images_per_second']:.3f} img/s "
                       f"rendering, wall {r['wall_seconds']:.1f} s, first image {r['first_image_seconds']:.1f} s, "
-                      f"load {r['load_before']:.2f}-{r['load_after']:.2f}", flush=True)
+                      f"others {r['others_cores']:.2f} cores, load {r['load_before']:.2f}-{r['load_after']:.2f}",
+                      flush=True)
             # Compiled: the side that compiles second reuses inductor's on-disk cache, so its first call is
             # cheaper; compare the calls after the first, which neither side compiles in.
             key = "steady_images_per_second" if config.compile else "images_per_second"
@@ -306,35 +374,49 @@ def measure_whole(args, base: Config, work: Path) -> list[dict]:
         for at, rows in enumerate(args.rows):
             config = Config(**{**asdict(base), "images": rows})
             for side in ("AB" if (repeat + at) % 2 == 0 else "BA"):
-                run = run_side(side, config, work, args.timeout)
-                runs.append({"repeat": repeat + 1, "rows": rows, "side": side, "wall_seconds": run["wall_seconds"],
-                             "render_seconds": run["render_seconds"], "load_before": run["load_before"],
-                             "load_after": run["load_after"]})
+                run = run_side(side, config, work, args.timeout, args.quiet_wait)
+                runs.append({"repeat": repeat + 1, "rows": rows, **{key: run[key] for key in (
+                    "side", "wall_seconds", "render_seconds", "others_cores", "load_before",
+                    "load_after", "waited_seconds")}})
                 print(f"repeat {repeat + 1} {rows:5d} rows {side}: wall {run['wall_seconds']:7.2f} s (rendering "
-                      f"{run['render_seconds']:.2f} s), load {run['load_before']:.2f}-{run['load_after']:.2f}",
-                      flush=True)
+                      f"{run['render_seconds']:.2f} s), others "
+                      f"{run['others_cores']:.2f} cores, load {run['load_before']:.2f}-{run['load_after']:.2f}, "
+                      f"waited {run['waited_seconds']:.0f} s for quiet", flush=True)
     return runs
 
 
 def report_whole(args, runs: list[dict]) -> dict:
     n1, n2 = args.rows
-    walls = {(side, n): [r["wall_seconds"] for r in runs if r["side"] == side and r["rows"] == n]
-             for side in "AB" for n in (n1, n2)}
-    marginal = {side: (min(walls[side, n2]) - min(walls[side, n1])) / (n2 - n1) for side in "AB"}
-    # The rendering phase's own marginal, for where the wall-clock marginal goes (start-up cancels in both).
-    render = {side: (min(r["render_seconds"] for r in runs if r["side"] == side and r["rows"] == n2)
-                     - min(r["render_seconds"] for r in runs if r["side"] == side and r["rows"] == n1)) / (n2 - n1)
-              for side in "AB"}
-    print(f"\nwhole process, min over {args.repeats} repeat(s) (every run's wall in brackets):")
-    print(f"{'side':4s} {f'T({n1}) s':>10s} {f'T({n2}) s':>10s} {'marginal s/img':>15s} {'render-phase s/img':>19s}")
+    best = {(side, n): min((r for r in runs if r["side"] == side and r["rows"] == n), key=lambda r: r["wall_seconds"])
+            for side in "AB" for n in (n1, n2)}
+
+    def marginal(key: str) -> dict[str, float]:
+        return {side: (best[side, n2][key] - best[side, n1][key]) / (n2 - n1) for side in "AB"}
+
+    # The rendering phase of the same runs, for where the wall-clock marginal goes (start-up cancels in both).
+    wall, render = marginal("wall_seconds"), marginal("render_seconds")
+    print(f"\nwhole process, min over {args.repeats} repeat(s); every run's wall in brackets, in run order")
+    print(f"{'side':4s} {f'T({n1}) s':>10s} {f'T({n2}) s':>10s} {'marginal s/img':>15s} {'rendering s/img':>16s} "
+          f"{'others (cores)':>15s}")
     for side in "AB":
-        print(f"{side:4s} {min(walls[side, n1]):10.2f} {min(walls[side, n2]):10.2f} {marginal[side]:15.4f} "
-              f"{render[side]:19.4f}   [{', '.join(f'{w:.2f}' for w in walls[side, n1])}] "
-              f"[{', '.join(f'{w:.2f}' for w in walls[side, n2])}]")
-    ratio = marginal["A"] / marginal["B"]
+        walls = [", ".join(f"{r['wall_seconds']:.2f}" for r in runs if r["side"] == side and r["rows"] == n)
+                 for n in (n1, n2)]
+        print(f"{side:4s} {best[side, n1]['wall_seconds']:10.2f} {best[side, n2]['wall_seconds']:10.2f} "
+              f"{wall[side]:15.4f} {render[side]:16.4f} {best[side, n1]['others_cores']:7.2f} "
+              f"{best[side, n2]['others_cores']:7.2f}   [{walls[0]}] [{walls[1]}]")
+    # Each repeat's own pair of sizes: the spread that taking the minima hides.
+    per_repeat = []
+    for repeat in sorted({r["repeat"] for r in runs}):
+        t = {(r["side"], r["rows"]): r["wall_seconds"] for r in runs if r["repeat"] == repeat}
+        if len(t) == 4:
+            a, b = ((t[side, n2] - t[side, n1]) / (n2 - n1) for side in "AB")
+            per_repeat.append({"repeat": repeat, "A": a, "B": b, "ratio": a / b})
+    print("per repeat, marginal s/img A / B (A/B): " + "; ".join(
+        f"{x['A']:.4f} / {x['B']:.4f} ({x['ratio']:.3f})" for x in per_repeat))
+    ratio = wall["A"] / wall["B"]
     print(f"A/B marginal s/image: {ratio:.3f} (sdbatch's throughput relative to the bare loop; goal >= 0.95)")
-    return {"walls": {f"{side}{n}": w for (side, n), w in walls.items()}, "marginal": marginal,
-            "render_marginal": render, "ratio": ratio}
+    return {"best": {f"{side}{n}": r for (side, n), r in best.items()}, "marginal": wall, "render_marginal": render,
+            "per_repeat": per_repeat, "ratio": ratio}
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -353,6 +435,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, nargs=2, default=(200, 400), metavar=("N1", "N2"),
                         help="whole: the two row counts (default 200 400)")
     parser.add_argument("--repeats", type=int, default=3, help="whole: runs per side and row count (default 3)")
+    parser.add_argument("--quiet-wait", type=float, default=None, metavar="S",
+                        help="before each run wait up to S s until the rest of the machine uses under 0.25 CPUs "
+                             "for 5 s (default: whole 300, phase 0)")
     parser.add_argument("--batch", type=int, help="one batch size (CPU and whole default 4; CUDA default 1, 4, 8, 16)")
     parser.add_argument("--steps", type=int, help="default: phase 4 on CPU, 30 on CUDA; whole 6")
     parser.add_argument("--size", type=int, help="width = height (default: phase 128 on CPU, 512 on CUDA; whole 64)")
@@ -378,6 +463,8 @@ def main() -> int:
         os._exit(0)  # pyarrow / Ray threads can hang or abort at interpreter exit; the result is out
     if args.method == "whole" and not 0 < args.rows[0] < args.rows[1]:
         parser.error("--rows N1 N2 needs 0 < N1 < N2")
+    if args.quiet_wait is None:
+        args.quiet_wait = 300.0 if args.method == "whole" else 0.0
     args.rounds = args.rounds or (1 if args.quick or args.device == "cuda" else 5)
     args.work = args.work or tempfile.mkdtemp(prefix="sdbatch-eff-")
     started, load_start = time.monotonic(), os.getloadavg()
