@@ -14,6 +14,8 @@ from sdbatch.manifest.models import family_of
 from sdbatch.manifest.problems import Problems
 from sdbatch.settings import RowDefaults
 
+# Written by normalize only where the manifest has the column or the job a default for it.
+GUIDANCE_COLUMNS = ("true_cfg_scale", "max_sequence_length")
 # diffusers' SD3 and FLUX pipelines refuse a longer T5 sequence; T5's own limit is the same.
 MAX_SEQUENCE_LENGTH = 512
 # Above 1 the call runs the transformer twice per step, the second time on the negative prompt.

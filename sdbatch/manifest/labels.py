@@ -8,14 +8,16 @@ import re
 from typing import Any
 
 from sdbatch.manifest.controlnets import SIMPLE_CONTROLNET_COLUMNS
+from sdbatch.manifest.guidance import GUIDANCE_COLUMNS
 from sdbatch.manifest.images import IMAGE_COLUMNS
 from sdbatch.manifest.problems import Notes, Problems
 from sdbatch.output.commits import RESULT_SCHEMA
 
-# The columns `normalize` writes, in order; every other column of its output is a label.
+# The columns `normalize` writes, in order (GUIDANCE_COLUMNS where a row or the job sets them); every other column
+# of its output is a label.
 MANIFEST_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
                     "scheduler", "model", "vae", "loras", "controlnets", "prompt_syntax", "clip_skip", *IMAGE_COLUMNS,
-                    "true_cfg_scale", "max_sequence_length")
+                    *GUIDANCE_COLUMNS)
 # Columns only the results table has: read_results joins them onto the manifest's, so a label of the same
 # name would be shadowed.
 RESULT_COLUMNS = tuple(name for name in RESULT_SCHEMA.names if name not in MANIFEST_COLUMNS)

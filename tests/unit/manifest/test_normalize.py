@@ -8,6 +8,7 @@ import pytest
 
 from sdbatch.a1111.samplers import SAMPLERS
 from sdbatch.errors import ManifestError
+from sdbatch.manifest.guidance import GUIDANCE_COLUMNS
 from sdbatch.manifest.normalize import (
     MANIFEST_COLUMNS,
     MAX_LISTED_PROBLEMS,
@@ -66,7 +67,9 @@ def test_label_columns_pass_through():
 
 def test_the_manifest_columns_are_what_normalize_writes_and_labels_may_not_take_result_names():
     table = _normalize([{"prompt": "a", "animal": "cat"}])
-    assert table.column_names == [*MANIFEST_COLUMNS, "animal"]
+    assert table.column_names == [*(c for c in MANIFEST_COLUMNS if c not in GUIDANCE_COLUMNS), "animal"]
+    given = _normalize([{"prompt": "a", "animal": "cat", "true_cfg_scale": None, "max_sequence_length": None}])
+    assert given.column_names == [*MANIFEST_COLUMNS, "animal"]
     assert set(RESULT_COLUMNS) == set(RESULT_SCHEMA.names) - set(MANIFEST_COLUMNS)
     assert "image" in RESULT_COLUMNS and "seed" not in RESULT_COLUMNS
     for name in ("status", "model_hash"):
