@@ -189,7 +189,8 @@ def print_summary(console: Console, summary: RunSummary, gpu_hour_price: float |
 def demo(output: Annotated[Path, Opt("--output", "-o", help="Where to write the demo run.")] = Path("demo-output/run"),
          job: JobFile = None,
          family: Annotated[Optional[str], Opt(help="The model family whose tiny model renders the demo: "
-                                                   f"{', '.join(f.name for f in FAMILIES)} (default: the job's model)")]
+                                                   f"{', '.join(f.name for f in FAMILIES)} (or the tiny model's name, "
+                                                   "sd15; default: the job's model)")]
          = None) -> int:
     """Build the tiny offline model, write a sample manifest and render it on a local Ray."""
     import pyarrow.parquet as pq
@@ -210,7 +211,7 @@ def demo(output: Annotated[Path, Opt("--output", "-o", help="Where to write the 
 
 def _family_model(name: str) -> dict:
     """The job's model and guidance replaced by a family's tiny model and the guidance it is used at."""
-    found = next((f for f in FAMILIES if f.name == name), None)
+    found = next((f for f in FAMILIES if name in (f.name, f.tiny)), None)  # sd1 or its tiny model's sd15
     if found is None or found.tiny is None:
         raise typer.BadParameter(f"{name!r} is not a family with a tiny model; use one of "
                                  f"{', '.join(f.name for f in FAMILIES if f.tiny)}", param_hint="--family")

@@ -178,3 +178,15 @@ def test_paths_no_machine_can_hold_are_usage_errors_in_flags_too(tmp_path):
         result = run_cli("manifest", "validate", str(manifest), *flags)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert needle in " ".join(result.stderr.split())
+
+
+def test_demo_family_takes_a_family_or_its_tiny_models_name_and_refuses_others():
+    import typer
+
+    from sdbatch.cli.run_cmd import _family_model
+
+    assert _family_model("flux") == {"defaults.model": "tiny:flux", "defaults.guidance_scale": 3.5}
+    assert _family_model("sd15") == _family_model("sd1") == {"defaults.model": "tiny:sd15",
+                                                             "defaults.guidance_scale": None}
+    with pytest.raises(typer.BadParameter, match="'sd9' is not a family with a tiny model; use one of sd1, sdxl"):
+        _family_model("sd9")
