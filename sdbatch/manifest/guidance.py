@@ -3,14 +3,15 @@ only where a row or the job sets them; and each family's own guidance_scale wher
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sdbatch.family import Family
 from sdbatch.manifest import columns as cols
 from sdbatch.manifest.columns import rows_where
-from sdbatch.manifest.models import family_of
 from sdbatch.manifest.problems import Problems
 from sdbatch.settings import RowDefaults
 
@@ -44,15 +45,15 @@ def _true_cfg(table: pa.Table, default: float | None, problems: Problems) -> Any
     return pc.if_else(pc.fill_null(bad, False), pa.scalar(default, pa.float64()), x)
 
 
-def family_guidance(table: pa.Table, columns: dict[str, Any], defaults: RowDefaults) -> None:
+def family_guidance(table: pa.Table, columns: dict[str, Any], defaults: RowDefaults,
+                    found: Mapping[str, Family | None]) -> None:
     """Rows that set no guidance_scale, in a job that keeps the built-in default, get their family's own (FLUX.1-dev
-    is used at 3.5, not SD's 7.5)."""
+    is used at 3.5, not SD's 7.5). `found`: each model reference's family (models.model_families)."""
     if defaults.guidance_scale != RowDefaults.guidance_scale or "model" not in columns:
         return
     unset = _unset(table, "guidance_scale")
     models, guidance = columns["model"], columns["guidance_scale"]
-    for reference in pc.unique(models).to_pylist():
-        family = family_of(reference) if reference else None
+    for reference, family in found.items():
         if family is not None and family.guidance_scale is not None:
             mine = pc.and_(pc.fill_null(pc.equal(models, reference), False), unset)
             guidance = pc.if_else(mine, pa.scalar(family.guidance_scale, pa.float64()), guidance)

@@ -98,15 +98,21 @@ def class_of(reference: str) -> str | None:
     return model_class(path)
 
 
-def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Problems, notes: Notes | None = None) -> None:
+def model_families(models) -> dict[str, Family | None]:
+    """Each distinct model reference's family (family_of), read once per chunk: it may read files or ask the hub."""
+    return {ref: family_of(ref) for ref in pc.unique(models).to_pylist() if ref}
+
+
+def check_families(table: pa.Table, columns: Mapping[str, Any], problems: Problems, notes: Notes | None = None,
+                   found: Mapping[str, Family | None] | None = None) -> None:
     """Each row checked against its model's family: sizes a multiple of what the family needs, nothing set in a
     column the family takes no input from, a scheduler it works with. `columns`: the normalized columns by name
-    (model, sizes, scheduler, LoRA and ControlNet lists), `table` the manifest as written. A model no family claims
-    raises its ModelLoadError at once."""
+    (model, sizes, scheduler, LoRA and ControlNet lists), `table` the manifest as written, `found` model_families of
+    the model column when the caller has it. A model no family claims raises its ModelLoadError at once."""
     if "model" not in columns:
         return
     models = columns["model"]
-    found = {ref: family_of(ref) for ref in pc.unique(models).to_pylist() if ref}
+    found = model_families(models) if found is None else found
     for family in dict.fromkeys(f for f in found.values() if f is not None):
         refs = pa.array([ref for ref, f in found.items() if f is family], pa.string())
         mine = pc.fill_null(pc.is_in(models, value_set=refs), False)
@@ -170,7 +176,8 @@ def _given(name: str, table: pa.Table, columns: Mapping[str, Any]):
 def _check_inpaint_models(family: Family, references: list[str], columns: Mapping[str, Any],
                           problems: Problems) -> None:
     """Rows of an inpainting-only model (FLUX.1 Fill) that are not inpainting rows, or bring ControlNets."""
-    only = [ref for ref in references if not ref.startswith(TINY_PREFIX) and class_of(ref) in family.inpaint_models]
+    classes = {ref: class_of(ref) for ref in references if not ref.startswith(TINY_PREFIX)}
+    only = [ref for ref, name in classes.items() if name in family.inpaint_models]
     if not only:
         return
     models, kinds = columns["model"], columns["pipeline"]
@@ -180,7 +187,7 @@ def _check_inpaint_models(family: Family, references: list[str], columns: Mappin
     if nets is not None:
         wrong = pc.or_(wrong, pc.greater(nets, 0))
     problems.add_rows("model", rows_where(pc.and_(mine, wrong)), lambda n: (
-        f"{shown(models[n].as_py(), 80)} is an inpainting-only {family.title} model ({class_of(models[n].as_py())}), "
+        f"{shown(models[n].as_py(), 80)} is an inpainting-only {family.title} model ({classes[models[n].as_py()]}), "
         "which renders rows with an init_image and a mask_image, without ControlNets; give the row both, or use "
         "the base model"))
 

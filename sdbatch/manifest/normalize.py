@@ -19,7 +19,7 @@ from sdbatch.manifest.guidance import family_guidance, guidance_columns
 from sdbatch.manifest.images import image_columns
 from sdbatch.manifest.labels import MANIFEST_COLUMNS, RESULT_COLUMNS, check_label_names
 from sdbatch.manifest.lists import Entries, entries_of, struct_field
-from sdbatch.manifest.models import check_families
+from sdbatch.manifest.models import check_families, model_families
 from sdbatch.manifest.problems import MAX_LISTED_PROBLEMS, Notes, Problem, Problems, shown
 from sdbatch.manifest.prompts import prompt_columns
 from sdbatch.manifest.readable import readable
@@ -93,8 +93,9 @@ def normalize(table: pa.Table, defaults: RowDefaults, *, first_row: int = 0, tot
     with problems.stage("true_cfg_scale"):
         guidance_columns(table, columns, defaults, problems)
     with problems.stage("model"):
-        family_guidance(table, columns, defaults)
-        check_families(table, columns, problems, notes)  # the rows against what their model's family takes
+        found = model_families(columns["model"])  # each model's family, read once for both
+        family_guidance(table, columns, defaults, found)
+        check_families(table, columns, problems, notes, found)  # the rows against what their model's family takes
         _check_no_secrets_in_urls(columns, problems)
     labels = {n: table.column(n) for n in table.column_names if n not in columns and n not in CONSUMED_COLUMNS}
     check_label_names(labels, problems, notes)
