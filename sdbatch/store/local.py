@@ -14,6 +14,8 @@ from sdbatch.store.base import PROBE_DIR, PutResult, Store, check_key, check_pre
 
 _TMP_MARK = ".sdbatch-tmp-"
 _FILE = "file://"
+# A folder removed under a write this often in a row is not a race but a fault worth reporting.
+_FOLDER_RACES = 5
 
 
 def open_store(uri: str, s3=None) -> LocalStore:
@@ -31,6 +33,17 @@ def read(uri: str, reader) -> bytes:
     if not path.is_file():
         raise ObjectNotFound("no such file")
     return path.read_bytes()
+
+
+def _create_beside(tmp: str):
+    """Open tmp for writing, making its folder; again if another process's cleanup removed the folder
+    between the two (drivers sharing an output each remove their empty probe folder)."""
+    for _ in range(_FOLDER_RACES - 1):
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            return open(tmp, "wb")
+    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    return open(tmp, "wb")
 
 
 def _path(uri: str) -> str:
@@ -57,8 +70,7 @@ class LocalStore(Store):
         # Same directory, so link/replace never crosses filesystems.
         tmp = os.path.join(os.path.dirname(path), f"{_TMP_MARK}{uuid.uuid4().hex[:12]}")
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(tmp, "wb") as f:
+            with _create_beside(tmp) as f:
                 f.write(data)
             yield tmp, path
         except OSError as e:

@@ -8,6 +8,7 @@ import pytest
 
 from sdbatch.errors import ObjectNotFound, StoreError
 from sdbatch.store import Reader, local
+from sdbatch.store.base import PROBE_DIR
 from sdbatch.store.local import LocalStore
 
 
@@ -57,3 +58,22 @@ def test_a_local_store_links_its_files_for_a_browser(tmp_path):
     store = LocalStore(str(tmp_path))
     assert store.local_folder() == str(tmp_path)
     assert store.browser_url("images/a b.png", 60) == (tmp_path / "images" / "a b.png").as_uri()
+
+
+def test_write_survives_another_process_removing_its_empty_folder(tmp_path, monkeypatch):
+    """Two drivers on one output each probe it and remove the empty probe folder: one driver's cleanup
+    can land between the other's folder creation and its write, and must not fail that driver."""
+    store = LocalStore(str(tmp_path / "out"))
+    makedirs = os.makedirs
+    removed = []
+
+    def makedirs_then_lose_it(path, exist_ok=False):
+        makedirs(path, exist_ok=exist_ok)
+        if not removed and os.path.basename(path) == PROBE_DIR:  # the other driver's cleanup, once
+            removed.append(path)
+            os.rmdir(path)
+
+    monkeypatch.setattr(local.os, "makedirs", makedirs_then_lose_it)
+    store.check_writable()
+    store.put("a/b", b"v")
+    assert removed and store.get("a/b") == b"v"
