@@ -5,7 +5,9 @@ with one CPU generator per row and saves PNGs with PIL. B: sdbatch's driver (pre
 `sdbatch submit` runs them) on a private local Ray with one actor given the whole machine, writing to a local
 output folder. Both sides get the same rows, steps, size, batch, guidance_scale (3.5 for FLUX, sdbatch's
 default there; 7.5 for the others) and, for SD3 and FLUX, T5 length (the family's default, 256 and 512), all
-explicit. Each side runs in a fresh process; A and B alternate because shared machines drift.
+explicit. Each side runs in a fresh process; A and B alternate because shared machines drift. The rows cycle six
+prompts with a seed each, as datasets repeat prompts: sdbatch encodes each prompt once per actor, the bare loop on
+every call; --distinct-prompts gives every row its own prompt, to compare without that.
 
 --method phase (default): several rounds (AB, BA, ...). Reported per run: images/s over the rendering phase
 (A: first batch to last PNG; B: `render_seconds` of _SUCCESS.json's last_run), wall time from process launch
@@ -40,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,7 @@ class Config:
     guidance_scale: float = CFG_GUIDANCE
     max_sequence_length: int | None = None  # T5 tokens (SD3, FLUX); None: the family has no T5
     negative: bool = True  # whether the call guides with the (empty) negative prompt; FLUX: no (no true CFG)
+    distinct_prompts: bool = False  # every row its own prompt (sdref.bench_rows), else six prompts in turn
 
     def label(self) -> str:
         return f"batch {self.batch}{' compile' if self.compile else ''}"
@@ -133,7 +136,7 @@ def bare_loop(config: Config, rows: list[dict], out: str | Path) -> dict:
 def child_a(config: Config, out: str) -> dict:
     from sdref import bench_rows
 
-    return bare_loop(config, bench_rows(config.images), out)
+    return bare_loop(config, bench_rows(config.images, distinct=config.distinct_prompts), out)
 
 
 def child_b(config: Config, out: str) -> dict:
@@ -148,7 +151,7 @@ def child_b(config: Config, out: str) -> dict:
     from sdbatch.spec import load_spec
 
     manifest = Path(out).with_suffix(".parquet")
-    pq.write_table(pa.Table.from_pylist(bench_rows(config.images)), manifest)
+    pq.write_table(pa.Table.from_pylist(bench_rows(config.images, distinct=config.distinct_prompts)), manifest)
     overrides = {
         "defaults.model": config.model, "defaults.steps": config.steps, "defaults.width": config.width,
         "defaults.height": config.height, "defaults.guidance_scale": config.guidance_scale,
@@ -438,6 +441,9 @@ def main() -> int:
     parser.add_argument("--quiet-wait", type=float, default=None, metavar="S",
                         help="before each run wait up to S s until the rest of the machine uses under 0.25 CPUs "
                              "for 5 s (default: whole 300, phase 0)")
+    parser.add_argument("--distinct-prompts", action="store_true",
+                        help="every row its own prompt (default: six prompts in turn, many seeds each, which "
+                             "sdbatch encodes once each and the bare loop every time)")
     parser.add_argument("--batch", type=int, help="one batch size (CPU and whole default 4; CUDA default 1, 4, 8, 16)")
     parser.add_argument("--steps", type=int, help="default: phase 4 on CPU, 30 on CUDA; whole 6")
     parser.add_argument("--size", type=int, help="width = height (default: phase 128 on CPU, 512 on CUDA; whole 64)")
@@ -469,13 +475,14 @@ def main() -> int:
     args.work = args.work or tempfile.mkdtemp(prefix="sdbatch-eff-")
     started, load_start = time.monotonic(), os.getloadavg()
     model, model_dir = prepare_model(args)
-    plan = configs(args, model, model_dir)
+    plan = [replace(c, distinct_prompts=args.distinct_prompts) for c in configs(args, model, model_dir)]
     c = plan[0]
     runs = (f"rows {args.rows[0]} and {args.rows[1]}, {args.repeats} repeat(s)" if args.method == "whole"
             else f"{args.rounds} round(s)")
     print(f"efficiency ({args.method}): {args.device}, {_conditions()}; model {model}; {c.width}x{c.height}, "
           f"{c.steps} steps, batch {c.batch}, guidance {c.guidance_scale}"
-          f"{f', T5 length {c.max_sequence_length}' if c.max_sequence_length else ''}; {runs}; "
+          f"{f', T5 length {c.max_sequence_length}' if c.max_sequence_length else ''}; "
+          f"{'distinct prompts' if c.distinct_prompts else 'six prompts in turn'}; {runs}; "
           f"load average {_load(load_start)}", flush=True)
     if args.method == "whole":
         runs = measure_whole(args, c, Path(args.work))

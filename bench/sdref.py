@@ -91,9 +91,12 @@ def bare_loop(model: str, rows: list[dict], batch: int, steps: int, width: int, 
             "peak_gib": peak}
 
 
-def bench_rows(count: int, offset: int = 0) -> list[dict]:
+def bench_rows(count: int, offset: int = 0, distinct: bool = False) -> list[dict]:
+    """Six prompts in turn, each with many seeds, as datasets repeat them; `distinct`: every prompt its own (a
+    number added), so nothing that reuses encoded prompts can help."""
     subjects = ("a red fox", "a lighthouse", "a bowl of ramen", "an old tram", "a paper crane", "a koi pond")
-    return [{"id": f"r{i:05d}", "prompt": f"{subjects[i % len(subjects)]}, watercolor, detailed", "seed": 1000 + i}
+    return [{"id": f"r{i:05d}", "prompt": f"{subjects[i % len(subjects)]}, watercolor, detailed"
+             + (f", no. {i}" if distinct else ""), "seed": 1000 + i}
             for i in range(offset, offset + count)]
 
 

@@ -202,6 +202,10 @@ class VariantSettings:
     prefetch_images: int = 16
     # Per-request timeout for http(s) images (S3 reads use S3Settings): a stuck server fails a row, not the run.
     fetch_timeout: float = 30.0
+    # Encoded prompts kept on the device, per model and LoRA set: datasets render many seeds of one prompt,
+    # and re-encoding it (a T5 for the diffusion transformers) is work the images do not need. Enough for
+    # dozens of T5 prompts of the largest families, and a small share of any card.
+    prompt_cache_bytes: int = 256 << 20
     # VAE overrides kept loaded: an SD VAE is ~0.17 GB in fp16, and a job rarely mixes more than one or two.
     vaes_resident: int = 2
 

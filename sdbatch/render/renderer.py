@@ -34,6 +34,7 @@ from sdbatch.render.models.loading import (
     make_scheduler,
     pick_device,
 )
+from sdbatch.render.text.cache import ConditioningCache
 from sdbatch.render.text.embeddings import EmbeddingLibrary
 from sdbatch.render.text.encode import PromptEncoder
 from sdbatch.render.text.native import PipelinePrompts
@@ -83,7 +84,7 @@ class Renderer:
         self._state_dicts = StateDictCache(settings.variants.lora_cache_bytes)
         self._fetcher = Fetcher(settings.s3, settings.variants.fetch_timeout)
         self._embeddings = EmbeddingLibrary(settings.embedding_dir, settings.s3)  # outlives model switches too
-        self._prompts: PromptEncoder | PipelinePrompts | None = None  # the loaded model's text side
+        self._prompts: ConditioningCache | None = None  # the loaded model's text side
         self.uploads = Uploads(store, settings.io_threads)
         self.versions = json.dumps(versions(), sort_keys=True)
 
@@ -105,7 +106,8 @@ class Renderer:
             self._model = load_model(reference, self.device, self.dtype, self.settings.fast, self.settings.s3)
             self._variants = VariantCache(self._model.pipeline, self.device, self.dtype, self.settings.variants,
                                           self._state_dicts, self._fetcher, self.settings.fast, self._model.family)
-            self._prompts = prompt_encoder(self._model, self._embeddings)
+            self._prompts = ConditioningCache(prompt_encoder(self._model, self._embeddings),
+                                              self.settings.variants.prompt_cache_bytes)
             self.model_loads += 1
         return self._model
 
@@ -176,7 +178,8 @@ class Renderer:
         """The rows' text states, after the variant (a LoRA may change the text encoder); a row whose prompt
         cannot be encoded (an unreadable embedding, a clip_skip the model lacks) fails alone."""
         with torch.inference_mode():
-            states = self._prompts.encode(batch.rows)
+            # The LoRA set scopes the states: a LoRA may change the text encoders.
+            states = self._prompts.encode(batch.rows, json.dumps(batch.variant.loras_used, sort_keys=True))
         failures = [failed(row, state) for row, state in zip(batch.rows, states) if isinstance(state, Exception)]
         keep = [n for n, state in enumerate(states) if not isinstance(state, Exception)]
         return failures, dataclasses.replace(batch, conditioning=states).pick(keep)

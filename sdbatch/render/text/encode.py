@@ -106,6 +106,12 @@ class PromptEncoder:
         used = tuple((name, self.embeddings.get(name).sha256) for name in dict.fromkeys(plan.used))
         return Conditioning(embeds, negative, pooled, negative_pooled, used)
 
+    def text_key(self, row: dict[str, Any]) -> tuple:
+        """What of a row its states depend on, beside the model and its LoRAs (render/text/cache.py); the
+        embedding folder is the run's, one for the Renderer's life."""
+        return (row.get("prompt") or "", row.get("negative_prompt") or "", row.get("prompt_syntax") or "a1111",
+                int(row.get("clip_skip") or 1), row.get("ti_hashes"))
+
     def _plan(self, row: dict[str, Any]) -> _RowPlan:
         """Per encoder: the prompt's and the negative prompt's chunks, padded to one count with empty chunks."""
         self.embeddings.check_pinned(row.get("ti_hashes"))

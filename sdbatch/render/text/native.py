@@ -52,6 +52,13 @@ class PipelinePrompts:
                                       _row(negative_pooled, at), ())
         return [out[n] for n in range(len(rows))]
 
+    def text_key(self, row: dict[str, Any]) -> tuple:
+        """What of a row its states depend on, beside the model and its LoRAs (render/text/cache.py)."""
+        syntax = row.get("prompt_syntax")
+        negative = plain_text(row.get("negative_prompt"), syntax) if self.family.needs_negative(row) else None
+        return (plain_text(row.get("prompt"), syntax), negative,
+                self.family.recorded(row)["max_sequence_length"])
+
     def _groups(self, rows: list[dict[str, Any]]) -> dict[tuple, list[int]]:
         """Rows that one encoder call takes: the same T5 length, and the same need of a negative prompt."""
         groups: dict[tuple, list[int]] = {}
