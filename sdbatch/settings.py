@@ -7,8 +7,31 @@ from dataclasses import dataclass, field
 
 # How a hires row's first pass may be enlarged (RowDefaults.hires_upscaler, the `hires_upscaler` column).
 HIRES_UPSCALERS = ("latent", "image")
+# Where weights wait between uses (FastPath.offload), and how the denoiser's may be quantized (FastPath.quantize).
+OFFLOADS = ("none", "model", "sequential")
+QUANTIZATIONS = ("none", "int8", "fp8")
+# Step caches by name, with the type of the value after the colon (FastPath.step_cache).
+STEP_CACHES = {"first_block": float, "taylorseer": int}
 # CLIP-L, the widest-used text encoder, has 12 layers; no SD text encoder has more than OpenCLIP-bigG's 32.
 MAX_CLIP_SKIP = 32
+
+
+def step_cache_parts(text: str) -> tuple[str, float | int] | None:
+    """("first_block", 0.05) for "first_block:0.05", None for "none"; ValueError naming the fix otherwise."""
+    if text == "none":
+        return None
+    name, _, value = text.partition(":")
+    if name not in STEP_CACHES:
+        raise ValueError(f"use none, {', '.join(f'{n}:<value>' for n in STEP_CACHES)}")
+    try:
+        number = STEP_CACHES[name](value)
+    except ValueError:
+        number = None
+    if name == "first_block" and (number is None or not 0 < number < 1):
+        raise ValueError("give first_block a threshold between 0 and 1, e.g. first_block:0.05")
+    if name == "taylorseer" and (number is None or number < 2):
+        raise ValueError("give taylorseer an interval of 2 steps or more, e.g. taylorseer:4")
+    return name, number
 
 
 @dataclass(frozen=True)
@@ -162,6 +185,20 @@ class FastPath:
     # With compile: LoRAs a row may use at once (one hotswap slot each in the UNet). A slot, once a row
     # has needed it, costs its LoRA compute on every step, used or not; most rows use one or two.
     lora_slots: int = 2
+    # Where the weights live between uses: "none" keeps every module on the GPU (fastest). "model" moves each
+    # component (text encoders, denoiser, VAE) onto the GPU only while it runs, for a card that cannot hold them
+    # all; "sequential" moves each layer, for a card that cannot hold even the denoiser, at many times the
+    # time. Images do not change, so it is not part of the run's identity. GPU only.
+    offload: str = "none"
+    # Weight-only quantization of the denoiser through torchao: "int8" halves its weights' memory against
+    # bf16, "fp8" likewise on cards with fp8 (Ada, Hopper and later; GPU only). Images change a little, so it
+    # is part of the run's identity. "none": the denoiser in `dtype`.
+    quantize: str = "none"
+    # Step caching for diffusion transformers: "first_block:<threshold>" reuses the other blocks' residual
+    # while the first block's output changes less than the threshold (diffusers' FirstBlockCache; the smaller,
+    # the closer to uncached); "taylorseer:<interval>" predicts the blocks' outputs between full steps computed
+    # every <interval>. Images change, so it is part of the run's identity. "none" computes every step.
+    step_cache: str = "none"
 
 
 @dataclass(frozen=True)

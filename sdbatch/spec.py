@@ -20,15 +20,20 @@ from sdbatch.settings import (
     HIRES_UPSCALERS,
     LIMITS,
     MAX_CLIP_SKIP,
+    OFFLOADS,
+    QUANTIZATIONS,
     FastPath,
     OutputSettings,
     RowDefaults,
     RunSettings,
+    step_cache_parts,
 )
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+# [render] settings that change images (part of the run's identity); the rest only change speed or memory.
+IMAGE_RENDER_SETTINGS = ("quantize", "step_cache")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -39,7 +44,8 @@ class JobSpec:
     defaults: RowDefaults = field(default_factory=RowDefaults)
     output: OutputSettings = field(default_factory=OutputSettings)
     run: RunSettings = field(default_factory=RunSettings)
-    # Not part of the run's identity: precision is recorded per image (dtype), like the device.
+    # Part of the run's identity only where it changes images (IMAGE_RENDER_SETTINGS): precision is recorded
+    # per image (dtype), like the device.
     render: FastPath = field(default_factory=FastPath)
 
     def validate(self) -> JobSpec:
@@ -92,12 +98,27 @@ class JobSpec:
                f"use one of {', '.join(COMPILE_MODES)}")
         for name in ("lora_rank", "lora_slots"):
             _check(getattr(f, name) >= 1, f"render.{name}", getattr(f, name), "use at least 1")
+        _check(f.offload in OFFLOADS, "render.offload", f.offload, f"use one of {', '.join(OFFLOADS)}")
+        _check(f.quantize in QUANTIZATIONS, "render.quantize", f.quantize, f"use one of {', '.join(QUANTIZATIONS)}")
+        try:
+            step_cache_parts(f.step_cache)
+        except ValueError as exc:
+            _check(False, "render.step_cache", f.step_cache, str(exc))
+        on_cpu = self.run.device == "cpu"
+        _check(not (on_cpu and f.offload != "none"), "render.offload", f.offload,
+               "offloading moves weights between a GPU and host memory; with run.device = cpu use none")
+        _check(not (on_cpu and f.quantize == "fp8"), "render.quantize", f.quantize,
+               "fp8 needs a GPU that has it (Ada, Hopper or later); on the CPU use int8 or none")
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide what the output contains; a resume must match them."""
         defaults = {k: v for k, v in dataclasses.asdict(self.defaults).items()
                     if k not in LIMITS and not (k in ADDED_DEFAULTS and v is None)}
-        return {"defaults": defaults, "output": dataclasses.asdict(self.output)}
+        # Only what changes images, and only once set: runs from before these settings keep their identity.
+        render = {name: getattr(self.render, name) for name in IMAGE_RENDER_SETTINGS
+                  if getattr(self.render, name) != "none"}
+        identity = {"defaults": defaults, "output": dataclasses.asdict(self.output)}
+        return {**identity, "render": render} if render else identity
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -89,6 +89,13 @@ def submit(
                                              "CPU), bfloat16, float16 or float32.")] = None,
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help=(
         "torch.compile the UNet (LoRAs hotswapped, no recompiles); about a minute per new shape first."))] = None,
+    offload: Annotated[Optional[str], Opt(help=(
+        "none, model or sequential: diffusers' CPU offload, for a GPU too small for the model (slower)."))] = None,
+    quantize: Annotated[Optional[str], Opt(help=(
+        "none, int8 or fp8: the denoiser's weights quantized with torchao (fp8 on Ada/Hopper GPUs)."))] = None,
+    step_cache: Annotated[Optional[str], Opt(help=(
+        "none, first_block:<threshold> or taylorseer:<interval>: skip denoiser work between steps "
+        "(diffusion transformers; changes images a little)."))] = None,
     actors: Annotated[Optional[int], Opt(help="Actors; default one per GPU, or what the CPUs hold.")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cuda (one GPU per actor, also before an autoscaler "
                                               "has started GPU nodes) or cpu.")] = None,
@@ -111,6 +118,7 @@ def submit(
         "output.format": image_format, "output.quality": quality, "output.layout": layout,
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
         "run.affinity": affinity, "run.device": device, "render.dtype": dtype, "render.compile": compile,
+        "render.offload": offload, "render.quantize": quantize, "render.step_cache": step_cache,
     }
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)

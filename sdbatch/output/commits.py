@@ -44,6 +44,8 @@ RESULT_SCHEMA = pa.schema([
     ("init_image_sha256", pa.string()), ("mask_image_sha256", pa.string()),
     # The model's family (sdbatch.family) and what it resolved: the T5 length used, the true CFG scale.
     ("family", pa.string()), ("max_sequence_length", pa.int64()), ("true_cfg_scale", pa.float64()),
+    # The loaded model's [render] options: where its weights waited, their quantization, the step cache.
+    ("offload", pa.string()), ("quantize", pa.string()), ("step_cache", pa.string()),
 ])
 
 MARKER_SCHEMA = pa.schema([

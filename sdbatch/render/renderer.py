@@ -47,6 +47,8 @@ from sdbatch.tasks import ShardResult, ShardTask
 from sdbatch.version import __version__
 
 T = TypeVar("T")
+# [render] settings recorded with every image: what the loaded model was run with.
+MODEL_OPTIONS = ("offload", "quantize", "step_cache")
 # Runs a shard's rendering phase where the device is, one shard at a time, and returns its value. Inline by
 # default; an actor passes its device thread, so that one shard's writes and commit (waiting on storage)
 # overlap the next shard's rendering.
@@ -281,7 +283,7 @@ class Renderer:
         model = self._model
         return {"model_hash": model.model_hash if model and ok else None, "device": self.device_name(),
                 "dtype": str(self.dtype).removeprefix("torch."), "versions": self.versions,
-                "actor": self.settings.name}
+                "actor": self.settings.name, **{name: getattr(self.settings.fast, name) for name in MODEL_OPTIONS}}
 
     def device_name(self) -> str:
         if self.device.type == "cuda":

@@ -39,6 +39,13 @@ def test_every_shipped_job_file_is_valid():
     ("[render]\ncompile = 'yes'\n", "render.compile"),
     ("[run]\nbatch_size = 0\n", "run.batch_size"),
     ("[defaults]\nclip_skip = 33\n", "defaults.clip_skip = 33 .*use 1 \\(no skip\\) to 32"),
+    ("[render]\noffload = 'disk'\n", "render.offload = 'disk' .*use one of none, model, sequential"),
+    ("[render]\noffload = 'model'\n[run]\ndevice = 'cpu'\n", "render.offload.*with run.device = cpu use none"),
+    ("[render]\nquantize = 'int4'\n", "render.quantize = 'int4' .*use one of none, int8, fp8"),
+    ("[render]\nquantize = 'fp8'\n[run]\ndevice = 'cpu'\n", "render.quantize = 'fp8' .*on the CPU use int8"),
+    ("[render]\nstep_cache = 'first_block'\n", "render.step_cache.*threshold between 0 and 1"),
+    ("[render]\nstep_cache = 'taylorseer:1'\n", "render.step_cache.*interval of 2 steps or more"),
+    ("[render]\nstep_cache = 'mag:0.1'\n", "render.step_cache = 'mag:0.1' .*use none, first_block:<value>"),
 ])
 def test_bad_job_files_name_the_setting(tmp_path, text, needle):
     path = tmp_path / "job.toml"
@@ -52,6 +59,17 @@ def test_identity_ignores_runtime_settings_but_not_render_settings():
     assert load_spec(None, {"run.actors": 7, "run.batch_size": 2}).identity() == base.identity()
     assert load_spec(None, {"defaults.steps": 12}).identity() != base.identity()
     assert load_spec(None, {"output.shard_size": 3}).identity() != base.identity()
+
+
+def test_step_cache_and_quantize_change_the_identity_and_offload_does_not():
+    """They change images; offloading only moves weights. Unset, the identity is what it was before they existed."""
+    base = load_spec(None).identity()
+    assert "render" not in base
+    assert load_spec(None, {"render.offload": "model"}).identity() == base
+    cached = load_spec(None, {"render.step_cache": "first_block:0.08"}).identity()
+    assert cached["render"] == {"step_cache": "first_block:0.08"}
+    assert load_spec(None, {"render.step_cache": "first_block:0.1"}).identity() != cached
+    assert load_spec(None, {"render.quantize": "int8"}).identity()["render"] == {"quantize": "int8"}
 
 
 def _from_job_json(data: dict) -> JobSpec:

@@ -24,6 +24,7 @@ from sdbatch.family import (
     unknown_checkpoint,
 )
 from sdbatch.render.families import RenderFamily, for_pipeline_class
+from sdbatch.render.models import options
 from sdbatch.render.models.fastpath import pick_dtype
 from sdbatch.render.models.sources import cache_root, hub_snapshot, resolve_source
 from sdbatch.settings import FastPath, S3Settings
@@ -85,9 +86,11 @@ def load_model(reference: str, device: torch.device, dtype: torch.dtype, fast: F
     except Exception as exc:
         where = "" if Path(reference).expanduser() == source.path else f" at {source.path}"  # e.g. an s3 copy
         raise ModelLoadError(f"model {reference!r}{where} failed to load: {exc}") from exc
-    pipe = pipe.to(device)
+    pipe = options.place(pipe, device, fast)
     pipe.set_progress_bar_config(disable=True)
     family.optimize(pipe, fast, device, dtype)
+    options.quantize(family.denoiser(pipe), device, fast)
+    options.enable_step_cache(family.denoiser(pipe), fast)
     family.compile(pipe, fast)
     return LoadedModel(pipe, reference, _identity(source.path, single), family.native_size(pipe), pipe.scheduler,
                        family)

@@ -49,6 +49,15 @@ def test_not_parquet_and_missing_paths_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_render_option_flag_exits_2_naming_it_and_writes_nothing(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(2))
+    out = tmp_path / "out"
+    result = run_cli("submit", str(manifest), "--output", str(out), "--model", "tiny:sd15",
+                     "--step-cache", "first_block:3")
+    assert result.returncode == 2 and "render.step_cache = 'first_block:3'" in result.stderr
+    assert "threshold between 0 and 1" in " ".join(result.stderr.split()) and not out.exists()
+
+
 def test_unreachable_s3_endpoint_is_reported_before_rendering(tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(2))
     endpoint = f"http://127.0.0.1:{_closed_port()}"
