@@ -83,6 +83,11 @@ class Family:
     # Tensor-name prefixes of LoRA files made for this family's denoiser and no other (trainers' and diffusers'
     # namings); a file with another family's and none of these is refused for the family's rows at validation.
     lora_marks: tuple[str, ...] = ()
+    # The most ControlNets one row may use at once (Z-Image's pipeline takes one); None: any number.
+    controlnet_limit: int | None = None
+    # A1111's CFG scale s guides as neg + s * (pos - neg); a pipeline that guides as pos + g * (pos - neg) (Z-Image)
+    # has s = g + 1. The `parameters` text writes and reads A1111's scale, rows keep the pipeline's.
+    cfg_offset: float = 0.0
 
     def claims(self, class_name: str) -> bool:
         return class_name in self.class_names()
@@ -167,8 +172,25 @@ FLUX = Family(
                 "diffusion_model.single_blocks.", "transformer.single_transformer_blocks.",
                 "lora_transformer_single_transformer_blocks_"),
 )
+ZIMAGE = Family(
+    name="zimage", title="Z-Image",
+    pipelines=Pipelines("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
+    # diffusers' ZImageControlNetInpaintPipeline inpaints through a ControlNet trained for it (its control image is
+    # the masked image and the mask), with no strength: not sdbatch's inpainting rows. One ControlNet per call.
+    controlnet_pipelines=Pipelines("ZImageControlNetPipeline", None, None), controlnet_limit=1,
+    native_size=1024, size_multiple=16,  # VAE 8x, transformer patches of 2
+    refuses=DIT_REFUSES, schedulers=FLOW_SCHEDULERS,
+    # Z-Image-Turbo is used unguided (its distillation replaces CFG): its pipeline guides only above 0, and then as
+    # pos + scale * (pos - neg), A1111's CFG scale minus 1. The base Z-Image wants a row's own (about 3 to 5).
+    tiny="zimage", max_sequence_length=512, guidance_scale=0.0, cfg_offset=1.0, prompt_weights=False,
+    # Its single-stream blocks (layers, noise_refiner, context_refiner) in diffusers', kohya's and ComfyUI's namings;
+    # diffusers converts the kohya and ComfyUI files.
+    lora_marks=("transformer.layers.", "transformer.noise_refiner.", "transformer.context_refiner.",
+                "diffusion_model.layers.", "diffusion_model.noise_refiner.", "diffusion_model.context_refiner.",
+                "lora_unet_layers_", "lora_unet_noise_refiner_", "lora_unet_context_refiner_"),
+)
 # The registry: adding a family is an entry here and a module in sdbatch/render/families/.
-FAMILIES: tuple[Family, ...] = (SD1, SDXL, SD3, FLUX)
+FAMILIES: tuple[Family, ...] = (SD1, SDXL, SD3, FLUX, ZIMAGE)
 
 
 def by_name(name: str) -> Family:

@@ -90,10 +90,10 @@ def _family(name: str | None) -> Family | None:
 
 
 def _guidance_pairs(row: dict[str, Any], family: Family | None) -> list[tuple[str, str]]:
-    """A1111's CFG scale; for a distilled-guidance family, as Forge writes FLUX: true CFG (1: off), then the
-    distilled guidance."""
+    """A1111's CFG scale (Z-Image's guidance_scale plus 1: unguided is 1, as Forge and ComfyUI write it); for a
+    distilled-guidance family, as Forge writes FLUX: true CFG (1: off), then the distilled guidance."""
     if family is None or not family.distilled_guidance:
-        return [("CFG scale", f"{row['guidance_scale']:g}")]
+        return [("CFG scale", f"{row['guidance_scale'] + (family.cfg_offset if family else 0):g}")]
     true_cfg = row.get("true_cfg_scale")
     return [("CFG scale", f"{1 if true_cfg is None else true_cfg:g}"), (DISTILLED, f"{row['guidance_scale']:g}")]
 
@@ -191,7 +191,7 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "prompt": fields["prompt"], "negative_prompt": fields.get("negative_prompt") or None,
         "seed": _int(fields.get("Seed")), "steps": _int(fields.get("Steps")),
-        **_guidance(fields), "width": _int(width), "height": _int(height),
+        **_guidance(fields, _image_family(fields)), "width": _int(width), "height": _int(height),
         "scheduler": _scheduler(fields.get("Sampler"), fields.get("Schedule type")),
         "prompt_syntax": "a1111", "clip_skip": _int(fields.get("Clip skip")) or 1,
         # A label: which embedding files (by hash) the image was made with; --embedding-dir supplies them.
@@ -216,10 +216,13 @@ def row_from_parameters(fields: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _guidance(fields: dict[str, Any]) -> dict[str, Any]:
-    """guidance_scale; from Forge's distilled-guidance images, the distilled scale, with CFG scale as true CFG."""
+def _guidance(fields: dict[str, Any], family: Family | None) -> dict[str, Any]:
+    """guidance_scale; from Forge's distilled-guidance images, the distilled scale, with CFG scale as true CFG; for
+    a family whose pipeline counts guidance from 0 (Z-Image), A1111's scale less the offset, rounded back from the
+    text's decimals."""
     if DISTILLED not in fields:
-        return {"guidance_scale": _float(fields.get("CFG scale"))}
+        scale, offset = _float(fields.get("CFG scale")), family.cfg_offset if family else 0
+        return {"guidance_scale": round(scale - offset, 10) if scale is not None and offset else scale}
     return {"guidance_scale": _float(fields[DISTILLED]), "true_cfg_scale": _float(fields.get("CFG scale"))}
 
 

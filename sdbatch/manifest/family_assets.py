@@ -23,6 +23,8 @@ def check_assets(family: Family, columns: Mapping[str, Any], mine, problems: Pro
         _check_loras(family, columns["loras"], mine, problems)
     if "controlnets" in columns and "pipeline" in columns and family.controlnet_pipelines is not None:
         _check_controlnet_kinds(family, columns, mine, problems)
+    if "controlnets" in columns and family.controlnet_limit is not None:
+        _check_controlnet_count(family, columns["controlnets"], mine, problems)
 
 
 def _check_loras(family: Family, loras, mine, problems: Problems) -> None:
@@ -92,3 +94,12 @@ def _check_controlnet_kinds(family: Family, columns: Mapping[str, Any], mine, pr
         problems.add_rows("true_cfg_scale", rows_where(pc.and_(guided, second)), lambda n: (
             f"is above 1, but diffusers' {family.title} ControlNet pipelines for image rows and hires passes have "
             "no true CFG; use 1 for this row, or render it without ControlNets"))
+
+
+def _check_controlnet_count(family: Family, nets, mine, problems: Problems) -> None:
+    """Rows with more ControlNets than the family's pipeline takes in one call (Z-Image's takes one)."""
+    limit = family.controlnet_limit
+    counts = pc.fill_null(pc.list_value_length(nets), 0)
+    problems.add_rows("controlnets", rows_where(pc.and_(mine, pc.greater(counts, limit))), lambda n: (
+        f"lists {counts[n].as_py()} ControlNets, but diffusers' {family.title} ControlNet pipeline takes "
+        f"{limit}; keep one per row (its strongest), or render the row with a model of another family"))

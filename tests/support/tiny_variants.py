@@ -29,8 +29,9 @@ EMBEDDING_STD = 0.3
 def write_tiny_lora(path: str | os.PathLike, seed: int, unet: bool = True, text_encoder: bool = True,
                     family: str = "sd15", single_blocks: bool = True) -> pathlib.Path:
     """A diffusers-format LoRA .safetensors (with its adapter metadata) for the tiny model of `family`; same
-    seed, same tensors. `unet` is the denoiser (a transformer for sd3 and flux); the text encoder part covers
-    the CLIP encoders the family's pipeline loads LoRAs into: both for SDXL and SD3, CLIP (not T5) for FLUX.
+    seed, same tensors. `unet` is the denoiser (a transformer for sd3, flux and zimage); the text encoder part covers
+    the CLIP encoders the family's pipeline loads LoRAs into: both for SDXL and SD3, CLIP (not T5) for FLUX, none
+    for Z-Image.
     single_blocks=False leaves FLUX's single-stream blocks out, as a kohya file of this width must."""
     from peft import LoraConfig
 
@@ -46,13 +47,15 @@ def write_tiny_lora(path: str | os.PathLike, seed: int, unet: bool = True, text_
             if not (text_encoder if name.startswith("text_encoder") else unet):
                 continue
             targets = {"unet": UNET_TARGETS, "transformer": TRANSFORMER_TARGETS}.get(name, TEXT_ENCODER_TARGETS)
+            if family == "zimage":  # one stream: its blocks' attention has no text-side projections
+                targets = UNET_TARGETS
             if name == "transformer" and family == "flux" and not single_blocks:
                 # fullmatch: single_transformer_blocks.* does not start with transformer_blocks.
                 targets = rf"transformer_blocks\.\d+\.attn\.({'|'.join(t.replace('.', '[.]') for t in targets)})"
             config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets)
             # Peft's names (lora_A), as diffusers' SD3 and FLUX trainers save: the old-style renaming would turn
             # to_q into to_q.lora.down but leave add_q_proj, a mix that loaded only in part with FLUX's regex.
-            peft_names = family in ("sd3", "flux")
+            peft_names = family in ("sd3", "flux", "zimage")
             layers[f"{name}_lora_layers"] = _lora_layers(getattr(pipe, name), config, peft_names)
             metadata[f"{name}_lora_adapter_metadata"] = config.to_dict()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -162,13 +165,35 @@ def convert_flux_lora_to_kohya(src: str | os.PathLike, dst: str | os.PathLike) -
     return target
 
 
+def convert_zimage_lora_to_kohya(src: str | os.PathLike, dst: str | os.PathLike) -> pathlib.Path:
+    """Rewrite a tiny:zimage diffusers LoRA file in kohya form (lora_unet_layers_0_attention_to_q.lora_down, .alpha),
+    same effect: diffusers' ZImageLoraLoaderMixin converts it back on load, scaling by the alphas."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(src, framework="pt") as handle:
+        alpha = json.loads((handle.metadata() or {})["lora_adapter_metadata"])["transformer.lora_alpha"]
+    kohya = {}
+    for key, tensor in load_file(src).items():
+        module, kind = key.removeprefix("transformer.").rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor
+        kohya[f"{name}.alpha"] = torch.tensor(float(alpha))
+    target = pathlib.Path(dst)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(kohya, target, metadata={"ss_network_module": "networks.lora"})
+    return target
+
+
 def write_tiny_controlnet(path: str | os.PathLike, seed: int, family: str = "sd15") -> pathlib.Path:
     """A diffusers ControlNet folder for the tiny model of `family` whose zero-initialised layers are randomised.
     For SDXL, from_unet carries over the text_time embedding the SDXL ControlNet pipeline feeds; for SD3 and FLUX
-    the net is the transformer's first blocks (one of each kind), their outputs added to the transformer's."""
+    the net is the transformer's first blocks (one of each kind), their outputs added to the transformer's; for
+    Z-Image, control blocks beside the transformer's first layer."""
     target = pathlib.Path(path)
     pipe = build_pipeline(0, family)
-    build = {"sd3": _sd3_controlnet, "flux": _flux_controlnet}.get(family, _unet_controlnet)
+    build = {"sd3": _sd3_controlnet, "flux": _flux_controlnet, "zimage": _zimage_controlnet}.get(family,
+                                                                                                _unet_controlnet)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build(pipe)
@@ -210,6 +235,23 @@ def _sd3_controlnet(pipe):
     # No extra channels: the control latents alone, as InstantX's SD3 ControlNets take them.
     net = SD3ControlNetModel.from_transformer(pipe.transformer, num_layers=1, num_extra_conditioning_channels=0)
     _randomise(list(net.controlnet_blocks), net.pos_embed_input.proj)
+    return net
+
+
+def _zimage_controlnet(pipe):
+    from diffusers import ZImageControlNetModel
+
+    # As Alibaba's Z-Image-Turbo-Fun-Controlnet-Union: control blocks beside the transformer's first layer, their
+    # own refiner for the control latents; the embedders and the transformer's refiners are shared at load time.
+    config = pipe.transformer.config
+    net = ZImageControlNetModel(control_layers_places=[0], control_refiner_layers_places=[0],
+                                control_in_dim=config.in_channels, add_control_noise_refiner=None,
+                                all_patch_size=config.all_patch_size, all_f_patch_size=config.all_f_patch_size,
+                                dim=config.dim, n_refiner_layers=config.n_refiner_layers, n_heads=config.n_heads,
+                                n_kv_heads=config.n_kv_heads, qk_norm=config.qk_norm)
+    blocks = list(net.control_layers)
+    _randomise([*(b.after_proj for b in blocks), *(b.before_proj for b in blocks if hasattr(b, "before_proj"))],
+               next(iter(net.control_all_x_embedder.values())))
     return net
 
 

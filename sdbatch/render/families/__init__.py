@@ -9,10 +9,11 @@ from sdbatch.render.families.protocol import RenderFamily
 from sdbatch.render.families.sd3 import StableDiffusion3
 from sdbatch.render.families.stable_diffusion import StableDiffusion
 from sdbatch.render.families.stable_diffusion_xl import StableDiffusionXL
+from sdbatch.render.families.zimage import ZImage
 
 # Adding a family: its descriptor in sdbatch/family.py, its module here.
 FAMILIES: dict[str, RenderFamily] = {f.descriptor.name: f for f in (StableDiffusion(), StableDiffusionXL(),
-                                                                    StableDiffusion3(), Flux())}
+                                                                    StableDiffusion3(), Flux(), ZImage())}
 
 
 def for_pipeline_class(class_name: str, what: str = "the model") -> RenderFamily:

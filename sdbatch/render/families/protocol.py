@@ -74,7 +74,8 @@ class RenderFamily(abc.ABC):
     def encode_prompts(self, pipe, prompts: list[str], negatives: list[str] | None,
                        max_sequence_length: int) -> tuple:
         """Prompts as plain text through the pipeline's own encoder, batched: (embeds, pooled, negative embeds,
-        negative pooled), the negatives None when not asked for. Only for families whose text() is None."""
+        negative pooled), the negatives None when not asked for, pooled None for a family without; embeds either one
+        padded tensor or a list of each prompt's own (Z-Image). Only for families whose text() is None."""
         raise NotImplementedError(f"{self.descriptor.title} prompts go through ClipText")
 
     def call_arguments(self, pipe, row: dict[str, Any]) -> dict[str, Any]:

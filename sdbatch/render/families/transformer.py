@@ -1,5 +1,5 @@
-"""Diffusion transformers (SD3, FLUX): a transformer denoiser stepped by flow matching, prompts encoded by the
-pipeline's own text stack (CLIP and T5), and the parts those families share."""
+"""Diffusion transformers (SD3, FLUX, Z-Image): a transformer denoiser stepped by flow matching, prompts encoded by
+the pipeline's own text stack (CLIP and T5, Qwen3), and the parts those families share."""
 
 from __future__ import annotations
 

@@ -25,16 +25,19 @@ class Conditioning:
     """One row's pipeline inputs: prompt and negative states padded to one length, and pooled vectors where the
     family takes them."""
 
-    embeds: torch.Tensor  # [1, 77 * chunks, width]
+    embeds: torch.Tensor  # [1, 77 * chunks, width]; a ragged family's: [1, the prompt's own tokens, width]
     negative: torch.Tensor
     pooled: torch.Tensor | None  # [1, projection] where the family conditions on it (ClipText.pooled), else None
     negative_pooled: torch.Tensor | None
     embeddings_used: tuple[tuple[str, str], ...]  # (name, sha256) in order of first use
+    # The family's pipeline takes each row's states at their own length (a list: Z-Image), so any lengths share a call.
+    ragged: bool = False
 
     @property
     def length(self) -> int:
-        """Rows share a pipeline call only if their states have the same length (chunk count)."""
-        return int(self.embeds.shape[1])
+        """Rows share a pipeline call only if their states have the same length (chunk count); ragged states all
+        count as one length."""
+        return 0 if self.ragged else int(self.embeds.shape[1])
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Prompts of families whose pipeline encodes them itself (CLIP and T5 together): the A1111 syntax read, the text
-passed plain (weights are not applied; docs/PROMPTS.md), rows of one T5 length encoded in one call."""
+"""Prompts of families whose pipeline encodes them itself (CLIP and T5, or Qwen3): the A1111 syntax read, the text
+passed plain (weights are not applied; docs/PROMPTS.md), rows of one sequence length encoded in one call."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ class PipelinePrompts:
             embeds, pooled, negative, negative_pooled = self.family.encode_prompts(self.pipeline, texts, negatives,
                                                                                    length)
             for at, n in enumerate(group):
-                out[n] = Conditioning(embeds[at:at + 1], _row(negative, at), pooled[at:at + 1],
-                                      _row(negative_pooled, at), ())
+                out[n] = Conditioning(_row(embeds, at), _row(negative, at), _row(pooled, at),
+                                      _row(negative_pooled, at), (), ragged=isinstance(embeds, list))
         return [out[n] for n in range(len(rows))]
 
     def text_key(self, row: dict[str, Any]) -> tuple:
@@ -69,4 +69,7 @@ class PipelinePrompts:
 
 
 def _row(batch, at: int):
-    return None if batch is None else batch[at:at + 1]
+    """Row `at` of a batch's states: of one padded tensor, or of a list of each prompt's own length (Z-Image)."""
+    if batch is None:
+        return None
+    return batch[at].unsqueeze(0) if isinstance(batch, list) else batch[at:at + 1]

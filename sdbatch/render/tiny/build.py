@@ -1,4 +1,4 @@
-"""Tiny random-weight models by family (SD1.5, SDXL, SD3, FLUX.1), offline: built in memory or as a diffusers folder."""
+"""Tiny random-weight models by family (SD1.5, SDXL, SD3, FLUX.1, Z-Image), offline: in memory or as a folder."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ BUILDERS = {
     "sdxl": ("sdbatch.render.tiny.sdxl", "build_sdxl_pipeline"),
     "sd3": ("sdbatch.render.tiny.sd3", "build_sd3_pipeline"),
     "flux": ("sdbatch.render.tiny.flux", "build_flux_pipeline"),
+    "zimage": ("sdbatch.render.tiny.zimage", "build_zimage_pipeline"),
 }
 FAMILIES = tuple(BUILDERS)
 # Part of the node copy's folder name: a change to how tiny models are built gets a new folder, never a stale copy.

@@ -203,6 +203,22 @@ def test_a_flux_row_comes_back_the_same(true_cfg, read):
     assert "family" not in back  # the model's family decides when it renders; a row has no such column
 
 
+@pytest.mark.parametrize("guidance, cfg", [(0.0, "1"), (3.7, "4.7"), (4.0, "5")])
+def test_a_zimage_row_writes_a1111s_cfg_scale_one_above_its_guidance_and_comes_back_the_same(guidance, cfg):
+    # Z-Image's pipeline guides as pos + g * (pos - neg), A1111's scale s as neg + s * (pos - neg): s = g + 1, so
+    # Z-Image-Turbo's unguided 0 is written "CFG scale: 1", as Forge and ComfyUI users see it.
+    zimage = {**FLUX_ROW, "family": "zimage", "guidance_scale": guidance, "scheduler": "euler", "steps": 9,
+              "model": "/models/z-image-turbo"}
+    fields = parse_parameters(format_parameters(zimage))
+    assert fields["CFG scale"] == cfg and "Distilled CFG Scale" not in fields and "Pad conds" not in fields
+    back = row_from_parameters(fields)
+    assert (back["guidance_scale"], back["max_sequence_length"], back["model"]) == (guidance, 512,
+                                                                                    "/models/z-image-turbo")
+    assert back.get("true_cfg_scale") is None and back["clip_skip"] is None
+    # Another tool's image names no family: its CFG scale is read as written (the model decides when it renders).
+    assert row_from_parameters({k: v for k, v in fields.items() if k != "sdbatch"})["guidance_scale"] == float(cfg)
+
+
 def test_an_sd3_row_writes_its_cfg_as_cfg_and_comes_back_the_same():
     sd3 = {**FLUX_ROW, "family": "sd3", "guidance_scale": 5.0, "max_sequence_length": 256, "clip_skip": 2,
            "scheduler": "euler", "model": "/models/sd3.5-medium"}

@@ -1,5 +1,6 @@
-"""Rows of SD3 and FLUX models checked against their family before any GPU: sizes, columns, schedulers, the T5
-length and true CFG, LoRA files of another family, ControlNet kinds; each family's own guidance where unset."""
+"""Rows of SD3, FLUX and Z-Image models checked against their family before any GPU: sizes, columns, schedulers, the
+T5 length and true CFG, LoRA files of another family, ControlNet kinds and counts; each family's own guidance where
+unset."""
 
 import json
 
@@ -22,7 +23,9 @@ LORA_KEYS = {"sd15": "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.wei
              "flux_kohya": "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
              "flux": "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight",
              "shared": "transformer.transformer_blocks.0.attn.to_q.lora_A.weight",
-             "sd3_kohya": "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight"}
+             "sd3_kohya": "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight",
+             "zimage": "transformer.layers.0.attention.to_q.lora_A.weight",
+             "zimage_kohya": "lora_unet_layers_0_attention_to_q.lora_down.weight"}
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +174,41 @@ def test_controlnet_rows_a_familys_pipelines_cannot_take_are_refused(tmp_path):
     assert "column 'true_cfg_scale', row id 'flux-cfg-img2img' (row 2): is above 1" in message
     assert ("column 'controlnets', row id 'sd3-hires' (row 4): diffusers has no img2img pipeline with ControlNets "
             "for SD3/3.5 models (a hires pass is one)") in message
+
+
+def test_zimage_rows_break_their_familys_rules_and_other_families_loras_are_refused_both_ways(tmp_path, loras):
+    image = str(tmp_path / "edges.png")
+    (tmp_path / "edges.png").write_bytes(b"png")
+    net = {"model": "org/cn", "image": image, "scale": 1.0}
+    rows = [{"id": "z-size", "model": "tiny:zimage", "height": 40},
+            {"id": "z-skip", "model": "tiny:zimage", "clip_skip": 2},
+            {"id": "z-true-cfg", "model": "tiny:zimage", "true_cfg_scale": 3.0},
+            {"id": "z-sampler", "model": "tiny:zimage", "scheduler": "dpmpp_2m"},
+            {"id": "z-two-nets", "model": "tiny:zimage", "controlnets": [net, net]},
+            {"id": "z-net-img2img", "model": "tiny:zimage", "controlnets": [net], "init_image": image},
+            {"id": "z-flux-lora", "model": "tiny:zimage", "loras": [{"path": loras["flux"], "weight": 1.0}]},
+            {"id": "flux-z-lora", "model": "tiny:flux", "loras": [{"path": loras["zimage"], "weight": 1.0}]},
+            {"id": "z-fine", "model": "tiny:zimage", "width": 80, "scheduler": "euler_karras", "controlnets": [net],
+             "max_sequence_length": 256, "loras": [{"path": loras["zimage"], "weight": 1.0},
+                                                   {"path": loras["zimage_kohya"], "weight": 0.5}]}]
+    message = _messages(rows)
+    assert "manifest has 8 problem(s) in 9 rows" in message
+    assert "row id 'z-size' (row 0): 40 is not a multiple of 16, which Z-Image models need; use 32 or 48" in message
+    assert "column 'clip_skip', row id 'z-skip' (row 1): is set, but Z-Image models" in message
+    assert "column 'true_cfg_scale', row id 'z-true-cfg' (row 2): is set, but Z-Image models" in message
+    assert "row id 'z-sampler' (row 3): 'dpmpp_2m' does not work with Z-Image models" in message
+    assert ("column 'controlnets', row id 'z-two-nets' (row 4): lists 2 ControlNets, but diffusers' Z-Image "
+            "ControlNet pipeline takes 1; keep one per row") in message
+    assert ("column 'controlnets', row id 'z-net-img2img' (row 5): diffusers has no img2img pipeline with "
+            "ControlNets for Z-Image models") in message
+    assert ("row id 'z-flux-lora' (row 6): " + repr(loras["flux"]) + " is a LoRA for FLUX.1 models (its tensor "
+            "names), but the row's model is Z-Image") in message
+    assert ("row id 'flux-z-lora' (row 7): " + repr(loras["zimage"]) + " is a LoRA for Z-Image models (its tensor "
+            "names), but the row's model is FLUX.1") in message
+    assert "z-fine" not in message  # kohya files too: diffusers converts them for Z-Image
+
+
+def test_zimage_rows_get_turbos_guidance_unless_the_row_or_the_job_sets_one():
+    rows = [{"id": "z", "model": "tiny:zimage"}, {"id": "z-set", "model": "tiny:zimage", "guidance_scale": 4.0}]
+    assert normalize(_table(rows), RowDefaults()).column("guidance_scale").to_pylist() == [0.0, 4.0]
+    assert normalize(_table(rows), RowDefaults(guidance_scale=3.0)).column("guidance_scale").to_pylist() == [3.0, 4.0]
