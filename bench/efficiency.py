@@ -70,6 +70,7 @@ class Config:
     max_sequence_length: int | None = None  # T5 tokens (SD3, FLUX); None: the family has no T5
     negative: bool = True  # whether the call guides with the (empty) negative prompt; FLUX: no (no true CFG)
     distinct_prompts: bool = False  # every row its own prompt (sdref.bench_rows), else six prompts in turn
+    step_cache: str = "none"  # [render] step_cache on both sides: sdbatch's setting, diffusers' enable_cache for A
 
     def label(self) -> str:
         return f"batch {self.batch}{' compile' if self.compile else ''}"
@@ -109,6 +110,14 @@ def bare_loop(config: Config, rows: list[dict], out: str | Path) -> dict:
     if cuda and hasattr(pipe, "unet"):  # convolutions: what sdbatch does for UNet families on CUDA
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+    if config.step_cache != "none":  # what a user of diffusers writes; sdbatch's [render] step_cache does the same
+        from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+        from sdbatch.settings import step_cache_parts
+
+        name, value = step_cache_parts(config.step_cache)
+        denoiser.enable_cache(FirstBlockCacheConfig(threshold=value) if name == "first_block" else
+                              TaylorSeerCacheConfig(cache_interval=value, taylor_factors_dtype=denoiser.dtype))
     if config.compile:
         denoiser.compile()
     extra = {} if config.max_sequence_length is None else {"max_sequence_length": config.max_sequence_length}
@@ -156,7 +165,7 @@ def child_b(config: Config, out: str) -> dict:
         "defaults.model": config.model, "defaults.steps": config.steps, "defaults.width": config.width,
         "defaults.height": config.height, "defaults.guidance_scale": config.guidance_scale,
         "run.batch_size": config.batch, "run.actors": 1, "run.device": config.device,
-        "render.compile": config.compile}
+        "render.compile": config.compile, "render.step_cache": config.step_cache}
     if config.max_sequence_length is not None:
         overrides["defaults.max_sequence_length"] = config.max_sequence_length
     with prepare(SubmitRequest(str(manifest), out, load_spec(overrides=overrides))) as prepared:
@@ -444,6 +453,8 @@ def main() -> int:
     parser.add_argument("--distinct-prompts", action="store_true",
                         help="every row its own prompt (default: six prompts in turn, many seeds each, which "
                              "sdbatch encodes once each and the bare loop every time)")
+    parser.add_argument("--step-cache", default="none", metavar="SETTING",
+                        help="[render] step_cache on both sides (first_block:<t>, taylorseer:<n>; FLUX.1)")
     parser.add_argument("--batch", type=int, help="one batch size (CPU and whole default 4; CUDA default 1, 4, 8, 16)")
     parser.add_argument("--steps", type=int, help="default: phase 4 on CPU, 30 on CUDA; whole 6")
     parser.add_argument("--size", type=int, help="width = height (default: phase 128 on CPU, 512 on CUDA; whole 64)")
@@ -475,14 +486,16 @@ def main() -> int:
     args.work = args.work or tempfile.mkdtemp(prefix="sdbatch-eff-")
     started, load_start = time.monotonic(), os.getloadavg()
     model, model_dir = prepare_model(args)
-    plan = [replace(c, distinct_prompts=args.distinct_prompts) for c in configs(args, model, model_dir)]
+    plan = [replace(c, distinct_prompts=args.distinct_prompts, step_cache=args.step_cache)
+            for c in configs(args, model, model_dir)]
     c = plan[0]
     runs = (f"rows {args.rows[0]} and {args.rows[1]}, {args.repeats} repeat(s)" if args.method == "whole"
             else f"{args.rounds} round(s)")
     print(f"efficiency ({args.method}): {args.device}, {_conditions()}; model {model}; {c.width}x{c.height}, "
           f"{c.steps} steps, batch {c.batch}, guidance {c.guidance_scale}"
           f"{f', T5 length {c.max_sequence_length}' if c.max_sequence_length else ''}; "
-          f"{'distinct prompts' if c.distinct_prompts else 'six prompts in turn'}; {runs}; "
+          f"{'distinct prompts' if c.distinct_prompts else 'six prompts in turn'}; step cache {c.step_cache}; "
+          f"{runs}; "
           f"load average {_load(load_start)}", flush=True)
     if args.method == "whole":
         runs = measure_whole(args, c, Path(args.work))

@@ -5,8 +5,8 @@ pipeline with a deeper, wider transformer (random weights, `--double` + `--singl
 rows through sdbatch's Renderer (in-process, no Ray) once per setting: `none` and each `--caches` entry. Settings
 alternate within each round, the order rotating per round, because shared machines drift. Reported per setting:
 seconds per image (median over rounds), speed-up against `none` measured in the same rounds, the share of steps
-whose full transformer ran (the last block's attention computed, not skipped or predicted), and the mean and max pixel difference from
-the uncached image of the same row (0-255).
+whose full transformer ran (the last block's attention computed, not skipped or predicted), and the mean and max
+pixel difference from the uncached image of the same row (0-255).
 
     .venv/bin/python bench/step_cache.py                  # 12 blocks, 128x128, 24 steps, 4 rows, 3 rounds
     .venv/bin/python bench/step_cache.py --quick          # a dry run
