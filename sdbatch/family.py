@@ -83,6 +83,8 @@ class Family:
     # Tensor-name prefixes of LoRA files made for this family's denoiser and no other (trainers' and diffusers'
     # namings); a file with another family's and none of these is refused for the family's rows at validation.
     lora_marks: tuple[str, ...] = ()
+    # Whether diffusers has step caching for its denoiser (CacheMixin), which [render] step_cache needs.
+    step_cache: bool = False
     # The most ControlNets one row may use at once (Z-Image's pipeline takes one); None: any number.
     controlnet_limit: int | None = None
     # A1111's CFG scale s guides as neg + s * (pos - neg); a pipeline that guides as pos + g * (pos - neg) (Z-Image)
@@ -158,7 +160,7 @@ FLUX = Family(
     controlnet_pipelines=Pipelines("FluxControlNetPipeline", "FluxControlNetImg2ImgPipeline",
                                    "FluxControlNetInpaintPipeline"),
     native_size=1024, size_multiple=16,  # VAE 8x, latents packed 2x2
-    refuses=DIT_REFUSES, schedulers=FLOW_SCHEDULERS,
+    refuses=DIT_REFUSES, schedulers=FLOW_SCHEDULERS, step_cache=True,
     # BFL's files are bare, ComfyUI's and Forge's under model.diffusion_model. First match wins: dev by its guidance
     # embedder, which schnell lacks (their configs differ in it and in the scheduler's shift).
     checkpoints=(Checkpoint("flux-dev", ("guidance_in.", "model.diffusion_model.guidance_in."),

@@ -78,6 +78,22 @@ def check_local_references(table: pa.Table) -> None:
                 family_of(reference)  # ModelLoadError for a model no family claims
 
 
+def check_step_cache(table: pa.Table, step_cache: str, first_row: int = 0) -> None:
+    """With [render] step_cache set, refuse rows whose model's family has no step caching in diffusers, before
+    any actor loads one (the actor refuses it too, for models only it can read)."""
+    if step_cache == "none" or "model" not in table.column_names:
+        return
+    models, problems = table.column("model"), Problems(table.num_rows, first_row)
+    for reference, family in model_families(models).items():
+        if family is None or family.step_cache:
+            continue
+        rows = pc.indices_nonzero(pc.fill_null(pc.equal(models, reference), False))
+        message = (f"{family.title} models have no step caching in diffusers, and the job sets [render] step_cache "
+                   f"= {step_cache!r}; render these rows with step_cache = 'none' (a run of their own)")
+        problems.add_rows("model", rows, lambda _n, text=message: text)
+    problems.raise_if()
+
+
 def family_of(reference: str) -> Family | None:
     """A model reference's family where this machine can tell: tiny models by name, local folders and files and
     cached (or reachable) hub models by the class they name (ModelLoadError for one no family claims). None for what

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sdbatch.errors import UsageError, UserFacing
-from sdbatch.manifest.models import check_local_references
+from sdbatch.manifest.models import check_local_references, check_step_cache
 from sdbatch.output.commits import MARKER_SCHEMA, MarkerIndex, read_markers
 from sdbatch.output.heartbeat import Heartbeat
 from sdbatch.output.job import (
@@ -114,6 +114,7 @@ def prepare(request: SubmitRequest) -> PreparedRun:
 def _check_chunk(request: SubmitRequest, chunk: pa.Table, first_row: int) -> None:
     if request.address is None:
         check_local_references(chunk)  # the actors share this machine's disk
+    check_step_cache(chunk, request.spec.render.step_cache, first_row)
     layout_named(request.spec.output.layout).check_ids(chunk.column("id"), first_row)
 
 

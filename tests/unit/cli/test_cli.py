@@ -56,6 +56,12 @@ def test_a_bad_render_option_flag_exits_2_naming_it_and_writes_nothing(tmp_path)
                      "--step-cache", "first_block:3")
     assert result.returncode == 2 and "render.step_cache = 'first_block:3'" in result.stderr
     assert "threshold between 0 and 1" in " ".join(result.stderr.split()) and not out.exists()
+    # A valid step cache, but rows of a family diffusers has none for: refused before any actor starts.
+    result = run_cli("submit", str(manifest), "--output", str(out), "--model", "tiny:sd15",
+                     "--step-cache", "taylorseer:4")
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "column 'model'" in message and "no step caching" in message
+    assert "Ray" not in result.stderr + result.stdout and not out.exists()
 
 
 def test_unreachable_s3_endpoint_is_reported_before_rendering(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from sdbatch import family as families
 from sdbatch.errors import ManifestError, ModelLoadError
 from sdbatch.family import SD1, SDXL
-from sdbatch.manifest.models import check_local_references, family_of
+from sdbatch.manifest.models import check_local_references, check_step_cache, family_of
 from sdbatch.manifest.normalize import MANIFEST_COLUMNS, normalize
 from sdbatch.settings import RowDefaults
 from tests.support.model_files import UNSUPPORTED_CLASS, write_unsupported_model
@@ -111,3 +111,15 @@ def test_a_size_off_the_common_multiple_is_reported_once_and_defaults_are_not_a_
 def test_every_column_a_family_may_refuse_is_one_the_manifest_has():
     refusable = {column for family in families.FAMILIES for column in family.refuses}
     assert refusable <= set(MANIFEST_COLUMNS) - {"id", "prompt", "model", "seed"}
+
+
+def test_a_step_cache_refuses_the_rows_of_families_without_one_and_only_those():
+    table = pa.table({"id": ["f", "s", "z"], "model": ["tiny:flux", "tiny:sd15", "tiny:zimage"]})
+    check_step_cache(table, "none")  # nothing to check
+    check_step_cache(table.slice(0, 1), "first_block:0.08")  # FLUX.1's transformer has diffusers' step caching
+    with pytest.raises(ManifestError) as info:
+        check_step_cache(table, "first_block:0.08", first_row=10)
+    message = str(info.value)
+    assert "2 problem(s)" in message and "row 11" in message and "row 12" in message and "row 10" not in message
+    assert "SD1.x/2.x models have no step caching" in message and "Z-Image" in message
+    assert "step_cache = 'none'" in message
