@@ -22,7 +22,8 @@ def driver_cpu_per_shard(shards: int, actors: int, sleep_s: float, in_flight: in
     import ray
 
     from sdbatch.engine.dispatch import Dispatcher
-    from sdbatch.manifest.references import CONTROLNET_TYPE, LORA_TYPE
+    from sdbatch.manifest.controlnets import CONTROLNET_TYPE
+    from sdbatch.manifest.references import LORA_TYPE
     from sdbatch.output.job import new_attempt_id
     from sdbatch.plan.planned import ROW_GROUP_ROWS, PlannedRows
     from sdbatch.plan.shards import plan_shards

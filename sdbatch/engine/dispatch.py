@@ -117,7 +117,7 @@ class Dispatcher:
                 self._fill(queue)
                 self._step(queue)
         finally:
-            for slot in self.warming.values():  # replacements that never found room
+            for slot in [*self.warming.values(), *self.placing.values()]:  # replacements that never found room
                 ray.kill(slot.handle, no_restart=True)
         self.report.render_finished = time.monotonic()
         return self.report
@@ -129,7 +129,7 @@ class Dispatcher:
         ready = ray.wait(refs, num_returns=1, timeout=WATCH_SECONDS)[0] if refs else []
         for ref in ready:
             if ref in self.placing:
-                self.placing.pop(ref).placed = True
+                self._placed(self.placing.pop(ref), queue)
             elif ref in self.warming:
                 self._warmed(ref, queue)
             else:
@@ -176,8 +176,18 @@ class Dispatcher:
         name = f"actor-{self.report.actors_started}"
         slot = _Slot(name, self.make_actor(name), warm_model=model or self.first_model)
         self.placing[slot.handle.__ray_ready__.remote()] = slot  # answers once its process is up
-        self.warming[slot.handle.warm.remote(slot.warm_model)] = slot
         return slot
+
+    def _placed(self, slot: _Slot, queue: ShardQueue) -> None:
+        """The actor's process is up (or failed to start: its warm call then says so). It warms the model of
+        the work left now, not when it was asked for: a node that joins late must not load a finished model.
+        Until rendering starts, every actor warms the run's first model, so a bad one stops the run early."""
+        if slot not in self.slots:
+            return  # replaced meanwhile
+        slot.placed = True
+        if self.report.render_started:
+            slot.warm_model = queue.next_model() or slot.warm_model
+        self.warming[slot.handle.warm.remote(slot.warm_model)] = slot
 
     def _warmed(self, ref: Any, queue: ShardQueue) -> None:
         slot = self.warming.pop(ref)
@@ -284,11 +294,12 @@ class Dispatcher:
                       shard: Shard | None = None) -> None:
         """Give up every shard of a model that cannot be loaded; the other models' work goes on, and a
         rerun retries these shards (fix the model first). Said once per model, not once per shard."""
-        self.holdings.forget(slot.name)  # the failed load left the actor holding nothing
-        shards = ([shard] if shard else []) + queue.drop_model(model)
         if model not in self.failed_models:
             self.failed_models[model] = error
             self.events.model_failed(model, error)
+        self.holdings.reload(slot.name, [queued.variant for owner, queued in self.running.values()
+                                         if owner is slot and queued.variant.model not in self.failed_models])
+        shards = ([shard] if shard else []) + queue.drop_model(model)
         for lost in shards:
             self.report.gave_up[lost.shard_id] = self.failed_models[model]
 

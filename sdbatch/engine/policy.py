@@ -49,6 +49,7 @@ class Holdings:
         self._held: dict[Hashable, list[Variant]] = {}
         self._holders: dict[Variant, int] = {}
         self._warm: dict[Hashable, str] = {}  # the model an actor loaded before its first shard
+        self._model_holders: collections.Counter[str] = collections.Counter()  # actors per loaded model
         self._released: list[Callable[[Variant], None]] = []
 
     def on_release(self, callback: Callable[[Variant], None]) -> None:
@@ -66,7 +67,23 @@ class Holdings:
 
     def warm(self, actor: Hashable, model: str) -> None:
         """The actor loaded `model` before taking any shard (the Dispatcher's warm-up)."""
+        before = self.model(actor)
         self._warm[actor] = model
+        self._count_model(before, self.model(actor))
+
+    def model_holders(self, model: str) -> int:
+        """How many actors have `model` loaded."""
+        return self._model_holders[model]
+
+    def _count_model(self, before: str | None, after: str | None) -> None:
+        if before == after:
+            return
+        if before is not None:
+            self._model_holders[before] -= 1
+            if not self._model_holders[before]:
+                del self._model_holders[before]
+        if after is not None:
+            self._model_holders[after] += 1
 
     def holders(self, variant: Variant) -> int:
         """How many actors hold the variant."""
@@ -74,6 +91,7 @@ class Holdings:
 
     def give(self, actor: Hashable, variant: Variant) -> None:
         """The actor was given a shard of `variant`: `remember` it and update the counts it changes."""
+        self._count_model(self.model(actor), variant.model)
         held = self._held.setdefault(actor, [])
         if variant in held:
             remember(held, variant)  # only its position changes
@@ -89,9 +107,17 @@ class Holdings:
 
     def forget(self, actor: Hashable) -> None:
         """The actor is gone (lost or replaced): it holds nothing any more."""
+        self._count_model(self.model(actor), None)
         self._warm.pop(actor, None)
         for variant in self._held.pop(actor, ()):
             self._drop(variant)
+
+    def reload(self, actor: Hashable, queued: Iterable[Variant]) -> None:
+        """A load failed on the actor, which left it holding nothing: from now on it holds what the shards
+        still queued on it load, in their order."""
+        self.forget(actor)
+        for variant in queued:
+            self.give(actor, variant)
 
     def _drop(self, variant: Variant) -> None:
         left = self._holders[variant] - 1
@@ -207,8 +233,8 @@ class ShardQueue:
         if self.holdings is None:
             return max(self._waiting, key=lambda v: (len(self._waiting[v]), -self._rank[v])).model \
                 if self._waiting else None
-        tops = [t for heap in self._heaps.values() if (t := self._top(heap)) is not None]
-        return min(tops, key=lambda entry: entry[:3])[-1].model if tops else None
+        top = self._best_elsewhere()
+        return None if top is None else top[-1].model
 
     def _next_in_order(self) -> Shard | None:
         if not self.fifo:
@@ -227,11 +253,18 @@ class ShardQueue:
 
     def _best(self, model: str | None) -> Shard | None:
         """The best variant of `model` while it has work, else the best of all (one heap top per model)."""
-        top = self._top(self._heaps.get(model, []))
-        if top is None:
-            tops = [t for heap in self._heaps.values() if (t := self._top(heap)) is not None]
-            top = min(tops, key=lambda entry: entry[:3]) if tops else None  # ranks differ: no ties
+        top = self._top(self._heaps.get(model, [])) or self._best_elsewhere()
         return None if top is None else self._pop(top[-1])  # its entry stays: an upper bound from now on
+
+    def _best_elsewhere(self) -> tuple | None:
+        """The best heap top over every model. Among variants nobody holds, one of a model nobody has loaded
+        comes first: joining another actor's model would split that model's variants between two actors,
+        and each would then load another model sooner."""
+        tops = [t for heap in self._heaps.values() if (t := self._top(heap)) is not None]
+        if not tops:
+            return None
+        holders = self.holdings.model_holders
+        return min(tops, key=lambda entry: (entry[0], holders(entry[-1].model) > 0, *entry[1:3]))  # ranks differ
 
     def _top(self, heap: list[tuple]) -> tuple | None:
         """The heap's best entry with its current priority, stale entries dropped or refreshed on the way."""

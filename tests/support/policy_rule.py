@@ -11,7 +11,8 @@ from sdbatch.plan.shards import Shard, Variant
 class RuleQueue:
     """Pending shards with the policy stated directly: an actor keeps to the variants it holds (most recent
     first); else, among its current model's variants while any have work (else among all), the variant
-    nobody else holds with the most work, else the most work per holder; ties in plan order. Without
+    nobody else holds (of a model nobody else has loaded first) with the most work, else the most work per
+    holder; ties in plan order. Without
     affinity: plan order. A requeued shard goes first."""
 
     def __init__(self, shards: Iterable[Shard], affinity: bool = True):
@@ -37,9 +38,10 @@ class RuleQueue:
         self._add(shard, left=True)
 
     def next_for(self, held: Sequence[Variant], held_elsewhere: Mapping[Variant, int],
-                 model: str | None = None) -> Shard | None:
+                 model: str | None = None, loaded_elsewhere: Mapping[str, int] | None = None) -> Shard | None:
         """`held`: the actor's variants, most recent last; `held_elsewhere[v]`: how many other actors hold v;
-        `model`: the actor's loaded model when it holds no variant yet."""
+        `model`: the actor's loaded model when it holds no variant yet; `loaded_elsewhere[m]`: how many other
+        actors have model m loaded."""
         if not self.affinity:
             return self.fifo.popleft() if self.fifo else None
         for variant in reversed(held):
@@ -50,9 +52,10 @@ class RuleQueue:
         current = held[-1].model if held else model
         same_model = [v for v in self.waiting if v.model == current]
 
-        def key(variant: Variant) -> tuple[bool, float, int]:
+        def key(variant: Variant) -> tuple[bool, bool, float, int]:
             others = held_elsewhere.get(variant, 0)
-            return not others, len(self.waiting[variant]) / (1 + others), -self.rank[variant]
+            model_elsewhere = (loaded_elsewhere or {}).get(variant.model, 0)
+            return not others, not model_elsewhere, len(self.waiting[variant]) / (1 + others), -self.rank[variant]
 
         return self._pop(max(same_model or self.waiting, key=key))
 

@@ -86,10 +86,11 @@ def load_model(reference: str, device: torch.device, dtype: torch.dtype, fast: F
     except Exception as exc:
         where = "" if Path(reference).expanduser() == source.path else f" at {source.path}"  # e.g. an s3 copy
         raise ModelLoadError(f"model {reference!r}{where} failed to load: {exc}") from exc
+    # Quantized while still in host memory, so the device never holds the full-precision denoiser.
+    options.quantize(family.denoiser(pipe), device, fast)
     pipe = options.place(pipe, device, fast)
     pipe.set_progress_bar_config(disable=True)
     family.optimize(pipe, fast, device, dtype)
-    options.quantize(family.denoiser(pipe), device, fast)
     options.enable_step_cache(family.denoiser(pipe), fast)
     family.compile(pipe, fast)
     return LoadedModel(pipe, reference, _identity(source.path, single), family.native_size(pipe), pipe.scheduler,
