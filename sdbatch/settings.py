@@ -248,6 +248,23 @@ class VariantSettings:
 
 
 @dataclass(frozen=True)
+class ScoreSettings:
+    """Post-render score steps (the job's [score] section): which to run and the models they read."""
+
+    # None by default: each step costs time per image and needs its model in every actor's environment.
+    steps: tuple[str, ...] = ()
+    # The CLIP that LAION's aesthetic predictor and NSFW classifiers were trained on (ViT-L/14, 768-d embeddings).
+    clip_model: str = "openai/clip-vit-large-patch14"
+    # The LAION improved aesthetic predictor's weights (sac+logos+ava1-l14-linearMSE.pth or a safetensors copy);
+    # no default: no hub holds it where an offline actor could find it by name.
+    aesthetic_model: str | None = None
+    # A safety classifier over CLIP image embeddings (an MLP ending in one logit); no default, as above.
+    safety_model: str | None = None
+    # Images per scoring call: ViT-L/14 at 224 px takes little memory, and 32 keeps the GPU busy between renders.
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
 class RendererSettings:
     """What one Renderer (one actor) works with, built from the job's [run] and [render] sections."""
 
@@ -271,3 +288,5 @@ class RendererSettings:
     variants: VariantSettings = field(default_factory=VariantSettings)
     # Precision, memory layout and compile; see FastPath.
     fast: FastPath = field(default_factory=FastPath)
+    # Score steps run on each micro-batch's images as they are rendered; see ScoreSettings.
+    score: ScoreSettings = field(default_factory=ScoreSettings)

@@ -15,6 +15,7 @@ import tomllib
 from sdbatch.a1111.samplers import resolve
 from sdbatch.a1111.syntax import SYNTAXES
 from sdbatch.errors import SpecError
+from sdbatch.scores import STEP_INFO, parse_steps
 from sdbatch.settings import (
     ADDED_DEFAULTS,
     HIRES_UPSCALERS,
@@ -26,6 +27,7 @@ from sdbatch.settings import (
     OutputSettings,
     RowDefaults,
     RunSettings,
+    ScoreSettings,
     step_cache_parts,
 )
 
@@ -47,6 +49,8 @@ class JobSpec:
     # Part of the run's identity only where it changes images (IMAGE_RENDER_SETTINGS): precision is recorded
     # per image (dtype), like the device.
     render: FastPath = field(default_factory=FastPath)
+    # Not part of the run's identity: adding a score step to a finished run scores it, and re-renders nothing.
+    score: ScoreSettings = field(default_factory=ScoreSettings)
 
     def validate(self) -> JobSpec:
         d, o, r = self.defaults, self.output, self.run
@@ -89,7 +93,7 @@ class JobSpec:
         _check(r.hung_shard_factor >= 1, "run.hung_shard_factor", r.hung_shard_factor, "use at least 1")
         _check(r.ray_restarts >= 0, "run.ray_restarts", r.ray_restarts, "use 0 or more")
         self._validate_render()
-        return self
+        return dataclasses.replace(self, score=checked_score(self.score))
 
     def _validate_render(self) -> None:
         f = self.render
@@ -124,12 +128,37 @@ class JobSpec:
         return dataclasses.asdict(self)
 
 
+def checked_score(score: ScoreSettings) -> ScoreSettings:
+    """The [score] settings with their steps as a tuple (a TOML list, or "clip,phash"), each step's models set."""
+    try:
+        steps = parse_steps(score.steps)
+    except ValueError as exc:
+        raise SpecError(f"job setting score.steps = {score.steps!r} is invalid; {exc}") from exc
+    for step in steps:
+        for name in STEP_INFO[step].needs:
+            _check(bool(getattr(score, name)), f"score.{name}", getattr(score, name),
+                   f"the {step} step needs it: {SCORE_MODEL_HINTS[name]}")
+    _check(score.batch_size >= 1, "score.batch_size", score.batch_size, "use at least 1")
+    return dataclasses.replace(score, steps=steps)
+
+
+# What to give each score model setting, for the messages that ask for one.
+SCORE_MODEL_HINTS = {
+    "clip_model": "a CLIP folder, hub id or s3:// prefix (ViT-L/14 for the aesthetic and safety steps)",
+    "aesthetic_model": "the LAION improved aesthetic predictor's weights (sac+logos+ava1-l14-linearMSE.pth or "
+                       ".safetensors), a path or s3:// URI (--aesthetic-model)",
+    "safety_model": "a safety classifier's weights over CLIP image embeddings (.pth or .safetensors), a path or "
+                    "s3:// URI (--safety-model)",
+}
+
+
 def _check(ok: bool, name: str, value: Any, fix: str) -> None:
     if not ok:
         raise SpecError(f"job setting {name} = {value!r} is invalid; {fix}")
 
 
-_SECTIONS = {"defaults": RowDefaults, "output": OutputSettings, "run": RunSettings, "render": FastPath}
+_SECTIONS = {"defaults": RowDefaults, "output": OutputSettings, "run": RunSettings, "render": FastPath,
+             "score": ScoreSettings}
 
 
 def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -53,6 +54,25 @@ Price = Annotated[Optional[float], typer.Option(help="Price of one GPU for an ho
 Affinity = Annotated[Optional[bool], typer.Option("--affinity/--no-affinity", help=(
     "Send shards to actors that already hold their variant (default on); off only to compare."))]
 
+ScoreSteps = Annotated[Optional[str], typer.Option("--score", help=(
+    "Score steps run on each image as it renders, comma-separated: clip (clip_score), aesthetic, safety "
+    "(punsafe), phash. Not part of the run: adding one to a finished run scores it without re-rendering."))]
+ClipModel = Annotated[Optional[str], typer.Option(help="CLIP for the clip, aesthetic and safety steps: a folder, "
+                                                  "hub id, s3:// prefix or tiny:clip (default ViT-L/14).")]
+AestheticModel = Annotated[Optional[str], typer.Option(help="The LAION improved aesthetic predictor's weights "
+                                                       "(.pth/.safetensors, a path or s3://) for the aesthetic step.")]
+SafetyModel = Annotated[Optional[str], typer.Option(help="A safety classifier's weights over CLIP image embeddings "
+                                                    "(.pth/.safetensors) for the safety step.")]
+
+
+SCORE_MODELS = ("clip_model", "aesthetic_model", "safety_model")
+
+
+def score_overrides(steps, clip_model, aesthetic_model, safety_model) -> dict:
+    """The `score.*` overrides of the score flags (None: not given)."""
+    return {"score.steps": steps, "score.clip_model": clip_model, "score.aesthetic_model": aesthetic_model,
+            "score.safety_model": safety_model}
+
 
 def row_overrides(model, vae, steps, guidance_scale, width, height, scheduler, lora_dir) -> dict:
     """The `defaults.*` overrides of the shared row-default flags (None: not given)."""
@@ -84,8 +104,11 @@ def job_spec(job: Optional[str], s3: S3Settings | None = None, **overrides) -> J
 
 
 def _local_paths(spec: JobSpec) -> JobSpec:
-    """A local embedding folder as an absolute path (actors do not run in this directory), checked now rather
-    than when the first row that names an embedding renders."""
+    """Local score models and the embedding folder as absolute paths (actors do not run in this directory), the
+    folder checked now rather than when the first row that names an embedding renders."""
+    models = {name: str(Path(value).expanduser().resolve()) for name in SCORE_MODELS
+              if (value := getattr(spec.score, name)) and not is_remote(value) and Path(value).expanduser().exists()}
+    spec = dataclasses.replace(spec, score=dataclasses.replace(spec.score, **models))
     folder = spec.defaults.embedding_dir
     if not folder or is_remote(folder):
         return spec

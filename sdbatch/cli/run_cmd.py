@@ -12,7 +12,9 @@ from rich.table import Table
 
 from sdbatch.cli.handler import print_notes
 from sdbatch.cli.options import (
+    AestheticModel,
     Affinity,
+    ClipModel,
     ClipSkip,
     EmbeddingDir,
     GuidanceScale,
@@ -27,7 +29,9 @@ from sdbatch.cli.options import (
     Price,
     PromptSyntax,
     S3Endpoint,
+    SafetyModel,
     Scheduler,
+    ScoreSteps,
     ShardSize,
     Steps,
     Vae,
@@ -37,6 +41,7 @@ from sdbatch.cli.options import (
     prompt_overrides,
     row_overrides,
     s3_settings,
+    score_overrides,
 )
 from sdbatch.family import FAMILIES
 from sdbatch.run.driver import (
@@ -110,6 +115,10 @@ def submit(
     max_pixels: MaxPixels = None,
     affinity: Affinity = None,
     gpu_hour_price: Price = None,
+    score: ScoreSteps = None,
+    clip_model: ClipModel = None,
+    aesthetic_model: AestheticModel = None,
+    safety_model: SafetyModel = None,
 ) -> int:
     """Render every row of a manifest into OUTPUT; rerun the same command to resume."""
     overrides = {
@@ -119,6 +128,7 @@ def submit(
         "output.shard_size": shard_size, "run.batch_size": batch_size, "run.actors": actors,
         "run.affinity": affinity, "run.device": device, "render.dtype": dtype, "render.compile": compile,
         "render.offload": offload, "render.quantize": quantize, "render.step_cache": step_cache,
+        **score_overrides(score, clip_model, aesthetic_model, safety_model),
     }
     s3 = s3_settings(s3_endpoint)
     spec = job_spec(job, s3, **overrides)

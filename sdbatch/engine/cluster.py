@@ -99,7 +99,7 @@ def renderer_settings(spec: JobSpec, shape: PoolShape, s3: S3Settings, name: str
     return RendererSettings(batch_size=run.batch_size, io_threads=run.io_threads,
                             cpu_threads=None if shape.gpus_per_actor else int(shape.cpus_per_actor),
                             name=f"{os.uname().nodename}/{name}", s3=s3, fast=spec.render,
-                            embedding_dir=spec.defaults.embedding_dir)
+                            embedding_dir=spec.defaults.embedding_dir, score=spec.score)
 
 
 def actor_factory(store: Store, spec: JobSpec, shape: PoolShape, s3: S3Settings) -> Callable[[str], object]:

@@ -12,6 +12,7 @@ from sdbatch.manifest.guidance import GUIDANCE_COLUMNS
 from sdbatch.manifest.images import IMAGE_COLUMNS
 from sdbatch.manifest.problems import Notes, Problems
 from sdbatch.output.commits import RESULT_SCHEMA
+from sdbatch.scores import score_columns
 
 # The columns `normalize` writes, in order (GUIDANCE_COLUMNS where a row or the job sets them); every other column
 # of its output is a label.
@@ -21,6 +22,8 @@ MANIFEST_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidanc
 # Columns only the results table has: read_results joins them onto the manifest's, so a label of the same
 # name would be shadowed.
 RESULT_COLUMNS = tuple(name for name in RESULT_SCHEMA.names if name not in MANIFEST_COLUMNS)
+# The score steps' columns, which read_results adds beside the results' (sdbatch.scores).
+SCORE_COLUMNS = tuple(name for name, _ in score_columns())
 # Every name normalize reads as a setting.
 SETTING_COLUMNS = (*MANIFEST_COLUMNS, *SIMPLE_CONTROLNET_COLUMNS, "schedule")
 # What A1111, ComfyUI and diffusers call the settings, as people name their columns after them.
@@ -39,7 +42,7 @@ LABEL_WARNING = ("{count} label column(s) look like a setting but are kept as la
 
 def check_label_names(labels: dict[str, Any], problems: Problems, notes: Notes) -> None:
     for name in labels:
-        if name in RESULT_COLUMNS:
+        if name in RESULT_COLUMNS or name in SCORE_COLUMNS:
             problems.add(name, None, "is a name the results table uses; rename this label column")
     meant = [(name, setting) for name in labels if (setting := meant_setting(name))]
     notes.add(LABEL_WARNING, len(meant), [f"{name!r}: did you mean {setting!r}?" for name, setting in meant])

@@ -1,4 +1,4 @@
-"""A run's results: read_results (a table), scan_results (batches), open_results (a lazy dataset), compact."""
+"""A run's results with their scores: read_results (a table), scan_results (batches), open_results, compact."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from sdbatch.errors import ObjectNotFound, UsageError
 from sdbatch.output.commits import RESULT_SCHEMA, get_many, json_bytes, read_markers, read_metadata
 from sdbatch.output.job import JOB_KEY, MANIFEST_KEY
+from sdbatch.output.scores import ScoreJoin
 from sdbatch.store.base import Store
 
 COMPACTED_KEY = "_compacted.json"
@@ -67,12 +68,19 @@ def scan_results(output: str | Store, columns: list[str] | None = None, s3: Any 
         yield batch if columns is None else batch.select(columns)
 
 
+def scan_shards(store: Store, shards: list[str]) -> Iterator[pa.Table]:
+    """The joined rows (manifest, results, scores) of these committed shards only, in the planned order."""
+    markers = read_markers(store)
+    yield from _joined_batches(store, markers.filter(pc.is_in(markers.column("shard"), pa.array(shards, pa.string()))))
+
+
 def _joined_batches(store: Store, markers: pa.Table) -> Iterator[pa.Table]:
     """One pass over the manifest copy in batches, each joined with its committed shards' results; a
     shard's metadata is read when its first row comes and dropped after its last."""
     metadata = dict(zip(markers.column("shard").to_pylist(), markers.column("metadata").to_pylist()))
     left = dict(zip(markers.column("shard").to_pylist(), markers.column("rows").to_pylist()))
     held: dict[str, pa.Table] = {}
+    scores = ScoreJoin(store)
     with tempfile.TemporaryDirectory(prefix="sdbatch-results-") as tmp:
         path = os.path.join(tmp, MANIFEST_KEY)
         store.download(MANIFEST_KEY, path)  # streamed: the manifest may be larger than memory
@@ -82,15 +90,15 @@ def _joined_batches(store: Store, markers: pa.Table) -> Iterator[pa.Table]:
             here = [shard for shard in pc.unique(manifest.column("shard")).to_pylist() if shard in metadata]
             committed = manifest.filter(pc.is_in(manifest.column("shard"), value_set=pa.array(here, pa.string())))
             if committed.num_rows:
-                yield _joined(store, committed, metadata, left, held)
+                yield _joined(store, committed, metadata, left, held, scores)
 
 
 def _joined(store: Store, manifest: pa.Table, metadata: dict[str, str], left: dict[str, int],
-            held: dict[str, pa.Table]) -> pa.Table:
+            held: dict[str, pa.Table], scores: ScoreJoin) -> pa.Table:
     shards = pc.unique(manifest.column("shard")).to_pylist()
     wanted = [shard for shard in shards if shard not in held]
-    for shard, blob in zip(wanted, get_many(store, [metadata[shard] for shard in wanted])):
-        held[shard] = read_metadata(blob)
+    tables = [read_metadata(blob) for blob in get_many(store, [metadata[shard] for shard in wanted])]
+    held.update(zip(wanted, scores.add(wanted, tables)))
     results = pa.concat_tables([held[shard] for shard in shards])
     counts = manifest.group_by("shard").aggregate([("id", "count")]).to_pylist()
     for count in counts:
@@ -144,8 +152,9 @@ class _PartWriter:
 
 
 def read_results(output: str | Store, s3: Any = None) -> pa.Table:
-    """Every manifest column plus image, status, error and provenance, one row per committed manifest id,
-    in the planned order (by shard). For runs too big for memory: open_results or scan_results."""
+    """Every manifest column plus image, status, error, provenance and the score columns of every step the output
+    has (null where a shard or image has no score yet), one row per committed manifest id, in the planned order
+    (by shard). For runs too big for memory: open_results or scan_results."""
     batches = list(scan_results(output, s3=s3))
     if batches:
         return pa.concat_tables(batches)
@@ -156,8 +165,8 @@ def read_results(output: str | Store, s3: Any = None) -> pa.Table:
 
 def open_results(output: str | Store, s3: Any = None) -> ds.Dataset:
     """The results of a run as a pyarrow Dataset, read lazily (filters, projections, batches). A compacted
-    run: every manifest column with its result, in the planned order. Otherwise: the committed shards'
-    metadata (the results columns alone); `sdbatch compact` adds the manifest's."""
+    run: every manifest column with its result and scores, in the planned order. Otherwise: the committed shards'
+    metadata (the results columns alone); `sdbatch compact` adds the manifest's and the scores."""
     store = _open(output, s3)
     filesystem, root = store.arrow_filesystem()
     try:

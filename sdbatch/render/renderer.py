@@ -34,6 +34,7 @@ from sdbatch.render.models.loading import (
     make_scheduler,
     pick_device,
 )
+from sdbatch.render.scoring import RenderScores, ShardScores
 from sdbatch.render.text.cache import ConditioningCache
 from sdbatch.render.text.embeddings import EmbeddingLibrary
 from sdbatch.render.text.encode import PromptEncoder
@@ -65,6 +66,7 @@ class Rendering:
 
     started: float = 0.0  # perf_counter when the device was this shard's: waiting for it is not the shard's time
     loads: tuple[int, int, int] = (0, 0, 0)  # model, LoRA and ControlNet loads
+    scores: ShardScores | None = None  # the score steps' values of the images rendered; None: no steps
 
 
 class Renderer:
@@ -89,6 +91,7 @@ class Renderer:
         self._prompts: ConditioningCache | None = None  # the loaded model's text side
         self.uploads = Uploads(store, settings.io_threads)
         self.versions = json.dumps(versions(), sort_keys=True)
+        self.scores = RenderScores(store, settings.score, self.device, settings.s3)
 
     def model(self, reference: str) -> LoadedModel:
         """The warm pipeline for a model, loading it (and freeing the previous one) on first use."""
@@ -258,6 +261,8 @@ class Renderer:
         if rows is not None:
             on_device(lambda: self._rendering(rows, output, phase))
         out = output.finish()
+        if out.committed and phase.scores is not None:
+            self.scores.write(task, out.results, phase.scores)
         failures = {r["id"]: r["error"] for r in out.results if r["status"] == "failed"}
         model_loads, lora_loads, controlnet_loads = phase.loads
         return ShardResult(task.shard_id, task.attempt, out.committed, len(out.results) - len(failures),
@@ -273,9 +278,14 @@ class Renderer:
             return self.model_loads, self.lora_loads, self.controlnet_loads
 
         phase.started, before = time.perf_counter(), counts()
+        phase.scores = self.scores.begin()
         try:
             for rendered in self.render_rows(rows):
                 output.add(rendered, self.provenance(rendered.ok))
+                if phase.scores is not None and rendered.ok:
+                    phase.scores.add(rendered.row, rendered.image)
+            if phase.scores is not None:
+                phase.scores.close()
         finally:
             phase.loads = tuple(after - b for after, b in zip(counts(), before))
 

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -29,6 +30,7 @@ from sdbatch.output.layouts import layout_named
 from sdbatch.output.results import COMPACTED_KEY, compact, open_results
 from sdbatch.plan.planned import PlannedManifest, PlannedRows, plan_manifest
 from sdbatch.plan.shards import Plan, Shard, shards_except
+from sdbatch.scores import STEP_INFO
 from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec
 from sdbatch.store import is_remote_store, open_store
@@ -36,6 +38,8 @@ from sdbatch.store.base import Store
 from sdbatch.tasks import ShardTask
 
 MAX_LISTED_FAILURES = 1000
+# Weight files a score model may be given as.
+WEIGHT_FILES = (".pth", ".pt", ".safetensors", ".bin")
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class RunSummary:
 
     @property
     def complete(self) -> bool:
-        return self.counts["shards_done"] == self.counts["shards_total"]
+        return self.counts["shards_done"] == self.counts["shards_total"] and not self.counts.get("shards_unscored")
 
     @property
     def exit_code(self) -> int:
@@ -97,6 +101,7 @@ def prepare(request: SubmitRequest) -> PreparedRun:
     _check_remote_output(request)
     spec = request.spec
     layout_named(spec.output.layout)  # an unknown layout is refused before the manifest is read
+    _check_score_models(spec, request.address)
     workdir = tempfile.mkdtemp(prefix="sdbatch-run-")
     try:
         planned = plan_manifest(request.manifest, spec.defaults, spec.output.shard_size, workdir, request.s3,
@@ -109,6 +114,19 @@ def prepare(request: SubmitRequest) -> PreparedRun:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return PreparedRun(request, planned, store, job_doc, workdir)
+
+
+def _check_score_models(spec: JobSpec, address: str | None) -> None:
+    """A score model given as a local file or folder that is not there is refused now, not after the render."""
+    if address is not None:
+        return  # the cluster's machines have their own disks
+    for step in spec.score.steps:
+        for name in STEP_INFO[step].needs:
+            value = getattr(spec.score, name)
+            local = not is_remote_store(value) and (value.startswith(("/", ".", "~")) or value.endswith(WEIGHT_FILES))
+            if local and not Path(value).expanduser().exists():
+                raise UsageError(f"job setting score.{name} = {value!r}: no such file or folder; give the {step} "
+                                 "step's model as a path that exists here, an s3:// URI or a hub id")
 
 
 def _check_chunk(request: SubmitRequest, chunk: pa.Table, first_row: int) -> None:
@@ -252,7 +270,12 @@ class _RunEvents:
 def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str]) -> RunSummary:
     store = prepared.store
     counts = run_counts(store)
-    if counts["shards_done"] == counts["shards_total"] and not store.exists(COMPACTED_KEY):
+    rendered = counts["shards_done"] == counts["shards_total"]
+    scores = _fill_scores(prepared) if rendered and prepared.request.spec.score.steps else None
+    if scores is not None:
+        counts["shards_unscored"], stats["scores_written"] = len(scores.failed), scores.written
+        gave_up = {**gave_up, **{shard: f"not scored: {why}" for shard, why in scores.failed.items()}}
+    if rendered and not store.exists(COMPACTED_KEY):
         compact(store)  # a finished run's results as a few files, which its readers prefer
     failures: list[dict[str, str]] = []
     if counts["rows_failed"]:
@@ -268,6 +291,16 @@ def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str
                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         summary.counts["finished"] = True
     return summary
+
+
+def _fill_scores(prepared: PreparedRun):
+    """The score files the actors did not write (a step failed, an actor died between its commit and its scores,
+    steps added to a finished run), from the stored images; usually there are none and nothing starts."""
+    from sdbatch.run.score import score_output
+
+    request = prepared.request
+    return score_output(prepared.store, request.spec.score, request.s3, request.address, request.spec.run.actors,
+                        request.spec.run.device)
 
 
 def submit_to_cluster(prepared: PreparedRun):

@@ -103,3 +103,17 @@ def test_job_json_from_before_the_render_section_still_resumes():
     data = load_spec(None, {"defaults.steps": 7}).to_dict()
     del data["render"]
     assert _from_job_json(data).defaults.steps == 7
+
+
+def test_score_section_parses_its_steps_checks_their_models_and_stays_out_of_the_identity():
+    spec = load_spec(text='[score]\nsteps = ["phash", "clip"]\nclip_model = "tiny:clip"\n')
+    assert spec.score.steps == ("phash", "clip") and spec.score.clip_model == "tiny:clip"
+    assert load_spec(overrides={"score.steps": "clip, phash"}).score.steps == ("clip", "phash")
+    assert spec.identity() == JobSpec().validate().identity()  # adding a step must not make it another run
+    assert load_spec("job.json", text=json.dumps(spec.to_dict())).score == spec.score  # job.json round trip
+    with pytest.raises(SpecError, match=r"score.aesthetic_model = None .* aesthetic step needs it: the LAION"):
+        load_spec(overrides={"score.steps": "aesthetic"})
+    with pytest.raises(SpecError, match=r"unknown score step 'clipp'; use any of clip, aesthetic, safety, phash"):
+        load_spec(overrides={"score.steps": "clipp"})
+    with pytest.raises(SpecError, match="named twice"):
+        load_spec(overrides={"score.steps": "phash,phash"})

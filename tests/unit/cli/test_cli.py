@@ -205,3 +205,18 @@ def test_demo_family_takes_a_family_or_its_tiny_models_name_and_refuses_others()
                                                              "defaults.guidance_scale": None}
     with pytest.raises(typer.BadParameter, match="'sd9' is not a family with a tiny model; use one of sd1, sdxl"):
         _family_model("sd9")
+
+
+def test_score_flags_are_checked_before_anything_starts(tmp_path):
+    """A step without its model, a model file that is not there, an unknown step: exit 2, nothing written."""
+    manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(2))
+    out = tmp_path / "out"
+    cases = [(["--score", "clip,aesthetic"], "score.aesthetic_model = None"),
+             (["--score", "safety", "--safety-model", str(tmp_path / "nsfw.pth")], "no such file or folder"),
+             (["--score", "clip,sharpness"], "unknown score step 'sharpness'")]
+    for flags, needle in cases:
+        result = run_cli("submit", str(manifest), "--output", str(out), "--model", "tiny:sd15", *flags)
+        assert result.returncode == 2 and needle in " ".join(result.stderr.split()), result.stderr
+        assert not out.exists()
+    scored = run_cli("score", str(out), "--steps", "phash")
+    assert scored.returncode == 2 and "holds no sdbatch run" in " ".join(scored.stderr.split()), scored.stderr

@@ -1,0 +1,23 @@
+"""The phash step: the 64-bit perceptual hash (imagehash.phash) datasets dedupe by, as 16 hex characters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import imagehash
+
+from sdbatch.render.steps.protocol import ScoreBatch, StepContext
+
+
+class PhashStep:
+    name = "phash"
+
+    def identity(self) -> dict[str, Any]:
+        return {"class": "imagehash.phash", "version": imagehash.__version__, "hash_size": 8}
+
+    def score(self, batch: ScoreBatch) -> dict[str, list]:
+        return {"phash": [str(imagehash.phash(image.convert("RGB"))) for image in batch.images]}
+
+
+def make(context: StepContext) -> PhashStep:
+    return PhashStep()
