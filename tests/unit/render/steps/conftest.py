@@ -1,22 +1,14 @@
-"""Fixtures of the score step tests: a private sdbatch cache (tiny score models built there, offline), tiny:clip."""
+"""Fixtures of the score step tests: the session's sdbatch cache (tiny score models built there, offline), tiny:clip."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 
 @pytest.fixture(scope="session")
-def score_cache(tmp_path_factory):
-    """SDBATCH_CACHE in a temp folder for the session, so tiny:clip and friends are built there, not in ~/.cache."""
-    saved = os.environ.get("SDBATCH_CACHE")
-    os.environ["SDBATCH_CACHE"] = str(tmp_path_factory.mktemp("score-cache"))
-    yield os.environ["SDBATCH_CACHE"]
-    if saved is None:
-        os.environ.pop("SDBATCH_CACHE", None)
-    else:
-        os.environ["SDBATCH_CACHE"] = saved
+def score_cache(tiny_cache):
+    """The session's sdbatch cache (tests/conftest.py): tiny:clip and friends are built there, offline."""
+    return str(tiny_cache)
 
 
 @pytest.fixture(scope="session")
