@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from sdbatch.render.steps import STEPS, ScoreBatch, StepContext  # noqa: E402
-from sdbatch.render.steps.clip import Clip, clip_dtype  # noqa: E402
+from sdbatch.render.steps.clip import Clip, clip_dtype, image_processor_class  # noqa: E402
 from sdbatch.render.tiny import scorers as tiny  # noqa: E402
 from sdbatch.render.tiny.sd15 import MAX_TOKENS, make_tokenizer  # noqa: E402
 from sdbatch.settings import ScoreSettings  # noqa: E402
@@ -63,15 +63,13 @@ def vit_l14(tokenizer):
 
 
 def build_clip(quick: bool, device: torch.device, folder: Path) -> Clip:
-    from transformers import AutoImageProcessor
-
     tokenizer = make_tokenizer()
     model = tiny.build_clip(0)[0] if quick else vit_l14(tokenizer)
     size = model.config.vision_config.image_size
     (folder / "preprocessor_config.json").write_text(json.dumps(tiny.processor_config(size)))
     dtype = clip_dtype(device)
     return Clip("bench:" + ("tiny" if quick else "vit-l-14"), model.eval().to(device, dtype), tokenizer,
-                AutoImageProcessor.from_pretrained(folder), device, dtype, "random")
+                image_processor_class().from_pretrained(folder), device, dtype, "random")
 
 
 def build_steps(clip: Clip, folder: Path) -> dict:
@@ -82,7 +80,13 @@ def build_steps(clip: Clip, folder: Path) -> dict:
     settings = ScoreSettings(steps=tuple(STEPS), aesthetic_model=str(folder / "aesthetic.safetensors"),
                              safety_model=str(folder / "safety.safetensors"))
     context = StepContext(settings, clip.device, None, lambda: clip)
-    return {name: factory(context) for name, factory in STEPS.items()}
+    steps = {}
+    for name, factory in STEPS.items():
+        try:
+            steps[name] = factory(context)
+        except ImportError as exc:  # e.g. the GPU image has no imagehash/scipy: that step is not measured
+            print(f"{name}: not measured ({exc})")
+    return steps
 
 
 def images(count: int, side: int, seed: int) -> list[Image.Image]:
@@ -122,6 +126,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--size", type=int, default=None, help="image side in pixels")
+    parser.add_argument("--json-out", default=None, help="also write the figures here (bench/gpu/summary.py)")
     args = parser.parse_args()
     batch = args.batch or (4 if args.quick else 8)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -137,12 +142,20 @@ def main() -> None:
         prompts = [f"a photo of a red fox in the snow, number {i}" for i in range(batch)]
         timed_batch(clip, steps, images(batch, side, 99), prompts)  # warm-up
         runs = [timed_batch(clip, steps, images(batch, side, r), prompts) for r in range(repeats)]
-    report({part: statistics.median(run[part] for run in runs) / batch for part in ("preprocess", *PARTS)})
+    measured = [part for part in ("preprocess", *PARTS) if part in runs[0]]
+    per_image = {part: statistics.median(run[part] for run in runs) / batch for part in measured}
+    report(per_image)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({
+            "device": str(device), "dtype": str(clip.dtype).removeprefix("torch."), "size": side, "batch": batch,
+            "repeats": repeats, "seconds_per_image": per_image, "total": sum(per_image.get(p, 0) for p in PARTS)},
+            indent=1))
 
 
 def report(per_image: dict[str, float]) -> None:
-    total = sum(per_image[part] for part in PARTS)
-    for part in PARTS:
+    parts = [part for part in PARTS if part in per_image]
+    total = sum(per_image[part] for part in parts)
+    for part in parts:
         extra = f"  (of which preprocessing {per_image['preprocess']:.4f})" if part == "embed" else ""
         print(f"{part:>10}: {per_image[part]:.4f} s/image  {per_image[part] / total:6.1%}{extra}")
     print(f"{'all':>10}: {total:.4f} s/image")

@@ -18,6 +18,8 @@
 #   flux-compile  the FLUX pair, both denoisers torch.compile'd (compiling 57 blocks: the costliest step)
 #   sd3-compile   the SD3.5 pair compiled
 #   sd15 sd15-lora sd15-compile    the earlier SD1.5 steps: efficiency batch 1/4/8/16, lora_switch, compiled pair
+#   score         bench/score_steps.py: the score steps per image at CLIP ViT-L/14 size (fp16), 512x512, batch 8;
+#                 their share of an SD1.5 512x512 image is this over sd15's seconds per image
 # Expected on an H100 (FLOPs counted on meta: FLUX 74 TFLOP per step, SD3.5-medium 22.5 and SDXL 13.5 with both
 # CFG rows, a 1024 px VAE decode 10.5; at ~60% MFU an image takes ~3.5, ~1.2 and ~0.8 s): unpacking and the
 # environment ~20 s, model-flux ~55, flux ~115, model-sd3 ~20, sd3 ~85, model-sdxl ~15, sdxl ~75: ~385 s; then
@@ -45,17 +47,17 @@ cd "$(dirname "$0")/../.."
 started=$(date +%s)
 OUT=${OUT:-/tmp/sdbatch-gpu-out}
 work=${WORK:-/tmp/sdbatch-bench}
-STEPS=${STEPS:-"model-flux flux model-sd3 sd3 model-sdxl sdxl flux-cache flux-compile sd3-compile sd15 sd15-lora sd15-compile"}
+STEPS=${STEPS:-"model-flux flux model-sd3 sd3 model-sdxl sdxl flux-cache flux-compile sd3-compile sd15 score sd15-lora sd15-compile"}
 SD3_VARIANT=${SD3_VARIANT:-medium}
 FLUX_CACHE=${FLUX_CACHE:-taylorseer:4}
 # step: budget (killed there), need (started only with this much left); GPU seconds
 declare -A BUDGET=([model-flux]=150 [flux]=200 [model-sd3]=60 [sd3]=130 [model-sdxl]=50 [sdxl]=120
                    [flux-cache]=170 [flux-compile]=330 [sd3-compile]=240 [sdxl-compile]=200 [sd15]=200 [sd15-lora]=150
-                   [sd15-compile]=200)
+                   [sd15-compile]=200 [score]=90)
 declare -A DUR=()
 declare -A NEED=([model-flux]=60 [flux]=100 [model-sd3]=25 [sd3]=65 [model-sdxl]=20 [sdxl]=55
                  [flux-cache]=100 [flux-compile]=220 [sd3-compile]=150 [sdxl-compile]=130 [sd15]=120 [sd15-lora]=60
-                 [sd15-compile]=170)
+                 [sd15-compile]=170 [score]=40)
 mkdir -p "$OUT" "$work"
 for key in "${!BUDGET[@]}"; do  # BUDGET_flux_cache=200 NEED_flux_cache=120 ... override a step's figures
     b=BUDGET_${key//-/_} n=NEED_${key//-/_}
@@ -242,6 +244,8 @@ while [ $# -gt 0 ]; do
         sd15)  # the SD1.5 architecture at 512x512, 30 steps (CPU: tiny), batch 1/4/8/16 within the budget
             step sd15 $py bench/efficiency.py --device "$device" $quick --compile off \
                 --budget-s "$(( BUDGET[sd15] - 60 ))" --timeout 240 --work "$work" --json-out "$work/json/sd15.json" ;;
+        score)
+            step score $py bench/score_steps.py --device "$device" $quick --json-out "$work/json/score.json" ;;
         sd15-lora)
             step sd15-lora $py bench/lora_switch.py --device "$device" $quick --switches 20 --work "$work" \
                 --json-out "$work/json/sd15-lora.json" ;;
@@ -249,7 +253,7 @@ while [ $# -gt 0 ]; do
             step sd15-compile $py bench/efficiency.py --device "$device" $quick --compile only \
                 --timeout "$(( BUDGET[sd15-compile] - 10 ))" --work "$work" --json-out "$work/json/sd15-compile.json" ;;
         *) note "unknown step $name (known: model-flux flux model-sd3 sd3 model-sdxl sdxl flux-cache flux-compile" \
-                "sd3-compile sdxl-compile sd15 sd15-lora sd15-compile)" ;;
+                "sd3-compile sdxl-compile sd15 score sd15-lora sd15-compile)" ;;
     esac
 done
 

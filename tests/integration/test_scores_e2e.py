@@ -28,7 +28,7 @@ def _scores(out) -> dict[str, tuple]:
     return {row["id"]: tuple(row[c] for c in COLUMNS) for row in table.to_pylist()}
 
 
-def test_resumed_scores_equal_those_sdbatch_score_adds_to_a_run_made_without_steps(tmp_path):
+def test_scores_made_while_rendering_resumed_or_added_later_by_sdbatch_score_are_the_same(tmp_path):
     rows = [{**row, "seed": n} for n, row in enumerate(tiny_rows(16))]
     rows.insert(1, {**rows[0], "id": "twin"})  # the first row's prompt and seed, in its micro-batch: the same image
     manifest = write_manifest(tmp_path / "m.parquet", rows)
@@ -48,9 +48,14 @@ def test_resumed_scores_equal_those_sdbatch_score_adds_to_a_run_made_without_ste
     assert expected["twin"][:3] == pytest.approx(expected[rows[0]["id"]][:3], abs=1e-5)
     assert len({values[3] for values in expected.values()}) == len(rows) - 1  # distinct images, distinct hashes
 
+    with_steps = ["--score", "clip,aesthetic,safety,phash", *STEPS]
+    whole = tmp_path / "whole"
+    made = run_cli("submit", str(manifest), "--output", str(whole), "--job", JOB, *RENDER, *with_steps)
+    assert made.returncode == 0, made.stdout + made.stderr
+    _assert_same(_scores(whole), expected)  # scored as they rendered = scored from the store afterwards
+
     out = tmp_path / "resumed"
-    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, *RENDER,
-            "--score", "clip,aesthetic,safety,phash", *STEPS]
+    args = ["submit", str(manifest), "--output", str(out), "--job", JOB, *RENDER, *with_steps]
     driver = subprocess.Popen([*SDBATCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     deadline = time.monotonic() + 180
@@ -61,15 +66,18 @@ def test_resumed_scores_equal_those_sdbatch_score_adds_to_a_run_made_without_ste
     driver.wait()
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    got = _scores(out)
+    _assert_same(_scores(out), _scores(whole))  # a resumed run's scores are an uninterrupted one's
+    assert json.loads((out / "_SUCCESS.json").read_text())["finished"]
+    assert _images_from(plain) == {"store"}  # sdbatch score reads the stored images back
+    assert _images_from(whole) == {"render"}  # scored on the actor, as they rendered
+    assert "render" in _images_from(out)  # the shards rendered after the kill were scored as they rendered
+
+
+def _assert_same(got: dict[str, tuple], expected: dict[str, tuple]) -> None:
     assert got.keys() == expected.keys()
     for row_id, values in expected.items():
-        assert got[row_id][3] == values[3]  # the same image, the same hash
+        assert got[row_id][3] == values[3], row_id  # the same image, the same hash
         assert got[row_id][:3] == pytest.approx(values[:3], abs=1e-5), row_id
-    success = json.loads((out / "_SUCCESS.json").read_text())
-    assert success["finished"]
-    assert _images_from(plain) == {"store"}  # sdbatch score reads the stored images back
-    assert "render" in _images_from(out)  # the shards rendered after the kill were scored as they rendered
 
 
 def _images_from(out) -> set[str]:

@@ -92,17 +92,25 @@ def load_clip(reference: str, device: torch.device, s3: S3Settings | None = None
     kind = _model_type(path)
     if kind != "clip":
         raise ModelLoadError(f"clip_model {reference!r} is a {kind!r} model, not CLIP; {FIX}")
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer, CLIPModel
 
     dtype = clip_dtype(device)
     try:
         model = CLIPModel.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        processor = AutoImageProcessor.from_pretrained(str(path))
+        processor = image_processor_class().from_pretrained(str(path))
     except Exception as exc:  # missing files, bad configs: transformers raises many types
         raise ModelLoadError(f"clip_model {reference!r} at {path} failed to load ({type(exc).__name__}: {exc}); "
                              f"{FIX}") from exc
     return Clip(reference, model.eval().to(device), tokenizer, processor, device, dtype, model_hash(path))
+
+
+def image_processor_class():
+    """CLIP's preprocessing on PIL: transformers 5's torchvision backend is not a dependency (and would resize a
+    little differently, so scores would depend on what else is installed); 4.x's CLIPImageProcessor is PIL's."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 
 def _model_type(path: Path) -> str:

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+from transformers import AutoTokenizer, CLIPModel
 
 from sdbatch.errors import ModelLoadError
 from sdbatch.render.models.loading import model_hash
-from sdbatch.render.steps.clip import clip_dtype, load_clip
+from sdbatch.render.steps.clip import clip_dtype, image_processor_class, load_clip
 from sdbatch.render.steps.scorer import Scorer
 from sdbatch.render.tiny.scorers import build_clip, processor_config, save_clip
 from sdbatch.settings import ScoreSettings
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
     folder.mkdir()
     (folder / "preprocessor_config.json").write_text(json.dumps(processor_config()))
     model, tokenizer = build_clip(seed=1)
-    pixels = AutoImageProcessor.from_pretrained(folder)(images=[RED, BLUE], return_tensors="pt")["pixel_values"]
+    pixels = image_processor_class().from_pretrained(folder)(images=[RED, BLUE], return_tensors="pt")["pixel_values"]
     tokens = tokenizer(["red", "blue"], padding=True, return_tensors="pt")
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
@@ -55,7 +55,7 @@ def test_the_score_is_the_cosine_of_transformers_image_and_text_features(trained
     prompts = ["red", LONG]
     got = torch.tensor(clip_scores(trained, prompts))
     model = CLIPModel.from_pretrained(trained).eval()
-    tokenizer, processor = AutoTokenizer.from_pretrained(trained), AutoImageProcessor.from_pretrained(trained)
+    tokenizer, processor = AutoTokenizer.from_pretrained(trained), image_processor_class().from_pretrained(trained)
     with torch.no_grad():
         image = features(model.get_image_features(**processor(images=[RED, BLUE], return_tensors="pt")))
         text = features(model.get_text_features(**tokenizer(prompts, padding=True, truncation=True, max_length=77,
