@@ -262,7 +262,7 @@ class Renderer:
             on_device(lambda: self._rendering(rows, output, phase))
         out = output.finish()
         if out.committed and phase.scores is not None:
-            self.scores.write(task, out.results, phase.scores)
+            self.scores.write(task, out.results, phase.scores, on_device)
         failures = {r["id"]: r["error"] for r in out.results if r["status"] == "failed"}
         model_loads, lora_loads, controlnet_loads = phase.loads
         return ShardResult(task.shard_id, task.attempt, out.committed, len(out.results) - len(failures),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import time
@@ -53,10 +54,12 @@ class ShardScorer:
         return self.scorer.score(images, prompts)
 
     def finish(self, shard_id: str, layout: str, rows: list[dict[str, Any]], attempt: str,
-               scored: ScoredImages | None = None, steps: tuple[str, ...] | None = None) -> list[str]:
+               scored: ScoredImages | None = None, steps: tuple[str, ...] | None = None,
+               on_device: Callable[[Callable[[], Any]], Any] = lambda work: work()) -> list[str]:
         """Write the shard's score files for `steps` (default: all of the Scorer's). `rows`: the shard's ok result
-        rows (id, image) with their prompts; those not in `scored` are read back from the store. Returns the steps
-        whose files this call wrote (another writer's file stands)."""
+        rows (id, image) with their prompts; those not in `scored` are read back from the store and scored through
+        `on_device` (a Renderer's device thread: only it uses the device). Returns the steps whose files this call
+        wrote (another writer's file stands)."""
         steps = self.steps if steps is None else steps
         scored = scored or ScoredImages()
         have = set(scored.ids)
@@ -67,7 +70,8 @@ class ShardScorer:
             found = self._read_images(layout, missing)
             for start in range(0, len(missing), self.scorer.settings.batch_size):
                 part = missing[start:start + self.scorer.settings.batch_size]
-                scored.extend([row["id"] for row in part], self.score([found[row["id"]] for row in part], part))
+                work = functools.partial(self.score, [found[row["id"]] for row in part], part)
+                scored.extend([row["id"] for row in part], on_device(work))
         identity = self.scorer.identity()
         written = []
         for step in steps:
@@ -135,14 +139,17 @@ class RenderScores:
             self._scorer = ShardScorer(self.store, Scorer(self.settings, self.device, self.s3))
         return self._scorer
 
-    def write(self, task: ShardTask, results: list[dict], scores: ShardScores) -> None:
-        """After the commit: images rendered here were scored as they rendered, adopted ones are read back."""
+    def write(self, task: ShardTask, results: list[dict], scores: ShardScores,
+              on_device: Callable[[Callable[[], Any]], Any] = lambda work: work()) -> None:
+        """After the commit: images rendered here were scored as they rendered, adopted ones are read back and
+        scored through `on_device`."""
         if scores.scored is None:
             return
         rows = {row["id"]: row for row in task.rows}
         ok = [{**rows[r["id"]], **r} for r in results if r["status"] == "ok"]
         try:
-            self.scorer().finish(task.shard_id, task.layout, ok, task.attempt, scores.scored)
+            scorer = on_device(self.scorer)  # loads the steps' models on the device thread if not yet loaded
+            scorer.finish(task.shard_id, task.layout, ok, task.attempt, scores.scored, on_device=on_device)
         except Exception as exc:
             log.warning("shard %s: scores not written (%s: %s); the run's end scores it again", task.shard_id,
                         type(exc).__name__, exc)
