@@ -25,6 +25,9 @@ STEP_INFO = {
     "phash": StepInfo("phash", (("phash", pa.string()),)),
 }
 STEP_NAMES = tuple(STEP_INFO)
+# Where each numeric score falls, for the morning report's histograms: a cosine; LAION's 1-10 rating scale
+# (random or odd models can leave it: the end bins take those); a probability.
+SCORE_RANGES = {"clip_score": (-1.0, 1.0), "aesthetic": (0.0, 10.0), "punsafe": (0.0, 1.0)}
 
 
 def score_columns(steps: tuple[str, ...] = STEP_NAMES) -> list[tuple[str, pa.DataType]]:

@@ -28,7 +28,7 @@ def step_schema(step: str) -> pa.Schema:
 def score_table(step: str, ids: list[str], values: dict[str, list]) -> pa.Table:
     """A shard's scores of one step: one row per scored image, by id."""
     schema = step_schema(step)
-    return pa.table({"id": ids, **{name: values[name] for name in schema.names[1:]}}, schema=schema)
+    return pa.table({"id": ids, **{name: values.get(name, []) for name in schema.names[1:]}}, schema=schema)
 
 
 def write_scores(store: Store, step: str, shard_id: str, table: pa.Table, identity: dict) -> bool:

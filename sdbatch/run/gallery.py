@@ -1,4 +1,5 @@
-"""Morning report: one static HTML contact sheet of a run: thumbnails by group, failures, totals."""
+"""Morning report: one static HTML contact sheet of a run: totals, charts, thumbnails by group (sortable and
+filterable by score), failures."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from sdbatch.output.heartbeat import describe, read_progress
 from sdbatch.output.job import SUCCESS_KEY, run_counts, run_layout
 from sdbatch.output.results import scan_results
 from sdbatch.plan.shards import Variant, group_by_variant
+from sdbatch.run.charts import CHART_STYLE, RunCharts
+from sdbatch.scores import SCORE_RANGES
 from sdbatch.store.base import Store
 
 GALLERY_KEY = "gallery.html"
@@ -84,7 +87,8 @@ def render(store: Store, settings: GallerySettings, link: Link) -> str:
     success = json.loads(store.get(SUCCESS_KEY)) if store.exists(SUCCESS_KEY) else {}
     seen = _survey(store, settings)
     browsable = run_layout(store).browsable(store)
-    parts = [_head(store.uri), _totals(seen, counts, success, settings, store), _toc(seen, settings),
+    parts = [_head(store.uri), _totals(seen, counts, success, settings, store),
+             seen.charts.html(success.get("loads_per_actor", {})), _toc(seen, settings), _score_controls(seen.scores),
              _groups(_shown(store, settings, seen), seen, settings, lambda ref: link(browsable(ref))),
              _failures(seen, settings), "</body></html>\n"]
     return "\n".join(parts)
@@ -100,11 +104,15 @@ class _Survey:
     others: set = field(default_factory=set)  # keys of further groups, up to MAX_COUNTED_GROUPS
     failed: int = 0
     failures: list[dict] = field(default_factory=list)
+    charts: RunCharts = field(default_factory=RunCharts)
+    scores: list[str] = field(default_factory=list)  # the numeric score columns the run has
 
 
 def _survey(store: Store, settings: GallerySettings) -> _Survey:
     seen, keys = _Survey(), _GroupKeys(settings.group_by)
     for batch in scan_results(store):
+        seen.charts.add(batch)
+        seen.scores = [name for name in SCORE_RANGES if name in batch.column_names]
         seen.seconds += pc.sum(batch.column("render_seconds")).as_py() or 0.0
         seen.devices.update(d for d in pc.unique(batch.column("device")).to_pylist() if d)
         failed = batch.filter(pc.equal(batch.column("status"), "failed"))
@@ -136,7 +144,7 @@ def _shown(store: Store, settings: GallerySettings, seen: _Survey) -> dict[str, 
             picked = rows[np.isin(passed[n] + np.arange(len(rows)), wanted[n])]
             passed[n] += len(rows)
             if len(picked):
-                shown[key] += ok.select(THUMB_COLUMNS).take(pa.array(picked)).to_pylist()
+                shown[key] += ok.select(THUMB_COLUMNS + seen.scores).take(pa.array(picked)).to_pylist()
     return shown
 
 
@@ -174,14 +182,14 @@ h1{font-size:1.2em;overflow-wrap:anywhere}h2{font-size:1.05em;overflow-wrap:anyw
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px}dt{color:#555}dd{margin:0}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
 figure{margin:0}img{width:100%;height:auto;display:block;background:#eee;image-rendering:auto}
-figcaption{font-size:12px;overflow-wrap:anywhere}.note{color:#666;font-size:13px}
+figcaption{font-size:12px;overflow-wrap:anywhere}.note{color:#666;font-size:13px}figure[hidden]{display:none}
 li.failure{margin:6px 0;overflow-wrap:anywhere}pre{white-space:pre-wrap;margin:2px 0;font-size:12px;color:#a00}"""
 
 
 def _head(uri: str) -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>sdbatch: {_esc(uri)}</title><style>{STYLE}</style></head><body>"
+            f"<title>sdbatch: {_esc(uri)}</title><style>{STYLE}\n{CHART_STYLE}</style></head><body>"
             f"<h1>{_esc(uri)}</h1><p class=note>made by sdbatch gallery at "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>")
 
@@ -228,7 +236,7 @@ def _groups(shown: dict[str, list[dict]], seen: _Survey, settings: GallerySettin
     sections = []
     for n, (key, rows) in enumerate(shown.items()):
         total = seen.groups[key]
-        figures = "".join(_figure(row, link) for row in rows)
+        figures = "".join(_figure(row, link, seen.scores) for row in rows)
         note = (f"showing {len(rows)} of {total:,}, evenly spaced (--per-group {settings.per_group})"
                 if len(rows) < total else f"all {total:,}")
         sections.append(f'<section class=group id="g{n}"><h2>{_esc(key)}</h2><p class=note>{note}</p>'
@@ -236,12 +244,38 @@ def _groups(shown: dict[str, list[dict]], seen: _Survey, settings: GallerySettin
     return "\n".join(sections)
 
 
-def _figure(row: dict, link: Link) -> str:
+def _figure(row: dict, link: Link, scores: list[str]) -> str:
     url = _esc(link(row["image"]))
     size = f' width="{row["width"]}" height="{row["height"]}"' if row["width"] and row["height"] else ""
-    return (f'<figure class=thumb><a href="{url}"><img src="{url}" loading="lazy" alt="{_esc(row["id"])}"{size}>'
-            f'</a><figcaption><b>{_esc(row["id"])}</b> seed {_esc(row["seed"])}<br>{_esc(row["prompt"])}'
-            "</figcaption></figure>")
+    data = "".join(f' data-{name}="{row[name]}"' for name in scores if row.get(name) is not None)
+    shown = "".join(f"<br>{name} {row[name]:.3f}" for name in scores if row.get(name) is not None)
+    return (f'<figure class=thumb{data}><a href="{url}"><img src="{url}" loading="lazy" alt="{_esc(row["id"])}"'
+            f'{size}></a><figcaption><b>{_esc(row["id"])}</b> seed {_esc(row["seed"])}<br>{_esc(row["prompt"])}'
+            f"{shown}</figcaption></figure>")
+
+
+# Sorts and filters the thumbnails already on the page by a score; the page works without it.
+SCORE_SCRIPT = """<script>
+function sdbatchScores(){const by=document.getElementById('score-by').value,
+ least=parseFloat(document.getElementById('score-min').value);let shown=0;
+ for(const grid of document.querySelectorAll('.grid')){const figures=[...grid.children];
+  if(by){figures.sort((a,b)=>(parseFloat(b.dataset[by]??'-Infinity'))-(parseFloat(a.dataset[by]??'-Infinity')));
+   figures.forEach(f=>grid.appendChild(f));}
+  for(const f of figures){const v=parseFloat(f.dataset[by]);const keep=!by||isNaN(least)||v>=least;
+   f.hidden=!keep;shown+=keep;}}
+ document.getElementById('score-shown').textContent=shown;}
+</script>"""
+
+
+def _score_controls(scores: list[str]) -> str:
+    """Sort the thumbnails by a score (highest first) and hide those under a minimum."""
+    if not scores:
+        return ""
+    options = "".join(f'<option value="{name}">{name}</option>' for name in scores)
+    return (f'<section id=score-controls><label>sort by <select id=score-by onchange="sdbatchScores()">'
+            f'<option value="">plan order</option>{options}</select></label> <label>at least <input id=score-min '
+            'type=number step=any oninput="sdbatchScores()"></label> <span class=note><span id=score-shown>'
+            f'</span> shown</span>{SCORE_SCRIPT}</section>')
 
 
 def _failures(seen: _Survey, settings: GallerySettings) -> str:

@@ -176,7 +176,8 @@ def rendered(tiny_cache, tmp_path_factory) -> Run:
     manifest = write_manifest(root / "m.parquet", rows)
     output = root / "out"
     result = run_cli("submit", str(manifest), "--output", str(output), "--job", JOB, "--steps", "2",
-                     "--actors", "1", "--lora-dir", str(root / "loras"), "--gpu-hour-price", "2.5")
+                     "--actors", "1", "--lora-dir", str(root / "loras"), "--gpu-hour-price", "2.5",
+                     "--score", "clip,phash", "--clip-model", "tiny:clip")
     assert result.returncode in (0, 1), result.stdout + result.stderr
     (root / "submit-summary.txt").write_text(result.stdout)  # what the morning report must agree with
     statuses = {r["id"]: r["status"] for r in pq.read_table(output / "metadata").select(["id", "status"]).to_pylist()}
@@ -211,6 +212,44 @@ def test_gallery_of_a_real_run_shows_every_image_and_failure_in_chromium(chromiu
     assert float(cost) == pytest.approx(float(gallery_cost), rel=3e-3)
     assert re.search(r'src="images/\d{6}/ok0\.png"', (rendered.output / "gallery.html").read_text())
     assert f'src="{(rendered.output / "images").as_uri()}' in elsewhere.read_text()
+
+
+# The charts' bars and the score controls, asked of the browser.
+CHARTS_CHECK = """
+  const bars = name => [...document.querySelectorAll(`[data-chart="${name}"] rect.bar`)]
+    .map(r => [r.dataset.label, parseFloat(r.dataset.value)]);
+  const visible = () => [...document.querySelectorAll('figure.thumb')].filter(f => f.offsetParent !== null)
+    .map(f => f.querySelector('img').alt);
+  const charts = {};
+  for (const c of document.querySelectorAll('figure.chart')) charts[c.dataset.chart] = bars(c.dataset.chart);
+  const select = document.getElementById('score-by'), least = document.getElementById('score-min');
+  select.value = 'clip_score'; select.dispatchEvent(new Event('change'));
+  const sorted = visible();
+  least.value = String(LEAST); least.dispatchEvent(new Event('input'));
+  return {charts, sorted, kept: visible(), counter: document.getElementById('score-shown').textContent};
+"""
+
+
+@pytest.mark.slow
+def test_the_reports_charts_agree_with_success_json_and_thumbnails_sort_and_filter_by_score(chromium, rendered):
+    import sdbatch
+
+    success = json.loads((rendered.output / "_SUCCESS.json").read_text())
+    scores = {r["id"]: r["clip_score"] for r in sdbatch.read_results(str(rendered.output)).to_pylist()
+              if r["status"] == "ok"}
+    least = sorted(scores.values())[len(scores) // 2]  # the median: about half the thumbnails stay
+    assert run_cli("gallery", str(rendered.output)).returncode == 0
+    seen = chromium.evaluate((rendered.output / "gallery.html").as_uri(), CHARTS_CHECK.replace("LEAST", repr(least)))
+    charts = seen["charts"]
+    assert sum(v for _, v in charts["images-per-minute"]) == success["rows_ok"] == len(rendered.ok)
+    assert sum(v for _, v in charts["failures-per-minute"]) == success["rows_failed"] == 1
+    for kind in ("model", "lora"):
+        assert dict(charts.get(f"{kind}-loads", [])) == success["loads_per_actor"][kind]
+    assert sum(v for _, v in charts["histogram-clip_score"]) == len(scores)
+    assert sum(v for _, v in charts["busy-seconds"]) > 0
+    assert seen["sorted"] == sorted(scores, key=lambda i: -scores[i])  # highest first
+    kept = [i for i in seen["sorted"] if scores[i] >= least]
+    assert seen["kept"] == kept and seen["counter"] == str(len(kept)) and 0 < len(kept) < len(scores)
 
 
 @pytest.mark.slow

@@ -46,6 +46,12 @@ def test_a_score_file_is_written_once_and_records_what_scored_it(tmp_path):
     assert pq.read_table(pa.BufferReader(first)).num_rows == 10
 
 
+def test_a_shard_whose_rows_all_failed_gets_empty_score_files():
+    """Written all the same, so the shard counts as scored; before, its scores' missing columns raised."""
+    for step in STEP_INFO:
+        assert score_table(step, [], {}).num_rows == 0
+
+
 def test_unscored_names_each_shard_with_the_steps_it_lacks(tmp_path):
     store = synthetic_run(tmp_path / "run", 30, shard_size=10)
     shards = read_markers(store).column("shard").to_pylist()

@@ -32,7 +32,7 @@ def test_a_large_run_makes_a_small_page_that_says_what_it_left_out(tmp_path):
     by_variant = Path(make_gallery(store, GallerySettings(), tmp_path / "variant.html")).read_text()
     by_group = Path(make_gallery(store, GallerySettings(group_by="group"), tmp_path / "group.html")).read_text()
     assert time.monotonic() - started < 30
-    assert by_variant.count("<figure") == 48 and "showing 48 of 45,000, evenly spaced" in by_variant
+    assert by_variant.count("<figure class=thumb") == 48 and "showing 48 of 45,000, evenly spaced" in by_variant
     assert "The first 500 of 5,000" in by_variant and by_variant.count("<li class=failure") == 500
     assert by_group.count("<section class=group") == 100 and "899 more groups are not shown" in by_group
     assert len(by_variant) < 200_000 and len(by_group) < 3_000_000  # at most 100 groups x 48 thumbnails
@@ -52,7 +52,7 @@ def test_the_page_is_the_same_from_the_metadata_and_from_the_compacted_files(tmp
     after = Path(make_gallery(store, settings, tmp_path / "after.html")).read_text()
     made = re.compile(r"made by sdbatch gallery at [^<]*")
     assert made.sub("", before) == made.sub("", after)
-    assert before.count("<section class=group") == 4 and before.count("<figure") == 20
+    assert before.count("<section class=group") == 4 and before.count("<figure class=thumb") == 20
     assert "The first 20 of 429" in before
 
 
