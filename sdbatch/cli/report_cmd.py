@@ -140,6 +140,8 @@ def gallery(
     = 7 * 24 * 3600,
     per_group: Annotated[int, Opt(help="Thumbnails per group, spread evenly through it.")] = 48,
     max_groups: Annotated[int, Opt(help="Groups shown; the rest are counted.")] = 100,
+    where: Annotated[Optional[str], Opt(help="Only rows a SQL WHERE clause selects, e.g. \"clip_score > 0.25 "
+                                             "and label = 'cat'\" (charts, thumbnails and failures).")] = None,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """A static HTML contact sheet: thumbnails by group with prompt, seed and id, the failures and totals."""
@@ -147,7 +149,8 @@ def gallery(
     from sdbatch.store import open_store
 
     store = open_store(output, s3_settings(s3_endpoint))
-    settings = GallerySettings(group_by, per_group, max_groups, gpu_hour_price=gpu_hour_price, expires=expires)
+    settings = GallerySettings(group_by, per_group, max_groups, gpu_hour_price=gpu_hour_price, expires=expires,
+                               where=where)
     where = make_gallery(store, settings, out)
     typer.echo(f"gallery: {where}")
     if out is None and store.local_folder() is None:  # elsewhere: a link that needs no credentials to open

@@ -17,6 +17,7 @@ from sdbatch.errors import ObjectNotFound, UsageError
 from sdbatch.output.commits import RESULT_SCHEMA, get_many, json_bytes, read_markers, read_metadata
 from sdbatch.output.job import JOB_KEY, MANIFEST_KEY
 from sdbatch.output.scores import ScoreJoin
+from sdbatch.output.where import where_expression
 from sdbatch.store.base import Store
 
 COMPACTED_KEY = "_compacted.json"
@@ -54,17 +55,25 @@ def compact(store: Store) -> dict[str, Any]:
     return doc
 
 
-def scan_results(output: str | Store, columns: list[str] | None = None, s3: Any = None) -> Iterator[pa.Table]:
+def scan_results(output: str | Store, columns: list[str] | None = None, s3: Any = None,
+                 where: str | None = None) -> Iterator[pa.Table]:
     """read_results' rows a batch at a time, in the same order, with bounded memory: from the compacted
-    files, or (a run not compacted yet) the manifest copy joined with the committed shards' metadata."""
+    files, or (a run not compacted yet) the manifest copy joined with the committed shards' metadata. `where`:
+    a SQL WHERE clause over the columns (output/where.py); only the rows it selects."""
     store = _open(output, s3)
     if store.exists(COMPACTED_KEY):
-        for batch in open_results(store).to_batches(columns=columns):
-            yield pa.Table.from_batches([batch])
+        dataset = open_results(store, where=where)
+        for batch in dataset.to_batches(columns=columns):
+            yield pa.Table.from_batches([batch], schema=batch.schema)
         return
     if not store.exists(MANIFEST_KEY):
         raise FileNotFoundError(f"{store.uri} holds no sdbatch run (no {MANIFEST_KEY})")
+    condition = None
     for batch in _joined_batches(store, read_markers(store)):
+        if where is not None:
+            if condition is None:  # every batch has the same columns
+                condition = where_expression(where, batch.schema)
+            batch = batch.filter(condition)
         yield batch if columns is None else batch.select(columns)
 
 
@@ -151,23 +160,32 @@ class _PartWriter:
         return os.path.join(self.tmp, "part.parquet")
 
 
-def read_results(output: str | Store, s3: Any = None) -> pa.Table:
+def read_results(output: str | Store, s3: Any = None, where: str | None = None) -> pa.Table:
     """Every manifest column plus image, status, error, provenance and the score columns of every step the output
     has (null where a shard or image has no score yet), one row per committed manifest id, in the planned order
-    (by shard). For runs too big for memory: open_results or scan_results."""
-    batches = list(scan_results(output, s3=s3))
+    (by shard); with `where` (a SQL WHERE clause, e.g. "clip_score > 0.25 and label = 'cat'") only the rows it
+    selects. For runs too big for memory: open_results or scan_results."""
+    batches = list(scan_results(output, s3=s3, where=where))
     if batches:
         return pa.concat_tables(batches)
     store = _open(output, s3)
     manifest = pq.ParquetFile(pa.BufferReader(store.get(MANIFEST_KEY))).schema_arrow
-    return join_results(manifest.empty_table(), RESULT_SCHEMA.empty_table())
+    empty = join_results(manifest.empty_table(), RESULT_SCHEMA.empty_table())
+    if where is not None:
+        where_expression(where, empty.schema)  # a clause that names no column of the run is an error, rows or not
+    return empty
 
 
-def open_results(output: str | Store, s3: Any = None) -> ds.Dataset:
+def open_results(output: str | Store, s3: Any = None, where: str | None = None) -> ds.Dataset:
     """The results of a run as a pyarrow Dataset, read lazily (filters, projections, batches). A compacted
     run: every manifest column with its result and scores, in the planned order. Otherwise: the committed shards'
-    metadata (the results columns alone); `sdbatch compact` adds the manifest's and the scores."""
-    store = _open(output, s3)
+    metadata (the results columns alone); `sdbatch compact` adds the manifest's and the scores. `where`: a SQL
+    WHERE clause over the dataset's columns, applied as its filter."""
+    dataset = _results_dataset(_open(output, s3))
+    return dataset if where is None else dataset.filter(where_expression(where, dataset.schema))
+
+
+def _results_dataset(store: Store) -> ds.Dataset:
     filesystem, root = store.arrow_filesystem()
     try:
         keys = json.loads(store.get(COMPACTED_KEY))["parts"]

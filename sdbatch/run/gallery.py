@@ -48,6 +48,8 @@ class GallerySettings:
     gpu_hour_price: float | None = None
     # Lifetime of presigned S3 links; the most SigV4 allows, so a morning report lasts the week.
     expires: int = MAX_EXPIRES
+    # A SQL WHERE clause over the results (e.g. "clip_score > 0.25"): only those rows are charted and shown.
+    where: str | None = None
 
     def check(self) -> GallerySettings:
         if not 1 <= self.expires <= MAX_EXPIRES:
@@ -110,7 +112,7 @@ class _Survey:
 
 def _survey(store: Store, settings: GallerySettings) -> _Survey:
     seen, keys = _Survey(), _GroupKeys(settings.group_by)
-    for batch in scan_results(store):
+    for batch in scan_results(store, where=settings.where):
         seen.charts.add(batch)
         seen.scores = [name for name in SCORE_RANGES if name in batch.column_names]
         seen.seconds += pc.sum(batch.column("render_seconds")).as_py() or 0.0
@@ -136,7 +138,7 @@ def _shown(store: Store, settings: GallerySettings, seen: _Survey) -> dict[str, 
     passed = np.zeros(len(names), dtype=np.int64)  # ok rows of each group before this batch
     shown: dict[str, list[dict]] = {key: [] for key in seen.groups}
     keys = _GroupKeys(settings.group_by)
-    for batch in scan_results(store):
+    for batch in scan_results(store, where=settings.where):
         ok = batch.filter(pc.equal(batch.column("status"), "ok"))
         group = pc.fill_null(pc.index_in(keys.of(ok), value_set=names), -1).to_numpy(zero_copy_only=False)
         for n, key in enumerate(seen.groups):
@@ -229,7 +231,9 @@ def _toc(seen: _Survey, settings: GallerySettings) -> str:
         counted = f"{others:,}" if others < MAX_COUNTED_GROUPS else f"over {MAX_COUNTED_GROUPS:,}"
         more = f"<p class=note>{counted} more groups are not shown (--max-groups {settings.max_groups}).</p>"
     total = f"{len(seen.groups) + others:,}" if others < MAX_COUNTED_GROUPS else f"over {MAX_COUNTED_GROUPS:,}"
-    return f"<nav><h2>{total} group(s) by {by}</h2><ul>{items}</ul>{more}</nav>"
+    where = (f"<p class=note id=where>Only the rows where {_esc(settings.where)}: the charts, groups and failures; "
+             "the totals are the whole run's.</p>" if settings.where else "")
+    return f"<nav><h2>{total} group(s) by {by}</h2>{where}<ul>{items}</ul>{more}</nav>"
 
 
 def _groups(shown: dict[str, list[dict]], seen: _Survey, settings: GallerySettings, link: Link) -> str:

@@ -57,3 +57,28 @@ def test_scan_streams_what_read_results_returns_finished_or_not(tmp_path, monkey
     assert set(table.column("shard").to_pylist()) == committed  # rows of shards not committed are left out
     assert pa.concat_tables(batches).equals(table.select(["id", "status", "group"]))
 
+
+
+def test_where_selects_the_rows_the_clause_means_compacted_or_not(tmp_path, monkeypatch):
+    from sdbatch.output.where import WhereError
+
+    monkeypatch.setattr(results, "BATCH_ROWS", 64)
+    store = synthetic_run(tmp_path / "run", 600, failed_every=7, variants=3, shard_size=40)
+    clause = "status = 'ok' and \"group\" in ('g0', 'g2') and seed >= 100"  # group is a SQL word: quoted
+    everything = read_results(store)
+    expected = [r["id"] for r in everything.to_pylist()
+                if r["status"] == "ok" and r["group"] in ("g0", "g2") and r["seed"] >= 100]
+    for compacted in (False, True):
+        if compacted:
+            compact(store)
+            dataset = open_results(store, where=clause)
+            assert dataset.to_table().column("id").to_pylist() == expected
+        assert read_results(store, where=clause).column("id").to_pylist() == expected
+        assert [i for t in scan_results(store, ["id"], where=clause) for i in t.column("id").to_pylist()] == expected
+        with pytest.raises(WhereError, match="clip_scroe"):
+            read_results(store, where="clip_scroe > 0.2")
+    nothing = synthetic_run(tmp_path / "none", 20, shard_size=10, commit_every=3)
+    nothing.delete("_committed/000000.json")  # no shard committed: no rows, and still a clause is checked
+    assert read_results(nothing).num_rows == 0
+    with pytest.raises(WhereError, match="nope"):
+        read_results(nothing, where="nope = 1")

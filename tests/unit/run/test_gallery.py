@@ -80,3 +80,14 @@ def test_the_page_says_whether_the_runs_driver_is_alive(tmp_path):
     heartbeat.end("stopped", "no actor was ready <b>")
     page = Path(make_gallery(store, GallerySettings())).read_text()
     assert "<dd>stopped " in page and "no actor was ready &lt;b&gt;" in page
+
+
+def test_where_limits_the_groups_charts_and_failures_to_the_rows_it_selects(tmp_path):
+    store = synthetic_run(tmp_path / "run", 300, failed_every=7, groups=3, shard_size=50)
+    settings = GallerySettings(group_by="group", per_group=500, where="\"group\" = 'g1' and seed < 150")
+    page = Path(make_gallery(store, settings, tmp_path / "g.html")).read_text()
+    rows = [n for n in range(300) if n % 3 == 1 and n < 150]
+    assert page.count("<section class=group") == 1 and "g1" in page
+    assert page.count("<figure class=thumb") == sum(1 for n in rows if n % 7)
+    assert f"Failures ({sum(1 for n in rows if n % 7 == 0)})" in page
+    assert "Only the rows where" in page and "seed &lt; 150" in page
