@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from sdbatch.cli import jobs_cmd, manifest_cmd, models_cmd, report_cmd, run_cmd, score_cmd
+from sdbatch.cli import export_cmd, jobs_cmd, manifest_cmd, models_cmd, report_cmd, run_cmd, score_cmd
 from sdbatch.cli.handler import run_with_errors
 
 app = typer.Typer(help="Render very large batches of Stable Diffusion images on Ray, resumably.",
@@ -19,6 +19,7 @@ run_cmd.register(app)
 jobs_cmd.register(app)
 report_cmd.register(app)
 score_cmd.register(app)
+export_cmd.register(app)
 
 
 def main() -> None:

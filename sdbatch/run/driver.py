@@ -27,9 +27,10 @@ from sdbatch.output.job import (
     write_success,
 )
 from sdbatch.output.layouts import layout_named
-from sdbatch.output.results import COMPACTED_KEY, compact, open_results
+from sdbatch.output.results import COMPACTED_KEY, open_results
 from sdbatch.plan.planned import PlannedManifest, PlannedRows, plan_manifest
 from sdbatch.plan.shards import Plan, Shard, shards_except
+from sdbatch.run.publish import publish
 from sdbatch.scores import STEP_INFO
 from sdbatch.settings import S3Settings
 from sdbatch.spec import JobSpec
@@ -276,7 +277,7 @@ def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str
         counts["shards_unscored"], stats["scores_written"] = len(scores.failed), scores.written
         gave_up = {**gave_up, **{shard: f"not scored: {why}" for shard, why in scores.failed.items()}}
     if rendered and not store.exists(COMPACTED_KEY):
-        compact(store)  # a finished run's results as a few files, which its readers prefer
+        publish(store)  # a finished run's results as a few files, which its readers prefer (and datasets')
     failures: list[dict[str, str]] = []
     if counts["rows_failed"]:
         failed = open_results(store).scanner(columns=["id", "error"], filter=pc.field("status") == "failed")

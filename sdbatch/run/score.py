@@ -11,8 +11,9 @@ import pyarrow.compute as pc
 from sdbatch.errors import UsageError
 from sdbatch.output.commits import read_markers
 from sdbatch.output.job import JOB_KEY
-from sdbatch.output.results import COMPACTED_KEY, compact, scan_shards
+from sdbatch.output.results import COMPACTED_KEY, scan_shards
 from sdbatch.output.scores import unscored
+from sdbatch.run.publish import publish
 from sdbatch.settings import S3Settings, ScoreSettings
 from sdbatch.store.base import Store
 
@@ -51,7 +52,7 @@ def score_output(store: Store, settings: ScoreSettings, s3: S3Settings | None = 
                           on_done)
     summary.written, summary.failed = report.written, report.failed
     if report.written and store.exists(COMPACTED_KEY):
-        compact(store)
+        publish(store)
     return summary
 
 

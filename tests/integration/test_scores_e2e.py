@@ -29,7 +29,7 @@ def _scores(out) -> dict[str, tuple]:
 
 
 def test_scores_made_while_rendering_resumed_or_added_later_by_sdbatch_score_are_the_same(tmp_path):
-    rows = [{**row, "seed": n} for n, row in enumerate(tiny_rows(16))]
+    rows = [{**row, "seed": n, "style": "ab"[n % 2]} for n, row in enumerate(tiny_rows(16))]
     rows.insert(1, {**rows[0], "id": "twin"})  # the first row's prompt and seed, in its micro-batch: the same image
     manifest = write_manifest(tmp_path / "m.parquet", rows)
 
@@ -53,6 +53,7 @@ def test_scores_made_while_rendering_resumed_or_added_later_by_sdbatch_score_are
     made = run_cli("submit", str(manifest), "--output", str(whole), "--job", JOB, *RENDER, *with_steps)
     assert made.returncode == 0, made.stdout + made.stderr
     _assert_same(_scores(whole), expected)  # scored as they rendered = scored from the store afterwards
+    _assert_loads_as_an_imagefolder(whole, rows)
 
     out = tmp_path / "resumed"
     args = ["submit", str(manifest), "--output", str(out), "--job", JOB, *RENDER, *with_steps]
@@ -83,3 +84,15 @@ def _assert_same(got: dict[str, tuple], expected: dict[str, tuple]) -> None:
 def _images_from(out) -> set[str]:
     store = open_store(str(out))
     return {score_identity(store.get(key))["images_from"] for key in store.list("scores/")}
+
+
+def _assert_loads_as_an_imagefolder(out, rows: list[dict]) -> None:
+    """A finished files output is a Hugging Face imagefolder as it is: images with their labels and scores."""
+    import datasets
+
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+    assert loaded.num_rows == len(rows) and isinstance(loaded.features["image"], datasets.Image)
+    by_id = {row["id"]: row for row in loaded}
+    for row in rows:
+        assert by_id[row["id"]]["style"] == row["style"] and by_id[row["id"]]["clip_score"] is not None
+        assert by_id[row["id"]]["image"].size == (32, 32)

@@ -169,7 +169,15 @@ LIGHT = {
     "sdbatch.settings": HEAVY | {"ray", "pyarrow", "boto3"},
     "sdbatch.cli.app": HEAVY | {"ray"},
     **{f"sdbatch.cli.{name}": HEAVY | {"ray"} for name in
-       ("run_cmd", "jobs_cmd", "report_cmd", "manifest_cmd", "models_cmd", "options", "handler", "progress")},
+       ("run_cmd", "jobs_cmd", "report_cmd", "manifest_cmd", "models_cmd", "score_cmd", "export_cmd", "options",
+        "handler", "progress")},
+    # Scores and filters are read by the driver: their declarations and the score files stay torch-free.
+    "sdbatch.scores": HEAVY | {"ray", "boto3"},
+    "sdbatch.output.scores": HEAVY | {"ray", "boto3"},
+    "sdbatch.output.where": HEAVY | {"ray", "boto3"},
+    "sdbatch.output.export": HEAVY | {"ray", "boto3"},
+    "sdbatch.run.score": HEAVY | {"ray", "boto3"},
+    "sdbatch.run.publish": HEAVY | {"ray", "boto3"},
 }
 
 

@@ -32,6 +32,7 @@ class FilesLayout:
     """Browsable: every image is an object of its own, named by its shard and id."""
 
     name = "files"
+    loose_images = True
 
     def shard(self, task: ShardTask, store: Store, uploads: Uploads, unrendered: dict[str, Any]) -> FilesShard:
         return FilesShard(task, store, uploads, unrendered)

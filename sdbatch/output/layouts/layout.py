@@ -51,6 +51,8 @@ class Layout(Protocol):
     """How a run's images are laid out in its store; `name` is the job's output.layout."""
 
     name: str
+    # Each image an object of its own at its `image` key: a dataset reader can take the output's folder as it is.
+    loose_images: bool
 
     def shard(self, task: ShardTask, store: Store, uploads: Uploads, unrendered: dict[str, Any]) -> ShardOutput:
         """The output of one attempt at a shard. `unrendered`: the provenance of rows this attempt records without

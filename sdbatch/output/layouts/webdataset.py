@@ -39,6 +39,7 @@ class WebdatasetLayout:
     """For data loaders: a shard is one tar of samples, read by the `webdataset` library as it is."""
 
     name = "webdataset"
+    loose_images = False
 
     def shard(self, task: ShardTask, store: Store, uploads: Uploads, unrendered: dict[str, Any]) -> WebdatasetShard:
         return WebdatasetShard(task, store, uploads, unrendered)

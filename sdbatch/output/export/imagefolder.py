@@ -1,0 +1,106 @@
+"""The imagefolder format (train/{folder}/{id}.{ext} beside train/metadata.parquet), and the same metadata written
+into a files-layout output itself, so `load_dataset("imagefolder", data_dir=OUTPUT)` reads the run where it is."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePosixPath
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sdbatch.errors import UsageError
+from sdbatch.output.export.features import yaml_features
+from sdbatch.output.export.protocol import SPLIT, ExportSettings, Written
+from sdbatch.output.export.source import IMAGE_REF, Source, json_text
+from sdbatch.store.base import Store
+
+# Parquet carries each column's type. datasets (3.4 on) infers a metadata.jsonl's types from its first 10 MB, and
+# a column that is null there (a score not computed yet, a label set only later) then fails the whole load.
+METADATA_KINDS = ("parquet", "jsonl")
+
+
+def metadata_key(kind: str, folder: str = "") -> str:
+    return f"{folder}metadata.{kind}"
+
+
+class MetadataFile:
+    """An imagefolder metadata file written locally, a table at a time: `file_name` first, then the row."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        if kind not in METADATA_KINDS:
+            raise UsageError(f"metadata kind {kind!r}: use one of {', '.join(METADATA_KINDS)}")
+        self.path, self.kind = path, kind
+        self.writer: pq.ParquetWriter | None = None
+        self.lines = open(path, "w", encoding="utf-8") if kind == "jsonl" else None
+        self.schema: pa.Schema | None = None  # the first table's, with file_name
+
+    def add(self, file_names: list[str], table: pa.Table) -> None:
+        table = table.add_column(0, "file_name", pa.array(file_names, pa.string()))
+        if self.lines is not None:
+            self.lines.writelines(json_text(row) + "\n" for row in table.to_pylist())
+            return
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = pq.ParquetWriter(self.path, self.schema)
+        self.writer.write_table(table.cast(self.schema))
+
+    def close(self) -> None:
+        if self.lines is not None:
+            self.lines.close()
+        elif self.writer is not None:
+            self.writer.close()
+
+
+def write_imagefolder_metadata(store: Store, kind: str = "parquet") -> str:
+    """Write metadata.{kind} at the root of a files-layout output: a row per ok image, `file_name` its key, then
+    every column an export keeps; returns its key. The other kind's file is deleted (datasets refuses both)."""
+    source = Source(store)
+    if not source.layout.loose_images:
+        raise UsageError(f"{store.uri} is in the {source.layout.name} layout, whose images are not files of their own; "
+                         "`sdbatch export` it as --format imagefolder, parquet or webdataset instead")
+    key = metadata_key(kind)
+    with tempfile.TemporaryDirectory(prefix="sdbatch-metadata-") as tmp:
+        metadata = MetadataFile(os.path.join(tmp, key), kind)
+        for table in source.rows():
+            metadata.add(table.column(IMAGE_REF).to_pylist(), table.drop_columns([IMAGE_REF]))
+        metadata.close()
+        if metadata.lines is None and metadata.writer is None:
+            raise UsageError(f"{store.uri} has no ok image yet; write the metadata once its run has committed some")
+        store.upload(metadata.path, key)
+    for other in METADATA_KINDS:
+        if other != kind:
+            store.delete(metadata_key(other))
+    return key
+
+
+class ImagefolderFormat:
+    name = "imagefolder"
+    data_files = f"{SPLIT}/**"
+
+    def __init__(self, metadata: str = "parquet") -> None:
+        self.metadata = metadata  # the metadata file's kind: parquet keeps the column types
+
+    def write(self, source: Source, dest: Store, settings: ExportSettings, total: int) -> Written:
+        folder = f"{SPLIT}/"
+        written, row = 0, 0
+        with tempfile.TemporaryDirectory(prefix="sdbatch-export-") as tmp, \
+                ThreadPoolExecutor(settings.threads, thread_name_prefix="sdbatch-export-write") as pool:
+            metadata = MetadataFile(os.path.join(tmp, metadata_key(self.metadata)), self.metadata)
+            for chunk in source.samples(settings.rows_per_group, settings.threads):
+                names = [f"{(row + n) // settings.files_per_folder:05d}/{PurePosixPath(image.name).name}"
+                         for n, image in enumerate(chunk.images)]
+                # Every put of the chunk done before the next: at most a chunk of images held here.
+                list(pool.map(lambda name, image: dest.put(folder + name, image.data), names, chunk.images))
+                metadata.add(names, chunk.table)
+                written += sum(len(image.data) for image in chunk.images)
+                row += len(names)
+            metadata.close()
+            written += os.path.getsize(metadata.path)
+            dest.upload(metadata.path, metadata_key(self.metadata, folder))
+        features = yaml_features(metadata.schema, images=("file_name",)) if metadata.schema else None
+        if features:
+            features[0]["name"] = "image"  # datasets names the column of file_name's images `image`
+        return Written((metadata_key(self.metadata, folder),), written, features)
