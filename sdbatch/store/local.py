@@ -36,11 +36,12 @@ def read(uri: str, reader) -> bytes:
 
 
 def _create_beside(tmp: str):
-    """Open tmp for writing, making its folder; again if another process's cleanup removed the folder
-    between the two (drivers sharing an output each remove their empty probe folder)."""
+    """Open tmp for writing, making its folder; again if another process's cleanup removed the folder, or one
+    above it, meanwhile (drivers sharing an output each remove their empty probe folder, and the output folder
+    if they made it): between the two steps, or inside makedirs, between its check of a parent and its mkdir."""
     for _ in range(_FOLDER_RACES - 1):
-        os.makedirs(os.path.dirname(tmp), exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
             return open(tmp, "wb")
     os.makedirs(os.path.dirname(tmp), exist_ok=True)
     return open(tmp, "wb")

@@ -77,3 +77,21 @@ def test_write_survives_another_process_removing_its_empty_folder(tmp_path, monk
     store.check_writable()
     store.put("a/b", b"v")
     assert removed and store.get("a/b") == b"v"
+
+
+def test_write_survives_the_output_folder_vanishing_inside_makedirs(tmp_path, monkeypatch):
+    """The other driver also removes the output folder it made: our makedirs found the parent, then its mkdir
+    of the probe folder met no parent (FileNotFoundError from makedirs itself). The write tries again."""
+    store = LocalStore(str(tmp_path / "out"))
+    makedirs = os.makedirs
+    raced = []
+
+    def parent_gone_once(path, exist_ok=False):
+        if not raced and os.path.basename(path) == PROBE_DIR:
+            raced.append(path)
+            raise FileNotFoundError(2, "No such file or directory", path)
+        makedirs(path, exist_ok=exist_ok)
+
+    monkeypatch.setattr(local.os, "makedirs", parent_gone_once)
+    store.check_writable()
+    assert raced
