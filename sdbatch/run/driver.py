@@ -300,8 +300,9 @@ def _fill_scores(prepared: PreparedRun):
     from sdbatch.run.score import score_output
 
     request = prepared.request
-    return score_output(prepared.store, request.spec.score, request.s3, request.address, request.spec.run.actors,
-                        request.spec.run.device)
+    run = request.spec.run
+    return score_output(prepared.store, request.spec.score, request.s3, request.address, run.actors, run.device,
+                        limits=run)
 
 
 def submit_to_cluster(prepared: PreparedRun):

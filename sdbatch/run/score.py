@@ -14,7 +14,7 @@ from sdbatch.output.job import JOB_KEY
 from sdbatch.output.results import COMPACTED_KEY, scan_shards
 from sdbatch.output.scores import unscored
 from sdbatch.run.publish import publish
-from sdbatch.settings import S3Settings, ScoreSettings
+from sdbatch.settings import RunSettings, S3Settings, ScoreSettings
 from sdbatch.store.base import Store
 
 # What a score step reads of a row: its image and its prompt as written.
@@ -30,7 +30,8 @@ class ScoreSummary:
 
 
 def score_output(store: Store, settings: ScoreSettings, s3: S3Settings | None = None, address: str | None = None,
-                 actors: int | None = None, device: str = "auto", on_done=None) -> ScoreSummary:
+                 actors: int | None = None, device: str = "auto", on_done=None,
+                 limits: RunSettings | None = None) -> ScoreSummary:
     """Score every committed shard that lacks a step's file, from its stored images; then compact again if the
     output was compacted, so its compacted results carry the new columns. Resumable: files stand once written."""
     if not store.exists(JOB_KEY):
@@ -49,7 +50,7 @@ def score_output(store: Store, settings: ScoreSettings, s3: S3Settings | None = 
             yield ScoreWork(shard, attempts[shard], tuple(rows), todo[shard])
 
     report = score_shards(work(), store, settings, job["spec"]["output"]["layout"], s3, address, actors, device,
-                          on_done)
+                          on_done, limits)
     summary.written, summary.failed = report.written, report.failed
     if report.written and store.exists(COMPACTED_KEY):
         publish(store)
