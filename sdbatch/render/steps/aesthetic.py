@@ -7,19 +7,9 @@ the stack is affine). It was trained on CLIP ViT-L/14's embeddings; a safetensor
 
 from __future__ import annotations
 
-from typing import Any
-
 from sdbatch.errors import ModelLoadError
 from sdbatch.render.steps.protocol import ScoreBatch, StepContext
-from sdbatch.render.steps.weights import (
-    Layers,
-    check_input,
-    file_hash,
-    linear_layers,
-    load_state,
-    model_file,
-    run_layers,
-)
+from sdbatch.render.steps.weights import EmbeddingHead, Layers, check_input, linear_layers, run_layers
 
 INDICES = [0, 2, 4, 6, 7]
 
@@ -39,27 +29,17 @@ def aesthetic_layers(state: dict, where: str, clip) -> Layers:
     return layers
 
 
-class AestheticStep:
+class AestheticStep(EmbeddingHead):
     """aesthetic: the predictor's rating (about 1 to 10 on LAION's scale) of each image."""
 
-    name = "aesthetic"
+    name, setting, kind = "aesthetic", "aesthetic_model", "LAIONAestheticMLP"
 
-    def __init__(self, reference: str, layers: Layers, model_hash: str, clip):
-        self.reference, self.model_hash, self.clip = reference, model_hash, clip
-        self.layers = [(w.to(clip.device), b.to(clip.device)) for w, b in layers]
-
-    def identity(self) -> dict[str, Any]:
-        return {"model": self.reference, "model_hash": self.model_hash, "class": "LAIONAestheticMLP",
-                "clip_model": self.clip.reference, "clip_model_hash": self.clip.model_hash}
+    def layers_of(self, state: dict, where: str, clip) -> Layers:
+        return aesthetic_layers(state, where, clip)
 
     def score(self, batch: ScoreBatch) -> dict[str, list]:
         return {"aesthetic": run_layers(self.layers, batch.image_embeds())[:, 0].cpu().tolist()}
 
 
 def make(context: StepContext) -> AestheticStep:
-    reference = context.settings.aesthetic_model
-    path = model_file("aesthetic_model", reference, context.s3, "aesthetic")
-    clip = context.clip()
-    where = f"aesthetic_model {reference!r} ({path.name})"
-    layers = aesthetic_layers(load_state("aesthetic_model", reference, path), where, clip)
-    return AestheticStep(reference, layers, file_hash(path), clip)
+    return AestheticStep(context)

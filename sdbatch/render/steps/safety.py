@@ -11,20 +11,10 @@ embeddings and thresholds over the vision tower, not one logit) is not supported
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from sdbatch.render.steps.protocol import ScoreBatch, StepContext
-from sdbatch.render.steps.weights import (
-    Layers,
-    check_input,
-    file_hash,
-    linear_layers,
-    load_state,
-    model_file,
-    run_layers,
-)
+from sdbatch.render.steps.weights import EmbeddingHead, Layers, check_input, linear_layers, run_layers
 
 
 def expected(dim: int) -> str:
@@ -38,18 +28,13 @@ def safety_layers(state: dict, where: str, clip) -> Layers:
     return layers
 
 
-class SafetyStep:
+class SafetyStep(EmbeddingHead):
     """punsafe: sigmoid of the classifier's logit, in [0, 1]."""
 
-    name = "safety"
+    name, setting, kind = "safety", "safety_model", "ClipLinearReluSigmoid"
 
-    def __init__(self, reference: str, layers: Layers, model_hash: str, clip):
-        self.reference, self.model_hash, self.clip = reference, model_hash, clip
-        self.layers = [(w.to(clip.device), b.to(clip.device)) for w, b in layers]
-
-    def identity(self) -> dict[str, Any]:
-        return {"model": self.reference, "model_hash": self.model_hash, "class": "ClipLinearReluSigmoid",
-                "clip_model": self.clip.reference, "clip_model_hash": self.clip.model_hash}
+    def layers_of(self, state: dict, where: str, clip) -> Layers:
+        return safety_layers(state, where, clip)
 
     def score(self, batch: ScoreBatch) -> dict[str, list]:
         logits = run_layers(self.layers, batch.image_embeds(), torch.relu)[:, 0]
@@ -57,9 +42,4 @@ class SafetyStep:
 
 
 def make(context: StepContext) -> SafetyStep:
-    reference = context.settings.safety_model
-    path = model_file("safety_model", reference, context.s3, "safety")
-    clip = context.clip()
-    layers = safety_layers(load_state("safety_model", reference, path), f"safety_model {reference!r} ({path.name})",
-                           clip)
-    return SafetyStep(reference, layers, file_hash(path), clip)
+    return SafetyStep(context)

@@ -118,3 +118,27 @@ def run_layers(layers: Layers, x: torch.Tensor, activation=None) -> torch.Tensor
             x = activation(x)
         x = torch.nn.functional.linear(x, weight, bias)
     return x
+
+
+class EmbeddingHead:
+    """A step that is a Linear stack over the shared CLIP image embedding (aesthetic, safety): its layers on CLIP's
+    device, and what it used. Subclasses name the step, its setting, its model class, and read its layers."""
+
+    name: str
+    setting: str  # the ScoreSettings field naming its weights file
+    kind: str  # the model's class, as recorded
+
+    def __init__(self, context) -> None:
+        reference = getattr(context.settings, self.setting)
+        path = model_file(self.setting, reference, context.s3, self.name)
+        self.reference, self.model_hash, self.clip = reference, file_hash(path), context.clip()
+        where = f"{self.setting} {reference!r} ({path.name})"
+        layers = self.layers_of(load_state(self.setting, reference, path), where, self.clip)
+        self.layers = [(w.to(self.clip.device), b.to(self.clip.device)) for w, b in layers]
+
+    def layers_of(self, state: dict, where: str, clip) -> Layers:
+        raise NotImplementedError
+
+    def identity(self) -> dict:
+        return {"model": self.reference, "model_hash": self.model_hash, "class": self.kind,
+                "clip_model": self.clip.reference, "clip_model_hash": self.clip.model_hash}
