@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -106,8 +105,9 @@ def job_spec(job: Optional[str], s3: S3Settings | None = None, **overrides) -> J
 def _local_paths(spec: JobSpec) -> JobSpec:
     """Local score models and the embedding folder as absolute paths (actors do not run in this directory), the
     folder checked now rather than when the first row that names an embedding renders."""
-    models = {name: str(Path(value).expanduser().resolve()) for name in SCORE_MODELS
-              if (value := getattr(spec.score, name)) and not is_remote(value) and Path(value).expanduser().exists()}
+    models = {name: str(path.resolve()) for name in SCORE_MODELS
+              if (value := getattr(spec.score, name)) and not is_remote(value)
+              and paths.exists(path := paths.local_path(value))}
     spec = dataclasses.replace(spec, score=dataclasses.replace(spec.score, **models))
     folder = spec.defaults.embedding_dir
     if not folder or is_remote(folder):

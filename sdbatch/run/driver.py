@@ -7,14 +7,15 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sdbatch.errors import UsageError, UserFacing
+from sdbatch.manifest import paths
 from sdbatch.manifest.models import check_local_references, check_step_cache
+from sdbatch.manifest.problems import shown
 from sdbatch.output.commits import MARKER_SCHEMA, MarkerIndex, read_markers
 from sdbatch.output.heartbeat import Heartbeat
 from sdbatch.output.job import (
@@ -125,9 +126,10 @@ def _check_score_models(spec: JobSpec, address: str | None) -> None:
         for name in STEP_INFO[step].needs:
             value = getattr(spec.score, name)
             local = not is_remote_store(value) and (value.startswith(("/", ".", "~")) or value.endswith(WEIGHT_FILES))
-            if local and not Path(value).expanduser().exists():
-                raise UsageError(f"job setting score.{name} = {value!r}: no such file or folder; give the {step} "
-                                 "step's model as a path that exists here, an s3:// URI or a hub id")
+            if local and not paths.exists(paths.local_path(value)):
+                why = paths.path_problem(value) or "names no file or folder here"
+                raise UsageError(f"job setting score.{name} = {shown(value)} {why}; give the {step} step's model as "
+                                 "a path that exists here, an s3:// URI or a hub id")
 
 
 def _check_chunk(request: SubmitRequest, chunk: pa.Table, first_row: int) -> None:

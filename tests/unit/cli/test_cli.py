@@ -212,11 +212,15 @@ def test_score_flags_are_checked_before_anything_starts(tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", tiny_rows(2))
     out = tmp_path / "out"
     cases = [(["--score", "clip,aesthetic"], "score.aesthetic_model = None"),
-             (["--score", "safety", "--safety-model", str(tmp_path / "nsfw.pth")], "no such file or folder"),
+             (["--score", "safety", "--safety-model", str(tmp_path / "nsfw.pth")], "names no file or folder here"),
              (["--score", "clip,sharpness"], "unknown score step 'sharpness'")]
     for flags, needle in cases:
         result = run_cli("submit", str(manifest), "--output", str(out), "--model", "tiny:sd15", *flags)
         assert result.returncode == 2 and needle in " ".join(result.stderr.split()), result.stderr
         assert not out.exists()
+    job = tmp_path / "job.toml"
+    job.write_text('[score]\nsteps = ["aesthetic"]\naesthetic_model = "/tmp/a\\u0000b.pth"\n')  # a NUL: no path
+    result = run_cli("submit", str(manifest), "--output", str(out), "--model", "tiny:sd15", "--job", str(job))
+    assert result.returncode == 2 and "NUL character" in " ".join(result.stderr.split()), result.stderr
     scored = run_cli("score", str(out), "--steps", "phash")
     assert scored.returncode == 2 and "holds no sdbatch run" in " ".join(scored.stderr.split()), scored.stderr
