@@ -105,10 +105,12 @@ class FaultProxy:
 
             def _reply(self, status: int, headers, data: bytes) -> None:
                 self.send_response(status)
+                head = self.command == "HEAD"  # its Content-Length is the object's size, with no body
                 for name, value in headers:
-                    if name.lower() != "content-length":
+                    if head or name.lower() != "content-length":
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
