@@ -62,19 +62,29 @@ def scan_results(output: str | Store, columns: list[str] | None = None, s3: Any 
     a SQL WHERE clause over the columns (output/where.py); only the rows it selects."""
     store = _open(output, s3)
     if store.exists(COMPACTED_KEY):
-        dataset = open_results(store, where=where)
-        for batch in dataset.to_batches(columns=columns):
-            yield pa.Table.from_batches([batch], schema=batch.schema)
-        return
-    if not store.exists(MANIFEST_KEY):
+        batches = _compacted_batches(store, json.loads(store.get(COMPACTED_KEY))["parts"])
+    elif store.exists(MANIFEST_KEY):
+        batches = _joined_batches(store, read_markers(store))
+    else:
         raise FileNotFoundError(f"{store.uri} holds no sdbatch run (no {MANIFEST_KEY})")
     condition = None
-    for batch in _joined_batches(store, read_markers(store)):
+    for batch in batches:
         if where is not None:
             if condition is None:  # every batch has the same columns
                 condition = where_expression(where, batch.schema)
             batch = batch.filter(condition)
         yield batch if columns is None else batch.select(columns)
+
+
+def _compacted_batches(store: Store, keys: list[str]) -> Iterator[pa.Table]:
+    """The compacted parts in order, each downloaded through the store (its client retries what S3 throws at
+    it; pyarrow's own S3 client gives up on a reset connection) and read a row group at a time."""
+    with tempfile.TemporaryDirectory(prefix="sdbatch-results-") as tmp:
+        path = os.path.join(tmp, "part.parquet")
+        for key in keys:
+            store.download(key, path)
+            for batch in read_batches(pq.ParquetFile(path), BATCH_ROWS):
+                yield pa.Table.from_batches([batch])
 
 
 def scan_shards(store: Store, shards: list[str]) -> Iterator[pa.Table]:

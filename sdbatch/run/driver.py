@@ -28,7 +28,7 @@ from sdbatch.output.job import (
     write_success,
 )
 from sdbatch.output.layouts import layout_named
-from sdbatch.output.results import COMPACTED_KEY, open_results
+from sdbatch.output.results import COMPACTED_KEY, scan_results
 from sdbatch.plan.planned import PlannedManifest, PlannedRows, plan_manifest
 from sdbatch.plan.shards import Plan, Shard, shards_except
 from sdbatch.run.publish import publish
@@ -282,8 +282,7 @@ def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str
         publish(store)  # a finished run's results as a few files, which its readers prefer (and datasets')
     failures: list[dict[str, str]] = []
     if counts["rows_failed"]:
-        failed = open_results(store).scanner(columns=["id", "error"], filter=pc.field("status") == "failed")
-        failures = failed.head(MAX_LISTED_FAILURES).to_pylist()
+        failures = _first_failures(store)
     summary = RunSummary(store.uri, counts, failures, gave_up, stats)
     if summary.complete:
         # Load totals are those of the invocation that finished the run (see last_run for the rest).
@@ -294,6 +293,16 @@ def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str
                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         summary.counts["finished"] = True
     return summary
+
+
+def _first_failures(store: Store) -> list[dict[str, str]]:
+    """The first failed rows (id, error), read through the store's retrying client."""
+    failures: list[dict[str, str]] = []
+    for batch in scan_results(store, ["id", "error"], where="status = 'failed'"):
+        failures += batch.slice(0, MAX_LISTED_FAILURES - len(failures)).to_pylist()
+        if len(failures) >= MAX_LISTED_FAILURES:
+            break
+    return failures
 
 
 def _fill_scores(prepared: PreparedRun):
