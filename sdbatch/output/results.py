@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -35,9 +35,10 @@ def read_batches(file: pq.ParquetFile, size: int) -> Iterator[pa.RecordBatch]:
         yield from file.iter_batches(batch_size=size, row_groups=[group])
 
 
-def compact(store: Store) -> dict[str, Any]:
+def compact(store: Store, also: Callable[[pa.Table], None] | None = None) -> dict[str, Any]:
     """Write results/part-*.parquet (every manifest column joined with its result row, in the planned order)
-    and then _compacted.json naming them; a finished run only."""
+    and then _compacted.json naming them; a finished run only. `also` sees each joined batch on its way (another
+    file written in the same pass)."""
     job = json.loads(store.get(JOB_KEY))
     shards_total = job["manifest"]["shards"]
     markers = read_markers(store, shards_total)
@@ -49,6 +50,8 @@ def compact(store: Store) -> dict[str, Any]:
         writer = _PartWriter(store, tmp, parts)
         for batch in _joined_batches(store, markers):
             writer.add(batch)
+            if also is not None:
+                also(batch)
         writer.close()
     doc = {"run_fingerprint": job["run_fingerprint"], "rows": job["manifest"]["rows"], "parts": parts}
     store.put(COMPACTED_KEY, json_bytes(doc))

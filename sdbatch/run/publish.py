@@ -3,14 +3,17 @@ imagefolder metadata beside them, so `datasets.load_dataset("imagefolder", data_
 
 from __future__ import annotations
 
-from sdbatch.output.export import write_imagefolder_metadata
+from sdbatch.output.export.imagefolder import RootMetadata
 from sdbatch.output.job import run_layout
 from sdbatch.output.results import compact
 from sdbatch.store.base import Store
 
 
 def publish(store: Store) -> None:
-    """Compact the results, then (files-like layouts) write the metadata from the compacted files."""
-    compact(store)
-    if run_layout(store).loose_images:
-        write_imagefolder_metadata(store)
+    """Compact the results; where the layout's images are loose files, write the imagefolder metadata in the same
+    pass (a run whose every row failed gets none: there is no image to describe)."""
+    if not run_layout(store).loose_images:
+        compact(store)
+        return
+    with RootMetadata(store) as metadata:
+        compact(store, also=metadata.add)

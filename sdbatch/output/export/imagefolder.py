@@ -9,12 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sdbatch.errors import UsageError
 from sdbatch.output.export.features import yaml_features
 from sdbatch.output.export.protocol import SPLIT, ExportSettings, Written
-from sdbatch.output.export.source import IMAGE_REF, Source, json_text
+from sdbatch.output.export.source import IMAGE_REF, Source, dataset_columns, json_text
 from sdbatch.store.base import Store
 
 # Parquet carries each column's type. datasets (3.4 on) infers a metadata.jsonl's types from its first 10 MB, and
@@ -61,19 +62,50 @@ def write_imagefolder_metadata(store: Store, kind: str = "parquet") -> str:
     if not source.layout.loose_images:
         raise UsageError(f"{store.uri} is in the {source.layout.name} layout, whose images are not files of their own; "
                          "`sdbatch export` it as --format imagefolder, parquet or webdataset instead")
-    key = metadata_key(kind)
-    with tempfile.TemporaryDirectory(prefix="sdbatch-metadata-") as tmp:
-        metadata = MetadataFile(os.path.join(tmp, key), kind)
+    with RootMetadata(store, kind) as metadata:
         for table in source.rows():
-            metadata.add(table.column(IMAGE_REF).to_pylist(), table.drop_columns([IMAGE_REF]))
-        metadata.close()
-        if metadata.lines is None and metadata.writer is None:
-            raise UsageError(f"{store.uri} has no ok image yet; write the metadata once its run has committed some")
-        store.upload(metadata.path, key)
-    for other in METADATA_KINDS:
-        if other != kind:
-            store.delete(metadata_key(other))
-    return key
+            metadata.add_kept(table)
+    if not metadata.written:
+        raise UsageError(f"{store.uri} has no ok image yet; write the metadata once its run has committed some")
+    return metadata.key
+
+
+class RootMetadata:
+    """The imagefolder metadata at an output's root, written from results batches as they stream by (compaction's
+    own pass, at a run's end): uploaded on a clean exit when it holds a row; the other kind's file removed."""
+
+    def __init__(self, store: Store, kind: str = "parquet") -> None:
+        self.store, self.kind, self.key, self.rows = store, kind, metadata_key(kind), 0
+
+    def __enter__(self) -> RootMetadata:
+        self._tmp = tempfile.TemporaryDirectory(prefix="sdbatch-metadata-")
+        self.file = MetadataFile(os.path.join(self._tmp.name, self.key), self.kind)
+        return self
+
+    def add(self, batch: pa.Table) -> None:
+        """A joined results batch: its ok rows, as a dataset keeps them."""
+        ok = batch.filter(pc.equal(batch.column("status"), "ok"))
+        if ok.num_rows:
+            self.add_kept(dataset_columns(ok))
+
+    @property
+    def written(self) -> bool:
+        return self.rows > 0
+
+    def add_kept(self, table: pa.Table) -> None:
+        self.rows += table.num_rows
+        self.file.add(table.column(IMAGE_REF).to_pylist(), table.drop_columns([IMAGE_REF]))
+
+    def __exit__(self, kind, *exc) -> None:
+        try:
+            self.file.close()
+            if kind is None and self.written:
+                self.store.upload(self.file.path, self.key)
+                for other in METADATA_KINDS:
+                    if other != self.kind:
+                        self.store.delete(metadata_key(other))
+        finally:
+            self._tmp.cleanup()
 
 
 class ImagefolderFormat:
