@@ -37,7 +37,10 @@ def score_columns(steps: tuple[str, ...] = STEP_NAMES) -> list[tuple[str, pa.Dat
 
 def parse_steps(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """("clip", "phash") from "clip,phash" or a list; ValueError naming the known steps otherwise."""
-    names = [part.strip() for part in (text.split(",") if isinstance(text, str) else text)]
+    parts = text.split(",") if isinstance(text, str) else text
+    if not isinstance(parts, (list, tuple)) or not all(isinstance(part, str) for part in parts):
+        raise ValueError('give step names as text, e.g. ["clip", "phash"] or "clip,phash"')
+    names = [part.strip() for part in parts]
     names = [name for name in names if name]
     unknown = [name for name in names if name not in STEP_INFO]
     if unknown:

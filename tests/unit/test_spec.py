@@ -117,3 +117,6 @@ def test_score_section_parses_its_steps_checks_their_models_and_stays_out_of_the
         load_spec(overrides={"score.steps": "clipp"})
     with pytest.raises(SpecError, match="named twice"):
         load_spec(overrides={"score.steps": "phash,phash"})
+    for odd in ("steps = 5", "steps = [1, 2]", 'steps = ["clip", 3]'):  # before: a TypeError's traceback
+        with pytest.raises(SpecError, match="give step names as text"):
+            load_spec(text=f"[score]\n{odd}\n")
