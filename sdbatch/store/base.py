@@ -47,6 +47,8 @@ class Store(Protocol):
     def put(self, key: str, data: bytes) -> None: ...  # create or overwrite; readers never see a mix
     def put_once(self, key: str, data: bytes) -> PutResult: ...  # create only if absent
     def get(self, key: str) -> bytes: ...  # ObjectNotFound if absent
+    def read_range(self, key: str, start: int, stop: int) -> bytes: ...  # bytes [start, stop), fewer at the end
+    def size(self, key: str) -> int: ...  # bytes; ObjectNotFound if absent
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> list[str]: ...  # sorted, root-relative, recursive
     def tags(self, prefix: str = "") -> dict[str, str]: ...  # list(), each key with a tag that changes with it

@@ -95,10 +95,23 @@ class LocalStore(Store):
         return PutResult.IDENTICAL if self.get(key) == data else PutResult.CONFLICT
 
     def get(self, key: str) -> bytes:
+        with self._reading(key) as path, open(path, "rb") as f:
+            return f.read()
+
+    def read_range(self, key: str, start: int, stop: int) -> bytes:
+        with self._reading(key) as path, open(path, "rb") as f:
+            f.seek(start)
+            return f.read(max(0, stop - start))
+
+    def size(self, key: str) -> int:
+        with self._reading(key) as path:
+            return os.stat(path).st_size
+
+    @contextlib.contextmanager
+    def _reading(self, key: str):
         path = self.url_for(key)
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            yield path
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
             raise ObjectNotFound(f"{path} does not exist") from e
         except OSError as e:

@@ -240,9 +240,29 @@ class S3Store(Store):
         return self.get(key) == data
 
     def get(self, key: str) -> bytes:
-        body = self._call("read", key, "get_object")["Body"]
-        with self._translated("read", key):  # the body streams, so it can fail too
-            return body.read()
+        return self._read_body(key)
+
+    def read_range(self, key: str, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""  # S3 answers an empty range with an error, not with nothing
+        return self._read_body(key, Range=f"bytes={start}-{stop - 1}")
+
+    def size(self, key: str) -> int:
+        return int(self._call("read", key, "head_object")["ContentLength"])
+
+    def _read_body(self, key: str, **kwargs) -> bytes:
+        # botocore retries a request that fails before its answer; a body cut mid-stream is retried here.
+        attempt = 1
+        while True:
+            body = self._call("read", key, "get_object", **kwargs)["Body"]
+            try:
+                with self._translated("read", key):
+                    return body.read()
+            except StoreUnavailable:
+                if attempt >= self.settings.max_attempts:
+                    raise
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+                attempt += 1
 
     def exists(self, key: str) -> bool:
         try:

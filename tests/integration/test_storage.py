@@ -64,6 +64,43 @@ def test_get_missing_raises_object_not_found(store):
     assert str(info.value) == f"{store.url_for('nope/missing.png')} does not exist"
 
 
+def test_read_range_and_size(store):
+    store.put("a/blob", bytes(range(200)))
+    assert store.size("a/blob") == 200
+    assert store.read_range("a/blob", 10, 14) == bytes([10, 11, 12, 13])
+    assert store.read_range("a/blob", 190, 300) == bytes(range(190, 200))  # short at the end, as a file
+    assert store.read_range("a/blob", 5, 5) == b""
+    for read in (lambda: store.size("a/none"), lambda: store.read_range("a/none", 0, 4)):
+        with pytest.raises(ObjectNotFound):
+            read()
+
+
+@pytest.mark.slow
+def test_a_parquet_file_read_by_range_through_resets_and_slowdowns(s3_env, new_bucket):
+    """StoreFile's reads go through the store's retries: compaction's tasks read manifest row groups this way."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sdbatch.store.ranged import StoreFile
+    from tests.support.faults import FaultProxy
+
+    table = pa.table({"n": list(range(5000)), "text": [f"row {n}" for n in range(5000)]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=500)
+    S3Store(f"s3://{new_bucket}", S3Settings(endpoint_url=s3_env)).put("m.parquet", sink.getvalue())
+
+    def rule(method: str, path: str, number: int) -> str | None:
+        return {1: "reset", 2: "slowdown", 4: "reset"}.get(number % 5)
+
+    with FaultProxy(s3_env, rule) as proxy:
+        store = S3Store(f"s3://{new_bucket}", S3Settings(endpoint_url=proxy.endpoint))
+        file = pq.ParquetFile(StoreFile(store, "m.parquet"))
+        assert file.read_row_groups([3, 7]) == pa.concat_tables([table.slice(1500, 500), table.slice(3500, 500)])
+    assert {"reset", "slowdown"} <= set(proxy.log.counts), proxy.log.counts
+
+
 def test_delete_is_quiet_when_absent(store):
     store.put("k", b"v")
     store.delete("k")
