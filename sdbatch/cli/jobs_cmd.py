@@ -11,6 +11,9 @@ from sdbatch.cli.options import S3Endpoint, s3_settings
 RunOutput = Annotated[str, typer.Argument(help="The run's output: a folder or s3://bucket/prefix.")]
 Address = Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", help=(
     "Dashboard URL of the cluster; default: the one the run was submitted to."))]
+# The cluster a big run's compaction runs on as tasks (its parts in parallel); a small run is compacted here.
+RayAddress = Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", help=(
+    "Ray cluster address (host:6379, auto) a big run is compacted on; default: a local Ray on this machine."))]
 
 
 def register(app: typer.Typer) -> None:
@@ -67,12 +70,13 @@ def cancel(output: RunOutput, s3_endpoint: S3Endpoint = None, address: Address =
     typer.echo(f"stopping Ray Job {submission_id}; rerun the same submit to resume")
 
 
-def compact(output: RunOutput, s3_endpoint: S3Endpoint = None) -> None:
+def compact(output: RunOutput, s3_endpoint: S3Endpoint = None, address: RayAddress = None) -> None:
     """Join a finished run's results with its manifest into a few Parquet files (results/), which
-    sdbatch.open_results and read_results then read; a complete submit does this itself."""
-    from sdbatch.output.results import compact as compact_results
+    sdbatch.open_results and read_results then read, and (files layout) write the imagefolder metadata; a
+    complete submit does this itself."""
+    from sdbatch.run.publish import publish
 
-    doc = compact_results(_store(output, s3_endpoint))
+    doc = publish(_store(output, s3_endpoint), address)
     typer.echo(f"{doc['rows']} rows in {len(doc['parts'])} file(s) under {output.rstrip('/')}/results/")
 
 

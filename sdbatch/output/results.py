@@ -1,7 +1,8 @@
-"""A run's results with their scores: read_results (a table), scan_results (batches), open_results, compact."""
+"""A run's results with their scores: read_results, scan_results (batches), open_results, compact (in parts)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -19,6 +20,7 @@ from sdbatch.output.job import JOB_KEY, MANIFEST_KEY
 from sdbatch.output.scores import ScoreJoin
 from sdbatch.output.where import where_expression
 from sdbatch.store.base import Store
+from sdbatch.store.ranged import StoreFile
 
 COMPACTED_KEY = "_compacted.json"
 RESULTS_PREFIX = "results/"
@@ -37,25 +39,91 @@ def read_batches(file: pq.ParquetFile, size: int) -> Iterator[pa.RecordBatch]:
 
 def compact(store: Store, also: Callable[[pa.Table], None] | None = None) -> dict[str, Any]:
     """Write results/part-*.parquet (every manifest column joined with its result row, in the planned order)
-    and then _compacted.json naming them; a finished run only. `also` sees each joined batch on its way (another
-    file written in the same pass)."""
+    and then _compacted.json naming them; a finished run only. One part at a time, so memory holds one part's
+    batches at most (engine/compaction.py runs the same parts as Ray tasks). `also` sees each joined batch on
+    its way (another file written in the same pass)."""
+    job, markers = finished_run(store)
+    scores = ScoreJoin(store)
+    keys = [compact_part(store, groups, index, markers, scores, also)
+            for index, groups in enumerate(compaction_parts(store))]
+    return write_compacted(store, job, keys)
+
+
+def finished_run(store: Store) -> tuple[dict, pa.Table]:
+    """The run's job.json and its markers; UsageError unless every shard is committed."""
     job = json.loads(store.get(JOB_KEY))
     shards_total = job["manifest"]["shards"]
     markers = read_markers(store, shards_total)
     if markers.num_rows < shards_total:
         raise UsageError(f"{store.uri} is not finished ({markers.num_rows} of {shards_total} shards committed); "
                          "rerun the same submit to finish it, then compact")
-    parts: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="sdbatch-compact-") as tmp:
-        writer = _PartWriter(store, tmp, parts)
-        for batch in _joined_batches(store, markers):
-            writer.add(batch)
-            if also is not None:
-                also(batch)
-        writer.close()
-    doc = {"run_fingerprint": job["run_fingerprint"], "rows": job["manifest"]["rows"], "parts": parts}
+    return job, markers
+
+
+def write_compacted(store: Store, job: dict, keys: list[str | None]) -> dict[str, Any]:
+    """_compacted.json naming the parts written, in order; only once every part is."""
+    doc = {"run_fingerprint": job["run_fingerprint"], "rows": job["manifest"]["rows"],
+           "parts": [key for key in keys if key is not None]}
     store.put(COMPACTED_KEY, json_bytes(doc))
     return doc
+
+
+def compaction_parts(store: Store) -> list[tuple[int, int]]:
+    """The manifest copy's row groups cut into ranges [start, stop) of about PART_ROWS rows, in order: the
+    units compact_part works on. Only the file's footer is read."""
+    with _open_manifest(store) as file:
+        sizes = [file.metadata.row_group(group).num_rows for group in range(file.metadata.num_row_groups)]
+    parts, start, rows = [], 0, 0
+    for group, size in enumerate(sizes):
+        rows += size
+        if rows >= PART_ROWS:
+            parts.append((start, group + 1))
+            start, rows = group + 1, 0
+    if start < len(sizes):
+        parts.append((start, len(sizes)))
+    return parts
+
+
+def compact_part(store: Store, groups: tuple[int, int], index: int, markers: pa.Table | None = None,
+                 scores: ScoreJoin | None = None, also: Callable[[pa.Table], None] | None = None) -> str | None:
+    """Join the rows of committed shards in the manifest copy's row groups [start, stop) with their results
+    and scores, write them as results/part-{index:05d}.parquet and return its key (None, and no file, when no
+    row there is committed). Reads those row groups alone, not the whole file. markers and scores: the
+    run's, when the caller has them already (each costs listings of the store). `also`: as compact's."""
+    markers = read_markers(store) if markers is None else markers
+    scores = ScoreJoin(store) if scores is None else scores
+    key, writer = f"{RESULTS_PREFIX}part-{index:05d}.parquet", None
+    with tempfile.TemporaryDirectory(prefix="sdbatch-compact-") as tmp, _open_manifest(store) as file:
+        # The markers of this range's shards only: at a hundred million rows a run has millions of shards,
+        # and the join's look-ups are made of the markers it is given, in every part.
+        shards = pc.unique(file.read_row_groups(list(range(*groups)), columns=["shard"]).column("shard"))
+        markers = markers.filter(pc.is_in(markers.column("shard"), value_set=shards.cast(pa.string())))
+        path = os.path.join(tmp, "part.parquet")
+        try:
+            for table in _joined_groups(store, file, range(*groups), markers, scores):
+                writer = writer or pq.ParquetWriter(path, table.schema)
+                writer.write_table(table)
+                if also is not None:
+                    also(table)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            return None
+        store.upload(path, key)
+    return key
+
+
+@contextlib.contextmanager
+def _open_manifest(store: Store) -> Iterator[pq.ParquetFile]:
+    """The manifest copy read by range through the store (its retries, not pyarrow's S3 client, which gives up
+    on a reset connection): a part costs its footer's and its row groups' bytes, not the whole file's."""
+    try:
+        source = StoreFile(store, MANIFEST_KEY)
+    except ObjectNotFound as exc:
+        raise ObjectNotFound(f"{store.uri} holds no {MANIFEST_KEY}") from exc
+    with source:
+        yield pq.ParquetFile(source)
 
 
 def scan_results(output: str | Store, columns: list[str] | None = None, s3: Any = None,
@@ -97,16 +165,25 @@ def scan_shards(store: Store, shards: list[str]) -> Iterator[pa.Table]:
 
 
 def _joined_batches(store: Store, markers: pa.Table) -> Iterator[pa.Table]:
-    """One pass over the manifest copy in batches, each joined with its committed shards' results; a
-    shard's metadata is read when its first row comes and dropped after its last."""
-    metadata = dict(zip(markers.column("shard").to_pylist(), markers.column("metadata").to_pylist()))
-    left = dict(zip(markers.column("shard").to_pylist(), markers.column("rows").to_pylist()))
-    held: dict[str, pa.Table] = {}
-    scores = ScoreJoin(store)
+    """One pass over the manifest copy in batches, each joined with its committed shards' results."""
     with tempfile.TemporaryDirectory(prefix="sdbatch-results-") as tmp:
         path = os.path.join(tmp, MANIFEST_KEY)
         store.download(MANIFEST_KEY, path)  # streamed: the manifest may be larger than memory
-        for batch in read_batches(pq.ParquetFile(path), BATCH_ROWS):
+        file = pq.ParquetFile(path)
+        yield from _joined_groups(store, file, range(file.metadata.num_row_groups), markers, ScoreJoin(store))
+
+
+def _joined_groups(store: Store, file: pq.ParquetFile, groups: range, markers: pa.Table,
+                   scores: ScoreJoin) -> Iterator[pa.Table]:
+    """These row groups of the manifest copy in batches, each joined with its committed shards' results; a
+    shard's metadata is read when its first row comes and dropped after its last (or at the end: a shard
+    the range cuts is read again by the range that holds its other rows)."""
+    metadata = dict(zip(markers.column("shard").to_pylist(), markers.column("metadata").to_pylist()))
+    left = dict(zip(markers.column("shard").to_pylist(), markers.column("rows").to_pylist()))
+    held: dict[str, pa.Table] = {}
+    for group in groups:
+        # A reader per row group: one reader over many keeps memory it has decoded (read_batches).
+        for batch in file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group]):
             manifest = pa.Table.from_batches([batch])
             # Against this batch's own committed shards: a set of every marker would be hashed anew per batch.
             here = [shard for shard in pc.unique(manifest.column("shard")).to_pylist() if shard in metadata]
@@ -142,35 +219,6 @@ def join_results(manifest: pa.Table, results: pa.Table) -> pa.Table:
     columns.update({name: picked_results.column(name) for name in results.column_names})
     order = list(manifest.column_names) + [n for n in results.column_names if n not in manifest.column_names]
     return pa.table({name: columns[name] for name in order})
-
-
-class _PartWriter:
-    """Joined batches into parts of about PART_ROWS rows, each uploaded once complete."""
-
-    def __init__(self, store: Store, tmp: str, keys: list[str]) -> None:
-        self.store, self.tmp, self.keys = store, tmp, keys
-        self.writer: pq.ParquetWriter | None = None
-        self.rows = 0
-
-    def add(self, table: pa.Table) -> None:
-        if self.writer is None:
-            self.writer, self.rows = pq.ParquetWriter(self._path(), table.schema), 0
-        self.writer.write_table(table)
-        self.rows += table.num_rows
-        if self.rows >= PART_ROWS:
-            self.close()
-
-    def close(self) -> None:
-        if self.writer is None:
-            return
-        self.writer.close()
-        self.writer = None
-        key = f"{RESULTS_PREFIX}part-{len(self.keys):05d}.parquet"
-        self.store.upload(self._path(), key)
-        self.keys.append(key)
-
-    def _path(self) -> str:
-        return os.path.join(self.tmp, "part.parquet")
 
 
 def read_results(output: str | Store, s3: Any = None, where: str | None = None) -> pa.Table:

@@ -279,7 +279,8 @@ def _finish(prepared: PreparedRun, stats: dict[str, Any], gave_up: dict[str, str
         counts["shards_unscored"], stats["scores_written"] = len(scores.failed), scores.written
         gave_up = {**gave_up, **{shard: f"not scored: {why}" for shard, why in scores.failed.items()}}
     if rendered and not store.exists(COMPACTED_KEY):
-        publish(store)  # a finished run's results as a few files, which its readers prefer (and datasets')
+        # A finished run's results as a few files, which its readers prefer (and datasets').
+        publish(store, prepared.request.address)
     failures: list[dict[str, str]] = []
     if counts["rows_failed"]:
         failures = _first_failures(store)

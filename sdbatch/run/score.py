@@ -53,7 +53,7 @@ def score_output(store: Store, settings: ScoreSettings, s3: S3Settings | None = 
                           on_done, limits)
     summary.written, summary.failed = report.written, report.failed
     if report.written and store.exists(COMPACTED_KEY):
-        publish(store)
+        publish(store, address)
     return summary
 
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from sdbatch.manifest.normalize import normalize
 from sdbatch.output.commits import commit_shard
+from sdbatch.plan.planned import ROW_GROUP_ROWS
 from sdbatch.plan.shards import plan_shards
 from sdbatch.settings import RowDefaults
 from sdbatch.store.local import LocalStore
@@ -19,9 +20,10 @@ INJECTED = '<b class="injected">bold</b> & "quoted"'
 
 
 def synthetic_run(root: Path, rows: int, failed_every: int = 0, groups: int = 3, variants: int = 1,
-                  shard_size: int = 5000, commit_every: int = 1) -> LocalStore:
+                  shard_size: int = 5000, commit_every: int = 1, row_group_rows: int = ROW_GROUP_ROWS) -> LocalStore:
     """A run whose every `commit_every`-th shard is committed; `variants` interleaves rows of as many
-    step counts, so each shard's rows are spread over the manifest."""
+    step counts, so each shard's rows are spread over the manifest. Its manifest copy has row groups of
+    `row_group_rows`, as a run's has of ROW_GROUP_ROWS."""
     store = LocalStore(str(root))
     table = pa.table({"id": [f"r{n:06d}" for n in range(rows)],
                       "prompt": [f"prompt {n} {INJECTED}" for n in range(rows)],
@@ -30,7 +32,7 @@ def synthetic_run(root: Path, rows: int, failed_every: int = 0, groups: int = 3,
     manifest = normalize(table, RowDefaults(model="tiny:sd15", width=64, height=64, steps=2))
     plan, planned = plan_shards(manifest, shard_size)
     sink = io.BytesIO()
-    pq.write_table(planned, sink)
+    pq.write_table(planned, sink, row_group_size=row_group_rows)
     store.put("manifest.parquet", sink.getvalue())
     store.put("job.json", json.dumps({"run_fingerprint": "synthetic",
                                       "manifest": {"rows": rows, "shards": len(plan.shards)}}).encode())

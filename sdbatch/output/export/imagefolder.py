@@ -58,6 +58,15 @@ class MetadataFile:
 def write_imagefolder_metadata(store: Store, kind: str = "parquet") -> str:
     """Write metadata.{kind} at the root of a files-layout output: a row per ok image, `file_name` its key, then
     every column an export keeps; returns its key. The other kind's file is deleted (datasets refuses both)."""
+    key = write_root_metadata(store, kind)
+    if key is None:
+        raise UsageError(f"{store.uri} has no ok image yet; write the metadata once its run has committed some")
+    return key
+
+
+def write_root_metadata(store: Store, kind: str = "parquet") -> str | None:
+    """write_imagefolder_metadata, but a run with no ok image gets no file and None (a run whose every row
+    failed has no image to describe)."""
     source = Source(store)
     if not source.layout.loose_images:
         raise UsageError(f"{store.uri} is in the {source.layout.name} layout, whose images are not files of their own; "
@@ -65,9 +74,7 @@ def write_imagefolder_metadata(store: Store, kind: str = "parquet") -> str:
     with RootMetadata(store, kind) as metadata:
         for table in source.rows():
             metadata.add_kept(table)
-    if not metadata.written:
-        raise UsageError(f"{store.uri} has no ok image yet; write the metadata once its run has committed some")
-    return metadata.key
+    return metadata.key if metadata.written else None
 
 
 class RootMetadata:
