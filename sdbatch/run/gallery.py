@@ -1,5 +1,5 @@
-"""Morning report: one static HTML contact sheet of a run: totals, charts, thumbnails by group (sortable and
-filterable by score), failures."""
+"""Morning report: one static HTML contact sheet of a run: totals, charts, near-duplicates, thumbnails by group
+(sortable and filterable by score), failures."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from sdbatch.output.job import SUCCESS_KEY, run_counts, run_layout
 from sdbatch.output.results import scan_results
 from sdbatch.plan.shards import Variant, group_by_variant
 from sdbatch.run.charts import CHART_STYLE, RunCharts
+from sdbatch.run.duplicates_section import DUP_STYLE, DupGroups, dup_section
 from sdbatch.scores import SCORE_RANGES
 from sdbatch.store.base import Store
 
@@ -89,10 +90,16 @@ def render(store: Store, settings: GallerySettings, link: Link) -> str:
     success = json.loads(store.get(SUCCESS_KEY)) if store.exists(SUCCESS_KEY) else {}
     seen = _survey(store, settings)
     browsable = run_layout(store).browsable(store)
+
+    def thumb(ref: str) -> str:  # an image's link, in the near-duplicates and the groups alike
+        return link(browsable(ref))
+
+    shown = _shown(store, settings, seen)
+    dups = DupGroups.of([row for rows in shown.values() for row in rows])  # only the thumbnails shown
     parts = [_head(store.uri), _totals(seen, counts, success, settings, store),
-             seen.charts.html(success.get("loads_per_actor", {})), _toc(seen, settings), _score_controls(seen.scores),
-             _groups(_shown(store, settings, seen), seen, settings, lambda ref: link(browsable(ref))),
-             _failures(seen, settings), "</body></html>\n"]
+             seen.charts.html(success.get("loads_per_actor", {})), _toc(seen, settings), dup_section(dups, thumb),
+             _score_controls(seen.scores), _groups(shown, seen, settings, thumb, dups), _failures(seen, settings),
+             "</body></html>\n"]
     return "\n".join(parts)
 
 
@@ -108,6 +115,7 @@ class _Survey:
     failures: list[dict] = field(default_factory=list)
     charts: RunCharts = field(default_factory=RunCharts)
     scores: list[str] = field(default_factory=list)  # the numeric score columns the run has
+    phash: list[str] = field(default_factory=list)  # ["phash"] when the run has that column: near-duplicates
 
 
 def _survey(store: Store, settings: GallerySettings) -> _Survey:
@@ -115,6 +123,7 @@ def _survey(store: Store, settings: GallerySettings) -> _Survey:
     for batch in scan_results(store, where=settings.where):
         seen.charts.add(batch)
         seen.scores = [name for name in SCORE_RANGES if name in batch.column_names]
+        seen.phash = ["phash"] if "phash" in batch.column_names else []
         seen.seconds += pc.sum(batch.column("render_seconds")).as_py() or 0.0
         seen.devices.update(d for d in pc.unique(batch.column("device")).to_pylist() if d)
         failed = batch.filter(pc.equal(batch.column("status"), "failed"))
@@ -146,7 +155,7 @@ def _shown(store: Store, settings: GallerySettings, seen: _Survey) -> dict[str, 
             picked = rows[np.isin(passed[n] + np.arange(len(rows)), wanted[n])]
             passed[n] += len(rows)
             if len(picked):
-                shown[key] += ok.select(THUMB_COLUMNS + seen.scores).take(pa.array(picked)).to_pylist()
+                shown[key] += ok.select(THUMB_COLUMNS + seen.scores + seen.phash).take(pa.array(picked)).to_pylist()
     return shown
 
 
@@ -191,7 +200,7 @@ li.failure{margin:6px 0;overflow-wrap:anywhere}pre{white-space:pre-wrap;margin:2
 def _head(uri: str) -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>sdbatch: {_esc(uri)}</title><style>{STYLE}\n{CHART_STYLE}</style></head><body>"
+            f"<title>sdbatch: {_esc(uri)}</title><style>{STYLE}\n{CHART_STYLE}\n{DUP_STYLE}</style></head><body>"
             f"<h1>{_esc(uri)}</h1><p class=note>made by sdbatch gallery at "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>")
 
@@ -236,11 +245,11 @@ def _toc(seen: _Survey, settings: GallerySettings) -> str:
     return f"<nav><h2>{total} group(s) by {by}</h2>{where}<ul>{items}</ul>{more}</nav>"
 
 
-def _groups(shown: dict[str, list[dict]], seen: _Survey, settings: GallerySettings, link: Link) -> str:
+def _groups(shown: dict[str, list[dict]], seen: _Survey, settings: GallerySettings, link: Link, dups: DupGroups) -> str:
     sections = []
     for n, (key, rows) in enumerate(shown.items()):
         total = seen.groups[key]
-        figures = "".join(_figure(row, link, seen.scores) for row in rows)
+        figures = "".join(_figure(row, link, seen.scores, dups.marker(row)) for row in rows)
         note = (f"showing {len(rows)} of {total:,}, evenly spaced (--per-group {settings.per_group})"
                 if len(rows) < total else f"all {total:,}")
         sections.append(f'<section class=group id="g{n}"><h2>{_esc(key)}</h2><p class=note>{note}</p>'
@@ -248,14 +257,14 @@ def _groups(shown: dict[str, list[dict]], seen: _Survey, settings: GallerySettin
     return "\n".join(sections)
 
 
-def _figure(row: dict, link: Link, scores: list[str]) -> str:
+def _figure(row: dict, link: Link, scores: list[str], dup: tuple[str, str]) -> str:
     url = _esc(link(row["image"]))
     size = f' width="{row["width"]}" height="{row["height"]}"' if row["width"] and row["height"] else ""
     data = "".join(f' data-{name}="{row[name]}"' for name in scores if row.get(name) is not None)
     shown = "".join(f"<br>{name} {row[name]:.3f}" for name in scores if row.get(name) is not None)
-    return (f'<figure class=thumb{data}><a href="{url}"><img src="{url}" loading="lazy" alt="{_esc(row["id"])}"'
+    return (f'<figure class=thumb{data}{dup[0]}><a href="{url}"><img src="{url}" loading="lazy" alt="{_esc(row["id"])}"'
             f'{size}></a><figcaption><b>{_esc(row["id"])}</b> seed {_esc(row["seed"])}<br>{_esc(row["prompt"])}'
-            f"{shown}</figcaption></figure>")
+            f"{shown}{dup[1]}</figcaption></figure>")
 
 
 # Sorts and filters the thumbnails already on the page by a score; the page works without it.

@@ -4,6 +4,7 @@ import fcntl
 import html
 import json
 import os
+import random
 import re
 import select
 import shutil
@@ -17,8 +18,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from sdbatch.output.scores import score_table, write_scores
+from sdbatch.run.duplicates import near_duplicates
+from sdbatch.run.gallery import GallerySettings, make_gallery
 from sdbatch.settings import S3Settings
 from sdbatch.store import open_store
+from tests.support.runs import synthetic_run
 from tests.support.util import REPO, run_cli, write_manifest
 
 JOB = str(REPO / "jobs" / "demo.toml")
@@ -121,19 +126,27 @@ class Chromium:
 PAGE_CHECK = """
   const load = src => new Promise(done => { const i = new Image(); i.onload = () => done(i.naturalWidth > 0);
                                             i.onerror = () => done(false); i.src = src; });
-  const images = [...document.images];
+  const images = [...document.images];  // the grids' and the near-duplicates section's
   images.forEach(i => { i.loading = 'eager'; });
   await Promise.all(images.map(i => i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; })));
-  const links = [...document.querySelectorAll('figure a')].map(a => a.href);
+  const links = [...document.querySelectorAll('figure > a')].map(a => a.href);  // the images' links
   const linkOk = await Promise.all(links.map(load));
+  const thumbs = [...document.querySelectorAll('figure.thumb img')];
   return {
-    images: images.length,
-    shown: images.filter(i => i.complete && i.naturalWidth > 0).map(i => i.alt),
+    images: thumbs.length,
+    shown: thumbs.filter(i => i.complete && i.naturalWidth > 0).map(i => i.alt),
     broken: images.filter(i => !(i.naturalWidth > 0)).map(i => i.src),
     brokenLinks: links.filter((_, n) => !linkOk[n]),
     failures: [...document.querySelectorAll('#failures li.failure')].map(r => r.innerText),
     injected: document.querySelectorAll('.injected').length,
     text: document.body.innerText,
+    dupGroups: [...document.querySelectorAll('#duplicates .dup-group')]
+      .map(g => [...g.querySelectorAll('figure.dup-thumb img')].filter(i => i.naturalWidth > 0).map(i => i.alt)),
+    marked: Object.fromEntries([...document.querySelectorAll('figure.thumb[data-dup-group]')]
+      .map(f => [f.querySelector('img').alt, f.dataset.dupGroup])),
+    labels: [...document.querySelectorAll('figure.thumb .dup')].map(l => [l.closest('figure').querySelector('img').alt,
+      l.innerText, l.querySelector('a') && document.querySelector(l.querySelector('a').getAttribute('href'))
+        .querySelector('h3').innerText]),
   };
 """
 
@@ -212,6 +225,26 @@ def test_gallery_of_a_real_run_shows_every_image_and_failure_in_chromium(chromiu
     assert float(cost) == pytest.approx(float(gallery_cost), rel=3e-3)
     assert re.search(r'src="images/\d{6}/ok0\.png"', (rendered.output / "gallery.html").read_text())
     assert f'src="{(rendered.output / "images").as_uri()}' in elsewhere.read_text()
+    # The near-duplicate groups of the run's own phashes: those comparing every pair finds (often none).
+    import sdbatch
+
+    hashes = {r["id"]: r["phash"] for r in sdbatch.read_results(str(rendered.output)).to_pylist() if r["status"] == "ok"}
+    assert all(len(value) == 16 for value in hashes.values())
+    page = chromium.evaluate((rendered.output / "gallery.html").as_uri(), PAGE_CHECK)
+    assert {frozenset(group) for group in page["dupGroups"]} == _components(hashes, 8)
+    assert page["dupGroups"] == near_duplicates(page["shown"], [hashes[i] for i in page["shown"]])  # page order
+    assert page["marked"] == {i: str(n) for n, group in enumerate(page["dupGroups"], 1) for i in group}
+
+
+def _components(hashes: dict[str, str], threshold: int) -> set[frozenset]:
+    """The near-duplicate groups by comparing every pair: components of two or more ids."""
+    groups = {i: frozenset([i]) for i in hashes}
+    for a in hashes:
+        for b in hashes:
+            if (int(hashes[a], 16) ^ int(hashes[b], 16)).bit_count() <= threshold and groups[a] is not groups[b]:
+                joined = groups[a] | groups[b]
+                groups.update(dict.fromkeys(joined, joined))
+    return {group for group in groups.values() if len(group) > 1}
 
 
 # The charts' bars and the score controls, asked of the browser.
@@ -261,8 +294,8 @@ def test_s3_gallery_links_are_presigned_and_fetch_the_images(rendered, s3_env, n
     made = run_cli("gallery", store.uri, "--s3-endpoint", s3_env, "--expires", "3600")
     assert made.returncode == 0, made.stderr
     page = store.get("gallery.html").decode()
-    sources = [html.unescape(s) for s in re.findall(r'<img src="([^"]+)"', page)]
-    assert len(sources) == len(rendered.ok)
+    sources = [html.unescape(s) for s in re.findall(r'<img src="([^"]+)"', page)]  # near-duplicates' too
+    assert len(re.findall(r"<figure class=thumb", page)) == len(rendered.ok) <= len(sources)
     assert all("X-Amz-Signature=" in s and "X-Amz-Expires=3600" in s for s in sources)
     key = re.search(r"/run/(images/[^?]+)", sources[0]).group(1)
     with urllib.request.urlopen(sources[0], timeout=10) as response:  # no credentials: the URL carries them
@@ -273,3 +306,35 @@ def test_s3_gallery_links_are_presigned_and_fetch_the_images(rendered, s3_env, n
     viewer = re.search(r"open it .*?: (\S+)", " ".join(made.stdout.split())).group(1)
     with urllib.request.urlopen(viewer, timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/html") and response.read().decode() == page
+
+
+# A synthetic run (no Ray) with images and planted near-duplicates, asked of the browser.
+def test_near_duplicate_groups_show_side_by_side_and_mark_the_grid_in_chromium(chromium, tmp_path):
+    from PIL import Image
+
+    import sdbatch
+
+    store = synthetic_run(tmp_path / "run", 24, failed_every=6, shard_size=8)  # r000000, r000006, ... failed
+    base, other = 0x0F0F_3C3C_A5A5_5A5A, 0x1234_5678_9ABC_DEF0
+    planted = {"r000001": base, "r000009": base ^ 0xFF,  # 8 bits apart
+               "r000013": base ^ 0xFF00FF,  # 8 bits from r000009, 16 from r000001: joined through r000009
+               "r000004": other, "r000005": other,
+               "r000007": other ^ 0x1FF,  # 9 bits from r000004 and r000005: no near-duplicate
+               "r000006": base}  # failed: not shown, so in no group
+    rows = sdbatch.read_results(store.uri).to_pylist()
+    for shard in sorted({r["shard"] for r in rows}):
+        ids = [r["id"] for r in rows if r["shard"] == shard]
+        hashes = [f"{planted.get(i, random.Random(i).getrandbits(64)):016x}" for i in ids]
+        write_scores(store, "phash", shard, score_table("phash", ids, {"phash": hashes}), {})
+    for n, row in enumerate(r for r in rows if r["status"] == "ok"):
+        (tmp_path / "run" / row["image"]).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (n * 10, 80, 160)).save(tmp_path / "run" / row["image"])
+    page = Path(make_gallery(store, GallerySettings(), tmp_path / "run" / "gallery.html"))
+    seen = chromium.evaluate(page.as_uri(), PAGE_CHECK)
+    assert seen["broken"] == [] and seen["brokenLinks"] == [] and seen["images"] == 20
+    assert seen["dupGroups"] == [["r000001", "r000009", "r000013"], ["r000004", "r000005"]]
+    grouped = [("r000001", 1, 3), ("r000009", 1, 3), ("r000013", 1, 3), ("r000004", 2, 2), ("r000005", 2, 2)]
+    assert seen["marked"] == {i: str(n) for i, n, _ in grouped}
+    assert sorted(seen["labels"]) == sorted([i, f"dup group {n}", f"dup group {n} ({size} images)"]
+                                            for i, n, size in grouped)  # each label links to its group
+    assert "2 group(s) holding 5 images, among the 20 thumbnails shown" in seen["text"]
