@@ -31,10 +31,12 @@ def export(
     rows_per_file: Annotated[Optional[int], Opt(help=(
         "Rows per data file (parquet, webdataset); default: as many as ~500 MB holds."))] = None,
     s3_endpoint: S3Endpoint = None,
+    address: Annotated[Optional[str], Opt(envvar="RAY_ADDRESS", help=(
+        "Ray cluster (host:6379, auto) to export on as tasks; default: a local Ray for a big run's export, "
+        "none for a small one."))] = None,
 ) -> int:
     """Copy OUTPUT's ok images with every label, setting and score column into DEST as a dataset with a card
     (README.md), for `datasets.load_dataset` or the Hub; failed rows are left out."""
-    from sdbatch.output.export import export as export_run
     from sdbatch.output.export import format_named
     from sdbatch.output.export.source import results_schema
     from sdbatch.store import open_store
@@ -45,7 +47,9 @@ def export(
     expression = None
     if where is not None:
         expression = _where_expression()(where, results_schema(store))
-    summary = export_run(store, target, format, expression, rows_per_file)
+    from sdbatch.run.export import export_output
+
+    summary = export_output(store, target, format, expression, rows_per_file, address)
     console = Console()
     console.print(f"{summary.rows} images exported as {summary.format} to {escape(summary.dest)} "
                   f"({len(summary.files)} data files, {summary.bytes / 1e6:.1f} MB, card {summary.card})",

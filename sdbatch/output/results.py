@@ -133,7 +133,7 @@ def scan_results(output: str | Store, columns: list[str] | None = None, s3: Any 
     a SQL WHERE clause over the columns (output/where.py); only the rows it selects."""
     store = _open(output, s3)
     if store.exists(COMPACTED_KEY):
-        batches = _compacted_batches(store, json.loads(store.get(COMPACTED_KEY))["parts"])
+        batches = compacted_batches(store, json.loads(store.get(COMPACTED_KEY))["parts"])
     elif store.exists(MANIFEST_KEY):
         batches = _joined_batches(store, read_markers(store))
     else:
@@ -147,7 +147,7 @@ def scan_results(output: str | Store, columns: list[str] | None = None, s3: Any 
         yield batch if columns is None else batch.select(columns)
 
 
-def _compacted_batches(store: Store, keys: list[str]) -> Iterator[pa.Table]:
+def compacted_batches(store: Store, keys: list[str]) -> Iterator[pa.Table]:
     """The compacted parts in order, each downloaded through the store (its client retries what S3 throws at
     it; pyarrow's own S3 client gives up on a reset connection) and read a row group at a time."""
     with tempfile.TemporaryDirectory(prefix="sdbatch-results-") as tmp:

@@ -49,6 +49,18 @@ class Distribution:
         if sum(len(part) for part in self.kept) > 2 * SAMPLE:
             self.kept, self.stride = [np.concatenate(self.kept)[::2]], self.stride * 2
 
+    def merge(self, other: Distribution) -> None:
+        """Another stream's values as if they had followed this one's: both samples at the coarser stride."""
+        if not other.count:
+            return
+        stride = max(self.stride, other.stride)
+        kept = [part[::stride // dist.stride] for dist in (self, other) for part in dist.kept]
+        self.count, self.total = self.count + other.count, self.total + other.total
+        self.low, self.high = min(self.low, other.low), max(self.high, other.high)
+        self.kept, self.stride, self.seen = kept, stride, self.seen + other.seen
+        while sum(len(part) for part in self.kept) > 2 * SAMPLE:
+            self.kept, self.stride = [np.concatenate(self.kept)[::2]], self.stride * 2
+
     def summary(self) -> dict[str, float] | None:
         if not self.count:
             return None
@@ -74,6 +86,16 @@ class Stats:
         for name, kind in score_columns():
             if name in table.column_names and (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
                 self.scores.setdefault(name, Distribution()).add(table.column(name))
+
+    def merge(self, other: Stats) -> None:
+        """Another window's rows, as if added here after this one's."""
+        self.rows += other.rows
+        for name, counter in other.settings.items():
+            mine = self.settings[name]
+            for value, count in counter.most_common():
+                mine[value if value in mine or len(mine) < MAX_DISTINCT else OTHER] += count
+        for name, dist in other.scores.items():
+            self.scores.setdefault(name, Distribution()).merge(dist)
 
     @staticmethod
     def _count(counter: Counter, values: pa.ChunkedArray) -> None:

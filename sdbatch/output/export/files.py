@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sdbatch.errors import UsageError
-from sdbatch.output.export.protocol import SPLIT, ExportSettings
+from sdbatch.output.export.protocol import SPLIT, ExportSettings, Written
 from sdbatch.output.export.source import Chunk, Source
 from sdbatch.store.base import Store
 
@@ -41,22 +41,28 @@ def write_files(source: Source, dest: Store, settings: ExportSettings, total: in
     with tempfile.TemporaryDirectory(prefix="sdbatch-export-") as tmp:
         path = os.path.join(tmp, f"part.{extension}")
         current: DataFile | None = None
-        count = 0
+        count = opened = 0
         for chunk in chunks:
-            if not keys:  # the first chunk sizes the files
+            if not count:  # the first chunk sizes the files
                 per_file = per_file or planned_rows(chunk, settings)
                 count = max(1, math.ceil(total / per_file))
             index = chunk.index * size // per_file
             if index >= count:
                 raise UsageError(f"{source.store.uri} gained rows during the export (more than the {total} "
                                  "counted): a run is still committing shards there; export it once it stops")
-            if index == len(keys):  # chunks come in order, so files do too
+            if current is None or index != opened:  # chunks come in order, so files do too
                 written += _finish(current, dest, path, keys)
-                current = open_file(path)
+                current, opened = open_file(path), index
                 keys.append(data_key(index, count, extension))
             current.add(chunk)
         written += _finish(current, dest, path, keys)
     return tuple(keys), written
+
+
+def merged(parts: list[Written]) -> Written:
+    """Windows' data files as one export: their files in order, their bytes, the first window's features."""
+    features = next((part.features for part in parts if part.features), None)
+    return Written(tuple(key for part in parts for key in part.files), sum(part.bytes for part in parts), features)
 
 
 def planned_rows(first: Chunk, settings: ExportSettings) -> int:

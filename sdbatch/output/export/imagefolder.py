@@ -3,8 +3,10 @@ into a files-layout output itself, so `load_dataset("imagefolder", data_dir=OUTP
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 
@@ -124,7 +126,8 @@ class ImagefolderFormat:
 
     def write(self, source: Source, dest: Store, settings: ExportSettings, total: int) -> Written:
         folder = f"{SPLIT}/"
-        written, row = 0, 0
+        first = row = 0 if source.window is None else source.window.start  # folders: numbered over the export
+        written = 0
         with tempfile.TemporaryDirectory(prefix="sdbatch-export-") as tmp, \
                 ThreadPoolExecutor(settings.threads, thread_name_prefix="sdbatch-export-write") as pool:
             metadata = MetadataFile(os.path.join(tmp, metadata_key(self.metadata)), self.metadata)
@@ -137,9 +140,51 @@ class ImagefolderFormat:
                 written += sum(len(image.data) for image in chunk.images)
                 row += len(names)
             metadata.close()
-            written += os.path.getsize(metadata.path)
-            dest.upload(metadata.path, metadata_key(self.metadata, folder))
-        features = yaml_features(metadata.schema, images=("file_name",)) if metadata.schema else None
+            key = metadata_key(self.metadata, folder if source.window is None else _piece(source.window.index))
+            if source.window is None or row > first:  # a window whose every image is missing has no piece
+                dest.upload(metadata.path, key)
+            if source.window is None:
+                written += os.path.getsize(metadata.path)
+        return Written((key,), written, self._features(metadata.schema))
+
+    def merge(self, dest: Store, parts: list[Written]) -> Written:
+        """The windows' metadata pieces joined, in order, into the one train/metadata file; the pieces deleted."""
+        pieces = [key for part in parts for key in part.files if dest.exists(key)]
+        with tempfile.TemporaryDirectory(prefix="sdbatch-export-") as tmp:
+            metadata = MetadataFile(os.path.join(tmp, metadata_key(self.metadata)), self.metadata)
+            for piece in pieces:
+                path = os.path.join(tmp, "piece")
+                dest.download(piece, path)
+                for table in _piece_tables(path, self.metadata):
+                    metadata.add(table.column("file_name").to_pylist(), table.drop_columns(["file_name"]))
+            metadata.close()
+            key = metadata_key(self.metadata, f"{SPLIT}/")
+            dest.upload(metadata.path, key)
+            size = os.path.getsize(metadata.path)
+        for piece in pieces:
+            dest.delete(piece)
+        return Written((key,), sum(part.bytes for part in parts) + size, self._features(metadata.schema))
+
+    @staticmethod
+    def _features(schema: pa.Schema | None) -> list[dict] | None:
+        features = yaml_features(schema, images=("file_name",)) if schema else None
         if features:
             features[0]["name"] = "image"  # datasets names the column of file_name's images `image`
-        return Written((metadata_key(self.metadata, folder),), written, features)
+        return features
+
+
+def _piece(index: int) -> str:
+    # Beside the split, not in it: a piece left by a stopped export is never read as the split's metadata. At the
+    # root, not in a folder of its own, which a local destination would keep, empty, once the pieces are joined.
+    return f"_piece-{index:05d}-"
+
+
+def _piece_tables(path: str, kind: str) -> Iterator[pa.Table]:
+    if kind == "parquet":
+        file = pq.ParquetFile(path)
+        for group in range(file.metadata.num_row_groups):
+            yield file.read_row_group(group)
+        return
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            yield pa.Table.from_pylist([json.loads(line)])

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sdbatch.output.export.features import yaml_features
-from sdbatch.output.export.files import write_files
+from sdbatch.output.export.files import merged, write_files
 from sdbatch.output.export.protocol import ExportSettings, Written
 from sdbatch.output.export.source import Chunk, Source
 from sdbatch.store.base import Store
@@ -30,6 +30,9 @@ class ParquetFormat:
         keys, size = write_files(source, dest, settings, total, "parquet",
                                  lambda path: _ParquetFile(path, settings.rows_per_group, schema))
         return Written(keys, size, yaml_features(schema[0]) if schema else None)
+
+    def merge(self, dest: Store, parts: list[Written]) -> Written:
+        return merged(parts)
 
 
 def image_table(chunk: Chunk) -> pa.Table:

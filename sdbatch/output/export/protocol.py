@@ -45,4 +45,8 @@ class ExportFormat(Protocol):
     data_files: str  # the card's `configs` pattern: the files `datasets` reads as the train split
 
     def write(self, source: Source, dest: Store, settings: ExportSettings, total: int) -> Written:
-        """Write the source's rows (`total` of them, counted before) and their images into `dest`."""
+        """Write the source's rows (`total` of them in the whole export, counted before) and their images into
+        `dest`; a source with a window writes that window's share alone."""
+
+    def merge(self, dest: Store, parts: list[Written]) -> Written:
+        """The windows' writes, in order, as one export (what the format keeps in one file is joined here)."""

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from sdbatch.errors import ObjectNotFound, UsageError
 from sdbatch.output.job import JOB_KEY, MANIFEST_KEY, run_layout
 from sdbatch.output.layouts.layout import FoundImage, Layout
-from sdbatch.output.results import scan_results
+from sdbatch.output.results import compacted_batches, scan_results
 from sdbatch.store.base import Store
 
 # How an attempt ran, not what its image is; status and error are the same for every exported row.
@@ -24,6 +24,17 @@ OPERATIONAL = ("status", "error", "attempt", "actor", "adopted", "finished_at", 
 # The result's `image` (where the image lies in the run's layout) under another name: in a dataset, `image` is
 # the image itself.
 IMAGE_REF = "image_ref"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Kept rows [start, stop) of an export (numbered over the whole export, in the planned order), read from
+    these compacted parts, each with the number of kept rows before it: one Ray task's share of the export."""
+
+    index: int
+    start: int
+    stop: int
+    parts: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -39,26 +50,46 @@ class Source:
     """A run's ok rows that pass `where`, in the planned order, as a dataset keeps them; read in passes."""
 
     def __init__(self, store: Store, where: pc.Expression | None = None,
-                 on_chunk: Callable[[pa.Table], None] | None = None) -> None:
+                 on_chunk: Callable[[pa.Table], None] | None = None, window: Window | None = None) -> None:
         if not store.exists(JOB_KEY) or not store.exists(MANIFEST_KEY):
             raise UsageError(f"{store.uri} holds no sdbatch run (no {JOB_KEY} or {MANIFEST_KEY}); pass the "
                              "output folder or s3:// prefix a run wrote")
-        self.store, self.where, self.on_chunk = store, where, on_chunk
+        self.store, self.where, self.on_chunk, self.window = store, where, on_chunk, window
         self.job = json.loads(store.get(JOB_KEY))
         self.layout: Layout = run_layout(store)
         self.rows_seen = self.rows_failed = self.rows_filtered = self.images_missing = 0
 
     def rows(self) -> Iterator[pa.Table]:
-        """The kept rows, a results batch at a time, without their images; counts what was left out."""
+        """The kept rows, a results batch at a time, without their images; counts what was left out (of the
+        batches read: a window's counts are of its parts)."""
         self.rows_seen = self.rows_failed = self.rows_filtered = 0
+        if self.window is not None:
+            yield from self._window_rows(self.window)
+            return
         for batch in scan_results(self.store):
-            ok = batch.filter(pc.field("status") == "ok")
-            kept = self._filtered(ok)
-            self.rows_seen += batch.num_rows
-            self.rows_failed += batch.num_rows - ok.num_rows
-            self.rows_filtered += ok.num_rows - kept.num_rows
+            kept = self.kept(batch)
             if kept.num_rows:
                 yield dataset_columns(kept)
+
+    def kept(self, batch: pa.Table) -> pa.Table:
+        """The batch's ok rows that pass `where`, counted."""
+        ok = batch.filter(pc.field("status") == "ok")
+        kept = self._filtered(ok)
+        self.rows_seen += batch.num_rows
+        self.rows_failed += batch.num_rows - ok.num_rows
+        self.rows_filtered += ok.num_rows - kept.num_rows
+        return kept
+
+    def _window_rows(self, window: Window) -> Iterator[pa.Table]:
+        for key, before in window.parts:
+            for batch in compacted_batches(self.store, [key]):
+                kept = self.kept(batch)
+                start, stop = max(window.start - before, 0), min(window.stop - before, kept.num_rows)
+                if start < stop:
+                    yield dataset_columns(kept.slice(start, stop - start))
+                before += kept.num_rows
+                if before >= window.stop:
+                    return
 
     def count(self) -> int:
         return sum(table.num_rows for table in self.rows())
@@ -67,8 +98,9 @@ class Source:
         """Every run of `size` kept rows (the last may be shorter) with its images; a row whose image is not in
         the store is counted and left out, so chunk `index` always starts at row `index * size`."""
         self.images_missing = 0
+        first = 0 if self.window is None else self.window.start // size  # windows start at a chunk's start
         with ImageReader(self.store, self.layout, threads) as reader:
-            for index, table in enumerate(rechunk(self.rows(), size)):
+            for index, table in enumerate(rechunk(self.rows(), size), start=first):
                 found = reader.fetch(table.column(IMAGE_REF).to_pylist())
                 present = [image is not None for image in found]
                 if not all(present):

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from sdbatch.errors import UsageError
 from sdbatch.output.export.features import yaml_features
-from sdbatch.output.export.files import write_files
+from sdbatch.output.export.files import merged, write_files
 from sdbatch.output.export.protocol import ExportSettings, Written
 from sdbatch.output.export.source import Chunk, Source, json_text
 from sdbatch.store.base import Store
@@ -25,6 +25,9 @@ class WebdatasetFormat:
         first: list[tuple[pa.Schema, str]] = []  # the first sample's row schema and image extension
         keys, size = write_files(source, dest, settings, total, "tar", lambda path: _TarFile(path, first))
         return Written(keys, size, sample_features(*first[0]) if first else None)
+
+    def merge(self, dest: Store, parts: list[Written]) -> Written:
+        return merged(parts)
 
 
 def sample_features(schema: pa.Schema, extension: str) -> list[dict] | None:

@@ -1,5 +1,6 @@
-"""Compaction as Ray tasks on a private local Ray: the same parts and table as compact, and no _compacted.json when a
-part cannot be made."""
+"""Post-processing as Ray tasks on a private local Ray: compaction (the same parts and table as compact, no
+_compacted.json when a part cannot be made) and export (the same files and card as the one-process export, no card
+when a task cannot finish)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,42 @@ def test_a_big_run_is_published_on_ray_with_the_metadata_the_one_pass_writes(tmp
     for key in ("metadata.parquet", "results/part-00004.parquet"):
         assert pq.read_table(big.url_for(key)).equals(pq.read_table(small.url_for(key))), key
     assert pq.read_table(big.url_for("metadata.parquet")).num_rows == 600 - 600 // 7 - 1  # every 7th failed
+
+
+def test_an_export_on_ray_writes_what_the_one_process_export_writes(tmp_path, monkeypatch, local_ray):
+    from sdbatch.engine.export import export_on_cluster
+    from sdbatch.output.export import ExportSettings, export
+    from sdbatch.output.export import windows as windows_module
+    from sdbatch.store.local import LocalStore
+    from tests.support.image_runs import image_run
+
+    store = image_run(tmp_path / "run", "webdataset", shards=6, per_shard=5)
+    compact(store)
+    monkeypatch.setattr(windows_module, "WINDOW_ROWS", 6)  # on the driver: windows of 3 files
+    where = pa.compute.field("label") != "cat0"
+    settings = ExportSettings(rows_per_group=2)
+    for format in ("parquet", "imagefolder"):
+        one = export(store, LocalStore(str(tmp_path / f"one-{format}")), format, where, 2, settings)
+        cut = export_on_cluster(store, LocalStore(str(tmp_path / f"ray-{format}")), format, where, 2, settings)
+        assert cut.rows == one.rows > 0 and (cut.files, cut.bytes) == (one.files, one.bytes)
+        for key in (*one.files, one.card):
+            one_path, cut_path = tmp_path / f"one-{format}" / key, tmp_path / f"ray-{format}" / key
+            if key.endswith(".parquet"):
+                assert pq.read_table(cut_path).equals(pq.read_table(one_path)), key
+            else:
+                assert cut_path.read_bytes() == one_path.read_bytes(), key
+        assert sorted(p.name for p in (tmp_path / f"ray-{format}").rglob("*")) == sorted(
+            p.name for p in (tmp_path / f"one-{format}").rglob("*"))
+
+
+def test_an_export_task_that_fails_twice_stops_the_export_without_a_card(tmp_path, local_ray):
+    from sdbatch.engine.export import export_on_cluster
+    from sdbatch.store.local import LocalStore
+    from tests.support.image_runs import image_run
+
+    store = image_run(tmp_path / "run", "files")
+    [part] = compact(store)["parts"]
+    store.put(part, b"not parquet")
+    with pytest.raises(RunStopped, match=rf"counting {part} failed twice: .*no card \(README.md\)"):
+        export_on_cluster(store, LocalStore(str(tmp_path / "dest")), "parquet")
+    assert not (tmp_path / "dest" / "README.md").exists()
