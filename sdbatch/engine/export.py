@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from sdbatch.engine.tasks import TaskFailed, on_cluster, remote, run_all
+from sdbatch.engine.tasks import TaskFailed, in_flight_limit, on_cluster, remote, run_all
 from sdbatch.errors import RunStopped
 from sdbatch.output.export import ExportSettings, ExportSummary
 from sdbatch.output.export.windows import count_part, export_in_windows, merge_written, write_window
@@ -33,4 +33,4 @@ def export_on_cluster(store: Store, dest: Store, format: str, where: pc.Expressi
                              "destination and export again") from failed
 
     with on_cluster(address):
-        return export_in_windows(store, dest, format, where, rows_per_file, settings, on_ray)
+        return export_in_windows(store, dest, format, where, rows_per_file, settings, on_ray, in_flight_limit(tasks))

@@ -56,11 +56,15 @@ def count_part(store: Store, key: str, where: pc.Expression | None) -> PartCount
     return PartCount(key, kept, source.rows_seen, source.rows_failed, source.rows_filtered)
 
 
-def window_rows(per_file: int, settings: ExportSettings) -> int:
+def window_rows(per_file: int, settings: ExportSettings, total: int = 0, spread: int = 1) -> int:
     """Rows per window: whole data files and whole row groups (a window starts where a file and a chunk do),
-    about WINDOW_ROWS of them."""
+    about WINDOW_ROWS of them, fewer where that gives fewer than `spread` windows of the `total` rows (a filter
+    that keeps few rows still keeps every worker busy)."""
     unit = math.lcm(per_file, settings.rows_per_group)
-    return max(1, WINDOW_ROWS // unit) * unit
+    rows = max(1, WINDOW_ROWS // unit) * unit
+    if total and spread > 1:
+        rows = min(rows, max(unit, math.ceil(total / spread / unit) * unit))
+    return rows
 
 
 def plan_windows(counts: list[PartCount], rows: int) -> list[Window]:
@@ -94,9 +98,10 @@ def merge_written(chosen: ExportFormat, dest: Store, parts: list[Written]) -> Wr
 
 def export_in_windows(store: Store, dest: Store, format: str, where: pc.Expression | None = None,
                       rows_per_file: int | None = None, settings: ExportSettings | None = None,
-                      mapper: Mapper | None = None) -> ExportSummary:
+                      mapper: Mapper | None = None, spread: int = 1) -> ExportSummary:
     """output.export.export of a compacted run, its parts counted and its windows written by `mapper`'s calls
-    (default: a loop here); the same files, rows and card."""
+    (default: a loop here), at least `spread` windows where the rows allow (the calls run at once); the same
+    files, rows and card."""
     mapper = mapper or _loop
     chosen, settings = prepared(store, dest, format, rows_per_file, settings)
     if not store.exists(COMPACTED_KEY):
@@ -109,7 +114,7 @@ def export_in_windows(store: Store, dest: Store, format: str, where: pc.Expressi
     check_rows(source, total)
     # Fixed before the windows are cut: every window's files must be cut alike.
     settings = dataclasses.replace(settings, rows_per_file=settings.rows_per_file or _sized(store, settings))
-    windows = plan_windows(counts, window_rows(settings.rows_per_file, settings))
+    windows = plan_windows(counts, window_rows(settings.rows_per_file, settings, total, spread))
     calls = [(store, dest, chosen, where, window, settings, total) for window in windows]
     writes: list[WindowWrite] = mapper(write_window, calls, "writing",
                                        [f"rows {window.start} to {window.stop - 1}" for window in windows])

@@ -84,6 +84,10 @@ def test_window_rows_are_whole_files_and_row_groups():
     assert window_rows(300, settings) % 300 == 0 and window_rows(300, settings) <= windows_module.WINDOW_ROWS
     assert window_rows(250, settings) % 500 == 0  # a window starts where a file and a row group both do
     assert window_rows(10**7, settings) == 10**7  # at least one file
+    # Few rows kept: as many windows as calls run at once, in whole files still.
+    assert window_rows(100, settings, total=10_000, spread=8) == 1300
+    assert window_rows(3000, settings, total=10_000, spread=8) == 3000
+    assert window_rows(100, settings, total=10**9, spread=8) == window_rows(100, settings)
 
 
 def test_stats_merged_are_the_stats_of_all_rows():
