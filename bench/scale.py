@@ -3,7 +3,7 @@
 Each measurement runs in a fresh child process, so its peak RSS is its own. Run from the repository root:
     .venv/bin/python bench/scale.py --rows 1000000 --rows 10000000 [--s3-shards 3000]
     .venv/bin/python bench/scale.py --skip prepare --skip dispatch --skip commits --skip reads \
-        --compaction-rows 1000000    # compact on the driver vs as Ray tasks (bench_compaction)
+        --post-rows 10000000    # compact and export on one driver vs as Ray tasks (postprocess_scale.py)
 """
 
 from __future__ import annotations
@@ -194,8 +194,9 @@ def main() -> None:
     parser.add_argument("--s3-shards", type=int, default=0, help="shards committed to SeaweedFS (0: skip)")
     parser.add_argument("--dispatch-shards", type=int, default=31_250, help="shards dispatched to sleep-actors")
     parser.add_argument("--actors", type=int, default=8, help="sleep-actors on the private local Ray")
-    parser.add_argument("--compaction-rows", type=int, action="append", default=[],
-                        help="rows of an output compacted on the driver and as Ray tasks (repeatable)")
+    parser.add_argument("--post-rows", type=int, action="append", default=[],
+                        help="rows of an output compacted and exported on one driver and as Ray tasks (repeatable)")
+    parser.add_argument("--post-shard-size", type=int, default=1000, help="rows per shard of that output")
     parser.add_argument("--skip", action="append", default=[],
                         choices=["prepare", "dispatch", "commits", "reads"])
     args = parser.parse_args()
@@ -226,10 +227,10 @@ def main() -> None:
                 extra = {k: v for k, v in r.items() if k not in ("seconds", "peak_rss_mb")}
                 print(f"{args.output_rows:,}-row output, {name}: {r['seconds']:.2f} s, "
                       f"peak {r['peak_rss_mb']:.0f} MB {extra}")
-        for rows in args.compaction_rows:
-            from compaction_scale import bench_compaction  # beside this script: its folder is on sys.path
+        for rows in args.post_rows:
+            from postprocess_scale import bench_post_processing  # beside this script: its folder is on sys.path
 
-            print("\n".join(bench_compaction(rows, tmp)))
+            print("\n".join(bench_post_processing(rows, tmp, args.post_shard_size)), flush=True)
 
 
 def bench_s3_commits(shards: int, tmp: str) -> str:

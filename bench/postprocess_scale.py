@@ -1,5 +1,5 @@
-"""Compaction at scale: a finished output built directly, compacted on the driver and as Ray tasks (scale.py
---compaction-rows N)."""
+"""Post-processing at scale (scale.py --post-rows N): a finished output built directly, compacted and then exported
+(parquet, filtered to 1% of the rows) in one driver process and as Ray tasks, each in a fresh process."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ import time
 
 from scale import ROOT, VARIANTS, child
 
+# One image in this many rows exists (label class-7): what the export's filter keeps.
+KEPT_EVERY = 100
+KEPT_LABEL = "class-7"
+
 
 def build_output(root: str, rows: int, shard_size: int = 32) -> int:
     """A finished output of `rows` rows in shards of `shard_size`, as a run leaves it (manifest copy in row groups
     of ROW_GROUP_ROWS, a metadata file and a marker per shard, the marker index), written directly: commit_shard
-    per shard would take longer than what is measured. Returns the shards."""
+    per shard would take longer than what is measured. Only the rows labelled KEPT_LABEL have their image (a
+    small PNG), the rows the export keeps. Returns the shards."""
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     sys.path.insert(0, ROOT)
@@ -54,7 +60,23 @@ def build_output(root: str, rows: int, shard_size: int = 32) -> int:
         store.put(marker_key(shard.shard_id), json_bytes(marker))
         markers.append(marker)
     write_index(store, pa.Table.from_pylist(markers, schema=MARKER_SCHEMA))
+    png = _png()
+    os.makedirs(os.path.join(root, "images"))
+    for row_id in planned.filter(pc.equal(planned["label"], KEPT_LABEL))["id"].to_pylist():
+        with open(os.path.join(root, "images", f"{row_id}.png"), "wb") as file:
+            file.write(png)
     return len(plan.shards)
+
+
+def _png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    sink = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(sink, "PNG")
+    return sink.getvalue()
 
 
 def pc_concat(prefix: str, column, suffix: str):
@@ -89,25 +111,65 @@ out = {'seconds': end - t0, 'compact_s': end - started, 'parts': len(doc['parts'
 """
 
 
-def bench_compaction(rows: int, tmp: str) -> list[str]:
-    """compact on the driver against compact_on_ray on a private local Ray of as many CPUs as this machine; each
-    twice, alternating, the second kept: the first pays for the build's files still being written back."""
-    root = os.path.join(tmp, f"compact-{rows}")
+EXPORT = """
+import shutil, tempfile
+import pyarrow.compute as pc
+from sdbatch.store.local import LocalStore
+store, dest, how = LocalStore(sys.argv[1]), sys.argv[2], sys.argv[3]
+shutil.rmtree(dest, ignore_errors=True)
+where = pc.field('label') == 'class-7'
+t0 = time.perf_counter()
+if how == 'plain':
+    from sdbatch.output.export import export
+    summary, started = export(store, LocalStore(dest), 'parquet', where, rows_per_file=10_000), t0
+else:
+    import ray
+    from sdbatch.engine.export import export_on_cluster
+    temp = tempfile.mkdtemp(prefix='sdb-bench-', dir='/tmp')
+    ray.init(address='local', num_cpus=int(sys.argv[4]), include_dashboard=False, log_to_driver=False, _temp_dir=temp)
     started = time.perf_counter()
-    shards = build_output(root, rows)
+    try:
+        summary = export_on_cluster(store, LocalStore(dest), 'parquet', where, rows_per_file=10_000)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+end = time.perf_counter()
+out = {'seconds': end - t0, 'work_s': end - started, 'rows': summary.rows, 'files': len(summary.files),
+       'rows_seen': summary.rows_seen, 'bytes': summary.bytes}
+"""
+
+
+def bench_post_processing(rows: int, tmp: str, shard_size: int) -> list[str]:
+    """compact, then export, each in one driver process against as Ray tasks on a private local Ray of as many
+    CPUs as this machine, alternating; the output built once."""
+    root = os.path.join(tmp, f"post-{rows}")
+    started = time.perf_counter()
+    shards = build_output(root, rows, shard_size)
     cpus = os.cpu_count() or 1
-    lines = [f"compaction of a {rows:,}-row output ({shards:,} shards of 32 rows, local folder), built in "
+    lines = [f"post-processing of a {rows:,}-row output ({shards:,} shards of {shard_size} rows, local folder, "
+             f"{rows // KEPT_EVERY:,} images of the rows the export keeps), built in "
              f"{time.perf_counter() - started:.0f} s; this machine's {cpus} CPUs bound the Ray speed-up at about "
              f"{cpus}x. Peak RSS: the driver process's own (VmHWM), not Ray's workers'"]
-    for _ in range(2):
-        plain = child(COMPACT, root, "plain")
-        on_ray = child(COMPACT, root, "ray", str(cpus))
+    plain = child(COMPACT, root, "plain")
+    on_ray = child(COMPACT, root, "ray", str(cpus))
     assert plain["parts"] == on_ray["parts"] and plain["rows"] == on_ray["rows"] == rows
-    lines.append(f"  compact (driver, one core): {plain['seconds']:.1f} s, {plain['parts']} parts, "
-                 f"driver peak RSS {plain['peak_rss_mb']:.0f} MB")
-    lines.append(f"  compact_on_ray ({cpus} CPUs): {on_ray['seconds']:.1f} s with Ray's start, "
-                 f"{on_ray['compact_s']:.1f} s after it, driver peak RSS {on_ray['peak_rss_mb']:.0f} MB")
-    lines.append(f"  speed-up: {plain['seconds'] / on_ray['seconds']:.2f}x with Ray's start, "
-                 f"{plain['seconds'] / on_ray['compact_s']:.2f}x after it; driver memory "
-                 f"{on_ray['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x")
+    lines += _compared(f"compact ({plain['parts']} parts)", plain, on_ray, cpus)
+    dest = os.path.join(tmp, f"export-{rows}")
+    plain = child(EXPORT, root, dest, "plain")
+    on_ray = child(EXPORT, root, dest, "ray", str(cpus))
+    assert (plain["rows"], plain["files"]) == (on_ray["rows"], on_ray["files"]) == (rows // KEPT_EVERY, plain["files"])
+    lines += _compared(f"export parquet --where \"label = '{KEPT_LABEL}'\" ({plain['rows']:,} of "
+                       f"{plain['rows_seen']:,} rows, {plain['files']} files of 10,000 rows, "
+                       f"{plain['bytes'] / 1e6:.0f} MB)", plain, on_ray, cpus)
     return lines
+
+
+def _compared(what: str, plain: dict, on_ray: dict, cpus: int) -> list[str]:
+    ray_work = on_ray.get("compact_s", on_ray.get("work_s"))
+    return [f"  {what}:",
+            f"    one driver process: {plain['seconds']:.1f} s, driver peak RSS {plain['peak_rss_mb']:.0f} MB",
+            f"    Ray tasks ({cpus} CPUs): {on_ray['seconds']:.1f} s with Ray's start, {ray_work:.1f} s after it, "
+            f"driver peak RSS {on_ray['peak_rss_mb']:.0f} MB",
+            f"    speed-up: {plain['seconds'] / on_ray['seconds']:.2f}x with Ray's start, "
+            f"{plain['seconds'] / ray_work:.2f}x after it; driver memory "
+            f"{on_ray['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x"]
