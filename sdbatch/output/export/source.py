@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -113,13 +114,20 @@ class Source:
     def _filtered(self, table: pa.Table) -> pa.Table:
         if self.where is None:
             return table
-        try:
+        with unfiltered(self.where, self.store, table.column_names):
             return table.filter(self.where)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError) as exc:
-            # Arrow's first line says what is wrong; the rest lists the schema, said better below.
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UsageError(f"the filter {self.where} cannot be applied to the results of {self.store.uri} "
-                             f"({why}); name columns the results have: {', '.join(table.column_names)}") from exc
+
+
+@contextlib.contextmanager
+def unfiltered(where: pc.Expression, store: Store, columns: list[str]) -> Iterator[None]:
+    """Arrow's refusal of a filter (a column the results lack, a type it cannot compare) as a UsageError."""
+    try:
+        yield
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError) as exc:
+        # Arrow's first line says what is wrong; the rest lists the schema, said better below.
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"the filter {where} cannot be applied to the results of {store.uri} ({why}); name "
+                         f"columns the results have: {', '.join(columns)}") from exc
 
 
 def results_schema(store: Store) -> pa.Schema:

@@ -11,16 +11,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from sdbatch.errors import UsageError
 from sdbatch.output.export import ExportSettings, ExportSummary, check_rows, finish, prepared
 from sdbatch.output.export.card import Stats
 from sdbatch.output.export.files import planned_rows
 from sdbatch.output.export.protocol import ExportFormat, Written
-from sdbatch.output.export.source import Source, Window
-from sdbatch.output.results import COMPACTED_KEY, compacted_batches
+from sdbatch.output.export.source import Source, Window, unfiltered
+from sdbatch.output.results import COMPACTED_KEY
 from sdbatch.store.base import Store
+from sdbatch.store.ranged import StoreFile
 
 # Runs function(*call) for every call, the results in order; `doing` and `names` say what failed, if one does.
 Mapper = Callable[[Callable, Sequence[tuple], str, Sequence[str]], list[Any]]
@@ -51,9 +54,17 @@ class WindowWrite:
 
 
 def count_part(store: Store, key: str, where: pc.Expression | None) -> PartCount:
-    source = Source(store, where)
-    kept = sum(source.kept(batch).num_rows for batch in compacted_batches(store, [key]))
-    return PartCount(key, kept, source.rows_seen, source.rows_failed, source.rows_filtered)
+    """Counted by Arrow's scanner over the part read by range: only the columns `status` and the filter name are
+    read, and row groups whose statistics rule the filter out are skipped."""
+    with StoreFile(store, key) as file:
+        fragment = ds.ParquetFileFormat().make_fragment(pa.PythonFile(file, mode="r"))
+        ok = pc.field("status") == "ok"
+        seen, good = fragment.count_rows(), fragment.count_rows(filter=ok)
+        kept = good
+        if where is not None:
+            with unfiltered(where, store, fragment.physical_schema.names):
+                kept = fragment.count_rows(filter=ok & where)
+    return PartCount(key, kept, seen, seen - good, good - kept)
 
 
 def window_rows(per_file: int, settings: ExportSettings, total: int = 0, spread: int = 1) -> int:

@@ -117,3 +117,19 @@ def test_distributions_merged_past_their_bound_keep_an_even_sample(monkeypatch):
     assert (summary["min"], summary["max"], first.count) == (0, 999, 1000)
     assert sum(len(part) for part in first.kept) <= 100 and summary["50%"] == pytest.approx(500, abs=40)
     assert json.dumps(summary)
+
+
+def test_a_filter_naming_no_column_of_the_results_is_a_usage_error(tmp_path, monkeypatch):
+    from sdbatch.errors import UsageError
+    from sdbatch.output.export.windows import count_part
+
+    store = _compacted(tmp_path / "run", "files", monkeypatch)
+    with pytest.raises(UsageError, match=r"cannot be applied .*name columns the results have: .*label"):
+        count_part(store, "results/part-00000.parquet", pc.field("nope") == 1)
+    for key in json.loads(store.get("_compacted.json"))["parts"]:
+        part = pq.read_table(store.url_for(key)).to_pylist()
+        ok = [row for row in part if row["status"] == "ok"]
+        kept = [row for row in ok if row["label"] == "cat1"]
+        counted = count_part(store, key, pc.field("label") == "cat1")
+        assert (counted.seen, counted.failed, counted.filtered, counted.kept) == (
+            len(part), len(part) - len(ok), len(ok) - len(kept), len(kept)), key
