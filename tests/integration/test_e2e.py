@@ -132,6 +132,17 @@ def _count(directory: Path) -> int:
     return len(os.listdir(directory)) if directory.exists() else 0
 
 
+def _committing_actors(out: Path) -> set[str]:
+    """The actors that rendered the shards committed so far (each marker's metadata file names its actor)."""
+    import pyarrow.parquet as pq
+
+    actors: set[str] = set()
+    for marker in (out / "_committed").glob("*.json") if (out / "_committed").exists() else ():
+        metadata = json.loads(marker.read_text())["metadata"]
+        actors.update(pq.read_table(out / metadata, columns=["actor"]).column("actor").drop_null().to_pylist())
+    return actors
+
+
 # Tiny renders for the fault tests: 20 steps at 32x32 keep a 2-row shard long enough (a few tenths of a
 # second on a 2-core CI box) for a fault to land mid-run, at a quarter of the 64x64 cost.
 SLOW_TINY = ["--steps", "20", "--width", "32", "--height", "32", "--shard-size", "2", "--actors", "2"]
@@ -190,7 +201,9 @@ def test_a_killed_actor_and_a_stopped_one_are_replaced_and_their_shards_requeued
     driver = subprocess.Popen([*SDBATCH, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
     deadline = time.monotonic() + 180
-    while _count(out / "_committed") < 1:
+    # Both actors past their warm-up and rendering: one frozen while it still loads its model is a start that
+    # never ends (run.start_timeout's), not a hung shard, and the run would end without the hang check.
+    while len(_committing_actors(out)) < 2:
         assert driver.poll() is None and time.monotonic() < deadline, "run ended before an actor was killed"
         time.sleep(0.05)
     victims = processes_under(driver.pid, "ray::RenderActor")
