@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +23,9 @@ from sdbatch.settings import RendererSettings, S3Settings
 from sdbatch.spec import JobSpec
 from sdbatch.store.base import Store
 from sdbatch.tasks import ShardTask
+
+# A head node that accepts no connection in this long is down or unreachable from here.
+CONNECT_SECONDS = 10.0
 
 # A CPU actor holding an SD1.5-sized pipeline in float32 needs about this much memory.
 CPU_ACTOR_MEMORY = 4 * 1024**3
@@ -51,6 +56,7 @@ QUIET_PRIVATE_RAY = {
 def connect(address: str | None) -> None:
     """Join a running cluster, or start a private local Ray that ends with this process."""
     if address:
+        check_reachable(address)
         ray.init(address=address, log_to_driver=False)
         return
     own_threads = priority.threads()
@@ -61,6 +67,20 @@ def connect(address: str | None) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=QUIET_PRIVATE_RAY,
                  _temp_dir=tempfile.mkdtemp(prefix="sdbatch-ray-", dir="/tmp"))
     yield_to_actors(priority.threads() - own_threads)
+
+
+def check_reachable(address: str) -> None:
+    """RunStopped naming the fix when a host:port address answers no connection: ray.init would retry it for
+    minutes, printing Ray's own warnings. Other forms (auto, ray://) are Ray's to resolve and refuse."""
+    found = re.fullmatch(r"\[?([^\[\]/]+?)\]?:(\d+)", address)
+    if found is None:
+        return
+    try:
+        socket.create_connection((found.group(1), int(found.group(2))), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise RunStopped(f"cannot reach the Ray cluster at {address} ({exc.strerror or type(exc).__name__}); check "
+                         "--address / RAY_ADDRESS (the head node's address, host:6379, or auto on a cluster "
+                         "node) and that the cluster is up") from exc
 
 
 def yield_to_actors(driver_ray_threads: set[int]) -> None:
