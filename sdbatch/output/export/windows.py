@@ -124,7 +124,7 @@ def export_in_windows(store: Store, dest: Store, format: str, where: pc.Expressi
     total = sum(count.kept for count in counts)
     check_rows(source, total)
     # Fixed before the windows are cut: every window's files must be cut alike.
-    settings = dataclasses.replace(settings, rows_per_file=settings.rows_per_file or _sized(store, settings))
+    settings = dataclasses.replace(settings, rows_per_file=settings.rows_per_file or _sized(store, where, settings))
     windows = plan_windows(counts, window_rows(settings.rows_per_file, settings, total, spread))
     calls = [(store, dest, chosen, where, window, settings, total) for window in windows]
     writes: list[WindowWrite] = mapper(write_window, calls, "writing",
@@ -150,7 +150,7 @@ def _counted(source: Source, counts: list[PartCount]) -> Source:
     return source
 
 
-def _sized(store: Store, settings: ExportSettings) -> int:
-    """Rows per data file, from the first images (as a single-process export sizes them)."""
-    first = next(Source(store).samples(settings.rows_per_group, settings.threads))
+def _sized(store: Store, where: pc.Expression | None, settings: ExportSettings) -> int:
+    """Rows per data file, from the first kept rows' images (as a single-process export sizes them)."""
+    first = next(Source(store, where).samples(settings.rows_per_group, settings.threads))
     return planned_rows(first, settings)

@@ -133,3 +133,16 @@ def test_a_filter_naming_no_column_of_the_results_is_a_usage_error(tmp_path, mon
         counted = count_part(store, key, pc.field("label") == "cat1")
         assert (counted.seen, counted.failed, counted.filtered, counted.kept) == (
             len(part), len(part) - len(ok), len(ok) - len(kept), len(kept)), key
+
+
+def test_files_are_sized_from_the_first_kept_images_as_one_pass_sizes_them(tmp_path, monkeypatch):
+    """The run's first rows are filtered out and their images are gone: sizing from them (the fallback size)
+    would cut one row per file, where the kept images make three."""
+    store = _compacted(tmp_path / "run", "files", monkeypatch)
+    for row in pq.read_table(store.url_for("results/part-00000.parquet")).to_pylist():
+        if row["label"] == "cat0" and row["image"]:
+            store.delete(row["image"])
+    where, settings = pc.field("label") != "cat0", ExportSettings(rows_per_group=1, max_file_bytes=2000)
+    one = export(store, LocalStore(str(tmp_path / "one")), "parquet", where, settings=settings)
+    cut = export_in_windows(store, LocalStore(str(tmp_path / "cut")), "parquet", where, settings=settings)
+    assert cut.files == one.files and len(one.files) < one.rows
